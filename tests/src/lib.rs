@@ -1,1 +1,291 @@
-//! Helpers for anet's integration tests: small real servers on `127.0.0.1:0`.
+//! Helpers for anet's integration tests: small, real servers on `127.0.0.1:0`.
+//!
+//! * [`start_scripted`]: a server whose behaviour per request is a closure
+//!   (echo, delay, ignore, close, send raw bytes), for reordering and fault tests.
+//! * [`ManualServer`]: one accepted connection that the test drives by hand,
+//!   reading each request frame and writing any bytes it likes back.
+//! * [`Rng`]: a tiny deterministic generator, so failures replay.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use anet_proto::{Frame, FrameCodec};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::{
+    io::AsyncWriteExt,
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+use tokio_util::codec::{Encoder, FramedRead};
+
+/// What a scripted server does with one request.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Echo the request (same tag, same payload) after the delay.
+    Echo(Duration),
+    /// Answer with this payload under the request's tag, after the delay.
+    Reply(Duration, Bytes),
+    /// Never answer.
+    Ignore,
+    /// Close the connection now.
+    Close,
+    /// Write these raw bytes (anything, valid or not) after the delay.
+    Raw(Duration, Bytes),
+}
+
+/// Counters of a scripted server.
+#[derive(Debug, Default)]
+pub struct ServerCounters {
+    /// Requests read, over all connections.
+    pub requests: AtomicUsize,
+    /// Requests read and not yet answered or ignored.
+    pub in_flight: AtomicUsize,
+    /// The most `in_flight` ever was.
+    pub max_in_flight: AtomicUsize,
+    /// Connections accepted.
+    pub connections: AtomicUsize,
+}
+
+/// A running scripted server.
+#[derive(Debug)]
+pub struct Scripted {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// What it has seen.
+    pub counters: Arc<ServerCounters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Scripted {
+    /// Stops accepting; connections already open stay until their peer leaves.
+    pub fn stop_accepting(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a server on `127.0.0.1:0` that treats request number `n` (counted over
+/// all connections, from 0) as `script(n, &frame)` says.
+pub async fn start_scripted<F>(script: F) -> Scripted
+where
+    F: Fn(usize, &Frame) -> Action + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let counters = Arc::new(ServerCounters::default());
+    let script = Arc::new(script);
+    let c = counters.clone();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            c.connections.fetch_add(1, Ordering::SeqCst);
+            conns.spawn(serve_scripted(stream, script.clone(), c.clone()));
+        }
+    });
+    Scripted {
+        addr,
+        counters,
+        task,
+    }
+}
+
+async fn serve_scripted<F>(stream: TcpStream, script: Arc<F>, counters: Arc<ServerCounters>)
+where
+    F: Fn(usize, &Frame) -> Action + Send + Sync + 'static,
+{
+    stream.set_nodelay(true).ok();
+    let (read, mut write) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Option<Bytes>>();
+    // One writer per connection; replies reach it in completion order.
+    let writer = tokio::spawn(async move {
+        while let Some(Some(bytes)) = rx.recv().await {
+            if write.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = write.shutdown().await;
+    });
+    let mut frames = FramedRead::new(read, FrameCodec::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some(Ok(frame)) = frames.next().await {
+        let n = counters.requests.fetch_add(1, Ordering::SeqCst);
+        let now = counters.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        counters.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let action = script(n, &frame);
+        let (delay, bytes) = match action {
+            Action::Echo(d) => (d, encode(&frame.tag, &frame.payload)),
+            Action::Reply(d, payload) => (d, encode(&frame.tag, &payload)),
+            Action::Raw(d, bytes) => (d, bytes),
+            Action::Ignore => {
+                counters.in_flight.fetch_sub(1, Ordering::SeqCst);
+                continue;
+            }
+            Action::Close => break,
+        };
+        let tx = tx.clone();
+        let counters = counters.clone();
+        if delay.is_zero() {
+            counters.in_flight.fetch_sub(1, Ordering::SeqCst);
+            let _ = tx.send(Some(bytes));
+        } else {
+            tasks.spawn(async move {
+                tokio::time::sleep(delay).await;
+                counters.in_flight.fetch_sub(1, Ordering::SeqCst);
+                let _ = tx.send(Some(bytes));
+            });
+        }
+    }
+    // Closing: stop the writer now (pending delayed replies are abandoned).
+    tasks.abort_all();
+    let _ = tx.send(None);
+    let _ = writer.await;
+}
+
+/// Encodes one frame with the default codec.
+pub fn encode(tag: &anet_proto::Tag, payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::new();
+    FrameCodec::new()
+        .encode(anet_proto::FrameRef { tag: *tag, payload }, &mut buf)
+        .expect("encode");
+    buf.freeze()
+}
+
+/// Starts an echo server (every request answered at once).
+pub async fn start_echo() -> Scripted {
+    start_scripted(|_, _| Action::Echo(Duration::ZERO)).await
+}
+
+/// A server that accepts one connection and lets the test drive it.
+#[derive(Debug)]
+pub struct ManualServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    listener: Option<TcpListener>,
+}
+
+/// The accepted side of a [`ManualServer`].
+#[derive(Debug)]
+pub struct ManualConn {
+    frames: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    write: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl ManualServer {
+    /// Binds `127.0.0.1:0`.
+    pub async fn bind() -> ManualServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        ManualServer {
+            addr: listener.local_addr().expect("addr"),
+            listener: Some(listener),
+        }
+    }
+
+    /// Accepts the next connection.
+    pub async fn accept(&mut self) -> ManualConn {
+        let (stream, _) = self
+            .listener
+            .as_ref()
+            .expect("listener")
+            .accept()
+            .await
+            .expect("accept");
+        let (read, write) = stream.into_split();
+        ManualConn {
+            frames: FramedRead::new(read, FrameCodec::new()),
+            write,
+        }
+    }
+}
+
+impl ManualConn {
+    /// The next request frame (panics after 10 s, or when the client closed).
+    pub async fn recv(&mut self) -> Frame {
+        tokio::time::timeout(Duration::from_secs(10), self.frames.next())
+            .await
+            .expect("request within 10 s")
+            .expect("connection open")
+            .expect("valid frame")
+    }
+
+    /// Whether the client closed its side (waits up to `within`).
+    pub async fn client_closed(&mut self, within: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(within, self.frames.next()).await,
+            Ok(None) | Ok(Some(Err(_)))
+        )
+    }
+
+    /// Writes raw bytes.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.write.write_all(bytes).await.expect("write");
+    }
+
+    /// Answers `frame` with `payload` under its tag.
+    pub async fn reply(&mut self, frame: &Frame, payload: &[u8]) {
+        let bytes = encode(&frame.tag, payload);
+        self.send_raw(&bytes).await;
+    }
+}
+
+/// A small deterministic xorshift generator.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed (0 is replaced by a fixed constant).
+    pub fn new(seed: u64) -> Rng {
+        Rng(if seed == 0 {
+            0x9e37_79b9_7f4a_7c15
+        } else {
+            seed
+        })
+    }
+
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A number below `n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// Resident set size of this process in bytes (Linux), for memory-bound checks.
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Waits (real time) until `cond` holds, checking every 10 ms; false after `limit`.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

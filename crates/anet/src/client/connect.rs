@@ -1,0 +1,168 @@
+//! Dialing TCP and wrapping the stream in a [`Connection`].
+
+use std::{
+    fmt,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::net::TcpStream;
+use tower::Service;
+
+use super::{Connection, ConnectionConfig};
+use crate::{Error, Kind};
+
+/// A `Service<SocketAddr>` that dials TCP and returns a ready [`Connection`]: the
+/// MakeService for one address.
+///
+/// Each call connects within the connect timeout, sets `TCP_NODELAY` (and TCP
+/// keepalive when configured), spawns the connection's driver and hands back its
+/// handle. Failures are [`Kind::Connect`] errors.
+///
+/// ```no_run
+/// use anet::client::Connector;
+/// use std::time::Duration;
+/// use tower::{Service, ServiceExt};
+///
+/// # async fn f() -> Result<(), anet::Error> {
+/// let mut connector = Connector::new().connect_timeout(Duration::from_millis(500));
+/// let conn = connector.ready().await?.call("127.0.0.1:7878".parse().unwrap()).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Connector {
+    config: ConnectionConfig,
+    connect_timeout: Duration,
+    nodelay: bool,
+    keepalive: Option<Duration>,
+}
+
+impl Connector {
+    /// A connector with the default [`ConnectionConfig`], a 1 s connect timeout,
+    /// `TCP_NODELAY` on and keepalive off.
+    pub const fn new() -> Connector {
+        Connector {
+            config: ConnectionConfig::new(),
+            connect_timeout: Duration::from_secs(1),
+            nodelay: true,
+            keepalive: None,
+        }
+    }
+
+    /// Settings of the connections it makes. Default: [`ConnectionConfig::new`].
+    pub const fn connection_config(mut self, config: ConnectionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// How long a connect may take. Default: 1 s.
+    pub const fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Whether to set `TCP_NODELAY`. Default: true (requests are coalesced by the
+    /// driver already; Nagle would only add latency).
+    pub const fn nodelay(mut self, nodelay: bool) -> Self {
+        self.nodelay = nodelay;
+        self
+    }
+
+    /// TCP keepalive idle time, or `None` for the OS default (off). Default: `None`.
+    pub const fn keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.keepalive = idle;
+        self
+    }
+
+    /// The settings of the connections it makes.
+    pub const fn get_connection_config(&self) -> ConnectionConfig {
+        self.config
+    }
+
+    /// Dials `addr` and returns a connection.
+    ///
+    /// # Errors
+    ///
+    /// [`Kind::Connect`] when the connect fails or times out.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Connection, Error> {
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::warn!(%addr, error = %e, "connect failed");
+                    return Err(Error::with_source(Kind::Connect, e));
+                }
+                Err(_) => {
+                    tracing::warn!(%addr, timeout = ?self.connect_timeout, "connect timed out");
+                    return Err(Error::with_source(
+                        Kind::Connect,
+                        format!(
+                            "connect to {addr} timed out after {:?}",
+                            self.connect_timeout
+                        ),
+                    ));
+                }
+            };
+        self.configure(&stream)
+            .map_err(|e| Error::with_source(Kind::Connect, e))?;
+        tracing::info!(%addr, "connected");
+        Ok(Connection::new(stream, self.config))
+    }
+
+    fn configure(&self, stream: &TcpStream) -> std::io::Result<()> {
+        stream.set_nodelay(self.nodelay)?;
+        if let Some(idle) = self.keepalive {
+            let keepalive = socket2::TcpKeepalive::new().with_time(idle);
+            socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for Connector {
+    fn default() -> Self {
+        Connector::new()
+    }
+}
+
+impl Service<SocketAddr> for Connector {
+    type Response = Connection;
+    type Error = Error;
+    type Future = ConnectFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, addr: SocketAddr) -> ConnectFuture {
+        let connector = *self;
+        ConnectFuture {
+            inner: Box::pin(async move { connector.connect(addr).await }),
+        }
+    }
+}
+
+/// The future of [`Connector::call`]: a connection, or a [`Kind::Connect`] error.
+#[must_use = "futures do nothing unless polled"]
+pub struct ConnectFuture {
+    // Boxed: dialing is off the request path, once per connection.
+    inner: Pin<Box<dyn Future<Output = Result<Connection, Error>> + Send>>,
+}
+
+impl fmt::Debug for ConnectFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ConnectFuture {
+    type Output = Result<Connection, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}

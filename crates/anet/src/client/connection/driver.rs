@@ -1,0 +1,433 @@
+//! The task that owns a connection's transport and its table of waiting requests.
+//!
+//! One loop, no locks: take queued requests, give each a slot in the [`Table`],
+//! encode it into the write buffer; flush once the queue is empty (or the buffer
+//! is full); read every response that is ready and complete its request; run the
+//! timers (abandoned-request sweep, quarantine, close grace).
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use anet_proto::{Frame, FrameCodec, FrameError, FrameRef, TagFormat};
+use bytes::Bytes;
+use futures_core::Stream;
+use futures_sink::Sink;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::{OwnedSemaphorePermit, mpsc},
+    time::{Instant, Sleep},
+};
+use tokio_util::codec::Framed;
+
+use super::{
+    ConnectionConfig,
+    handle::not_sent,
+    shared::Shared,
+    table::{Matched, Reply, Table},
+};
+use crate::{Error, Kind};
+
+/// What a handle sends the driver.
+#[derive(Debug)]
+pub(super) enum Message {
+    /// A request to write.
+    Request(Request),
+    /// Close gracefully.
+    Close,
+}
+
+/// One request on its way to the driver.
+#[derive(Debug)]
+pub(super) struct Request {
+    pub(super) payload: Bytes,
+    pub(super) reply: Reply,
+    /// The window slot `poll_ready` reserved; it moves into the table.
+    pub(super) permit: OwnedSemaphorePermit,
+}
+
+/// Why the driver loop ended.
+#[derive(Debug)]
+enum Exit {
+    /// Closing finished: nothing left in flight.
+    Drained,
+    /// Closing ran out of grace; the error fails what is left.
+    GraceElapsed(Error),
+    /// The transport failed or the peer broke the protocol.
+    Failed(Error),
+}
+
+/// A close in progress.
+#[derive(Debug)]
+struct Drain {
+    deadline: Instant,
+    /// Whether requests already queued are still written (a requested close) or
+    /// failed as not sent (an unhealthy connection).
+    write_queued: bool,
+    /// The error for requests still waiting when the grace ends.
+    leftover: Error,
+}
+
+pub(super) struct Driver<T> {
+    framed: Framed<T, FrameCodec>,
+    /// A copy of the codec, to encode straight into the write buffer.
+    encoder: FrameCodec,
+    tags: TagFormat,
+    rx: mpsc::UnboundedReceiver<Message>,
+    /// False once the queue has ended (closed and emptied).
+    rx_open: bool,
+    table: Table,
+    shared: Arc<Shared>,
+    quarantine: Duration,
+    quarantine_limit: usize,
+    close_grace: Duration,
+    write_limit: usize,
+    /// How often waiting requests are checked for abandonment.
+    sweep_every: Duration,
+    /// The one timer, set to the earliest of the deadlines below.
+    timer: Pin<Box<Sleep>>,
+    timer_deadline: Option<Instant>,
+    next_sweep: Option<Instant>,
+    quarantine_ends: Option<Instant>,
+    drain: Option<Drain>,
+    /// The write buffer holds frames not yet flushed.
+    dirty: bool,
+    counts: LocalCounts,
+}
+
+/// Counters kept by the driver and published to [`Shared`] once per wake-up.
+#[derive(Debug, Default)]
+struct LocalCounts {
+    written: u64,
+    responses: u64,
+    late: u64,
+    unknown: u64,
+    abandoned_unwritten: u64,
+}
+
+impl<T> Driver<T>
+where
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    pub(super) fn new(
+        io: T,
+        config: ConnectionConfig,
+        rx: mpsc::UnboundedReceiver<Message>,
+        shared: Arc<Shared>,
+    ) -> Driver<T> {
+        let encoder = config.frame.new_codec();
+        let tags = config.frame.get_tag_format();
+        let window = config.window();
+        Driver {
+            framed: Framed::with_capacity(io, encoder.clone(), 64 * 1024),
+            encoder,
+            tags,
+            rx,
+            rx_open: true,
+            table: Table::new(window, tags.id_space()),
+            shared,
+            quarantine: config.quarantine,
+            quarantine_limit: config.resolved_quarantine_limit(),
+            close_grace: config.close_grace,
+            write_limit: config.write_buffer.max(1),
+            sweep_every: (config.quarantine / 4).max(Duration::from_millis(1)),
+            timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+            timer_deadline: None,
+            next_sweep: None,
+            quarantine_ends: None,
+            drain: None,
+            dirty: false,
+            counts: LocalCounts::default(),
+        }
+    }
+
+    /// Drives the connection until it is closed or fails.
+    pub(super) async fn run(mut self) {
+        tracing::debug!("connection driver started");
+        let exit = std::future::poll_fn(|cx| self.poll_drive(cx)).await;
+        self.finish(exit);
+    }
+
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
+        loop {
+            let mut progress = false;
+            if let Err(exit) = self.poll_intake(cx, &mut progress) {
+                return Poll::Ready(exit);
+            }
+            if self.dirty {
+                match self.poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.dirty = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Exit::Failed(lost(e))),
+                    Poll::Pending => {}
+                }
+            }
+            if let Err(exit) = self.poll_read(cx, &mut progress) {
+                return Poll::Ready(exit);
+            }
+            if let Some(exit) = self.poll_timer(cx) {
+                return Poll::Ready(exit);
+            }
+            if self.drain.is_some() && !self.rx_open && self.table.waiting() == 0 && !self.dirty {
+                return Poll::Ready(Exit::Drained);
+            }
+            if !progress {
+                self.publish();
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Takes queued requests and encodes them until the queue is empty or the write
+    /// buffer is full and cannot be flushed yet.
+    fn poll_intake(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Result<(), Exit> {
+        while self.rx_open {
+            if self.framed.write_buffer().len() >= self.write_limit {
+                match self.poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.dirty = false,
+                    Poll::Ready(Err(e)) => return Err(Exit::Failed(lost(e))),
+                    Poll::Pending => return Ok(()),
+                }
+            }
+            let message = match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(message)) => message,
+                Poll::Ready(None) => {
+                    self.rx_open = false;
+                    // Every handle is gone (or the queue was closed for draining).
+                    self.begin_drain(true, Error::new(Kind::Closed));
+                    return Ok(());
+                }
+                Poll::Pending => return Ok(()),
+            };
+            *progress = true;
+            match message {
+                Message::Request(request) => self.write_request(request),
+                Message::Close => self.begin_drain(true, Error::new(Kind::Closed)),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_request(&mut self, request: Request) {
+        let Request {
+            payload,
+            reply,
+            permit,
+        } = request;
+        if self.drain.as_ref().is_some_and(|d| !d.write_queued) {
+            let _ = reply.send(Err(not_sent(&self.shared)));
+            return;
+        }
+        if reply.is_closed() {
+            // The caller gave up (dropped or timed out) before the request was
+            // written: it is never written, and its window slot frees at once.
+            self.counts.abandoned_unwritten += 1;
+            return;
+        }
+        let id = match self.table.insert(reply, permit) {
+            Ok(id) => id,
+            Err((reply, _permit)) => {
+                // Unreachable while permits bound the table; fail safe regardless.
+                let _ = reply.send(Err(Error::with_source(
+                    Kind::Overloaded,
+                    "no free tag on the connection",
+                )));
+                return;
+            }
+        };
+        let tag = self.tags.encode_id(id);
+        match self
+            .encoder
+            .encode_parts(&tag, &payload, self.framed.write_buffer_mut())
+        {
+            Ok(()) => {
+                self.dirty = true;
+                self.counts.written += 1;
+                if self.next_sweep.is_none() {
+                    self.next_sweep = Some(Instant::now() + self.sweep_every);
+                }
+                tracing::trace!(id, len = payload.len(), "request written");
+            }
+            Err(e) => {
+                if let Some(reply) = self.table.remove(id) {
+                    let _ = reply.send(Err(Error::with_source(Kind::InvalidRequest, e)));
+                }
+            }
+        }
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
+        Sink::<FrameRef<'static>>::poll_flush(Pin::new(&mut self.framed), cx)
+    }
+
+    /// Reads every response that is ready and completes its request.
+    fn poll_read(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Result<(), Exit> {
+        loop {
+            match Pin::new(&mut self.framed).poll_next(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    *progress = true;
+                    self.dispatch(frame);
+                }
+                Poll::Ready(Some(Err(e))) if e.is_protocol() => {
+                    tracing::warn!(error = %e, "peer broke the protocol; closing connection");
+                    return Err(Exit::Failed(Error::with_source(Kind::Protocol, e)));
+                }
+                Poll::Ready(Some(Err(e))) => return Err(Exit::Failed(lost(e))),
+                Poll::Ready(None) => {
+                    return Err(Exit::Failed(Error::with_source(
+                        Kind::ConnectionLost,
+                        "connection closed by peer",
+                    )));
+                }
+                Poll::Pending => return Ok(()),
+            }
+        }
+    }
+
+    fn dispatch(&mut self, frame: Frame) {
+        let matched = match self.tags.decode_id(&frame.tag) {
+            Some(id) => self.table.take(id),
+            None => Matched::Unknown,
+        };
+        match matched {
+            Matched::Waiting(reply) => {
+                if reply.send(Ok(frame.payload)).is_ok() {
+                    self.counts.responses += 1;
+                } else {
+                    // Abandoned after the last sweep: the late response is dropped.
+                    self.counts.late += 1;
+                }
+            }
+            Matched::Late => self.counts.late += 1,
+            Matched::Unknown => {
+                self.counts.unknown += 1;
+                tracing::trace!(tag = ?frame.tag, "response with unknown tag dropped");
+            }
+        }
+    }
+
+    /// Runs the timers: abandoned-request sweep, quarantine expiry, close grace.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Option<Exit> {
+        loop {
+            let deadline = [
+                self.next_sweep,
+                self.quarantine_ends,
+                self.drain.as_ref().map(|d| d.deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min()?;
+            if self.timer_deadline != Some(deadline) {
+                self.timer.as_mut().reset(deadline);
+                self.timer_deadline = Some(deadline);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            let now = Instant::now();
+            if let Some(drain) = &self.drain {
+                if drain.deadline <= now {
+                    return Some(Exit::GraceElapsed(drain.leftover.clone()));
+                }
+            }
+            if self.next_sweep.is_some_and(|t| t <= now) {
+                self.sweep(now);
+            }
+            self.quarantine_ends = self.table.expire_quarantine(now);
+        }
+    }
+
+    /// Moves requests whose callers gave up into quarantine; declares the connection
+    /// unhealthy when too many tags are quarantined.
+    fn sweep(&mut self, now: Instant) {
+        let moved = self.table.quarantine_abandoned(now + self.quarantine);
+        if moved > 0 {
+            tracing::debug!(moved, "abandoned requests quarantined");
+        }
+        self.next_sweep = (self.table.waiting() > 0).then(|| now + self.sweep_every);
+        let quarantined = self.table.quarantined();
+        if quarantined >= self.quarantine_limit && self.drain.is_none() {
+            tracing::warn!(
+                quarantined,
+                "too many requests abandoned without response; replacing connection"
+            );
+            let error = Error::with_source(
+                Kind::ConnectionLost,
+                format!("connection unhealthy: {quarantined} requests unanswered"),
+            );
+            self.begin_drain(false, error);
+        }
+    }
+
+    /// Stops taking requests and starts the close grace.
+    fn begin_drain(&mut self, write_queued: bool, leftover: Error) {
+        if self.drain.is_some() {
+            return;
+        }
+        self.shared.refuse(leftover.clone());
+        self.rx.close();
+        self.drain = Some(Drain {
+            deadline: Instant::now() + self.close_grace,
+            write_queued,
+            leftover,
+        });
+        tracing::debug!(waiting = self.table.waiting(), "connection closing");
+    }
+
+    /// Publishes the local counters for `Connection::stats`.
+    fn publish(&self) {
+        let c = &self.shared.counters;
+        c.written.store(self.counts.written, Relaxed);
+        c.responses.store(self.counts.responses, Relaxed);
+        c.late.store(self.counts.late, Relaxed);
+        c.unknown.store(self.counts.unknown, Relaxed);
+        c.abandoned_unwritten
+            .store(self.counts.abandoned_unwritten, Relaxed);
+        c.quarantined.store(self.table.quarantined(), Relaxed);
+    }
+
+    /// Fails whatever is left and marks the connection done.
+    fn finish(mut self, exit: Exit) {
+        let error = match exit {
+            Exit::Drained => {
+                tracing::info!("connection closed");
+                Error::new(Kind::Closed)
+            }
+            Exit::GraceElapsed(error) => {
+                tracing::warn!(
+                    waiting = self.table.waiting(),
+                    "close grace elapsed; failing requests still waiting"
+                );
+                error
+            }
+            Exit::Failed(error) => {
+                tracing::warn!(
+                    error = %error,
+                    source = ?std::error::Error::source(&error).map(ToString::to_string),
+                    waiting = self.table.waiting(),
+                    "connection failed"
+                );
+                error
+            }
+        };
+        self.shared.refuse(error.clone());
+        for reply in self.table.drain_waiting() {
+            let _ = reply.send(Err(error.clone()));
+        }
+        self.rx.close();
+        while let Ok(message) = self.rx.try_recv() {
+            if let Message::Request(request) = message {
+                let _ = request.reply.send(Err(not_sent(&self.shared)));
+            }
+        }
+        self.publish();
+        self.shared.mark_done();
+    }
+}
+
+fn lost(e: FrameError) -> Error {
+    Error::with_source(Kind::ConnectionLost, e)
+}

@@ -1,0 +1,186 @@
+//! The cheap, cloneable handle to a multiplexed connection.
+
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::{OwnedSemaphorePermit, mpsc, oneshot},
+};
+use tokio_util::sync::PollSemaphore;
+use tower::{Service, load::Load};
+
+use super::{
+    ConnectionConfig, ConnectionStats, ResponseFuture,
+    driver::{Driver, Message, Request},
+    shared::Shared,
+};
+use crate::{Error, Kind};
+
+/// A handle to one multiplexed connection: many tagged requests in flight over one
+/// transport, owned by a driver task.
+///
+/// `Clone` is cheap; every clone feeds the same driver. As a [`tower::Service`],
+/// `poll_ready` is ready only while the connection has room for another request in
+/// flight, and fails once the connection is broken or closed, so an owner (a pool,
+/// a balancer) knows to replace it. [`Load`] reports the requests in flight.
+///
+/// The connection closes gracefully when [`close`](Connection::close) is called or
+/// the last handle is dropped: requests already accepted are written, responses are
+/// awaited for the close grace, the rest fail with [`Kind::Closed`].
+pub struct Connection {
+    tx: mpsc::UnboundedSender<Message>,
+    semaphore: PollSemaphore,
+    /// The window slot reserved by `poll_ready` for the next `call`.
+    permit: Option<OwnedSemaphorePermit>,
+    shared: Arc<Shared>,
+    /// Largest payload the frame format can carry, checked before queueing.
+    max_payload: usize,
+}
+
+impl Connection {
+    /// Spawns the driver for `io` on the current tokio runtime and returns a handle.
+    ///
+    /// `io` is any byte stream: a `TcpStream`, a Unix socket, a TLS stream, an
+    /// in-memory duplex.
+    ///
+    /// # Panics
+    ///
+    /// When called outside a tokio runtime.
+    pub fn new<T>(io: T, config: ConnectionConfig) -> Connection
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let window = config.window();
+        let shared = Arc::new(Shared::new(window));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let driver = Driver::new(io, config, rx, shared.clone());
+        tokio::spawn(driver.run());
+        Connection {
+            tx,
+            semaphore: PollSemaphore::new(shared.semaphore.clone()),
+            permit: None,
+            shared,
+            max_payload: config.frame.max_payload(),
+        }
+    }
+
+    /// Starts a graceful close: new requests are refused with [`Kind::Closed`],
+    /// accepted ones are written and awaited for the close grace.
+    pub fn close(&self) {
+        self.shared.refuse(Error::new(Kind::Closed));
+        let _ = self.tx.send(Message::Close);
+    }
+
+    /// Waits until the driver has finished: every request answered or failed, the
+    /// transport dropped.
+    pub async fn closed(&self) {
+        self.shared.wait_done().await
+    }
+
+    /// Whether the connection refuses new requests (closing, closed or broken).
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_refusing()
+    }
+
+    /// The window actually in use (`max_in_flight`, clamped to the tag space).
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.window
+    }
+
+    /// A snapshot of the connection's counters.
+    pub fn stats(&self) -> ConnectionStats {
+        ConnectionStats::read(&self.shared)
+    }
+}
+
+impl Clone for Connection {
+    fn clone(&self) -> Self {
+        Connection {
+            tx: self.tx.clone(),
+            semaphore: self.semaphore.clone(),
+            permit: None,
+            shared: self.shared.clone(),
+            max_payload: self.max_payload,
+        }
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("in_flight", &self.shared.in_flight())
+            .field("max_in_flight", &self.shared.window)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Service<Bytes> for Connection {
+    type Response = Bytes;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.permit.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        match self.semaphore.poll_acquire(cx) {
+            Poll::Ready(Some(permit)) => {
+                self.permit = Some(permit);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(None) => Poll::Ready(Err(self.shared.reason().unsent())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, payload: Bytes) -> ResponseFuture {
+        let permit = self
+            .permit
+            .take()
+            .expect("Connection::call without poll_ready reporting ready");
+        if payload.len() > self.max_payload {
+            return ResponseFuture::failed(Error::with_source(
+                Kind::InvalidRequest,
+                format!(
+                    "payload of {} bytes exceeds the maximum of {}",
+                    payload.len(),
+                    self.max_payload
+                ),
+            ));
+        }
+        let (reply, rx) = oneshot::channel();
+        let request = Request {
+            payload,
+            reply,
+            permit,
+        };
+        match self.tx.send(Message::Request(request)) {
+            Ok(()) => ResponseFuture::waiting(rx),
+            // The driver has finished: the request was never written.
+            Err(_) => ResponseFuture::failed(not_sent(&self.shared)),
+        }
+    }
+}
+
+/// The error for a request that reached the handle after the driver stopped.
+pub(super) fn not_sent(shared: &Shared) -> Error {
+    let reason = shared.reason();
+    match reason.kind() {
+        Kind::Closed => reason.unsent(),
+        _ => Error::with_source(Kind::NotSent, reason),
+    }
+}
+
+impl Load for Connection {
+    type Metric = usize;
+
+    fn load(&self) -> usize {
+        self.shared.in_flight()
+    }
+}

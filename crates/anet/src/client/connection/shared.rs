@@ -1,0 +1,99 @@
+//! State shared between a connection's handles and its driver task.
+
+use std::sync::{
+    Arc, OnceLock,
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+};
+
+use tokio::sync::{Notify, Semaphore};
+
+use crate::{Error, Kind};
+
+/// What the handles and the driver of one connection share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// One permit per request in flight (quarantined tags included): the window.
+    pub(crate) semaphore: Arc<Semaphore>,
+    /// The window size, to turn available permits into a load.
+    pub(crate) window: usize,
+    /// Why the connection stopped taking requests; set once.
+    reason: OnceLock<Error>,
+    /// Set when the driver has finished.
+    done: AtomicBool,
+    /// Wakes `Connection::closed` waiters.
+    done_notify: Notify,
+    /// Counters the driver publishes (it is their only writer).
+    pub(crate) counters: Counters,
+}
+
+/// Counters the driver publishes for [`ConnectionStats`](super::ConnectionStats).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) written: AtomicU64,
+    pub(crate) responses: AtomicU64,
+    pub(crate) late: AtomicU64,
+    pub(crate) unknown: AtomicU64,
+    pub(crate) abandoned_unwritten: AtomicU64,
+    pub(crate) quarantined: AtomicUsize,
+}
+
+impl Shared {
+    pub(crate) fn new(window: usize) -> Shared {
+        Shared {
+            semaphore: Arc::new(Semaphore::new(window)),
+            window,
+            reason: OnceLock::new(),
+            done: AtomicBool::new(false),
+            done_notify: Notify::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Stops new requests: records why (the first reason wins) and closes the
+    /// window so every pending and future `poll_ready` fails.
+    pub(crate) fn refuse(&self, reason: Error) {
+        let _ = self.reason.set(reason);
+        self.semaphore.close();
+    }
+
+    /// Why the connection refuses requests (for `poll_ready` errors).
+    pub(crate) fn reason(&self) -> Error {
+        self.reason
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Error::new(Kind::Closed))
+    }
+
+    /// Whether the connection stopped taking requests.
+    pub(crate) fn is_refusing(&self) -> bool {
+        self.semaphore.is_closed()
+    }
+
+    pub(crate) fn mark_done(&self) {
+        self.done.store(true, Relaxed);
+        self.done_notify.notify_waiters();
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.done.load(Relaxed)
+    }
+
+    pub(crate) async fn wait_done(&self) {
+        loop {
+            let notified = self.done_notify.notified();
+            if self.is_done() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Requests in flight, quarantined tags and reserved permits included.
+    pub(crate) fn in_flight(&self) -> usize {
+        if self.semaphore.is_closed() && self.is_done() {
+            return 0;
+        }
+        self.window
+            .saturating_sub(self.semaphore.available_permits())
+    }
+}

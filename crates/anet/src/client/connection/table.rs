@@ -1,0 +1,300 @@
+//! The table of requests written on a connection and awaiting their response.
+//!
+//! A fixed array of slots, one per request the connection may have in flight. A
+//! request's tag encodes its slot and the slot's generation:
+//! `id = generation * slots + index`, so a response finds its request in O(1), and a
+//! late response for an earlier occupant of the slot (older generation) is
+//! recognised and dropped instead of being delivered to the new one.
+//!
+//! Free slots are reused in FIFO order, so a slot rests as long as possible
+//! between occupants, and its generation advances on every reuse; with the
+//! default 4-byte tag and 512 slots a slot must be reused 8 million times
+//! before a generation repeats.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use tokio::{sync::OwnedSemaphorePermit, sync::oneshot, time::Instant};
+
+use crate::Error;
+
+/// Where a response goes.
+pub(crate) type Reply = oneshot::Sender<Result<Bytes, Error>>;
+
+/// The table of waiting and quarantined requests.
+#[derive(Debug)]
+pub(crate) struct Table {
+    slots: Vec<Slot>,
+    /// Free slot indices, oldest-freed first.
+    free: VecDeque<u32>,
+    /// Quarantined slots in the order their quarantine ends. Quarantine has one
+    /// duration, so this order is also the order they were quarantined in.
+    quarantine: VecDeque<(Instant, u32, u64)>,
+    /// Number of slots: the connection's `max_in_flight`.
+    len: u64,
+    /// Generations per slot: `tag space / len`.
+    generations: u64,
+    waiting: usize,
+    quarantined: usize,
+}
+
+#[derive(Debug)]
+struct Slot {
+    generation: u64,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    Free,
+    /// Written; the caller awaits the response. The permit holds the window slot.
+    Waiting(Reply, OwnedSemaphorePermit),
+    /// The caller gave up; the tag stays reserved (holding its window slot) until
+    /// the late response arrives or the quarantine ends.
+    Quarantined(OwnedSemaphorePermit),
+}
+
+/// What a response's tag matched.
+#[derive(Debug)]
+pub(crate) enum Matched {
+    /// A waiting request: deliver to it.
+    Waiting(Reply),
+    /// A request whose caller gave up: the late response is dropped.
+    Late,
+    /// Nothing: unknown tag, stale generation, or a free slot.
+    Unknown,
+}
+
+impl Table {
+    /// A table of `len` slots in a tag space of `space` ids.
+    ///
+    /// # Panics
+    ///
+    /// When `len` is 0, exceeds `u32::MAX`, or exceeds `space`; the connection
+    /// configuration checks these first.
+    pub(crate) fn new(len: usize, space: u64) -> Table {
+        assert!(
+            len > 0 && len <= u32::MAX as usize,
+            "slot count out of range"
+        );
+        let len64 = len as u64;
+        assert!(len64 <= space, "more slots than tags");
+        Table {
+            slots: (0..len)
+                .map(|_| Slot {
+                    generation: 0,
+                    state: State::Free,
+                })
+                .collect(),
+            free: (0..len as u32).collect(),
+            quarantine: VecDeque::new(),
+            len: len64,
+            generations: space / len64,
+            waiting: 0,
+            quarantined: 0,
+        }
+    }
+
+    /// Requests awaiting a response.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    /// Tags reserved for requests whose caller gave up.
+    pub(crate) fn quarantined(&self) -> usize {
+        self.quarantined
+    }
+
+    /// Reserves a slot for a request and returns its id (to encode as the tag), or
+    /// gives the request back when no slot is free.
+    pub(crate) fn insert(
+        &mut self,
+        reply: Reply,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<u64, (Reply, OwnedSemaphorePermit)> {
+        let Some(index) = self.free.pop_front() else {
+            return Err((reply, permit));
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.state = State::Waiting(reply, permit);
+        self.waiting += 1;
+        Ok(slot.generation * self.len + u64::from(index))
+    }
+
+    /// Releases the slot of `id` after its request could not be written.
+    pub(crate) fn remove(&mut self, id: u64) -> Option<Reply> {
+        match self.take(id) {
+            Matched::Waiting(reply) => Some(reply),
+            _ => None,
+        }
+    }
+
+    /// Finds and frees the slot a response's id names.
+    pub(crate) fn take(&mut self, id: u64) -> Matched {
+        let index = id % self.len;
+        let generation = id / self.len;
+        let slot = &mut self.slots[index as usize];
+        if generation != slot.generation {
+            return Matched::Unknown;
+        }
+        let matched = match std::mem::replace(&mut slot.state, State::Free) {
+            State::Free => return Matched::Unknown,
+            State::Waiting(reply, _permit) => {
+                self.waiting -= 1;
+                Matched::Waiting(reply)
+            }
+            State::Quarantined(_permit) => {
+                self.quarantined -= 1;
+                Matched::Late
+            }
+        };
+        self.release(index as u32);
+        matched
+    }
+
+    /// Moves every waiting request whose caller has gone into quarantine until
+    /// `until`. Returns how many moved.
+    pub(crate) fn quarantine_abandoned(&mut self, until: Instant) -> usize {
+        let mut moved = 0;
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let abandoned = matches!(&slot.state, State::Waiting(reply, _) if reply.is_closed());
+            if abandoned {
+                let State::Waiting(_, permit) = std::mem::replace(&mut slot.state, State::Free)
+                else {
+                    unreachable!("checked above");
+                };
+                slot.state = State::Quarantined(permit);
+                self.quarantine
+                    .push_back((until, index as u32, slot.generation));
+                moved += 1;
+            }
+        }
+        self.waiting -= moved;
+        self.quarantined += moved;
+        moved
+    }
+
+    /// Frees quarantined slots whose quarantine ended at or before `now`; returns
+    /// when the next one ends.
+    pub(crate) fn expire_quarantine(&mut self, now: Instant) -> Option<Instant> {
+        while let Some(&(until, index, generation)) = self.quarantine.front() {
+            if until > now {
+                return Some(until);
+            }
+            self.quarantine.pop_front();
+            let slot = &mut self.slots[index as usize];
+            // The late response may have freed (and reuse refilled) the slot already.
+            if slot.generation == generation && matches!(slot.state, State::Quarantined(_)) {
+                slot.state = State::Free;
+                self.quarantined -= 1;
+                self.release(index);
+            }
+        }
+        None
+    }
+
+    /// Takes every waiting request out of the table (to fail them) and frees all
+    /// slots.
+    pub(crate) fn drain_waiting(&mut self) -> Vec<Reply> {
+        let mut replies = Vec::with_capacity(self.waiting);
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            match std::mem::replace(&mut slot.state, State::Free) {
+                State::Free => continue,
+                State::Waiting(reply, _permit) => replies.push(reply),
+                State::Quarantined(_permit) => {}
+            }
+            slot.generation = (slot.generation + 1) % self.generations;
+            self.free.push_back(index as u32);
+        }
+        self.waiting = 0;
+        self.quarantined = 0;
+        self.quarantine.clear();
+        replies
+    }
+
+    fn release(&mut self, index: u32) {
+        let slot = &mut self.slots[index as usize];
+        slot.generation = (slot.generation + 1) % self.generations;
+        self.free.push_back(index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    fn permit(sem: &Arc<Semaphore>) -> OwnedSemaphorePermit {
+        sem.clone().try_acquire_owned().expect("permit")
+    }
+
+    #[test]
+    fn response_after_reuse_is_not_delivered_to_new_occupant() {
+        let sem = Arc::new(Semaphore::new(8));
+        let mut table = Table::new(1, 1 << 32);
+        let (tx, rx) = oneshot::channel();
+        let old = table.insert(tx, permit(&sem)).unwrap();
+        drop(rx);
+        let now = Instant::now();
+        assert_eq!(table.quarantine_abandoned(now), 1);
+        assert_eq!(table.expire_quarantine(now), None);
+        let (tx, _rx) = oneshot::channel();
+        let new = table.insert(tx, permit(&sem)).unwrap();
+        // Same slot (the only one), next generation.
+        assert_eq!(new, old + 1);
+        assert!(matches!(table.take(old), Matched::Unknown));
+        assert!(matches!(table.take(new), Matched::Waiting(_)));
+    }
+
+    #[test]
+    fn free_slots_are_reused_oldest_first() {
+        let sem = Arc::new(Semaphore::new(8));
+        let mut table = Table::new(3, 1 << 32);
+        let ids: Vec<u64> = (0..3)
+            .map(|_| table.insert(oneshot::channel().0, permit(&sem)).unwrap())
+            .collect();
+        assert_eq!(ids, [0, 1, 2]);
+        table.take(1);
+        table.take(0);
+        // Slot 1 was freed first, so it is reused first, with the next generation.
+        assert_eq!(
+            table.insert(oneshot::channel().0, permit(&sem)).unwrap(),
+            3 + 1
+        );
+        assert_eq!(table.insert(oneshot::channel().0, permit(&sem)).unwrap(), 3);
+        assert!(table.insert(oneshot::channel().0, permit(&sem)).is_err());
+    }
+
+    #[test]
+    fn generations_wrap_within_a_small_tag_space() {
+        let sem = Arc::new(Semaphore::new(8));
+        // 10 ids, 4 slots: 2 generations per slot, ids 0..8 used.
+        let mut table = Table::new(4, 10);
+        for _ in 0..20 {
+            let id = table.insert(oneshot::channel().0, permit(&sem)).unwrap();
+            assert!(id < 8, "id {id} outside the tag space");
+            table.take(id);
+        }
+    }
+
+    #[test]
+    fn quarantine_holds_the_permit_until_it_ends() {
+        let sem = Arc::new(Semaphore::new(1));
+        let mut table = Table::new(1, 100);
+        let (tx, rx) = oneshot::channel();
+        table.insert(tx, permit(&sem)).unwrap();
+        drop(rx);
+        let start = Instant::now();
+        let until = start + std::time::Duration::from_secs(1);
+        table.quarantine_abandoned(until);
+        assert_eq!(sem.available_permits(), 0);
+        assert_eq!(table.expire_quarantine(start), Some(until));
+        assert_eq!(sem.available_permits(), 0);
+        assert_eq!(table.expire_quarantine(until), None);
+        assert_eq!(sem.available_permits(), 1);
+        assert_eq!(table.quarantined(), 0);
+    }
+}

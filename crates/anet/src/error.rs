@@ -1,0 +1,235 @@
+//! The one error type of anet, and the classification of tower's boxed errors.
+
+use std::{error::Error as StdError, fmt, sync::Arc};
+
+/// The error type tower layers pass around: anything, boxed.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// What kind of failure an [`Error`] is; match on it to decide what to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Kind {
+    /// The request's deadline passed before its response arrived. The request may
+    /// have reached the server.
+    Timeout,
+    /// The connection failed while the request was written or awaiting its
+    /// response. The request may have reached the server.
+    ConnectionLost,
+    /// The request was never written to any connection: always safe to retry.
+    NotSent,
+    /// Establishing a connection failed (refused, unreachable, connect timeout).
+    Connect,
+    /// The peer broke the wire protocol (a frame shorter than the tag, or longer
+    /// than the maximum); the connection was closed.
+    Protocol,
+    /// A limit rejected the request (load shedding, a full queue).
+    Overloaded,
+    /// No endpoint could take the request.
+    Unavailable,
+    /// The client, connection or server was closed.
+    Closed,
+    /// The request cannot be sent as given, e.g. its payload exceeds the maximum
+    /// frame length.
+    InvalidRequest,
+    /// A failure that fits no other kind; see the source.
+    Other,
+}
+
+impl Kind {
+    /// The kind's name in `snake_case`, as used in reports and JSON
+    /// (`"connection_lost"`, `"not_sent"`, ...).
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            Kind::Timeout => "timeout",
+            Kind::ConnectionLost => "connection_lost",
+            Kind::NotSent => "not_sent",
+            Kind::Connect => "connect",
+            Kind::Protocol => "protocol",
+            Kind::Overloaded => "overloaded",
+            Kind::Unavailable => "unavailable",
+            Kind::Closed => "closed",
+            Kind::InvalidRequest => "invalid_request",
+            Kind::Other => "other",
+        }
+    }
+
+    /// Whether a request failing with this kind is known never to have been written
+    /// (so retrying cannot duplicate it), unless the error says otherwise.
+    const fn default_unsent(&self) -> bool {
+        matches!(
+            self,
+            Kind::NotSent
+                | Kind::Connect
+                | Kind::Overloaded
+                | Kind::Unavailable
+                | Kind::InvalidRequest
+        )
+    }
+
+    fn describe(&self) -> &'static str {
+        match self {
+            Kind::Timeout => "request timed out",
+            Kind::ConnectionLost => "connection lost",
+            Kind::NotSent => "request not sent",
+            Kind::Connect => "connect failed",
+            Kind::Protocol => "protocol violation",
+            Kind::Overloaded => "overloaded",
+            Kind::Unavailable => "no endpoint available",
+            Kind::Closed => "closed",
+            Kind::InvalidRequest => "invalid request",
+            Kind::Other => "request failed",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of every anet service: a [`Kind`] to match on, whether the request
+/// may have been written, and an optional source.
+///
+/// Cheap to clone (the source is shared), so one connection failure can fail many
+/// requests with the same cause.
+///
+/// ```
+/// use anet::{Error, Kind};
+///
+/// fn should_retry(err: &Error, idempotent: bool) -> bool {
+///     err.is_unsent() || (idempotent && matches!(err.kind(), Kind::ConnectionLost | Kind::Timeout))
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Error {
+    kind: Kind,
+    /// `true` when the request is known never to have been written.
+    unsent: bool,
+    source: Option<Arc<dyn StdError + Send + Sync>>,
+}
+
+impl Error {
+    /// An error of `kind` with no source.
+    pub fn new(kind: Kind) -> Error {
+        Error {
+            kind,
+            unsent: kind.default_unsent(),
+            source: None,
+        }
+    }
+
+    /// An error of `kind` caused by `source`.
+    pub fn with_source(kind: Kind, source: impl Into<BoxError>) -> Error {
+        Error {
+            kind,
+            unsent: kind.default_unsent(),
+            source: Some(Arc::from(source.into())),
+        }
+    }
+
+    /// Marks the error as one whose request was never written, whatever its kind
+    /// (e.g. `Closed` before the request reached a connection).
+    pub(crate) fn unsent(mut self) -> Error {
+        self.unsent = true;
+        self
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Whether the request is known never to have been written to a connection, so
+    /// that retrying it cannot make the server see it twice.
+    ///
+    /// `false` means the request may have reached the server: retry only requests
+    /// the caller knows to be idempotent.
+    pub fn is_unsent(&self) -> bool {
+        self.unsent
+    }
+
+    /// Turns the boxed error a tower stack returns into an anet [`Error`],
+    /// classifying tower's own errors: `Elapsed` is [`Kind::Timeout`], `Overloaded`
+    /// is [`Kind::Overloaded`]; an anet `Error` inside is returned as it is; anything
+    /// else is [`Kind::Other`] with the original as source.
+    pub fn from_boxed(err: BoxError) -> Error {
+        let err = match err.downcast::<Error>() {
+            Ok(e) => return *e,
+            Err(e) => e,
+        };
+        if err.is::<tower::timeout::error::Elapsed>() {
+            return Error::with_source(Kind::Timeout, err);
+        }
+        if err.is::<tower::load_shed::error::Overloaded>() {
+            return Error::with_source(Kind::Overloaded, err);
+        }
+        // Layers such as `Buffer` wrap the inner error; look one level down.
+        if let Some(inner) = err.source().and_then(|s| s.downcast_ref::<Error>()) {
+            return inner.clone();
+        }
+        Error::with_source(Kind::Other, err)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind).field("unsent", &self.unsent);
+        if let Some(src) = &self.source {
+            d.field("source", src);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind.describe())
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn StdError + 'static))
+    }
+}
+
+impl From<Kind> for Error {
+    fn from(kind: Kind) -> Self {
+        Error::new(kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tower_errors_are_classified() {
+        let elapsed: BoxError = Box::new(tower::timeout::error::Elapsed::new());
+        assert_eq!(Error::from_boxed(elapsed).kind(), Kind::Timeout);
+        let shed: BoxError = Box::new(tower::load_shed::error::Overloaded::new());
+        let e = Error::from_boxed(shed);
+        assert_eq!(e.kind(), Kind::Overloaded);
+        assert!(e.is_unsent());
+        let ours: BoxError = Box::new(Error::new(Kind::NotSent));
+        assert_eq!(Error::from_boxed(ours).kind(), Kind::NotSent);
+        let other: BoxError = "boom".into();
+        let e = Error::from_boxed(other);
+        assert_eq!(e.kind(), Kind::Other);
+        assert_eq!(e.source().unwrap().to_string(), "boom");
+    }
+
+    #[test]
+    fn unsent_follows_kind_unless_marked() {
+        assert!(Error::new(Kind::NotSent).is_unsent());
+        assert!(!Error::new(Kind::ConnectionLost).is_unsent());
+        assert!(!Error::new(Kind::Closed).is_unsent());
+        assert!(Error::new(Kind::Closed).unsent().is_unsent());
+        assert_eq!(Error::new(Kind::Timeout).to_string(), "request timed out");
+        assert_eq!(Kind::ConnectionLost.as_str(), "connection_lost");
+    }
+}

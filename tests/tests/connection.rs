@@ -1,0 +1,569 @@
+//! The multiplexed connection over real loopback TCP: correctness under
+//! reordering, failure, cancellation, quarantine, hostile frames and backpressure.
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use anet::{
+    Error, Kind,
+    client::{Connection, ConnectionConfig, Connector},
+};
+use anet_proto::Tag;
+use anet_tests::{Action, ManualServer, Rng, encode, eventually, start_echo, start_scripted};
+use bytes::Bytes;
+use tower::{Service, ServiceExt};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+async fn connect(addr: std::net::SocketAddr, config: ConnectionConfig) -> Connection {
+    Connector::new()
+        .connection_config(config)
+        .connect(addr)
+        .await
+        .expect("connect")
+}
+
+async fn request(conn: &mut Connection, payload: impl Into<Bytes>) -> Result<Bytes, Error> {
+    conn.ready().await?.call(payload.into()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reordering_server_never_misdelivers_10k_requests_at_concurrency_512() {
+    // Each reply is delayed 0..3 ms at random, so replies overtake each other.
+    let server = start_scripted(|n, _| {
+        let mut rng = Rng::new(n as u64 + 1);
+        Action::Echo(Duration::from_micros(rng.below(3000)))
+    })
+    .await;
+    let conn = connect(server.addr, ConnectionConfig::new().max_in_flight(512)).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..512u64 {
+        let mut conn = conn.clone();
+        tasks.spawn(async move {
+            let mut mismatches = 0;
+            let mut n = worker;
+            while n < 10_000 {
+                let payload = format!("request-{n:08}-{}", "x".repeat((n % 64) as usize));
+                let response = request(&mut conn, payload.clone()).await.expect("response");
+                if response != payload.as_bytes() {
+                    mismatches += 1;
+                }
+                n += 512;
+            }
+            mismatches
+        });
+    }
+    let mismatches: usize = tokio::time::timeout(LIMIT, tasks.join_all())
+        .await
+        .expect("all requests end")
+        .into_iter()
+        .sum();
+    assert_eq!(mismatches, 0);
+    let stats = conn.stats();
+    assert_eq!(server.counters.requests.load(Ordering::SeqCst), 10_000);
+    assert!(
+        server.counters.max_in_flight.load(Ordering::SeqCst) > 64,
+        "requests were really concurrent"
+    );
+    assert!(
+        eventually(LIMIT, || conn.stats().responses == 10_000).await,
+        "{stats:?}"
+    );
+    assert_eq!(conn.stats().unknown_tags, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_closing_mid_flight_fails_every_waiting_request_with_connection_lost() {
+    // Hold the first 50 requests, then close on the 51st... which never comes:
+    // close after reading 50 instead.
+    let server = start_scripted(|n, _| {
+        if n < 49 {
+            Action::Ignore
+        } else {
+            Action::Close
+        }
+    })
+    .await;
+    let conn = connect(server.addr, ConnectionConfig::new()).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let mut conn = conn.clone();
+        tasks.spawn(async move { request(&mut conn, format!("r{i}")).await });
+    }
+    let results = tokio::time::timeout(Duration::from_secs(10), tasks.join_all())
+        .await
+        .expect("no request hangs");
+    for result in results {
+        let err = result.expect_err("server closed");
+        assert_eq!(err.kind(), Kind::ConnectionLost, "{err:?}");
+        assert!(!err.is_unsent());
+    }
+    // The broken connection refuses new work so its owner replaces it.
+    let mut conn = conn;
+    let err = conn
+        .ready()
+        .await
+        .expect_err("broken connection is not ready");
+    assert!(err.is_unsent());
+    assert!(conn.is_closed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_dropped_futures_leave_full_capacity_after_late_responses() {
+    // Every reply comes 20 ms late; callers give up after 1 ms.
+    let server = start_scripted(|_, _| Action::Echo(Duration::from_millis(20))).await;
+    let config = ConnectionConfig::new()
+        .max_in_flight(512)
+        .quarantine(Duration::from_secs(30))
+        .quarantine_limit(None);
+    let conn = connect(server.addr, config).await;
+    abandon_10k(&conn, Duration::from_millis(1)).await;
+    // Late responses free every slot well before the 30 s quarantine.
+    assert!(
+        eventually(LIMIT, || conn.stats().in_flight == 0).await,
+        "{:?}",
+        conn.stats()
+    );
+    let stats = conn.stats();
+    assert_eq!(stats.responses, 0, "no late response delivered");
+    assert_eq!(stats.late + stats.abandoned_unwritten, 10_000, "{stats:?}");
+    assert_full_capacity(&conn, server.addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_dropped_futures_to_a_silent_server_free_capacity_after_quarantine() {
+    let server = start_scripted(|_, _| Action::Ignore).await;
+    let config = ConnectionConfig::new()
+        .max_in_flight(512)
+        .quarantine(Duration::from_millis(100))
+        .quarantine_limit(None);
+    let conn = connect(server.addr, config).await;
+    abandon_10k(&conn, Duration::from_millis(1)).await;
+    assert!(
+        eventually(LIMIT, || conn.stats().in_flight == 0).await,
+        "{:?}",
+        conn.stats()
+    );
+    let written = conn.stats().written;
+    assert!(written > 0);
+    assert_eq!(
+        server.counters.requests.load(Ordering::SeqCst) as u64,
+        written,
+        "only written requests reached the server"
+    );
+    assert_eq!(conn.stats().quarantined, 0);
+    // The whole window is usable again at once.
+    let mut reserved = Vec::new();
+    for _ in 0..conn.max_in_flight() {
+        let mut c = conn.clone();
+        tokio::time::timeout(Duration::from_secs(1), c.ready())
+            .await
+            .expect("slot free after quarantine")
+            .expect("ready");
+        reserved.push(c);
+    }
+}
+
+/// Sends 10,000 requests from 100 concurrent callers, each of which gives up
+/// after `patience`, and checks every caller returns at once.
+async fn abandon_10k(conn: &Connection, patience: Duration) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..100 {
+        let mut conn = conn.clone();
+        tasks.spawn(async move {
+            for i in 0..100 {
+                let payload = Bytes::from(format!("{worker}-{i}"));
+                let fut = conn.ready().await.expect("ready").call(payload);
+                let gave_up = tokio::time::Instant::now();
+                let result = tokio::time::timeout(patience, fut).await;
+                assert!(result.is_err(), "no reply comes that fast");
+                assert!(
+                    gave_up.elapsed() < Duration::from_secs(1),
+                    "caller returns at once"
+                );
+            }
+        });
+    }
+    tokio::time::timeout(LIMIT, tasks.join_all())
+        .await
+        .expect("abandoning never blocks for long");
+}
+
+/// Proves the connection takes `max_in_flight` concurrent requests again, by
+/// sending that many to an echo server.
+async fn assert_full_capacity(conn: &Connection, _addr: std::net::SocketAddr) {
+    let window = conn.max_in_flight();
+    let mut ready = Vec::with_capacity(window);
+    for _ in 0..window {
+        let mut c = conn.clone();
+        tokio::time::timeout(Duration::from_secs(1), c.ready())
+            .await
+            .expect("window has room")
+            .expect("ready");
+        ready.push(c);
+    }
+    let futures: Vec<_> = ready
+        .iter_mut()
+        .enumerate()
+        .map(|(i, c)| c.call(Bytes::from(format!("again-{i}"))))
+        .collect();
+    for (i, fut) in futures.into_iter().enumerate() {
+        assert_eq!(
+            fut.await.expect("answered"),
+            format!("again-{i}").as_bytes()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_response_after_slot_reuse_is_dropped_not_delivered() {
+    let mut server = ManualServer::bind().await;
+    // One slot, so the second request must reuse the first one's slot.
+    let config = ConnectionConfig::new()
+        .max_in_flight(1)
+        .quarantine(Duration::from_millis(50))
+        .quarantine_limit(None);
+    let addr = server.addr;
+    let (conn, mut peer) = tokio::join!(connect(addr, config), server.accept());
+
+    let mut timed = tower::ServiceBuilder::new()
+        .timeout(Duration::from_millis(100))
+        .service(conn.clone());
+    let first = timed
+        .ready()
+        .await
+        .expect("ready")
+        .call(Bytes::from_static(b"first"));
+    let old = peer.recv().await;
+    assert_eq!(old.payload, "first");
+    let err = first.await.expect_err("times out");
+    assert_eq!(Error::from_boxed(err).kind(), Kind::Timeout);
+
+    // After the quarantine the slot is reused by a new request, new generation.
+    assert!(eventually(LIMIT, || conn.stats().in_flight == 0).await);
+    let mut conn2 = conn.clone();
+    let second = conn2
+        .ready()
+        .await
+        .expect("ready")
+        .call(Bytes::from_static(b"second"));
+    let new = peer.recv().await;
+    assert_ne!(old.tag, new.tag, "the reused slot carries a new tag");
+
+    // The old response arrives now: it must not complete the second request.
+    peer.reply(&old, b"first").await;
+    assert!(eventually(LIMIT, || conn.stats().unknown_tags == 1).await);
+    peer.reply(&new, b"second").await;
+    assert_eq!(second.await.expect("answered"), "second");
+    assert!(eventually(LIMIT, || conn.stats().responses == 1).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantined_tags_count_against_the_window() {
+    let server = start_scripted(|_, _| Action::Ignore).await;
+    let config = ConnectionConfig::new()
+        .max_in_flight(8)
+        .quarantine(Duration::from_millis(400))
+        .quarantine_limit(None);
+    let mut conn = connect(server.addr, config).await;
+    for i in 0..8 {
+        let fut = conn
+            .ready()
+            .await
+            .expect("ready")
+            .call(Bytes::from(format!("{i}")));
+        let _ = tokio::time::timeout(Duration::from_millis(5), fut).await;
+    }
+    // All 8 are abandoned but quarantined: the 9th must wait.
+    let waited = tokio::time::timeout(Duration::from_millis(150), conn.ready()).await;
+    assert!(waited.is_err(), "quarantined tags still occupy the window");
+    assert_eq!(server.counters.requests.load(Ordering::SeqCst), 8);
+    // Once the quarantine passes, the window opens again.
+    tokio::time::timeout(Duration::from_secs(5), conn.ready())
+        .await
+        .expect("window reopens after quarantine")
+        .expect("ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_window_quarantined_marks_the_connection_unhealthy() {
+    let server = start_scripted(|_, _| Action::Ignore).await;
+    let config = ConnectionConfig::new()
+        .max_in_flight(4)
+        .quarantine(Duration::from_secs(30))
+        .close_grace(Duration::from_millis(200));
+    let mut conn = connect(server.addr, config).await;
+    for i in 0..4 {
+        let fut = conn
+            .ready()
+            .await
+            .expect("ready")
+            .call(Bytes::from(format!("{i}")));
+        let _ = tokio::time::timeout(Duration::from_millis(5), fut).await;
+    }
+    let err = tokio::time::timeout(Duration::from_secs(30), conn.ready())
+        .await
+        .expect("unhealthy connection fails readiness instead of hanging")
+        .expect_err("unhealthy");
+    assert_eq!(err.kind(), Kind::ConnectionLost);
+    tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .expect("driver finishes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_tags_are_dropped_and_counted_and_the_connection_keeps_working() {
+    let mut server = ManualServer::bind().await;
+    let addr = server.addr;
+    let (mut conn, mut peer) =
+        tokio::join!(connect(addr, ConnectionConfig::new()), server.accept());
+    let fut = conn
+        .ready()
+        .await
+        .expect("ready")
+        .call(Bytes::from_static(b"real"));
+    let req = peer.recv().await;
+    let mut flood = Vec::new();
+    for i in 0..1000u32 {
+        flood.extend_from_slice(&encode(&Tag::from_u32(0xdead_0000 + i), b"forged"));
+    }
+    peer.send_raw(&flood).await;
+    peer.reply(&req, b"real").await;
+    assert_eq!(fut.await.expect("answered"), "real");
+    assert!(eventually(LIMIT, || conn.stats().unknown_tags == 1000).await);
+    assert_eq!(request_via(&mut conn, &mut peer, b"after").await, "after");
+}
+
+async fn request_via(
+    conn: &mut Connection,
+    peer: &mut anet_tests::ManualConn,
+    payload: &'static [u8],
+) -> Bytes {
+    let fut = conn
+        .ready()
+        .await
+        .expect("ready")
+        .call(Bytes::from_static(payload));
+    let req = peer.recv().await;
+    peer.reply(&req, &req.payload.clone()).await;
+    fut.await.expect("answered")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_shorter_than_the_tag_closes_the_connection_with_protocol_errors() {
+    let mut server = ManualServer::bind().await;
+    let addr = server.addr;
+    let (conn, mut peer) = tokio::join!(connect(addr, ConnectionConfig::new()), server.accept());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..5 {
+        let mut c = conn.clone();
+        tasks.spawn(async move { request(&mut c, format!("{i}")).await });
+    }
+    for _ in 0..5 {
+        peer.recv().await;
+    }
+    peer.send_raw(&[0x00, 0x02, 0xab, 0xcd]).await;
+    let results = tokio::time::timeout(Duration::from_secs(10), tasks.join_all())
+        .await
+        .expect("no hang");
+    for r in results {
+        assert_eq!(r.expect_err("protocol").kind(), Kind::Protocol);
+    }
+    assert!(peer.client_closed(Duration::from_secs(5)).await);
+    let mut conn = conn;
+    assert!(conn.ready().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_length_closes_the_connection_with_protocol_errors() {
+    let mut server = ManualServer::bind().await;
+    let addr = server.addr;
+    let config =
+        ConnectionConfig::new().frame(anet_proto::FrameCodec::builder().max_frame_length(1024));
+    let (mut conn, mut peer) = tokio::join!(connect(addr, config), server.accept());
+    let fut = conn
+        .ready()
+        .await
+        .expect("ready")
+        .call(Bytes::from_static(b"x"));
+    peer.recv().await;
+    peer.send_raw(&[0xff, 0xff, 0, 0, 0, 0]).await;
+    let err = tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .expect("no hang")
+        .expect_err("protocol");
+    assert_eq!(err.kind(), Kind::Protocol);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifth_poll_ready_waits_for_a_response_when_max_in_flight_is_4() {
+    let mut server = ManualServer::bind().await;
+    let addr = server.addr;
+    let config = ConnectionConfig::new().max_in_flight(4);
+    let (conn, mut peer) = tokio::join!(connect(addr, config), server.accept());
+    let mut futures = Vec::new();
+    for i in 0..4 {
+        let mut c = conn.clone();
+        futures.push(
+            c.ready()
+                .await
+                .expect("ready")
+                .call(Bytes::from(format!("{i}"))),
+        );
+    }
+    let mut first = None;
+    for _ in 0..4 {
+        let req = peer.recv().await;
+        first.get_or_insert(req);
+    }
+    let mut fifth = conn.clone();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), fifth.ready())
+            .await
+            .is_err(),
+        "fifth request must wait"
+    );
+    let first = first.expect("a request");
+    peer.reply(&first, &first.payload.clone()).await;
+    tokio::time::timeout(Duration::from_secs(5), fifth.ready())
+        .await
+        .expect("ready after a response")
+        .expect("ready");
+    drop(futures);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_lets_in_flight_requests_finish_and_refuses_new_ones() {
+    let server = start_scripted(|_, _| Action::Echo(Duration::from_millis(100))).await;
+    let mut conn = connect(server.addr, ConnectionConfig::new()).await;
+    let fut = conn
+        .ready()
+        .await
+        .expect("ready")
+        .call(Bytes::from_static(b"in flight"));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    conn.close();
+    let err = conn.ready().await.expect_err("closed");
+    assert_eq!(err.kind(), Kind::Closed);
+    assert!(err.is_unsent());
+    assert_eq!(fut.await.expect("finished within grace"), "in flight");
+    tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .expect("driver done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_fails_requests_still_waiting_after_the_grace_with_closed() {
+    let server = start_scripted(|_, _| Action::Ignore).await;
+    let config = ConnectionConfig::new().close_grace(Duration::from_millis(200));
+    let mut conn = connect(server.addr, config).await;
+    let fut = conn
+        .ready()
+        .await
+        .expect("ready")
+        .call(Bytes::from_static(b"never"));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = tokio::time::Instant::now();
+    drop(conn); // the last handle: closes gracefully
+    let err = tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .expect("no hang")
+        .expect_err("grace elapsed");
+    assert_eq!(err.kind(), Kind::Closed);
+    assert!(!err.is_unsent(), "it was written");
+    assert!(started.elapsed() >= Duration::from_millis(150));
+}
+
+#[tokio::test]
+async fn queued_requests_fail_as_not_sent_when_the_transport_dies_first() {
+    // An in-memory transport with a tiny pipe nobody reads: writes stall, so later
+    // requests stay queued, unwritten.
+    let (client_io, server_io) = tokio::io::duplex(16);
+    let config = ConnectionConfig::new().write_buffer(1);
+    let conn = Connection::new(client_io, config);
+    let mut futures = Vec::new();
+    for i in 0..20 {
+        let mut c = conn.clone();
+        futures.push(
+            c.ready()
+                .await
+                .expect("ready")
+                .call(Bytes::from(vec![i as u8; 64])),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(server_io);
+    let mut not_sent = 0;
+    for fut in futures {
+        let err = tokio::time::timeout(Duration::from_secs(5), fut)
+            .await
+            .expect("no hang")
+            .expect_err("transport died");
+        match err.kind() {
+            Kind::NotSent => {
+                assert!(err.is_unsent());
+                not_sent += 1;
+            }
+            Kind::ConnectionLost => assert!(!err.is_unsent()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        not_sent >= 15,
+        "most requests were never written: {not_sent}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_request_is_refused_without_touching_the_connection() {
+    let server = start_echo().await;
+    let mut conn = connect(server.addr, ConnectionConfig::new()).await;
+    let err = request(&mut conn, vec![0u8; 70_000])
+        .await
+        .expect_err("too large");
+    assert_eq!(err.kind(), Kind::InvalidRequest);
+    assert!(err.is_unsent());
+    assert_eq!(request(&mut conn, "ok").await.expect("still works"), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_a_closed_port_is_a_connect_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let err = Connector::new().connect(addr).await.expect_err("refused");
+    assert_eq!(err.kind(), Kind::Connect);
+    assert!(err.is_unsent());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ascii_header_tags_work_end_to_end() {
+    use anet_proto::{FrameCodec, TagFormat};
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let frame = FrameCodec::builder().tag_format(TagFormat::ascii(4));
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut framed = frame.new_framed(stream);
+        while let Some(Ok(mut f)) = framed.next().await {
+            assert!(f.tag.as_bytes().iter().all(u8::is_ascii_digit));
+            f.payload = Bytes::from([&f.payload[..], b"-ok"].concat());
+            framed.send(f).await.expect("send");
+        }
+    });
+    let config = ConnectionConfig::new().frame(frame).max_in_flight(64);
+    let conn = connect(addr, config).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..500 {
+        let mut c = conn.clone();
+        tasks.spawn(async move {
+            let r = request(&mut c, format!("NC{i}")).await.expect("answered");
+            assert_eq!(r, format!("NC{i}-ok").as_bytes());
+        });
+    }
+    tokio::time::timeout(LIMIT, tasks.join_all())
+        .await
+        .expect("done");
+}
