@@ -1,0 +1,112 @@
+//! Throughput of one multiplexed connection at concurrency 1, 16 and 256 (64-byte
+//! payloads, closed loop) against a minimal TCP echo server on its own thread.
+//!
+//! Run: `cargo bench -p anet --bench connection` (set `ANET_BENCH_SECS` to change
+//! the 2 s per point). The cross-peer comparison lives in `crates/anet-bench`.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anet::client::{ConnectionConfig, Connector};
+use bytes::Bytes;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+use tower::{Service, ServiceExt};
+
+/// A plain TCP echo: an echoed frame is byte-for-byte the request frame, so this
+/// is the least a server can do.
+fn start_raw_echo() -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            tx.send(listener.local_addr().expect("addr")).expect("send");
+            loop {
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                stream.set_nodelay(true).expect("nodelay");
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if stream.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    });
+    rx.recv().expect("addr")
+}
+
+fn main() {
+    let secs: f64 = std::env::var("ANET_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
+    let addr = start_raw_echo();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!("one anet connection vs raw TCP echo, 64 B payloads, {secs} s per point");
+    println!("{:>12} {:>14}", "concurrency", "req/s");
+    for concurrency in [1usize, 16, 256] {
+        let rps = rt.block_on(run(addr, concurrency, Duration::from_secs_f64(secs)));
+        println!("{concurrency:>12} {rps:>14.0}");
+    }
+}
+
+async fn run(addr: SocketAddr, concurrency: usize, duration: Duration) -> f64 {
+    let conn = Connector::new()
+        .connection_config(ConnectionConfig::new().max_in_flight(1024))
+        .connect(addr)
+        .await
+        .expect("connect");
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let payload = Bytes::from(vec![0x5a; 64]);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (mut conn, stop, done, payload) =
+            (conn.clone(), stop.clone(), done.clone(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let response = conn
+                    .ready()
+                    .await
+                    .expect("ready")
+                    .call(payload.clone())
+                    .await
+                    .expect("response");
+                assert_eq!(response.len(), 64);
+                n += 1;
+            }
+            done.fetch_add(n, Ordering::Relaxed);
+        }));
+    }
+    let start = tokio::time::Instant::now();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("task");
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
