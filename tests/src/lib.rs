@@ -289,3 +289,114 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A running anet [`Server`](anet::server::Server) for tests, shut down on drop.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its counters.
+    pub stats: anet::server::StatsHandle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The serving task; completes after shutdown.
+    pub task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningServer {
+    /// Starts graceful shutdown and returns the serving task to await.
+    pub fn shutdown(&mut self) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().expect("server task")
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Starts an anet server on `127.0.0.1:0` with `config`, serving `service`.
+pub async fn start_server<S>(config: anet::server::Builder, service: S) -> RunningServer
+where
+    S: tower::Service<anet::server::Request, Response = Bytes> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<anet::BoxError>,
+{
+    let server = config
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let addr = server.local_addr();
+    let stats = server.stats();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve_with_shutdown(service, async {
+        let _ = stopped.await;
+    }));
+    RunningServer {
+        addr,
+        stats,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// A raw client socket speaking frames by hand (no anet client involved).
+#[derive(Debug)]
+pub struct RawClient {
+    /// The framed socket.
+    pub framed: tokio_util::codec::Framed<TcpStream, FrameCodec>,
+}
+
+impl RawClient {
+    /// Connects to `addr`.
+    pub async fn connect(addr: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        RawClient {
+            framed: tokio_util::codec::Framed::new(stream, FrameCodec::new()),
+        }
+    }
+
+    /// Sends one frame.
+    pub async fn send(&mut self, tag: u32, payload: &[u8]) {
+        use futures_util::SinkExt;
+        self.framed
+            .send(Frame::new(
+                anet_proto::Tag::from_u32(tag),
+                Bytes::copy_from_slice(payload),
+            ))
+            .await
+            .expect("send");
+    }
+
+    /// Writes raw bytes.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.framed.get_mut().write_all(bytes).await.expect("write");
+    }
+
+    /// The next frame, `None` when the server closed, or panics after `within`.
+    pub async fn recv(&mut self, within: Duration) -> Option<Frame> {
+        match tokio::time::timeout(within, self.framed.next()).await {
+            Ok(Some(Ok(frame))) => Some(frame),
+            Ok(Some(Err(_))) | Ok(None) => None,
+            Err(_) => panic!("no frame within {within:?}"),
+        }
+    }
+
+    /// Waits up to `within` for the server to close the connection; true if it did.
+    pub async fn closed_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.framed.next()).await {
+                Err(_) => return false,
+                Ok(None) | Ok(Some(Err(_))) => return true,
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+}

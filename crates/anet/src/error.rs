@@ -130,6 +130,7 @@ impl Error {
 
     /// Marks the error as one whose request was never written, whatever its kind
     /// (e.g. `Closed` before the request reached a connection).
+    #[cfg_attr(not(feature = "client"), allow(dead_code))]
     pub(crate) fn unsent(mut self) -> Error {
         self.unsent = true;
         self

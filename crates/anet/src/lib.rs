@@ -6,6 +6,8 @@
 //! * [`client`]: a multiplexed [`Connection`](client::Connection) (many requests in
 //!   flight on one socket, as a `tower::Service<Bytes>`) and a TCP
 //!   [`Connector`](client::Connector).
+//! * [`server`]: a [`Server`](server::Server) that serves a tower `Service` over the
+//!   protocol, with limits, backpressure and graceful shutdown.
 //! * [`Error`]: one error type with a [`Kind`] to match on.
 //!
 //! # Example
@@ -27,6 +29,8 @@
 #[cfg(feature = "client")]
 pub mod client;
 mod error;
+#[cfg(feature = "server")]
+pub mod server;
 
 pub use anet_proto;
 pub use error::{BoxError, Error, Kind};

@@ -1,7 +1,12 @@
-//! Throughput of one multiplexed connection at concurrency 1, 16 and 256 (64-byte
-//! payloads, closed loop) against a minimal TCP echo server on its own thread.
+//! Loopback throughput, 64-byte payloads, closed loop, client and server each on
+//! their own current-thread runtime and OS thread:
 //!
-//! Run: `cargo bench -p anet --bench connection` (set `ANET_BENCH_SECS` to change
+//! 1. one anet `Connection` at concurrency 1, 16 and 256 against a minimal TCP
+//!    echo server (`raw`);
+//! 2. the anet `Server` (echo service) beside `raw`, driven by the same client at
+//!    concurrency 256.
+//!
+//! Run: `cargo bench -p anet --bench loopback` (set `ANET_BENCH_SECS` to change
 //! the 2 s per point). The cross-peer comparison lives in `crates/anet-bench`.
 
 use std::{
@@ -13,13 +18,16 @@ use std::{
     time::Duration,
 };
 
-use anet::client::{ConnectionConfig, Connector};
+use anet::{
+    client::{ConnectionConfig, Connector},
+    server::{Request, Server},
+};
 use bytes::Bytes;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
 };
-use tower::{Service, ServiceExt};
+use tower::{Service, ServiceExt, service_fn};
 
 /// A plain TCP echo: an echoed frame is byte-for-byte the request frame, so this
 /// is the least a server can do.
@@ -55,6 +63,29 @@ fn start_raw_echo() -> SocketAddr {
     rx.recv().expect("addr")
 }
 
+/// The anet `Server` with an echo service, on its own thread.
+fn start_anet_echo() -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let server = Server::builder()
+                .bind("127.0.0.1:0".parse().expect("addr"))
+                .await
+                .expect("bind");
+            tx.send(server.local_addr()).expect("send");
+            let echo = service_fn(|req: Request| async move {
+                Ok::<_, std::convert::Infallible>(req.into_payload())
+            });
+            server.serve(echo).await.expect("serve");
+        });
+    });
+    rx.recv().expect("addr")
+}
+
 fn main() {
     let secs: f64 = std::env::var("ANET_BENCH_SECS")
         .ok()
@@ -71,6 +102,26 @@ fn main() {
         let rps = rt.block_on(run(addr, concurrency, Duration::from_secs_f64(secs)));
         println!("{concurrency:>12} {rps:>14.0}");
     }
+
+    let anet = start_anet_echo();
+    println!();
+    println!("servers at concurrency 256 (one anet connection as the client)");
+    println!("{:>12} {:>14} {:>8}", "server", "req/s", "ratio");
+    let mut raw_rps = Vec::new();
+    let mut anet_rps = Vec::new();
+    // Alternate the two servers three times so drift hits both alike.
+    for _ in 0..3 {
+        raw_rps.push(rt.block_on(run(addr, 256, Duration::from_secs_f64(secs))));
+        anet_rps.push(rt.block_on(run(anet, 256, Duration::from_secs_f64(secs))));
+    }
+    let (raw, anet) = (median(&mut raw_rps), median(&mut anet_rps));
+    println!("{:>12} {raw:>14.0} {:>8.2}", "raw", 1.0);
+    println!("{:>12} {anet:>14.0} {:>8.2}", "anet", anet / raw);
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 async fn run(addr: SocketAddr, concurrency: usize, duration: Duration) -> f64 {

@@ -1,0 +1,306 @@
+//! Serving one connection: read frames, call the service concurrently, write
+//! responses in completion order.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use anet_proto::{FrameCodec, FrameError, FrameRef};
+use futures_core::Stream;
+use futures_sink::Sink;
+use futures_util::stream::FuturesUnordered;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    time::{Instant, Sleep},
+};
+use tokio_util::{codec::Framed, sync::WaitForCancellationFutureOwned};
+use tower::Service;
+
+use super::{
+    Builder, OnError, Request,
+    call::{Call, Outcome},
+    stats::Counters,
+};
+use crate::BoxError;
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum Exit {
+    /// Finished cleanly: peer done, draining done, or closed on a service error.
+    Done,
+    Io(FrameError),
+    Protocol(FrameError),
+    Timeout(&'static str),
+    ServiceFailed(BoxError),
+}
+
+/// The state of one served connection.
+pub(crate) struct Handler<T, S>
+where
+    S: Service<Request>,
+{
+    framed: Framed<T, FrameCodec>,
+    /// A copy of the codec to encode responses straight into the write buffer.
+    encoder: FrameCodec,
+    service: S,
+    /// `poll_ready` said yes and no request has used it yet.
+    service_ready: bool,
+    calls: FuturesUnordered<Call<S::Future>>,
+    peer: Option<SocketAddr>,
+    config: Builder,
+    counters: Arc<Counters>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Shutdown began: read no more, finish what is in flight.
+    draining: bool,
+    /// The peer closed its sending side: finish what is in flight.
+    peer_done: bool,
+    /// A service error asked for the connection to close after flushing.
+    closing: bool,
+    dirty: bool,
+    timer: Pin<Box<Sleep>>,
+    timer_deadline: Option<Instant>,
+    last_active: Instant,
+    partial_since: Option<Instant>,
+    write_blocked_since: Option<Instant>,
+}
+
+impl<T, S> Handler<T, S>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: Service<Request, Response = bytes::Bytes>,
+    S::Error: Into<BoxError>,
+{
+    pub(crate) fn new(
+        io: T,
+        peer: Option<SocketAddr>,
+        service: S,
+        config: Builder,
+        counters: Arc<Counters>,
+        shutdown: WaitForCancellationFutureOwned,
+    ) -> Self {
+        let encoder = config.frame.new_codec();
+        let now = Instant::now();
+        Handler {
+            framed: Framed::with_capacity(io, encoder.clone(), 64 * 1024),
+            encoder,
+            service,
+            service_ready: false,
+            calls: FuturesUnordered::new(),
+            peer,
+            config,
+            counters,
+            shutdown: Box::pin(shutdown),
+            draining: false,
+            peer_done: false,
+            closing: false,
+            dirty: false,
+            timer: Box::pin(tokio::time::sleep_until(now)),
+            timer_deadline: None,
+            last_active: now,
+            partial_since: None,
+            write_blocked_since: None,
+        }
+    }
+
+    /// Serves the connection until it ends.
+    pub(crate) async fn run(mut self) {
+        let exit = std::future::poll_fn(|cx| self.poll_drive(cx)).await;
+        let peer = self.peer;
+        match &exit {
+            Exit::Done => tracing::debug!(?peer, "connection done"),
+            Exit::Io(e) => tracing::debug!(?peer, error = %e, "connection i/o ended"),
+            Exit::Protocol(e) => {
+                Counters::add(&self.counters.protocol_errors, 1);
+                tracing::warn!(?peer, error = %e, "client broke the protocol; closing connection");
+            }
+            Exit::Timeout(which) => {
+                Counters::add(&self.counters.timeouts, 1);
+                tracing::info!(?peer, timeout = which, "closing connection");
+            }
+            Exit::ServiceFailed(e) => {
+                tracing::warn!(?peer, error = %e, "service failed readiness; closing connection");
+            }
+        }
+        if matches!(exit, Exit::Done) {
+            // Best effort: tell the peer we are done writing.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.framed.get_mut().shutdown())
+                .await;
+        }
+    }
+
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
+        loop {
+            let mut progress = false;
+            if !self.draining && self.shutdown.as_mut().poll(cx).is_ready() {
+                self.draining = true;
+            }
+            self.poll_calls(cx, &mut progress);
+            if self.dirty {
+                match Sink::<FrameRef<'static>>::poll_flush(Pin::new(&mut self.framed), cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.dirty = false;
+                        self.write_blocked_since = None;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Exit::Io(e)),
+                    Poll::Pending => {
+                        self.write_blocked_since.get_or_insert_with(Instant::now);
+                    }
+                }
+            }
+            if self.closing && !self.dirty {
+                return Poll::Ready(Exit::Done);
+            }
+            if let Err(exit) = self.poll_requests(cx, &mut progress) {
+                return Poll::Ready(exit);
+            }
+            if (self.peer_done || self.draining) && self.calls.is_empty() && !self.dirty {
+                return Poll::Ready(Exit::Done);
+            }
+            if progress {
+                self.last_active = Instant::now();
+                continue;
+            }
+            if let Some(exit) = self.poll_timer(cx) {
+                return Poll::Ready(exit);
+            }
+            return Poll::Pending;
+        }
+    }
+
+    /// Writes the responses of finished calls into the write buffer.
+    fn poll_calls(&mut self, cx: &mut Context<'_>, progress: &mut bool) {
+        while let Poll::Ready(Some((tag, outcome))) = Pin::new(&mut self.calls).poll_next(cx) {
+            *progress = true;
+            let failed = match outcome {
+                Outcome::Response(payload) => {
+                    match self
+                        .encoder
+                        .encode_parts(&tag, &payload, self.framed.write_buffer_mut())
+                    {
+                        Ok(()) => {
+                            self.dirty = true;
+                            Counters::add(&self.counters.responses, 1);
+                            false
+                        }
+                        Err(e) => {
+                            Counters::add(&self.counters.service_errors, 1);
+                            tracing::warn!(peer = ?self.peer, ?tag, error = %e, "response cannot be framed; dropped");
+                            true
+                        }
+                    }
+                }
+                Outcome::Failed(e) => {
+                    Counters::add(&self.counters.service_errors, 1);
+                    let e: BoxError = e.into();
+                    tracing::warn!(peer = ?self.peer, ?tag, error = %e, "service failed a request");
+                    true
+                }
+                Outcome::Panicked(message) => {
+                    Counters::add(&self.counters.panics, 1);
+                    tracing::error!(peer = ?self.peer, ?tag, panic = %message, "request handler panicked");
+                    true
+                }
+            };
+            if failed && self.config.on_error == OnError::Close {
+                self.closing = true;
+                // Requests still being served are dropped with the connection.
+                self.calls.clear();
+                return;
+            }
+        }
+    }
+
+    /// Reads requests and starts their calls while the window and the service
+    /// allow.
+    fn poll_requests(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Result<(), Exit> {
+        if self.draining || self.peer_done || self.closing {
+            self.partial_since = None;
+            return Ok(());
+        }
+        let mut completed = false;
+        let mut paused = false;
+        loop {
+            if self.calls.len() >= self.config.max_in_flight_per_connection.max(1) {
+                paused = true;
+                break;
+            }
+            if !self.service_ready {
+                match self.service.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => self.service_ready = true,
+                    Poll::Ready(Err(e)) => return Err(Exit::ServiceFailed(e.into())),
+                    Poll::Pending => {
+                        paused = true;
+                        break;
+                    }
+                }
+            }
+            match Pin::new(&mut self.framed).poll_next(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    *progress = true;
+                    completed = true;
+                    self.service_ready = false;
+                    Counters::add(&self.counters.requests, 1);
+                    let request = Request::new(frame.payload, self.peer);
+                    let service = &mut self.service;
+                    self.calls
+                        .push(Call::start(frame.tag, || service.call(request)));
+                }
+                Poll::Ready(Some(Err(e))) if e.is_protocol() => return Err(Exit::Protocol(e)),
+                Poll::Ready(Some(Err(e))) => return Err(Exit::Io(e)),
+                Poll::Ready(None) => {
+                    self.peer_done = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        // The read timeout runs while a started frame is incomplete and we are
+        // reading; it restarts whenever a frame completes.
+        if paused || self.framed.read_buffer().is_empty() {
+            self.partial_since = None;
+        } else if completed || self.partial_since.is_none() {
+            self.partial_since = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Runs the idle, read and write timeouts.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Option<Exit> {
+        loop {
+            let idle = self
+                .config
+                .idle_timeout
+                .filter(|_| self.calls.is_empty() && self.framed.read_buffer().is_empty())
+                .map(|t| (self.last_active + t, "idle"));
+            let read = self
+                .config
+                .read_timeout
+                .zip(self.partial_since)
+                .map(|(t, since)| (since + t, "read"));
+            let write = self
+                .config
+                .write_timeout
+                .zip(self.write_blocked_since)
+                .map(|(t, since)| (since + t, "write"));
+            let (deadline, which) = [idle, read, write].into_iter().flatten().min()?;
+            // A timer armed no later than needed stays: when it fires, the real
+            // deadline is checked again. This keeps activity from resetting it.
+            if self.timer_deadline.is_none_or(|armed| armed > deadline) {
+                self.timer.as_mut().reset(deadline);
+                self.timer_deadline = Some(deadline);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            self.timer_deadline = None;
+            if Instant::now() >= deadline {
+                return Some(Exit::Timeout(which));
+            }
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The server side: serve a tower `Service` over the anet protocol.
+//!
+//! ```text
+//!  accept ──► per connection: read frames ──► service.call (concurrent, up to
+//!             max_in_flight_per_connection; at the limit, stop reading)
+//!                     responses in completion order, tag echoed ◄──┘
+//! ```
+//!
+//! * **Limits**: `max_connections` (past it a new connection is closed at once and
+//!   counted as rejected), `max_in_flight_per_connection` (backpressure through
+//!   TCP), maximum frame length, idle / read (slowloris) / write timeouts.
+//! * **Errors**: a service error or a handler panic affects only its own request;
+//!   the wire behaviour is [`OnError`]: no response (default) or close the
+//!   connection. A protocol violation (short frame, oversize length) closes only
+//!   the connection that sent it.
+//! * **Shutdown**: [`Server::serve_with_shutdown`] stops accepting, answers the
+//!   requests in flight within the grace period, then closes.
+//! * **Stats**: [`Server::stats`] gives a [`StatsHandle`] to read
+//!   [`ServerStats`] at any time.
+//!
+//! # Example
+//!
+//! An echo server, and a client talking to it:
+//!
+//! ```
+//! use anet::{client::Connector, server::{Request, Server}};
+//! use bytes::Bytes;
+//! use tower::{Service, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = Server::builder()
+//!     .max_in_flight_per_connection(64)
+//!     .bind("127.0.0.1:0".parse()?)
+//!     .await?;
+//! let addr = server.local_addr();
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let serving = tokio::spawn(server.serve_with_shutdown(
+//!     service_fn(|req: Request| async move {
+//!         Ok::<_, std::convert::Infallible>(req.into_payload())
+//!     }),
+//!     async { let _ = stopped.await; },
+//! ));
+//!
+//! let mut conn = Connector::new().connect(addr).await?;
+//! let reply = conn.ready().await?.call(Bytes::from_static(b"hello")).await?;
+//! assert_eq!(reply, "hello");
+//!
+//! stop.send(()).ok();
+//! serving.await??;
+//! # Ok(())
+//! # }
+//! ```
+
+mod call;
+mod config;
+mod connection;
+mod request;
+#[allow(clippy::module_inception)]
+mod server;
+mod stats;
+
+pub use config::{Builder, OnError};
+pub use request::Request;
+pub use server::Server;
+pub use stats::{ServerStats, StatsHandle};

@@ -1,0 +1,238 @@
+//! The accept loop: limits, per-connection handlers, graceful shutdown.
+
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::Semaphore,
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+use tower::Service;
+
+use super::{Builder, Request, StatsHandle, connection::Handler, stats::Counters};
+use crate::BoxError;
+
+/// An anet server: accepts connections and serves a tower `Service` on each.
+///
+/// Each connection reads frames, calls the service concurrently (up to
+/// `max_in_flight_per_connection`), and writes each response with its request's
+/// tag as soon as it is ready (completion order). Limits, timeouts and the wire
+/// behaviour on errors are set on the [`Builder`].
+///
+/// ```
+/// use anet::server::{Request, Server};
+/// use bytes::Bytes;
+/// use tower::service_fn;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// let server = Server::builder().bind("127.0.0.1:0".parse().unwrap()).await?;
+/// println!("listening on {}", server.local_addr());
+/// let echo = service_fn(|req: Request| async move {
+///     Ok::<_, std::convert::Infallible>(req.into_payload())
+/// });
+/// // Serve until the shutdown future completes (here: at once).
+/// server.serve_with_shutdown(echo, async {}).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: Builder,
+    counters: Arc<Counters>,
+}
+
+impl Server {
+    /// Settings with their defaults; finish with [`Builder::bind`] or
+    /// [`Builder::listener`].
+    pub const fn builder() -> Builder {
+        Builder::new()
+    }
+
+    pub(crate) fn new(listener: TcpListener, config: Builder) -> io::Result<Server> {
+        Ok(Server {
+            local_addr: listener.local_addr()?,
+            listener,
+            config,
+            counters: Arc::new(Counters::default()),
+        })
+    }
+
+    /// The address the server listens on (the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle to read the server's counters while it serves.
+    pub fn stats(&self) -> StatsHandle {
+        StatsHandle {
+            counters: self.counters.clone(),
+        }
+    }
+
+    /// Serves `service` (cloned for each connection) until the process ends.
+    ///
+    /// # Errors
+    ///
+    /// None in practice: accept errors are logged and retried.
+    pub async fn serve<S>(self, service: S) -> io::Result<()>
+    where
+        S: Service<Request, Response = bytes::Bytes> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+    {
+        self.serve_with_shutdown(service, std::future::pending())
+            .await
+    }
+
+    /// Serves `service` until `signal` completes, then shuts down gracefully: stops
+    /// accepting (new connections are refused), stops reading new requests,
+    /// answers the requests in flight, and closes; connections still busy after the
+    /// shutdown grace are closed with their requests unanswered. Returns when every
+    /// connection is closed.
+    ///
+    /// # Errors
+    ///
+    /// None in practice: accept errors are logged and retried.
+    pub async fn serve_with_shutdown<S, F>(self, service: S, signal: F) -> io::Result<()>
+    where
+        S: Service<Request, Response = bytes::Bytes> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        F: Future<Output = ()> + Send,
+    {
+        let Server {
+            listener,
+            local_addr,
+            config,
+            counters,
+        } = self;
+        let shutdown = CancellationToken::new();
+        let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+        let mut connections = JoinSet::new();
+        tracing::info!(%local_addr, "serving");
+        tokio::pin!(signal);
+        loop {
+            tokio::select! {
+                () = &mut signal => break,
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(accepted) => accepted,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off a little.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    };
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        Counters::add(&counters.rejected, 1);
+                        tracing::debug!(%peer, "connection limit reached; closing new connection");
+                        drop(stream);
+                        continue;
+                    };
+                    if config.nodelay {
+                        let _ = stream.set_nodelay(true);
+                    }
+                    let handler = Handler::new(
+                        stream,
+                        Some(peer),
+                        service.clone(),
+                        config,
+                        counters.clone(),
+                        shutdown.clone().cancelled_owned(),
+                    );
+                    let open = OpenGuard::new(counters.clone());
+                    connections.spawn(async move {
+                        handler.run().await;
+                        drop((slot, open));
+                    });
+                }
+                Some(joined) = connections.join_next(), if !connections.is_empty() => {
+                    if let Err(e) = joined {
+                        if e.is_panic() {
+                            tracing::error!("connection task panicked");
+                        }
+                    }
+                }
+            }
+        }
+        drop(listener);
+        tracing::info!(
+            open = connections.len(),
+            "shutting down: no longer accepting, draining connections"
+        );
+        shutdown.cancel();
+        let drained = tokio::time::timeout(config.shutdown_grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                open = connections.len(),
+                "shutdown grace elapsed; closing busy connections"
+            );
+            connections.shutdown().await;
+        }
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}
+
+impl Builder {
+    /// Binds a TCP listener on `addr` and returns the server.
+    ///
+    /// # Errors
+    ///
+    /// When the address cannot be bound.
+    pub async fn bind(self, addr: SocketAddr) -> io::Result<Server> {
+        Server::new(TcpListener::bind(addr).await?, self)
+    }
+
+    /// A server on an already bound listener.
+    ///
+    /// # Errors
+    ///
+    /// When the listener's local address cannot be read.
+    pub fn listener(self, listener: TcpListener) -> io::Result<Server> {
+        Server::new(listener, self)
+    }
+
+    /// Serves one already-accepted connection of any kind (a Unix socket, a TLS
+    /// stream) with these settings, until the peer leaves or a limit closes it.
+    /// Connection limits and shutdown are then the caller's business.
+    pub async fn serve_connection<T, S>(&self, io: T, peer: Option<SocketAddr>, service: S)
+    where
+        T: AsyncRead + AsyncWrite + Unpin,
+        S: Service<Request, Response = bytes::Bytes>,
+        S::Error: Into<BoxError>,
+    {
+        let never = CancellationToken::new().cancelled_owned();
+        Handler::new(io, peer, service, *self, Arc::default(), never)
+            .run()
+            .await
+    }
+}
+
+/// Counts an open connection for as long as it lives (also when aborted).
+struct OpenGuard(Arc<Counters>);
+
+impl OpenGuard {
+    fn new(counters: Arc<Counters>) -> OpenGuard {
+        Counters::add(&counters.accepted, 1);
+        Counters::add(&counters.open, 1);
+        OpenGuard(counters)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
