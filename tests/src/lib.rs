@@ -303,6 +303,21 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
+    /// Wraps a server the test started itself.
+    pub fn from_parts(
+        addr: SocketAddr,
+        stats: anet::server::StatsHandle,
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<std::io::Result<()>>,
+    ) -> RunningServer {
+        RunningServer {
+            addr,
+            stats,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
     /// Starts graceful shutdown and returns the serving task to await.
     pub fn shutdown(&mut self) -> tokio::task::JoinHandle<std::io::Result<()>> {
         if let Some(stop) = self.stop.take() {

@@ -53,6 +53,25 @@ impl Kind {
         }
     }
 
+    /// Every kind, in declaration order.
+    pub const ALL: [Kind; 10] = [
+        Kind::Timeout,
+        Kind::ConnectionLost,
+        Kind::NotSent,
+        Kind::Connect,
+        Kind::Protocol,
+        Kind::Overloaded,
+        Kind::Unavailable,
+        Kind::Closed,
+        Kind::InvalidRequest,
+        Kind::Other,
+    ];
+
+    /// The kind's position in [`Kind::ALL`].
+    pub(crate) const fn index(&self) -> usize {
+        *self as usize
+    }
+
     /// Whether a request failing with this kind is known never to have been written
     /// (so retrying cannot duplicate it), unless the error says otherwise.
     const fn default_unsent(&self) -> bool {

@@ -1,12 +1,37 @@
-//! The client side: multiplexed connections and the connector that dials them.
+//! The client side.
 //!
-//! * [`Connection`]: one transport, many tagged requests in flight, as a
-//!   `tower::Service<Bytes>` with [`tower::load::Load`].
-//! * [`Connector`]: a `Service<SocketAddr>` that dials TCP and returns a
-//!   [`Connection`].
+//! ```text
+//! Client (Clone) ─► timeout ─► retry ─► load shed? ─► concurrency limit?
+//!   └─► Balancer: power of two choices over endpoints, load = requests in flight
+//!        └─► per-endpoint pool of multiplexed connections (min..max, backoff,
+//!            failure accrual, probation)
+//!             └─► Connection: one socket, many tagged requests in flight
+//! ```
+//!
+//! * [`Client`] and [`ClientBuilder`]: the whole stack with documented defaults.
+//! * [`Balancer`]: the balanced pools as a `tower::Service<Bytes>`, to build your
+//!   own stack on; [`Endpoints`] adds and removes endpoints at run time.
+//! * [`Connection`]: one multiplexed connection; [`Connector`] dials one over TCP.
+//! * [`RetryPolicy`]: retries only what is safe to retry.
 
+mod backoff;
+mod balance;
+mod builder;
+#[allow(clippy::module_inception)]
+mod client;
 mod connect;
 pub mod connection;
+mod dial;
+mod discover;
+mod pool;
+mod retry;
 
+pub use backoff::Backoff;
+pub use balance::{Balancer, Endpoints, ResponseFuture as BalanceFuture};
+pub use builder::ClientBuilder;
+pub use client::{CallFuture, Client, ClientStats, ResponseFuture};
 pub use connect::{ConnectFuture, Connector};
-pub use connection::{Connection, ConnectionConfig, ConnectionStats, ResponseFuture};
+pub use connection::{Connection, ConnectionConfig, ConnectionStats};
+pub use discover::{Resolve, ResolveFuture, SystemResolver};
+pub use pool::{EndpointStats, ErrorCounts, PoolConfig};
+pub use retry::RetryPolicy;

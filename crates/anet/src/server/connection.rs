@@ -39,6 +39,12 @@ enum Exit {
     ServiceFailed(BoxError),
 }
 
+#[derive(Debug, Default)]
+struct Unpublished {
+    requests: u64,
+    responses: u64,
+}
+
 /// The state of one served connection.
 pub(crate) struct Handler<T, S>
 where
@@ -65,6 +71,9 @@ where
     timer: Pin<Box<Sleep>>,
     timer_deadline: Option<Instant>,
     last_active: Instant,
+    /// Request and response counts not yet added to the shared counters; published
+    /// once per wake-up rather than once per request.
+    unpublished: Unpublished,
     partial_since: Option<Instant>,
     write_blocked_since: Option<Instant>,
 }
@@ -102,6 +111,7 @@ where
             timer: Box::pin(tokio::time::sleep_until(now)),
             timer_deadline: None,
             last_active: now,
+            unpublished: Unpublished::default(),
             partial_since: None,
             write_blocked_since: None,
         }
@@ -134,6 +144,14 @@ where
     }
 
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
+        let poll = self.poll_work(cx);
+        let counts = std::mem::take(&mut self.unpublished);
+        Counters::add(&self.counters.requests, counts.requests);
+        Counters::add(&self.counters.responses, counts.responses);
+        poll
+    }
+
+    fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
         loop {
             let mut progress = false;
             if !self.draining && self.shutdown.as_mut().poll(cx).is_ready() {
@@ -184,7 +202,7 @@ where
                     {
                         Ok(()) => {
                             self.dirty = true;
-                            Counters::add(&self.counters.responses, 1);
+                            self.unpublished.responses += 1;
                             false
                         }
                         Err(e) => {
@@ -244,7 +262,7 @@ where
                     *progress = true;
                     completed = true;
                     self.service_ready = false;
-                    Counters::add(&self.counters.requests, 1);
+                    self.unpublished.requests += 1;
                     let request = Request::new(frame.payload, self.peer);
                     let service = &mut self.service;
                     self.calls

@@ -87,6 +87,12 @@ impl Connection {
         self.shared.is_refusing()
     }
 
+    /// Why the connection refuses requests, once it does: [`Kind::Closed`] after a
+    /// requested close, otherwise the failure (`ConnectionLost`, `Protocol`).
+    pub fn close_reason(&self) -> Option<Error> {
+        self.shared.is_refusing().then(|| self.shared.reason())
+    }
+
     /// The window actually in use (`max_in_flight`, clamped to the tag space).
     pub fn max_in_flight(&self) -> usize {
         self.shared.window

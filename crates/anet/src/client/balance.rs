@@ -1,0 +1,396 @@
+//! Power-of-two-choices balancing over the endpoints' pools, shared without a
+//! lock-holding worker task.
+//!
+//! tower's `p2c::Balance` needs `&mut self`, so sharing it between tasks takes a
+//! `Buffer` (a task hop and an allocation per request). [`Balancer`] runs the same
+//! algorithm — pick two endpoints at random, send to the one with fewer requests in
+//! flight — over state that every clone shares through atomics, so the caller's own
+//! task does the routing.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
+    },
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use pin_project_lite::pin_project;
+use tokio::{
+    sync::futures::OwnedNotified,
+    time::{Instant, Sleep},
+};
+use tokio_util::task::TaskTracker;
+use tower::Service;
+use tracing::Instrument;
+
+use super::{
+    Connection,
+    connection::ResponseFuture as ConnectionFuture,
+    pool::{Endpoint, EndpointStats, PoolContext, maintain},
+};
+use crate::{Error, Kind};
+
+/// The set of endpoints a client balances over, and their pools.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    /// The routable set, replaced whole on every change (changes are rare).
+    endpoints: RwLock<Arc<[Arc<Endpoint>]>>,
+    pub(crate) pool: PoolContext,
+    pub(crate) tracker: TaskTracker,
+    closed: AtomicBool,
+    /// A discovery source has not produced its first answer yet: requests with
+    /// nowhere to go may wait for it (up to the connect timeout).
+    discovering: AtomicUsize,
+    /// How long a request waits for an endpoint whose first connect is under way.
+    pending_wait: Duration,
+}
+
+impl Registry {
+    pub(crate) fn new(pool: PoolContext, pending_wait: Duration) -> Arc<Registry> {
+        Arc::new(Registry {
+            endpoints: RwLock::new(Arc::from(Vec::new())),
+            pool,
+            tracker: TaskTracker::new(),
+            closed: AtomicBool::new(false),
+            discovering: AtomicUsize::new(0),
+            pending_wait,
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Arc<[Arc<Endpoint>]>> {
+        self.endpoints.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds an endpoint and starts its pool; false if it is already present.
+    pub(crate) fn add(&self, addr: SocketAddr) -> bool {
+        if self.closed.load(Relaxed) {
+            return false;
+        }
+        let mut guard = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
+        if guard.iter().any(|e| e.addr == addr) {
+            return false;
+        }
+        let endpoint = Arc::new(Endpoint::new(addr));
+        let mut next: Vec<_> = guard.iter().cloned().collect();
+        next.push(endpoint.clone());
+        *guard = Arc::from(next);
+        drop(guard);
+        let span = tracing::info_span!("anet.endpoint", %addr);
+        self.tracker
+            .spawn(maintain(endpoint, self.pool.clone()).instrument(span));
+        self.pool.changed.notify_waiters();
+        tracing::info!(%addr, "endpoint added");
+        true
+    }
+
+    /// Removes an endpoint: no new requests go to it, its connections drain and
+    /// close. False if it was not present.
+    pub(crate) fn remove(&self, addr: SocketAddr) -> bool {
+        let mut guard = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
+        let Some(endpoint) = guard.iter().find(|e| e.addr == addr).cloned() else {
+            return false;
+        };
+        let next: Vec<_> = guard.iter().filter(|e| e.addr != addr).cloned().collect();
+        *guard = Arc::from(next);
+        drop(guard);
+        endpoint.remove();
+        tracing::info!(%addr, "endpoint removed");
+        true
+    }
+
+    pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
+        self.read().iter().map(|e| e.addr).collect()
+    }
+
+    pub(crate) fn stats(&self) -> Vec<EndpointStats> {
+        self.read().iter().map(|e| e.stats()).collect()
+    }
+
+    pub(crate) fn close(&self) {
+        if !self.closed.swap(true, Relaxed) {
+            self.pool.shutdown.cancel();
+            self.tracker.close();
+            self.pool.changed.notify_waiters();
+        }
+    }
+
+    /// A discovery source starts: until it answers, requests may wait for it.
+    pub(crate) fn discovery_started(&self) {
+        self.discovering.fetch_add(1, Relaxed);
+    }
+
+    /// A discovery source gave its first answer (or ended).
+    pub(crate) fn discovery_answered(&self) {
+        self.discovering.fetch_sub(1, Relaxed);
+        self.pool.changed.notify_waiters();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    /// Chooses an endpoint by power of two choices and a connection on it.
+    /// `Err(true)` when nothing is routable now but may be soon (a dial under way).
+    fn pick(&self) -> Result<(Arc<Endpoint>, Connection), bool> {
+        let endpoints = self.read();
+        let n = endpoints.len();
+        if n > 0 {
+            let a = fastrand::usize(..n);
+            let b = if n > 1 {
+                let b = fastrand::usize(..n - 1);
+                if b >= a { b + 1 } else { b }
+            } else {
+                a
+            };
+            let (first, second) = (&endpoints[a], &endpoints[b]);
+            let ordered = match (first.is_up(), second.is_up()) {
+                (true, true) if second.load() < first.load() => [second, first],
+                _ => [first, second],
+            };
+            for endpoint in ordered.into_iter().filter(|e| e.is_up()) {
+                if let Some(conn) = endpoint.pick_connection() {
+                    return Ok((endpoint.clone(), conn));
+                }
+                // Marked up but no live connection: its pool has not noticed yet.
+                endpoint.signal_broken();
+            }
+            // Both choices were down: take any endpoint that is up, from a random
+            // starting point so the load still spreads.
+            let start = fastrand::usize(..n);
+            for i in 0..n {
+                let endpoint = &endpoints[(start + i) % n];
+                if endpoint.is_up() {
+                    if let Some(conn) = endpoint.pick_connection() {
+                        return Ok((endpoint.clone(), conn));
+                    }
+                }
+            }
+        }
+        // Worth waiting when a dial is under way, or when an endpoint marked up has
+        // just lost its connections (its pool is about to redial or mark it down).
+        Err(self.discovering.load(Relaxed) > 0
+            || endpoints.iter().any(|e| e.is_pending() || e.is_up()))
+    }
+}
+
+/// The balanced pool as a tower `Service<Bytes>`: the bottom of a client stack,
+/// public so that users can build their own `ServiceBuilder` stack on it.
+///
+/// Cheap to clone; every clone routes over the same endpoints. `poll_ready` is
+/// ready while the client is open: waiting for an endpoint or for room on a
+/// connection happens inside the response future, so a `Timeout` around it covers
+/// that wait too. A request that cannot be routed fails with
+/// [`Kind::Unavailable`] at once when every endpoint is down, or after the connect
+/// timeout while an endpoint is making its first connection.
+#[derive(Clone, Debug)]
+pub struct Balancer {
+    pub(crate) registry: Arc<Registry>,
+}
+
+impl Service<Bytes> for Balancer {
+    type Response = Bytes;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.registry.is_closed() {
+            return Poll::Ready(Err(Error::new(Kind::Closed).unsent()));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Bytes) -> ResponseFuture {
+        ResponseFuture {
+            registry: self.registry.clone(),
+            request: Some(request),
+            repicks: 0,
+            wait_until: None,
+            state: State::Pick,
+        }
+    }
+}
+
+/// Re-picks allowed when a chosen connection turns out broken.
+const MAX_REPICKS: u8 = 3;
+
+pin_project! {
+    /// The response future of [`Balancer`]: route, wait for room, send, await.
+    ///
+    /// # Cancellation safety
+    ///
+    /// Dropping it before the request is written means it is never written;
+    /// afterwards, the connection's quarantine rules apply.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture {
+        registry: Arc<Registry>,
+        request: Option<Bytes>,
+        repicks: u8,
+        wait_until: Option<Instant>,
+        #[pin]
+        state: State,
+    }
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State {
+        Pick,
+        WaitUp {
+            #[pin]
+            notified: OwnedNotified,
+            #[pin]
+            sleep: Sleep,
+        },
+        Ready {
+            endpoint: Arc<Endpoint>,
+            conn: Connection,
+            signalled: bool,
+        },
+        Call {
+            guard: InFlight,
+            #[pin]
+            future: ConnectionFuture,
+        },
+    }
+}
+
+/// Counts a request against its endpoint's load until it finishes or is dropped.
+#[derive(Debug)]
+struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    fn new(endpoint: Arc<Endpoint>) -> InFlight {
+        endpoint.in_flight.fetch_add(1, Relaxed);
+        InFlight(endpoint)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Bytes, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Pick => {
+                    if this.registry.is_closed() {
+                        return Poll::Ready(Err(Error::new(Kind::Closed).unsent()));
+                    }
+                    // Register for endpoint changes before looking, so a change
+                    // between the look and the wait is not missed.
+                    let notified = this.registry.pool.changed.clone().notified_owned();
+                    match this.registry.pick() {
+                        Ok((endpoint, conn)) => this.state.set(State::Ready {
+                            endpoint,
+                            conn,
+                            signalled: false,
+                        }),
+                        Err(false) => {
+                            return Poll::Ready(Err(Error::with_source(
+                                Kind::Unavailable,
+                                "no endpoint is up",
+                            )));
+                        }
+                        Err(true) => {
+                            let deadline = *this
+                                .wait_until
+                                .get_or_insert_with(|| Instant::now() + this.registry.pending_wait);
+                            this.state.set(State::WaitUp {
+                                notified,
+                                sleep: tokio::time::sleep_until(deadline),
+                            });
+                        }
+                    }
+                }
+                StateProj::WaitUp { notified, sleep } => {
+                    if notified.poll(cx).is_ready() {
+                        this.state.set(State::Pick);
+                        continue;
+                    }
+                    ready!(sleep.poll(cx));
+                    return Poll::Ready(Err(Error::with_source(
+                        Kind::Unavailable,
+                        "no endpoint connected within the connect timeout",
+                    )));
+                }
+                StateProj::Ready {
+                    endpoint,
+                    conn,
+                    signalled,
+                } => match conn.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        let request = this.request.take().expect("request taken once");
+                        let future = conn.call(request);
+                        let guard = InFlight::new(endpoint.clone());
+                        this.state.set(State::Call { guard, future });
+                    }
+                    Poll::Ready(Err(error)) => {
+                        endpoint.signal_broken();
+                        *this.repicks += 1;
+                        if *this.repicks > MAX_REPICKS {
+                            return Poll::Ready(Err(Error::with_source(Kind::NotSent, error)));
+                        }
+                        this.state.set(State::Pick);
+                    }
+                    Poll::Pending => {
+                        if !*signalled {
+                            *signalled = true;
+                            endpoint.signal_demand();
+                        }
+                        return Poll::Pending;
+                    }
+                },
+                StateProj::Call { guard, future } => {
+                    let result = ready!(future.poll(cx));
+                    guard.0.record(&result);
+                    return Poll::Ready(result);
+                }
+            }
+        }
+    }
+}
+
+/// A handle to add and remove endpoints of a running client.
+///
+/// A removed endpoint gets no new requests; the requests in flight on it finish
+/// (within the connection close grace) and its connections close.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    pub(crate) registry: Arc<Registry>,
+}
+
+impl Endpoints {
+    /// Adds an endpoint and starts connecting to it. Returns false if it was
+    /// already present or the client is closed.
+    pub fn add(&self, addr: SocketAddr) -> bool {
+        self.registry.add(addr)
+    }
+
+    /// Removes an endpoint and drains it. Returns false if it was not present.
+    pub fn remove(&self, addr: SocketAddr) -> bool {
+        self.registry.remove(addr)
+    }
+
+    /// The endpoints now.
+    pub fn list(&self) -> Vec<SocketAddr> {
+        self.registry.addrs()
+    }
+}

@@ -1,0 +1,323 @@
+//! [`ClientBuilder`]: endpoints, pools, layers, all with documented defaults.
+
+use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tower::{
+    BoxError as TowerBoxError, Service, ServiceBuilder, discover::Discover,
+    limit::ConcurrencyLimitLayer, load_shed::LoadShedLayer, retry::RetryLayer,
+    timeout::TimeoutLayer,
+};
+
+use super::{
+    Backoff, Balancer, Client, ConnectionConfig, Connector, PoolConfig, RetryPolicy,
+    balance::Registry,
+    client::into_box,
+    dial::Dialer,
+    discover::{DnsSource, Resolve, SystemResolver, spawn_discover, spawn_dns},
+    pool::PoolContext,
+};
+use crate::BoxError;
+
+/// Builds a [`Client`]: where the endpoints are, how each is pooled, and the
+/// layers every request passes through.
+///
+/// ```text
+/// Client ─► timeout ─► retry ─► load shed? ─► concurrency limit? ─► Balancer (p2c)
+///            (whole path)                                             └─► pool per endpoint
+/// ```
+///
+/// | setting | default |
+/// |---|---|
+/// | connections per endpoint | min 1, max 4 |
+/// | requests in flight per connection | 512 |
+/// | connect timeout | 1 s |
+/// | request timeout (queueing, readiness, retries and response) | 2 s |
+/// | concurrency limit | none (the connection windows bound what is in flight) |
+/// | load shedding | off |
+/// | retry | [`RetryPolicy::default`]: 2 retries of unsent requests, within a budget |
+/// | TCP | `TCP_NODELAY` on, keepalive off |
+/// | reconnect backoff | 100 ms doubling to 10 s, jittered |
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use anet::client::Client;
+/// use bytes::Bytes;
+///
+/// # async fn f() -> Result<(), anet::Error> {
+/// let client = Client::builder()
+///     .endpoint("10.0.0.1:1500".parse().unwrap())
+///     .endpoint("10.0.0.2:1500".parse().unwrap())
+///     .request_timeout(Duration::from_millis(500))
+///     .concurrency_limit(Some(1000))
+///     .build();
+/// let reply = client.call(Bytes::from_static(b"NC")).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ClientBuilder {
+    endpoints: Vec<SocketAddr>,
+    dns: Option<(String, Duration)>,
+    resolver: Option<Arc<dyn Resolve>>,
+    connection: ConnectionConfig,
+    pool: PoolConfig,
+    connect_timeout: Duration,
+    nodelay: bool,
+    keepalive: Option<Duration>,
+    request_timeout: Duration,
+    concurrency_limit: Option<usize>,
+    load_shed: bool,
+    retry: RetryPolicy,
+    /// A user connector, made into a dialer at build time with the final settings.
+    custom_dialer: Option<MakeDialer>,
+}
+
+type MakeDialer = Arc<dyn Fn(ConnectionConfig, Duration) -> Dialer + Send + Sync>;
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("endpoints", &self.endpoints)
+            .field("dns", &self.dns)
+            .field("connection", &self.connection)
+            .field("pool", &self.pool)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("concurrency_limit", &self.concurrency_limit)
+            .field("load_shed", &self.load_shed)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder::new()
+    }
+}
+
+impl ClientBuilder {
+    /// A builder with the defaults in the table above and no endpoints.
+    pub fn new() -> ClientBuilder {
+        ClientBuilder {
+            endpoints: Vec::new(),
+            dns: None,
+            resolver: None,
+            connection: ConnectionConfig::new(),
+            pool: PoolConfig::new(),
+            connect_timeout: Duration::from_secs(1),
+            nodelay: true,
+            keepalive: None,
+            request_timeout: Duration::from_secs(2),
+            concurrency_limit: None,
+            load_shed: false,
+            retry: RetryPolicy::default(),
+            custom_dialer: None,
+        }
+    }
+
+    /// Adds a static endpoint.
+    pub fn endpoint(mut self, addr: SocketAddr) -> Self {
+        self.endpoints.push(addr);
+        self
+    }
+
+    /// Adds static endpoints.
+    pub fn endpoints(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.endpoints.extend(addrs);
+        self
+    }
+
+    /// Resolves `target` (`host:port`) now and every `every`, and follows the
+    /// answer: new addresses become endpoints, vanished ones are drained. A failed
+    /// resolution keeps the current endpoints. Scales past one backend machine (a
+    /// headless service, a DNS round robin).
+    pub fn dns(mut self, target: impl Into<String>, every: Duration) -> Self {
+        self.dns = Some((target.into(), every));
+        self
+    }
+
+    /// The resolver for [`dns`](Self::dns). Default: [`SystemResolver`].
+    pub fn resolver(mut self, resolver: impl Resolve) -> Self {
+        self.resolver = Some(Arc::new(resolver));
+        self
+    }
+
+    /// Settings of every connection (window, quarantine, frame format).
+    /// Default: [`ConnectionConfig::new`].
+    pub fn connection(mut self, config: ConnectionConfig) -> Self {
+        self.connection = config;
+        self
+    }
+
+    /// Requests in flight per connection. Default: 512.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.connection = self.connection.max_in_flight(n);
+        self
+    }
+
+    /// Connections per endpoint: kept open (`min`) and grown to under load (`max`).
+    /// Default: 1 and 4.
+    pub fn connections_per_endpoint(mut self, min: usize, max: usize) -> Self {
+        self.pool.min_connections = min.max(1);
+        self.pool.max_connections = max.max(self.pool.min_connections);
+        self
+    }
+
+    /// Pool and health settings (failure threshold, backoff, probation).
+    /// Default: [`PoolConfig::new`].
+    pub fn pool(mut self, pool: PoolConfig) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// Reconnect backoff. Default: [`Backoff::new`].
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.pool.backoff = backoff;
+        self
+    }
+
+    /// How long a connect may take; also how long a request waits for an endpoint
+    /// that is making its first connection. Default: 1 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// `TCP_NODELAY` on new connections. Default: true.
+    pub fn nodelay(mut self, nodelay: bool) -> Self {
+        self.nodelay = nodelay;
+        self
+    }
+
+    /// TCP keepalive idle time. Default: `None` (off).
+    pub fn keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.keepalive = idle;
+        self
+    }
+
+    /// The deadline of a request over its whole path: waiting for a permit, an
+    /// endpoint and room on a connection, every retry, and the response. A request
+    /// whose deadline passes before it is written is never written. Default: 2 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Most requests in flight through this client at once (callers beyond it
+    /// wait, within their deadline). Default: `None`.
+    pub fn concurrency_limit(mut self, limit: Option<usize>) -> Self {
+        self.concurrency_limit = limit;
+        self
+    }
+
+    /// Fail requests at once with [`Kind::Overloaded`](crate::Kind::Overloaded)
+    /// instead of waiting when the concurrency limit is reached. Default: false.
+    pub fn load_shed(mut self, shed: bool) -> Self {
+        self.load_shed = shed;
+        self
+    }
+
+    /// The retry policy. Default: [`RetryPolicy::default`]. Use
+    /// `RetryPolicy::new(0)` to turn retries off.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Dial endpoints with your own connector (TLS, Unix socket, a proxy hop): any
+    /// `Service<SocketAddr>` that returns a byte stream. The connect timeout and the
+    /// connection settings still apply. Default: TCP.
+    pub fn connector<M, T>(mut self, make: M) -> Self
+    where
+        M: Service<SocketAddr, Response = T> + Clone + Send + Sync + 'static,
+        M::Future: Send + 'static,
+        M::Error: Into<BoxError>,
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        self.custom_dialer = Some(Arc::new(move |config, timeout| {
+            Dialer::custom(make.clone(), config, timeout)
+        }));
+        self
+    }
+
+    /// Builds the client and starts connecting to its endpoints.
+    ///
+    /// # Panics
+    ///
+    /// When called outside a tokio runtime.
+    pub fn build(self) -> Client {
+        let (client, _) = self.build_registry();
+        client
+    }
+
+    /// Builds the client with endpoints coming from a tower `Discover` of
+    /// addresses (besides any static ones): `Insert(key, addr)` adds, `Remove(key)`
+    /// drains.
+    ///
+    /// # Panics
+    ///
+    /// When called outside a tokio runtime.
+    pub fn build_with_discover<D>(self, discover: D) -> Client
+    where
+        D: Discover<Service = SocketAddr> + Send + 'static,
+        D::Key: std::hash::Hash + Eq + Send,
+        D::Error: Into<BoxError>,
+    {
+        let (client, registry) = self.build_registry();
+        spawn_discover(&registry, discover);
+        client
+    }
+
+    fn build_registry(self) -> (Client, Arc<Registry>) {
+        let connector = Connector::new()
+            .connection_config(self.connection)
+            .connect_timeout(self.connect_timeout)
+            .nodelay(self.nodelay)
+            .keepalive(self.keepalive);
+        let dialer = match &self.custom_dialer {
+            Some(make) => make(self.connection, self.connect_timeout),
+            None => Dialer::tcp(connector),
+        };
+        let pool = PoolContext {
+            config: self.pool,
+            dialer,
+            changed: Arc::default(),
+            shutdown: CancellationToken::new(),
+        };
+        let registry = Registry::new(pool, self.connect_timeout);
+        for addr in self.endpoints {
+            registry.add(addr);
+        }
+        if let Some((target, every)) = self.dns {
+            let resolver = self.resolver.unwrap_or_else(|| Arc::new(SystemResolver));
+            spawn_dns(
+                &registry,
+                DnsSource {
+                    target,
+                    every,
+                    resolver,
+                },
+            );
+        }
+        let balancer = Balancer {
+            registry: registry.clone(),
+        };
+        let stack = ServiceBuilder::new()
+            .layer(TimeoutLayer::new(self.request_timeout))
+            .layer(RetryLayer::new(self.retry))
+            .option_layer(self.load_shed.then(LoadShedLayer::new))
+            .option_layer(self.concurrency_limit.map(ConcurrencyLimitLayer::new))
+            .map_err(into_box as fn(crate::Error) -> TowerBoxError)
+            .service(balancer);
+        (
+            Client {
+                stack,
+                registry: registry.clone(),
+            },
+            registry,
+        )
+    }
+}

@@ -1,0 +1,230 @@
+//! [`Client`]: the whole stack behind one cheap, cloneable handle.
+
+use std::{
+    fmt,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+
+use bytes::Bytes;
+use pin_project_lite::pin_project;
+use tower::{
+    Service, ServiceExt,
+    limit::ConcurrencyLimit,
+    load_shed::LoadShed,
+    retry::Retry,
+    timeout::Timeout,
+    util::{Either, MapErr, Oneshot},
+};
+
+use super::{Balancer, ClientBuilder, EndpointStats, Endpoints, RetryPolicy, balance::Registry};
+use crate::{BoxError, Error};
+
+type Base = MapErr<Balancer, fn(Error) -> BoxError>;
+type Limited = Either<ConcurrencyLimit<Base>, Base>;
+type Shed = Either<LoadShed<Limited>, Limited>;
+/// The concrete layer stack: no boxing per request.
+pub(crate) type Stack = Timeout<Retry<RetryPolicy, Shed>>;
+
+pub(crate) fn into_box(error: Error) -> BoxError {
+    Box::new(error)
+}
+
+/// An anet client: balanced, pooled, multiplexed connections to one or more
+/// endpoints, behind timeout, retry and limit layers.
+///
+/// `Clone` is cheap (a few reference counts) and every clone shares the same
+/// pools, so keep one in your app state and clone it into tasks. There is no
+/// worker task between the caller and the connection: routing happens in the
+/// caller's task.
+///
+/// ```
+/// use anet::{client::Client, server::{Request, Server}};
+/// use bytes::Bytes;
+/// use tower::service_fn;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let server = Server::builder().bind("127.0.0.1:0".parse()?).await?;
+/// # let addr = server.local_addr();
+/// # tokio::spawn(server.serve(service_fn(|r: Request| async move {
+/// #     Ok::<_, std::convert::Infallible>(r.into_payload())
+/// # })));
+/// let client = Client::builder().endpoint(addr).build();
+/// let reply = client.call(Bytes::from_static(b"ping")).await?;
+/// assert_eq!(reply, "ping");
+/// client.close();
+/// client.closed().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) stack: Stack,
+    pub(crate) registry: Arc<Registry>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoints", &self.registry.addrs())
+            .field("closed", &self.registry.is_closed())
+            .finish()
+    }
+}
+
+impl Client {
+    /// A builder with documented defaults.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::new()
+    }
+
+    /// Sends one request and waits for its response.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] whose [`kind`](Error::kind) says what failed, and
+    /// [`is_unsent`](Error::is_unsent) whether the request may have reached the
+    /// server.
+    ///
+    /// # Cancellation safety
+    ///
+    /// Dropping the future abandons the request: never written if it was not yet;
+    /// otherwise its late response is dropped.
+    pub fn call(&self, request: Bytes) -> CallFuture {
+        CallFuture {
+            inner: self.stack.clone().oneshot(request),
+        }
+    }
+
+    /// A handle to add and remove endpoints at run time.
+    pub fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            registry: self.registry.clone(),
+        }
+    }
+
+    /// The balanced pool without this client's layers, to build your own
+    /// `ServiceBuilder` stack on (your own retry policy, rate limit, ...).
+    pub fn balancer(&self) -> Balancer {
+        Balancer {
+            registry: self.registry.clone(),
+        }
+    }
+
+    /// A snapshot of every endpoint.
+    pub fn stats(&self) -> ClientStats {
+        ClientStats {
+            endpoints: self.registry.stats(),
+        }
+    }
+
+    /// Closes the client: new requests fail with
+    /// [`Kind::Closed`](crate::Kind::Closed); requests in flight finish within the
+    /// connection close grace; then connections close.
+    pub fn close(&self) {
+        self.registry.close();
+    }
+
+    /// Waits until a closed client has no connection and no task left.
+    pub async fn closed(&self) {
+        self.registry.tracker.wait().await;
+    }
+}
+
+#[allow(dead_code)]
+fn assert_client_is_send_sync_clone() {
+    fn check<T: Send + Sync + Clone + 'static>() {}
+    check::<Client>();
+    check::<Balancer>();
+}
+
+/// A snapshot of a client's endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientStats {
+    /// One entry per endpoint.
+    pub endpoints: Vec<EndpointStats>,
+}
+
+impl ClientStats {
+    /// The entry of `addr`.
+    pub fn endpoint(&self, addr: SocketAddr) -> Option<&EndpointStats> {
+        self.endpoints.iter().find(|e| e.addr == addr)
+    }
+
+    /// Live connections over all endpoints.
+    pub fn connections(&self) -> usize {
+        self.endpoints.iter().map(|e| e.connections).sum()
+    }
+
+    /// Requests in flight over all endpoints.
+    pub fn in_flight(&self) -> usize {
+        self.endpoints.iter().map(|e| e.in_flight).sum()
+    }
+}
+
+impl Service<Bytes> for Client {
+    type Response = Bytes;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.stack.poll_ready(cx).map_err(Error::from_boxed)
+    }
+
+    fn call(&mut self, request: Bytes) -> ResponseFuture {
+        ResponseFuture {
+            inner: self.stack.call(request),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Client`] as a `Service`.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture {
+        #[pin]
+        inner: <Stack as Service<Bytes>>::Future,
+    }
+}
+
+pin_project! {
+    /// The future of [`Client::call`]: readiness, then the response.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct CallFuture {
+        #[pin]
+        inner: Oneshot<Stack, Bytes>,
+    }
+}
+
+impl fmt::Debug for CallFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for CallFuture {
+    type Output = Result<Bytes, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(ready!(self.project().inner.poll(cx)).map_err(Error::from_boxed))
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Bytes, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(ready!(self.project().inner.poll(cx)).map_err(Error::from_boxed))
+    }
+}

@@ -1,0 +1,373 @@
+//! One endpoint: its pool of multiplexed connections and its health.
+//!
+//! Each endpoint has a maintenance task that owns the decisions (dial, replace,
+//! back off, mark down, probation) and publishes a few atomics that the balancer
+//! reads on the request path (`up`, `pending`, `in_flight`) plus the list of live
+//! connections behind a read-mostly lock.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use tokio::{sync::Notify, task::JoinSet, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::{Backoff, Connection, dial::Dialer};
+use crate::{Error, Kind};
+
+/// How each endpoint's pool behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Connections kept open even when idle. Default: 1.
+    pub min_connections: usize,
+    /// Most connections per endpoint; another is added when every open one is at
+    /// least three-quarters full. Default: 4.
+    pub max_connections: usize,
+    /// Consecutive failures (failed dials, connections lost) that mark an endpoint
+    /// down even while it has live connections. Default: 3. An endpoint with no
+    /// live connection is never routed to, whatever this says.
+    pub failure_threshold: u32,
+    /// Waits between reconnect attempts. Default: [`Backoff::new`].
+    pub backoff: Backoff,
+    /// After coming back, how long an endpoint stays on probation, during which a
+    /// single failure marks it down again. Default: 10 s.
+    pub probation: Duration,
+}
+
+impl PoolConfig {
+    /// The defaults listed on each field.
+    pub const fn new() -> PoolConfig {
+        PoolConfig {
+            min_connections: 1,
+            max_connections: 4,
+            failure_threshold: 3,
+            backoff: Backoff::new(),
+            probation: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig::new()
+    }
+}
+
+/// What the balancer and the maintenance task share about one endpoint.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    pub(crate) addr: SocketAddr,
+    /// Live connections; written by the maintenance task, read per request.
+    conns: RwLock<Vec<Connection>>,
+    /// Routable: has a live connection and is not marked down.
+    up: AtomicBool,
+    /// A dial is under way while the endpoint is not in penalty: requests with
+    /// nowhere else to go may wait for it (up to the connect timeout).
+    pending: AtomicBool,
+    /// Removed from the client: drain and stop.
+    removed: AtomicBool,
+    /// A request found every connection full.
+    demand: AtomicBool,
+    /// Wakes the maintenance task (demand, a broken connection, removal).
+    wake: Notify,
+    /// Requests dispatched and not yet finished.
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) requests: AtomicU64,
+    pub(crate) errors: [AtomicU64; Kind::ALL.len()],
+    reconnects: AtomicU64,
+    connect_failures: AtomicU64,
+}
+
+impl Endpoint {
+    pub(crate) fn new(addr: SocketAddr) -> Endpoint {
+        Endpoint {
+            addr,
+            conns: RwLock::new(Vec::new()),
+            up: AtomicBool::new(false),
+            pending: AtomicBool::new(true), // the first dial starts at once
+            removed: AtomicBool::new(false),
+            demand: AtomicBool::new(false),
+            wake: Notify::new(),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            errors: Default::default(),
+            reconnects: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(Relaxed)
+    }
+
+    pub(crate) fn is_pending(&self) -> bool {
+        self.pending.load(Relaxed)
+    }
+
+    pub(crate) fn load(&self) -> usize {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// The live connection with the fewest requests in flight.
+    pub(crate) fn pick_connection(&self) -> Option<Connection> {
+        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        conns
+            .iter()
+            .filter(|c| !c.is_closed())
+            .min_by_key(|c| tower::load::Load::load(*c))
+            .cloned()
+    }
+
+    /// A request found its connection full: the pool may grow.
+    pub(crate) fn signal_demand(&self) {
+        if !self.demand.swap(true, Relaxed) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// A request found a connection broken: prune it now.
+    pub(crate) fn signal_broken(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn remove(&self) {
+        self.removed.store(true, Relaxed);
+        self.up.store(false, Relaxed);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn record(&self, result: &Result<bytes::Bytes, Error>) {
+        self.requests.fetch_add(1, Relaxed);
+        if let Err(e) = result {
+            self.errors[e.kind().index()].fetch_add(1, Relaxed);
+            if matches!(e.kind(), Kind::ConnectionLost | Kind::Protocol) {
+                self.signal_broken();
+            }
+        }
+    }
+
+    pub(crate) fn stats(&self) -> EndpointStats {
+        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        EndpointStats {
+            addr: self.addr,
+            up: self.is_up(),
+            connections: conns.iter().filter(|c| !c.is_closed()).count(),
+            in_flight: self.load(),
+            requests: self.requests.load(Relaxed),
+            errors: ErrorCounts(std::array::from_fn(|i| self.errors[i].load(Relaxed))),
+            reconnects: self.reconnects.load(Relaxed),
+            connect_failures: self.connect_failures.load(Relaxed),
+        }
+    }
+
+    /// Drops closed connections from the list; returns how many stay live, how
+    /// many were dropped, and whether any of those had failed (rather than closed
+    /// cleanly).
+    fn prune(&self) -> (usize, usize, bool) {
+        let mut conns = self.conns.write().unwrap_or_else(|p| p.into_inner());
+        let before = conns.len();
+        let mut failed = false;
+        conns.retain(|c| match c.close_reason() {
+            None => true,
+            Some(reason) => {
+                failed |= reason.kind() != Kind::Closed;
+                false
+            }
+        });
+        (conns.len(), before - conns.len(), failed)
+    }
+
+    fn all_busy(&self) -> bool {
+        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        conns.iter().all(|c| {
+            let load = tower::load::Load::load(c);
+            load * 4 >= c.max_in_flight() * 3
+        })
+    }
+
+    fn push(&self, conn: Connection) {
+        self.conns
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+    }
+
+    fn take_all(&self) -> Vec<Connection> {
+        std::mem::take(&mut *self.conns.write().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Counts of failed requests by [`Kind`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ErrorCounts([u64; Kind::ALL.len()]);
+
+impl ErrorCounts {
+    /// Failures of this kind.
+    pub fn get(&self, kind: Kind) -> u64 {
+        self.0[kind.index()]
+    }
+
+    /// All failures.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// The non-zero counts, by kind.
+    pub fn iter(&self) -> impl Iterator<Item = (Kind, u64)> + '_ {
+        Kind::ALL
+            .iter()
+            .map(|k| (*k, self.get(*k)))
+            .filter(|(_, n)| *n > 0)
+    }
+}
+
+/// A snapshot of one endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStats {
+    /// The endpoint's address.
+    pub addr: SocketAddr,
+    /// Whether requests are routed to it now.
+    pub up: bool,
+    /// Live connections.
+    pub connections: usize,
+    /// Requests dispatched to it and not finished.
+    pub in_flight: usize,
+    /// Requests dispatched to it, finished.
+    pub requests: u64,
+    /// Of those, failures by kind.
+    pub errors: ErrorCounts,
+    /// Connections re-established after one was lost.
+    pub reconnects: u64,
+    /// Dial attempts that failed.
+    pub connect_failures: u64,
+}
+
+/// What the maintenance task needs from the client.
+#[derive(Clone, Debug)]
+pub(crate) struct PoolContext {
+    pub(crate) config: PoolConfig,
+    pub(crate) dialer: Dialer,
+    /// Notified whenever an endpoint's `up` or `pending` changes.
+    pub(crate) changed: Arc<Notify>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Keeps one endpoint's pool: dials up to `min` (and up to `max` under demand),
+/// replaces lost connections with backoff, marks the endpoint down and up.
+pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
+    let config = cx.config;
+    let min = config.min_connections.max(1);
+    let max = config.max_connections.max(min);
+    let mut watchers: JoinSet<()> = JoinSet::new();
+    let mut failures: u32 = 0;
+    let mut penalty_until: Option<Instant> = None;
+    let mut probation_until: Option<Instant> = None;
+    // Connections lost and not yet replaced (for the reconnect count).
+    let mut to_replace: usize = 0;
+
+    loop {
+        if endpoint.removed.load(Relaxed) || cx.shutdown.is_cancelled() {
+            break;
+        }
+        let now = Instant::now();
+        if penalty_until.is_some_and(|t| now >= t) {
+            penalty_until = None;
+            probation_until = Some(now + config.probation);
+        }
+        let (live, dropped, failed) = endpoint.prune();
+        to_replace += dropped;
+        if failed {
+            failures += 1;
+            let on_probation = probation_until.is_some_and(|t| now < t);
+            if on_probation || failures >= config.failure_threshold.max(1) {
+                penalty_until = Some(now + config.backoff.delay(failures));
+                tracing::warn!(failures, "endpoint marked down");
+            }
+        }
+        let in_penalty = penalty_until.is_some_and(|t| now < t);
+        set_up(&endpoint, &cx, live > 0 && !in_penalty);
+
+        let demand = endpoint.demand.swap(false, Relaxed);
+        let want = live < min || (demand && live < max && endpoint.all_busy());
+        if want && !in_penalty {
+            set_pending(&endpoint, &cx, true);
+            let dialed = tokio::select! {
+                r = cx.dialer.dial(endpoint.addr) => r,
+                () = cx.shutdown.cancelled() => break,
+            };
+            match dialed {
+                Ok(conn) => {
+                    let watched = conn.clone();
+                    watchers.spawn(async move { watched.closed().await });
+                    endpoint.push(conn);
+                    if to_replace > 0 {
+                        to_replace -= 1;
+                        endpoint.reconnects.fetch_add(1, Relaxed);
+                    }
+                    if probation_until.is_some_and(|t| Instant::now() < t) {
+                        tracing::info!("endpoint reconnected, on probation");
+                    }
+                    failures = 0;
+                    set_up(&endpoint, &cx, true);
+                    set_pending(&endpoint, &cx, false);
+                }
+                Err(error) => {
+                    endpoint.connect_failures.fetch_add(1, Relaxed);
+                    failures += 1;
+                    let delay = config.backoff.delay(failures);
+                    penalty_until = Some(Instant::now() + delay);
+                    tracing::warn!(%error, ?delay, "dial failed; backing off");
+                    set_up(&endpoint, &cx, false);
+                    set_pending(&endpoint, &cx, false);
+                }
+            }
+            continue;
+        }
+
+        let wake_at = penalty_until.filter(|_| want);
+        tokio::select! {
+            () = endpoint.wake.notified() => {}
+            Some(_) = watchers.join_next(), if !watchers.is_empty() => {}
+            () = sleep_until_opt(wake_at) => {}
+            () = cx.shutdown.cancelled() => break,
+        }
+    }
+
+    // Removed or shutting down: stop routing here, let in-flight requests finish.
+    set_up(&endpoint, &cx, false);
+    endpoint.pending.store(false, Relaxed);
+    cx.changed.notify_waiters();
+    let conns = endpoint.take_all();
+    for conn in &conns {
+        conn.close();
+    }
+    for conn in &conns {
+        conn.closed().await;
+    }
+    tracing::debug!("endpoint stopped");
+}
+
+fn set_pending(endpoint: &Endpoint, cx: &PoolContext, pending: bool) {
+    if endpoint.pending.swap(pending, Relaxed) != pending {
+        cx.changed.notify_waiters();
+    }
+}
+
+fn set_up(endpoint: &Endpoint, cx: &PoolContext, up: bool) {
+    if endpoint.up.swap(up, Relaxed) != up {
+        cx.changed.notify_waiters();
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,656 @@
+//! The client stack over real loopback TCP: balancing, failover, reconnection,
+//! run-time endpoints, DNS, limits, deadlines, retries and close.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use anet::{
+    Kind,
+    client::{Backoff, Client, ConnectionConfig, PoolConfig, RetryPolicy},
+    server::{Request, Server},
+};
+use anet_tests::{Action, RunningServer, eventually, start_scripted, start_server};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tower::service_fn;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// An anet echo server that answers after `delay`, counting requests.
+async fn echo_server(delay: Duration, addr: Option<SocketAddr>) -> RunningServer {
+    let service = service_fn(move |req: Request| async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok::<_, Infallible>(req.into_payload())
+    });
+    match addr {
+        None => start_server(Server::builder(), service).await,
+        Some(addr) => {
+            // Rebind the same port (a restarted backend).
+            let listener = bind_retry(addr).await;
+            let server = Server::builder().listener(listener).expect("server");
+            let stats = server.stats();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(server.serve_with_shutdown(service, async {
+                let _ = stopped.await;
+            }));
+            anet_tests::RunningServer::from_parts(addr, stats, stop, task)
+        }
+    }
+}
+
+async fn bind_retry(addr: SocketAddr) -> tokio::net::TcpListener {
+    for _ in 0..100 {
+        if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("could not rebind {addr}");
+}
+
+fn fast_backoff() -> Backoff {
+    Backoff {
+        base: Duration::from_millis(50),
+        max: Duration::from_millis(200),
+    }
+}
+
+/// Runs `workers` callers until `stop` is set; returns (ok, errors by kind,
+/// mismatches).
+async fn load(client: &Client, workers: usize, stop: Arc<AtomicBool>) -> (usize, Vec<Kind>, usize) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let client = client.clone();
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let (mut ok, mut errors, mut mismatches) = (0, Vec::new(), 0);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let payload = format!("w{w}-n{n}");
+                n += 1;
+                match client.call(Bytes::from(payload.clone())).await {
+                    Ok(r) if r == payload.as_bytes() => ok += 1,
+                    Ok(_) => mismatches += 1,
+                    Err(e) => errors.push(e.kind()),
+                }
+            }
+            (ok, errors, mismatches)
+        });
+    }
+    let mut total = (0, Vec::new(), 0);
+    for (ok, errors, mismatches) in tasks.join_all().await {
+        total.0 += ok;
+        total.1.extend(errors);
+        total.2 += mismatches;
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_fails_only_its_in_flight_requests_and_comes_back_on_the_same_port() {
+    let a = echo_server(Duration::from_millis(1), None).await;
+    let b = echo_server(Duration::from_millis(1), None).await;
+    let c = echo_server(Duration::from_millis(1), None).await;
+    let killed_addr = b.addr;
+    let client = Client::builder()
+        .endpoints([a.addr, b.addr, c.addr])
+        .backoff(fast_backoff())
+        .build();
+    let stop = Arc::new(AtomicBool::new(false));
+    let run = tokio::spawn({
+        let (client, stop) = (client.clone(), stop.clone());
+        async move { load(&client, 32, stop).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = client
+        .stats()
+        .endpoint(killed_addr)
+        .expect("endpoint")
+        .requests;
+    assert!(before > 0, "the doomed server had traffic");
+    drop(b); // killed: its tasks are aborted and its sockets closed
+    assert!(
+        eventually(WAIT, || !client
+            .stats()
+            .endpoint(killed_addr)
+            .expect("endpoint")
+            .up)
+        .await,
+        "killed endpoint marked down"
+    );
+    let after_kill = client
+        .stats()
+        .endpoint(killed_addr)
+        .expect("endpoint")
+        .requests;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        client
+            .stats()
+            .endpoint(killed_addr)
+            .expect("endpoint")
+            .requests,
+        after_kill,
+        "no traffic to a down endpoint"
+    );
+
+    // The backend restarts on the same port: reconnected after backoff, used again.
+    let b2 = echo_server(Duration::from_millis(1), Some(killed_addr)).await;
+    assert!(
+        eventually(WAIT, || b2.stats.snapshot().requests > 100).await,
+        "restarted server receives traffic again"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (ok, errors, mismatches) = run.await.expect("load");
+    assert_eq!(mismatches, 0);
+    assert!(ok > 1000, "traffic kept flowing: {ok}");
+    for kind in &errors {
+        assert_eq!(
+            *kind,
+            Kind::ConnectionLost,
+            "only in-flight requests fail: {errors:?}"
+        );
+    }
+    assert!(
+        errors.len() <= 32,
+        "at most one in-flight request per caller failed"
+    );
+    let stats = client.stats();
+    assert!(
+        stats.endpoint(killed_addr).expect("endpoint").reconnects >= 1,
+        "{stats:?}"
+    );
+    assert!(a.stats.snapshot().requests > 0 && c.stats.snapshot().requests > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_requests_lost_with_a_killed_server_are_retried_elsewhere() {
+    let a = echo_server(Duration::from_millis(2), None).await;
+    let b = echo_server(Duration::from_millis(2), None).await;
+    let client = Client::builder()
+        .endpoints([a.addr, b.addr])
+        .retry(RetryPolicy::new(3).idempotent(true))
+        .backoff(fast_backoff())
+        .build();
+    let stop = Arc::new(AtomicBool::new(false));
+    let run = tokio::spawn({
+        let (client, stop) = (client.clone(), stop.clone());
+        async move { load(&client, 32, stop).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, errors, mismatches) = run.await.expect("load");
+    assert_eq!(mismatches, 0);
+    assert!(
+        errors.is_empty(),
+        "every lost request was retried: {errors:?}"
+    );
+    assert!(ok > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_added_at_run_time_gets_traffic_and_a_removed_one_drains() {
+    let a = echo_server(Duration::ZERO, None).await;
+    let b = echo_server(Duration::from_millis(200), None).await;
+    let client = Client::builder().endpoint(a.addr).build();
+    assert_eq!(
+        client.call(Bytes::from_static(b"one")).await.expect("ok"),
+        "one"
+    );
+
+    let endpoints = client.endpoints();
+    assert!(endpoints.add(b.addr));
+    assert!(!endpoints.add(b.addr), "already present");
+    assert!(
+        eventually(WAIT, || client
+            .stats()
+            .endpoint(b.addr)
+            .is_some_and(|e| e.up))
+        .await
+    );
+    // Slow requests land on b; remove it while they are in flight.
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let client = client.clone();
+        calls.spawn(async move { client.call(Bytes::from(format!("{i}"))).await });
+    }
+    assert!(eventually(WAIT, || b.stats.snapshot().requests > 0).await);
+    assert!(endpoints.remove(b.addr));
+    for result in calls.join_all().await {
+        result.expect("in-flight requests on the removed endpoint finish");
+    }
+    let seen_by_b = b.stats.snapshot().requests;
+    for i in 0..200 {
+        client
+            .call(Bytes::from(format!("after-{i}")))
+            .await
+            .expect("ok");
+    }
+    assert_eq!(
+        b.stats.snapshot().requests,
+        seen_by_b,
+        "removed endpoint gets no new requests"
+    );
+    assert_eq!(endpoints.list(), vec![a.addr]);
+    assert!(
+        eventually(WAIT, || b.stats.snapshot().connections_open == 0).await,
+        "its connections close after draining"
+    );
+}
+
+fn closed_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_endpoint_down_requests_fail_fast_not_at_the_request_timeout() {
+    let client = Client::builder()
+        .endpoints([closed_port(), closed_port()])
+        .connect_timeout(Duration::from_millis(500))
+        .request_timeout(Duration::from_secs(30))
+        .build();
+    for _ in 0..20 {
+        let started = tokio::time::Instant::now();
+        let err = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.call(Bytes::from_static(b"x")),
+        )
+        .await
+        .expect("no hang")
+        .expect_err("down");
+        assert!(
+            matches!(err.kind(), Kind::Unavailable | Kind::Connect),
+            "{err:?}"
+        );
+        assert!(err.is_unsent());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "within the connect timeout"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_endpoint_is_skipped_and_rejoins_after_its_backoff() {
+    let a = echo_server(Duration::ZERO, None).await;
+    let dead = closed_port();
+    let client = Client::builder()
+        .endpoints([a.addr, dead])
+        .backoff(fast_backoff())
+        .build();
+    for i in 0..100 {
+        client
+            .call(Bytes::from(format!("{i}")))
+            .await
+            .expect("a down endpoint is skipped");
+    }
+    let stats = client.stats();
+    let dead_stats = stats.endpoint(dead).expect("still known");
+    assert!(!dead_stats.up);
+    assert!(dead_stats.connect_failures >= 1);
+    assert_eq!(dead_stats.requests, 0);
+    // It answers again: it rejoins (no permanent eviction).
+    let revived = echo_server(Duration::ZERO, Some(dead)).await;
+    assert!(eventually(WAIT, || client.stats().endpoint(dead).is_some_and(|e| e.up)).await);
+    for i in 0..200 {
+        client.call(Bytes::from(format!("{i}"))).await.expect("ok");
+    }
+    assert!(
+        revived.stats.snapshot().requests > 0,
+        "traffic reaches the revived endpoint"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_limit_holds_at_the_server() {
+    let server = start_scripted(|_, _| Action::Echo(Duration::from_millis(5))).await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .concurrency_limit(Some(8))
+        .connections_per_endpoint(2, 4)
+        .build();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..400 {
+        let client = client.clone();
+        calls.spawn(async move { client.call(Bytes::from(format!("{i}"))).await });
+    }
+    for r in calls.join_all().await {
+        r.expect("ok");
+    }
+    let peak = server.counters.max_in_flight.load(Ordering::SeqCst);
+    assert!(peak <= 8, "server saw {peak} in flight");
+    assert!(peak >= 4, "the limit was actually reached: {peak}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_shedding_fails_fast_with_overloaded_at_the_limit() {
+    let server = start_scripted(|_, _| Action::Echo(Duration::from_millis(300))).await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .concurrency_limit(Some(2))
+        .load_shed(true)
+        .build();
+    client.call(Bytes::from_static(b"warm")).await.expect("ok");
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let client = client.clone();
+        calls.spawn(async move { client.call(Bytes::from(format!("{i}"))).await });
+    }
+    let results = calls.join_all().await;
+    let shed = results
+        .iter()
+        .filter(|r| r.as_ref().is_err_and(|e| e.kind() == Kind::Overloaded))
+        .count();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok + shed, 10, "{results:?}");
+    assert!(shed >= 6 && ok >= 1, "ok {ok}, shed {shed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_room_times_out_at_its_deadline_and_is_never_written() {
+    // One connection with room for one request; the server holds it for 600 ms.
+    let server = start_scripted(|_, frame| {
+        if frame.payload == "first" {
+            Action::Echo(Duration::from_millis(600))
+        } else {
+            Action::Echo(Duration::ZERO)
+        }
+    })
+    .await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .connections_per_endpoint(1, 1)
+        .connection(ConnectionConfig::new().max_in_flight(1))
+        .request_timeout(Duration::from_millis(200))
+        .retry(RetryPolicy::new(0))
+        .build();
+    client.call(Bytes::from_static(b"warm")).await.expect("ok");
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.call(Bytes::from_static(b"first")).await }
+    });
+    assert!(
+        eventually(WAIT, || server.counters.requests.load(Ordering::SeqCst)
+            == 2)
+        .await
+    );
+    let started = tokio::time::Instant::now();
+    let err = client
+        .call(Bytes::from_static(b"second"))
+        .await
+        .expect_err("times out");
+    assert_eq!(err.kind(), Kind::Timeout);
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let _ = first.await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        server.counters.requests.load(Ordering::SeqCst),
+        2,
+        "the timed-out request was never written"
+    );
+}
+
+/// A transport whose writes never complete and whose reads fail after a delay:
+/// requests queue behind the first one and are never written.
+struct StallThenFail {
+    fail_at: Pin<Box<tokio::time::Sleep>>,
+}
+
+enum TestIo {
+    Stall(StallThenFail),
+    Tcp(tokio::net::TcpStream),
+}
+
+impl AsyncRead for TestIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            TestIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            TestIo::Stall(s) => match s.fail_at.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into())),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for TestIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            TestIo::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            TestIo::Stall(_) => Poll::Pending,
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            TestIo::Tcp(s) => Pin::new(s).poll_flush(cx),
+            TestIo::Stall(_) => Poll::Pending,
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            TestIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            TestIo::Stall(_) => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+use std::future::Future;
+
+fn stall_first_connector(
+    dials: Arc<AtomicUsize>,
+) -> impl tower::Service<
+    SocketAddr,
+    Response = TestIo,
+    Error = std::io::Error,
+    Future = impl Future<Output = std::io::Result<TestIo>> + Send,
+> + Clone
++ Send
++ Sync
++ 'static {
+    service_fn(move |addr: SocketAddr| {
+        let n = dials.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                Ok(TestIo::Stall(StallThenFail {
+                    fail_at: Box::pin(tokio::time::sleep(Duration::from_millis(300))),
+                }))
+            } else {
+                Ok(TestIo::Tcp(tokio::net::TcpStream::connect(addr).await?))
+            }
+        }
+    })
+}
+
+async fn first_and_second(client: &Client) -> (anet::Error, Result<Bytes, anet::Error>) {
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.call(Bytes::from_static(b"first")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = client.call(Bytes::from_static(b"second")).await;
+    (
+        first.await.expect("join").expect_err("written, then lost"),
+        second,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_not_sent_failure_is_retried_transparently() {
+    let server = echo_server(Duration::ZERO, None).await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .connections_per_endpoint(1, 1)
+        .connection(ConnectionConfig::new().write_buffer(1))
+        .connector(stall_first_connector(Arc::default()))
+        .build();
+    let (first, second) = first_and_second(&client).await;
+    assert_eq!(first.kind(), Kind::ConnectionLost);
+    assert_eq!(second.expect("retried on a new connection"), "second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_retries_the_same_failure_is_not_sent() {
+    let server = echo_server(Duration::ZERO, None).await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .connections_per_endpoint(1, 1)
+        .connection(ConnectionConfig::new().write_buffer(1))
+        .connector(stall_first_connector(Arc::default()))
+        .retry(RetryPolicy::new(0))
+        .build();
+    let (first, second) = first_and_second(&client).await;
+    assert_eq!(first.kind(), Kind::ConnectionLost);
+    let second = second.expect_err("not retried");
+    assert_eq!(second.kind(), Kind::NotSent);
+    assert!(second.is_unsent());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_discovery_follows_a_changing_answer() {
+    let a = echo_server(Duration::ZERO, None).await;
+    let b = echo_server(Duration::ZERO, None).await;
+    let answer = Arc::new(Mutex::new(vec![a.addr]));
+    let resolver = {
+        let answer = answer.clone();
+        move |_target: &str| -> anet::client::ResolveFuture {
+            let addrs = answer.lock().expect("lock").clone();
+            Box::pin(async move { Ok(addrs) })
+        }
+    };
+    let client = Client::builder()
+        .dns("backend.test:1500", Duration::from_millis(50))
+        .resolver(resolver)
+        .build();
+    client
+        .call(Bytes::from_static(b"a"))
+        .await
+        .expect("resolved to a");
+    *answer.lock().expect("lock") = vec![b.addr];
+    assert!(eventually(WAIT, || client.endpoints().list() == vec![b.addr]).await);
+    let before = a.stats.snapshot().requests;
+    for i in 0..50 {
+        client.call(Bytes::from(format!("{i}"))).await.expect("ok");
+    }
+    assert_eq!(a.stats.snapshot().requests, before);
+    assert!(b.stats.snapshot().requests >= 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_discovery_resolves_localhost_with_the_system_resolver() {
+    let a = echo_server(Duration::ZERO, None).await;
+    let client = Client::builder()
+        .dns(
+            format!("localhost:{}", a.addr.port()),
+            Duration::from_secs(60),
+        )
+        .build();
+    // localhost may also resolve to ::1, where nothing listens: that endpoint is
+    // simply down.
+    let reply = client.call(Bytes::from_static(b"dns")).await.expect("ok");
+    assert_eq!(reply, "dns");
+    assert!(client.endpoints().list().contains(&a.addr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_discover_stream_drives_the_endpoints() {
+    use tower::discover::Change;
+    let a = echo_server(Duration::ZERO, None).await;
+    let (tx, rx) =
+        tokio::sync::mpsc::unbounded_channel::<Result<Change<u32, SocketAddr>, Infallible>>();
+    let discover =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let client = Client::builder().build_with_discover(Box::pin(discover));
+    tx.send(Ok(Change::Insert(1, a.addr))).expect("send");
+    client
+        .call(Bytes::from_static(b"hi"))
+        .await
+        .expect("routed to a");
+    tx.send(Ok(Change::Remove(1))).expect("send");
+    assert!(eventually(WAIT, || client.endpoints().list().is_empty()).await);
+    let err = client
+        .call(Bytes::from_static(b"none"))
+        .await
+        .expect_err("no endpoint");
+    assert_eq!(err.kind(), Kind::Unavailable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_finishes_in_flight_requests_refuses_new_ones_and_releases_connections() {
+    let server = echo_server(Duration::from_millis(200), None).await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .connections_per_endpoint(2, 2)
+        .build();
+    client.call(Bytes::from_static(b"warm")).await.expect("ok");
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        async move { client.call(Bytes::from_static(b"in flight")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    client.close();
+    let err = client
+        .call(Bytes::from_static(b"late"))
+        .await
+        .expect_err("closed");
+    assert_eq!(err.kind(), Kind::Closed);
+    assert_eq!(
+        in_flight.await.expect("join").expect("finished"),
+        "in flight"
+    );
+    tokio::time::timeout(WAIT, client.closed())
+        .await
+        .expect("closed");
+    assert_eq!(client.stats().connections(), 0);
+    assert!(eventually(WAIT, || server.stats.snapshot().connections_open == 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_grows_under_load_up_to_its_maximum() {
+    let server = echo_server(Duration::from_millis(20), None).await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .connections_per_endpoint(1, 3)
+        .connection(ConnectionConfig::new().max_in_flight(8))
+        .pool(PoolConfig {
+            min_connections: 1,
+            max_connections: 3,
+            ..PoolConfig::new()
+        })
+        .build();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let client = client.clone();
+        calls.spawn(async move { client.call(Bytes::from(format!("{i}"))).await });
+    }
+    for r in calls.join_all().await {
+        r.expect("ok");
+    }
+    let stats = client.stats();
+    assert_eq!(stats.connections(), 3, "{stats:?}");
+    assert_eq!(server.stats.snapshot().connections_accepted, 3);
+}
