@@ -1,0 +1,349 @@
+//! `anet bench`: closed-loop load through the full client stack.
+//!
+//! Each caller sends one request at a time; every payload carries a unique
+//! sequence number and every response must equal its request, or it counts as a
+//! mismatch (a misdelivery). Errors are counted by kind and do not stop the run.
+//! The run ends within `duration + timeout + 2 s` whatever the server does.
+
+use std::{
+    convert::Infallible,
+    io::IsTerminal,
+    net::SocketAddr,
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use anet::{
+    Kind,
+    client::Client,
+    server::{Request, Server},
+};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+use tower::service_fn;
+
+use crate::BenchArgs;
+
+/// Extra time allowed after `duration + timeout` before stragglers are abandoned.
+const GRACE: Duration = Duration::from_secs(2);
+/// Payloads are at least this long, so a sequence number fits and in-flight
+/// requests never share a payload.
+const MIN_SIZE: usize = 8;
+
+/// What one caller saw.
+struct Tally {
+    latency_us: Histogram<u64>,
+    ok: u64,
+    mismatches: u64,
+    errors: [u64; Kind::ALL.len()],
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            ok: 0,
+            mismatches: 0,
+            errors: [0; Kind::ALL.len()],
+        }
+    }
+
+    fn merge(&mut self, other: &Tally) {
+        let _ = self.latency_us.add(&other.latency_us);
+        self.ok += other.ok;
+        self.mismatches += other.mismatches;
+        for (a, b) in self.errors.iter_mut().zip(other.errors) {
+            *a += b;
+        }
+    }
+
+    fn requests(&self) -> u64 {
+        self.ok + self.mismatches + self.errors.iter().sum::<u64>()
+    }
+}
+
+/// The payload of request `seq`: its decimal digits, padded with `.` to `size`.
+fn payload(seq: u64, size: usize) -> Bytes {
+    let digits = format!("{seq:0width$}", width = MIN_SIZE);
+    let mut bytes = digits.into_bytes();
+    if bytes.len() < size {
+        bytes.resize(size, b'.');
+    }
+    Bytes::from(bytes)
+}
+
+async fn embedded_echo() -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+    let server = Server::builder()
+        .bind("127.0.0.1:0".parse().expect("loopback address"))
+        .await?;
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let echo = service_fn(|req: Request| async move { Ok::<_, Infallible>(req.into_payload()) });
+    tokio::spawn(server.serve_with_shutdown(echo, async {
+        let _ = stopped.await;
+    }));
+    Ok((addr, stop))
+}
+
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let mut embedded = None;
+    let targets = if args.connect.is_empty() {
+        let (addr, stop) = embedded_echo().await?;
+        embedded = Some(stop);
+        eprintln!("embedded echo server on {addr}");
+        vec![addr]
+    } else {
+        args.connect.clone()
+    };
+    let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    let mut builder = Client::builder()
+        .endpoints(targets.iter().copied())
+        .request_timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(1)));
+    if let Some(n) = args.connections_per_endpoint {
+        builder = builder.connections_per_endpoint(n, n);
+    }
+    if let Some(n) = args.max_in_flight {
+        builder = builder.max_in_flight(n);
+    }
+    let client = builder.build();
+    let size = args.size.max(MIN_SIZE);
+    let concurrency = args.concurrency.max(1);
+
+    let started = Instant::now();
+    let stop_at = started + args.duration;
+    let seq = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let progress = Progress::start(args.duration, done.clone());
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, seq, done) = (client.clone(), seq.clone(), done.clone());
+        workers.spawn(async move {
+            let mut tally = Tally::new();
+            while Instant::now() < stop_at {
+                let request = payload(seq.fetch_add(1, Relaxed), size);
+                let sent = Instant::now();
+                match client.call(request.clone()).await {
+                    Ok(response) if response == request => {
+                        tally.ok += 1;
+                        let us = sent.elapsed().as_micros().max(1) as u64;
+                        let _ = tally.latency_us.record(us.min(60_000_000));
+                    }
+                    Ok(_) => tally.mismatches += 1,
+                    Err(e) => tally.errors[kind_index(e.kind())] += 1,
+                }
+                done.fetch_add(1, Relaxed);
+            }
+            tally
+        });
+    }
+
+    let mut total = Tally::new();
+    let hard_stop = stop_at + timeout + GRACE;
+    let mut abandoned = 0;
+    loop {
+        match tokio::time::timeout_at(hard_stop, workers.join_next()).await {
+            Ok(Some(Ok(tally))) => total.merge(&tally),
+            Ok(Some(Err(e))) => anyhow::bail!("a load task failed: {e}"),
+            Ok(None) => break,
+            Err(_) => {
+                abandoned = workers.len();
+                workers.abort_all();
+                break;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    progress.finish();
+    client.close();
+    if let Some(stop) = embedded {
+        let _ = stop.send(());
+    }
+    if abandoned > 0 {
+        eprintln!("warning: {abandoned} callers still waiting at the hard stop were abandoned");
+    }
+
+    let report = Report::new(&total, elapsed);
+    report.print_text(&targets, concurrency, size);
+    if args.json {
+        println!("{}", report.json());
+    }
+    Ok(if total.mismatches == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// The position of `kind` in [`Kind::ALL`], where the tallies keep it.
+fn kind_index(kind: Kind) -> usize {
+    Kind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(Kind::ALL.len() - 1)
+}
+
+/// Final numbers of a run.
+struct Report<'a> {
+    tally: &'a Tally,
+    duration_s: f64,
+    rps: f64,
+}
+
+impl<'a> Report<'a> {
+    fn new(tally: &'a Tally, elapsed: Duration) -> Report<'a> {
+        let duration_s = elapsed.as_secs_f64();
+        Report {
+            tally,
+            duration_s,
+            rps: tally.requests() as f64 / duration_s.max(1e-9),
+        }
+    }
+
+    fn quantile(&self, q: f64) -> u64 {
+        if self.tally.latency_us.is_empty() {
+            0
+        } else {
+            self.tally.latency_us.value_at_quantile(q)
+        }
+    }
+
+    fn print_text(&self, targets: &[SocketAddr], concurrency: usize, size: usize) {
+        let t = self.tally;
+        let targets: Vec<String> = targets.iter().map(ToString::to_string).collect();
+        println!(
+            "anet bench: {} | concurrency {concurrency} | {size} B payloads | {:.2} s",
+            targets.join(", "),
+            self.duration_s
+        );
+        println!("requests     {}", t.requests());
+        println!("ok           {}", t.ok);
+        println!("mismatches   {}", t.mismatches);
+        let errors: u64 = t.errors.iter().sum();
+        println!("errors       {errors}");
+        for (kind, n) in Kind::ALL.iter().zip(t.errors) {
+            if n > 0 {
+                println!("  {:<16} {n}", kind.as_str());
+            }
+        }
+        println!("throughput   {:.0} req/s", self.rps);
+        println!(
+            "latency (us) p50 {} | p90 {} | p99 {} | p99.9 {} | max {}",
+            self.quantile(0.5),
+            self.quantile(0.9),
+            self.quantile(0.99),
+            self.quantile(0.999),
+            t.latency_us.max()
+        );
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let t = self.tally;
+        let mut errors = serde_json::Map::new();
+        for (kind, n) in Kind::ALL.iter().zip(t.errors) {
+            let always = !matches!(kind, Kind::InvalidRequest | Kind::Other);
+            if always || n > 0 {
+                errors.insert(kind.as_str().to_owned(), n.into());
+            }
+        }
+        serde_json::json!({
+            "requests": t.requests(),
+            "ok": t.ok,
+            "errors": errors,
+            "mismatches": t.mismatches,
+            "duration_s": self.duration_s,
+            "rps": self.rps,
+            "latency_us": {
+                "p50": self.quantile(0.5),
+                "p90": self.quantile(0.9),
+                "p99": self.quantile(0.99),
+                "p999": self.quantile(0.999),
+                "max": t.latency_us.max(),
+            },
+        })
+    }
+}
+
+/// A progress bar on stderr when it is a terminal; nothing otherwise.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(duration: Duration, done: Arc<AtomicU64>) -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress {
+                bar: indicatif::ProgressBar::hidden(),
+                ticker: None,
+            };
+        }
+        let bar = indicatif::ProgressBar::new(duration.as_millis() as u64);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{bar:40} {elapsed}/{duration} {msg}")
+        {
+            bar.set_style(style);
+        }
+        let ticking = bar.clone();
+        let started = Instant::now();
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let elapsed = started.elapsed();
+                let n = done.load(Relaxed);
+                ticking.set_position(elapsed.as_millis() as u64);
+                ticking.set_message(format!(
+                    "{n} requests, {:.0} req/s",
+                    n as f64 / elapsed.as_secs_f64()
+                ));
+            }
+        });
+        Progress {
+            bar,
+            ticker: Some(ticker),
+        }
+    }
+
+    fn finish(self) {
+        if let Some(t) = self.ticker {
+            t.abort();
+        }
+        self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_unique_and_padded() {
+        assert_eq!(payload(42, 12), "00000042....");
+        assert_eq!(payload(123_456_789, 8), "123456789");
+        assert_ne!(payload(1, 64), payload(2, 64));
+        assert_eq!(payload(7, 64).len(), 64);
+    }
+
+    #[test]
+    fn json_report_has_the_documented_keys() {
+        let mut t = Tally::new();
+        t.ok = 3;
+        t.errors[kind_index(Kind::Timeout)] = 2;
+        let _ = t.latency_us.record(100);
+        let report = Report::new(&t, Duration::from_secs(1));
+        let json = report.json();
+        assert_eq!(json["requests"], 5);
+        assert_eq!(json["ok"], 3);
+        assert_eq!(json["errors"]["timeout"], 2);
+        assert_eq!(json["errors"]["connection_lost"], 0);
+        assert!(json["errors"].get("other").is_none());
+        assert_eq!(json["mismatches"], 0);
+        assert_eq!(json["latency_us"]["p50"], 100);
+        assert!(json["rps"].as_f64().is_some());
+    }
+}
