@@ -1,4 +1,14 @@
-//! Runnable examples of anet; run one with `cargo run --example NAME`.
+//! Runnable examples of anet; run one with `cargo run --example NAME`:
 //!
-//! Each example is a file beside this one and starts with a comment saying what it
-//! shows.
+//! | example | shows |
+//! |---|---|
+//! | `echo` | server + client, five concurrent requests (Go anet's README example) |
+//! | `axum_gateway` | an axum handler forwarding HTTP bodies through a `ServiceBuilder` stack |
+//! | `custom_retry` | a user-written retry `Policy` layered on the balancer |
+//! | `balance` | three backends, one removed at run time, traffic per backend |
+//! | `hsm_header` | payShield-style ASCII header tags on both sides |
+//! | `frames` | the wire format by hand with `read_frame` / `write_frame` |
+//!
+//! This library holds the pieces of the examples that tests call too.
+
+pub mod gateway;

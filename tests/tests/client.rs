@@ -654,3 +654,47 @@ async fn the_pool_grows_under_load_up_to_its_maximum() {
     assert_eq!(stats.connections(), 3, "{stats:?}");
     assert_eq!(server.stats.snapshot().connections_accepted, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_by_the_server_is_replaced_at_once() {
+    let failing = service_fn(|req: Request| async move {
+        if req.payload() == "fail" {
+            Err("refused")
+        } else {
+            Ok(req.into_payload())
+        }
+    });
+    let server = start_server(
+        Server::builder().on_error(anet::server::OnError::Close),
+        failing,
+    )
+    .await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .retry(RetryPolicy::new(0))
+        .build();
+    for round in 0..50 {
+        assert_eq!(
+            client.call(Bytes::from_static(b"ok")).await.expect("ok"),
+            "ok"
+        );
+        let err = client
+            .call(Bytes::from_static(b"fail"))
+            .await
+            .expect_err("closed");
+        assert_eq!(err.kind(), Kind::ConnectionLost, "round {round}");
+        let started = tokio::time::Instant::now();
+        let reply = client.call(Bytes::from_static(b"again")).await;
+        assert_eq!(
+            reply.expect("replacement connection"),
+            "again",
+            "round {round}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    assert_eq!(
+        server.stats.snapshot().connections_accepted,
+        51,
+        "one replacement per round"
+    );
+}

@@ -291,12 +291,17 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
             }
         }
         let in_penalty = penalty_until.is_some_and(|t| now < t);
-        set_up(&endpoint, &cx, live > 0 && !in_penalty);
-
         let demand = endpoint.demand.swap(false, Relaxed);
         let want = live < min || (demand && live < max && endpoint.all_busy());
-        if want && !in_penalty {
+        let dial_now = want && !in_penalty;
+        // Announce the dial before withdrawing `up`, so that a request never sees
+        // "down and not dialing" while a replacement is about to be dialed.
+        if dial_now {
             set_pending(&endpoint, &cx, true);
+        }
+        set_up(&endpoint, &cx, live > 0 && !in_penalty);
+
+        if dial_now {
             let dialed = tokio::select! {
                 r = cx.dialer.dial(endpoint.addr) => r,
                 () = cx.shutdown.cancelled() => break,
