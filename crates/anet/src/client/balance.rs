@@ -135,11 +135,12 @@ impl Registry {
         self.closed.load(Relaxed)
     }
 
-    /// Chooses an endpoint by power of two choices and a connection on it.
-    /// `Err(true)` when nothing is routable now but may be soon (a dial under way).
-    fn pick(&self) -> Result<(Arc<Endpoint>, Connection), bool> {
+    /// Chooses an endpoint by power of two choices and sends on its least-loaded
+    /// connection when it has room.
+    fn route(&self, payload: Bytes) -> Routed {
         let endpoints = self.read();
         let n = endpoints.len();
+        let mut payload = payload;
         if n > 0 {
             let a = fastrand::usize(..n);
             let b = if n > 1 {
@@ -153,30 +154,61 @@ impl Registry {
                 (true, true) if second.load() < first.load() => [second, first],
                 _ => [first, second],
             };
+            let mut full = None;
             for endpoint in ordered.into_iter().filter(|e| e.is_up()) {
-                if let Some(conn) = endpoint.pick_connection() {
-                    return Ok((endpoint.clone(), conn));
+                match endpoint.dispatch(payload) {
+                    Ok(future) => return Routed::Sent(endpoint.clone(), future),
+                    Err((back, Some(conn))) => {
+                        payload = back;
+                        full.get_or_insert_with(|| (endpoint.clone(), conn));
+                    }
+                    Err((back, None)) => {
+                        payload = back;
+                        // Marked up but no live connection: its pool has not
+                        // noticed yet.
+                        endpoint.signal_broken();
+                    }
                 }
-                // Marked up but no live connection: its pool has not noticed yet.
-                endpoint.signal_broken();
+                if n == 1 {
+                    break;
+                }
+            }
+            if let Some((endpoint, conn)) = full {
+                return Routed::Full(payload, endpoint, conn);
             }
             // Both choices were down: take any endpoint that is up, from a random
             // starting point so the load still spreads.
             let start = fastrand::usize(..n);
             for i in 0..n {
                 let endpoint = &endpoints[(start + i) % n];
-                if endpoint.is_up() {
-                    if let Some(conn) = endpoint.pick_connection() {
-                        return Ok((endpoint.clone(), conn));
+                if endpoint.is_up() && endpoint.has_live_connection() {
+                    match endpoint.dispatch(payload) {
+                        Ok(future) => return Routed::Sent(endpoint.clone(), future),
+                        Err((back, Some(conn))) => {
+                            return Routed::Full(back, endpoint.clone(), conn);
+                        }
+                        Err((back, None)) => payload = back,
                     }
                 }
             }
         }
-        // Worth waiting when a dial is under way, or when an endpoint marked up has
-        // just lost its connections (its pool is about to redial or mark it down).
-        Err(self.discovering.load(Relaxed) > 0
-            || endpoints.iter().any(|e| e.is_pending() || e.is_up()))
+        // Worth waiting when a discovery or a dial is under way, or when an
+        // endpoint marked up has just lost its connections (its pool is about to
+        // redial or mark it down).
+        let wait = self.discovering.load(Relaxed) > 0
+            || endpoints.iter().any(|e| e.is_pending() || e.is_up());
+        Routed::Nowhere(payload, wait)
     }
+}
+
+/// Where [`Registry::route`] got a request.
+enum Routed {
+    /// Sent on a connection of this endpoint.
+    Sent(Arc<Endpoint>, ConnectionFuture),
+    /// Every candidate connection is full: wait for room on this one.
+    Full(Bytes, Arc<Endpoint>, Connection),
+    /// No endpoint can take it; `true` if one may soon.
+    Nowhere(Bytes, bool),
 }
 
 /// The balanced pool as a tower `Service<Bytes>`: the bottom of a client stack,
@@ -297,19 +329,28 @@ impl Future for ResponseFuture {
                     // Register for endpoint changes before looking, so a change
                     // between the look and the wait is not missed.
                     let notified = this.registry.pool.changed.clone().notified_owned();
-                    match this.registry.pick() {
-                        Ok((endpoint, conn)) => this.state.set(State::Ready {
-                            endpoint,
-                            conn,
-                            signalled: false,
-                        }),
-                        Err(false) => {
+                    let request = this.request.take().expect("request taken once");
+                    match this.registry.route(request) {
+                        Routed::Sent(endpoint, future) => {
+                            let guard = InFlight::new(endpoint);
+                            this.state.set(State::Call { guard, future });
+                        }
+                        Routed::Full(request, endpoint, conn) => {
+                            *this.request = Some(request);
+                            this.state.set(State::Ready {
+                                endpoint,
+                                conn,
+                                signalled: false,
+                            });
+                        }
+                        Routed::Nowhere(_, false) => {
                             return Poll::Ready(Err(Error::with_source(
                                 Kind::Unavailable,
                                 "no endpoint is up",
                             )));
                         }
-                        Err(true) => {
+                        Routed::Nowhere(request, true) => {
+                            *this.request = Some(request);
                             let deadline = *this
                                 .wait_until
                                 .get_or_insert_with(|| Instant::now() + this.registry.pending_wait);

@@ -34,4 +34,4 @@ pub use connect::{ConnectFuture, Connector};
 pub use connection::{Connection, ConnectionConfig, ConnectionStats};
 pub use discover::{Resolve, ResolveFuture, SystemResolver};
 pub use pool::{EndpointStats, ErrorCounts, PoolConfig};
-pub use retry::RetryPolicy;
+pub use retry::{RetryBudget, RetryPolicy};

@@ -17,7 +17,9 @@ use std::{
 use tokio::{sync::Notify, task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{Backoff, Connection, dial::Dialer};
+use bytes::Bytes;
+
+use super::{Backoff, Connection, connection::ResponseFuture as ConnectionFuture, dial::Dialer};
 use crate::{Error, Kind};
 
 /// How each endpoint's pool behaves.
@@ -77,7 +79,9 @@ pub(crate) struct Endpoint {
     wake: Notify,
     /// Requests dispatched and not yet finished.
     pub(crate) in_flight: AtomicUsize,
-    pub(crate) requests: AtomicU64,
+    /// Requests written on connections that have since closed (live ones report
+    /// their own count).
+    retired_written: AtomicU64,
     pub(crate) errors: [AtomicU64; Kind::ALL.len()],
     reconnects: AtomicU64,
     connect_failures: AtomicU64,
@@ -94,7 +98,7 @@ impl Endpoint {
             demand: AtomicBool::new(false),
             wake: Notify::new(),
             in_flight: AtomicUsize::new(0),
-            requests: AtomicU64::new(0),
+            retired_written: AtomicU64::new(0),
             errors: Default::default(),
             reconnects: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
@@ -113,14 +117,30 @@ impl Endpoint {
         self.in_flight.load(Relaxed)
     }
 
-    /// The live connection with the fewest requests in flight.
-    pub(crate) fn pick_connection(&self) -> Option<Connection> {
+    /// Sends on the live connection with the fewest requests in flight, if it
+    /// has room, without cloning its handle (the common case, on the request path).
+    /// Otherwise gives the payload back with that connection to wait on, or with
+    /// `None` when there is no live connection.
+    pub(crate) fn dispatch(
+        &self,
+        payload: Bytes,
+    ) -> Result<ConnectionFuture, (Bytes, Option<Connection>)> {
         let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
-        conns
+        let Some(conn) = conns
             .iter()
             .filter(|c| !c.is_closed())
             .min_by_key(|c| tower::load::Load::load(*c))
-            .cloned()
+        else {
+            return Err((payload, None));
+        };
+        conn.try_call(payload)
+            .map_err(|payload| (payload, Some(conn.clone())))
+    }
+
+    /// Whether any connection is live.
+    pub(crate) fn has_live_connection(&self) -> bool {
+        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        conns.iter().any(|c| !c.is_closed())
     }
 
     /// A request found its connection full: the pool may grow.
@@ -141,8 +161,7 @@ impl Endpoint {
         self.wake.notify_one();
     }
 
-    pub(crate) fn record(&self, result: &Result<bytes::Bytes, Error>) {
-        self.requests.fetch_add(1, Relaxed);
+    pub(crate) fn record(&self, result: &Result<Bytes, Error>) {
         if let Err(e) = result {
             self.errors[e.kind().index()].fetch_add(1, Relaxed);
             if matches!(e.kind(), Kind::ConnectionLost | Kind::Protocol) {
@@ -158,7 +177,8 @@ impl Endpoint {
             up: self.is_up(),
             connections: conns.iter().filter(|c| !c.is_closed()).count(),
             in_flight: self.load(),
-            requests: self.requests.load(Relaxed),
+            requests: self.retired_written.load(Relaxed)
+                + conns.iter().map(|c| c.stats().written).sum::<u64>(),
             errors: ErrorCounts(std::array::from_fn(|i| self.errors[i].load(Relaxed))),
             reconnects: self.reconnects.load(Relaxed),
             connect_failures: self.connect_failures.load(Relaxed),
@@ -176,6 +196,7 @@ impl Endpoint {
             None => true,
             Some(reason) => {
                 failed |= reason.kind() != Kind::Closed;
+                self.retired_written.fetch_add(c.stats().written, Relaxed);
                 false
             }
         });
@@ -238,7 +259,7 @@ pub struct EndpointStats {
     pub connections: usize,
     /// Requests dispatched to it and not finished.
     pub in_flight: usize,
-    /// Requests dispatched to it, finished.
+    /// Requests written to its connections.
     pub requests: u64,
     /// Of those, failures by kind.
     pub errors: ErrorCounts,

@@ -150,6 +150,22 @@ impl Service<Bytes> for Connection {
             .permit
             .take()
             .expect("Connection::call without poll_ready reporting ready");
+        self.send(payload, permit)
+    }
+}
+
+impl Connection {
+    /// Sends `payload` at once if the window has room, without a `poll_ready` and
+    /// without cloning the handle; gives the payload back when the window is full
+    /// or the connection refuses requests.
+    pub(crate) fn try_call(&self, payload: Bytes) -> Result<ResponseFuture, Bytes> {
+        match self.shared.semaphore.clone().try_acquire_owned() {
+            Ok(permit) => Ok(self.send(payload, permit)),
+            Err(_) => Err(payload),
+        }
+    }
+
+    fn send(&self, payload: Bytes, permit: OwnedSemaphorePermit) -> ResponseFuture {
         if payload.len() > self.max_payload {
             return ResponseFuture::failed(Error::with_source(
                 Kind::InvalidRequest,

@@ -1,0 +1,394 @@
+//! Side-by-side benchmark of anet against the floor and its peers, in one run.
+//!
+//! ```text
+//! cargo run --release -p anet-bench -- [--duration 5] [--concurrency 1,16,256]
+//!     [--size 64] [--threads 2] [--json]
+//! ```
+//!
+//! Every client runs closed-loop on loopback against two servers (`raw`, a plain
+//! TCP echo, and the anet `Server`), each server on its own thread with a
+//! current-thread runtime. Every response is checked against its request; a
+//! mismatch aborts the run. Ratios are taken against `floor` on the same server at
+//! the same concurrency, measured in the same run.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anet::client::{Client, ConnectionConfig, Connector};
+use bytes::Bytes;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+mod floor;
+mod sequential;
+mod servers;
+mod tokio_tower_peer;
+mod wire_floor;
+
+/// Command-line options.
+#[derive(Debug, Parser)]
+#[command(name = "anet-bench", about = "anet against the floor and its peers")]
+struct Args {
+    /// Seconds measured per point (after a short warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Concurrency levels (callers, each with one request in flight).
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    concurrency: Vec<usize>,
+    /// Payload bytes (at least 16).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Client runtime worker threads; 1 means a current-thread runtime.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Only these clients (default: all).
+    #[arg(long, value_delimiter = ',')]
+    clients: Vec<String>,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+const CLIENTS: [&str; 6] = [
+    "floor",
+    "wire-floor",
+    "anet-mux",
+    "anet-stack",
+    "tokio-tower",
+    "sequential",
+];
+
+/// One measured point.
+#[derive(Debug, Clone)]
+struct Point {
+    client: &'static str,
+    server: &'static str,
+    concurrency: usize,
+    rps: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+/// A client under test; each clone is one caller's handle. The future is an
+/// associated type with an explicit `Send` bound (not an `async` block), so every
+/// client's own future is measured as it is, without boxing.
+trait Call: Clone + Send + 'static {
+    type Fut: Future<Output = Result<Bytes, String>> + Send;
+    fn call(&mut self, worker: usize, payload: Bytes) -> Self::Fut;
+}
+
+type Mapped<F, E> = futures_util::future::Map<F, fn(Result<Bytes, E>) -> Result<Bytes, String>>;
+
+fn stringify<E: std::fmt::Display>(r: Result<Bytes, E>) -> Result<Bytes, String> {
+    r.map_err(|e| e.to_string())
+}
+
+impl Call for floor::Floor {
+    type Fut = floor::FloorCall;
+    fn call(&mut self, _worker: usize, payload: Bytes) -> Self::Fut {
+        floor::Floor::call(self, payload)
+    }
+}
+
+impl Call for anet::client::Connection {
+    type Fut = Mapped<tower::util::Oneshot<anet::client::Connection, Bytes>, anet::Error>;
+    fn call(&mut self, _worker: usize, payload: Bytes) -> Self::Fut {
+        use futures_util::FutureExt;
+        self.clone().oneshot(payload).map(stringify as fn(_) -> _)
+    }
+}
+
+impl Call for Client {
+    type Fut = Mapped<anet::client::CallFuture, anet::Error>;
+    fn call(&mut self, _worker: usize, payload: Bytes) -> Self::Fut {
+        use futures_util::FutureExt;
+        Client::call(self, payload).map(stringify as fn(_) -> _)
+    }
+}
+
+impl Call for tokio_tower_peer::TokioTower {
+    type Fut = tokio_tower_peer::TokioTowerCall;
+    fn call(&mut self, _worker: usize, payload: Bytes) -> Self::Fut {
+        tokio_tower_peer::TokioTower::call(self, payload)
+    }
+}
+
+impl Call for sequential::Pool {
+    type Fut = std::pin::Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
+    fn call(&mut self, worker: usize, payload: Bytes) -> Self::Fut {
+        Box::pin(sequential::Pool::call(self, worker, payload))
+    }
+}
+
+fn payload(worker: usize, seq: u64, size: usize) -> Bytes {
+    let mut bytes = vec![b'.'; size.max(16)];
+    bytes[..8].copy_from_slice(&(worker as u64).to_be_bytes());
+    bytes[8..16].copy_from_slice(&seq.to_be_bytes());
+    Bytes::from(bytes)
+}
+
+fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder.enable_all().build().expect("client runtime")
+}
+
+/// Runs `name` against `addr` at `concurrency`; a mismatch is an error.
+fn measure(
+    name: &'static str,
+    server: &'static str,
+    addr: SocketAddr,
+    concurrency: usize,
+    args: &Args,
+) -> anyhow::Result<Point> {
+    let rt = runtime(args.threads);
+    let duration = Duration::from_secs_f64(args.duration);
+    let warmup = Duration::from_millis(300);
+    let (count, hist, elapsed) = rt.block_on(async {
+        if name == "wire-floor" {
+            let _ = wire_floor::run(addr, concurrency, args.size, Instant::now() + warmup).await;
+            let start = Instant::now();
+            let (count, hist) = wire_floor::run(addr, concurrency, args.size, start + duration)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            return Ok::<_, anyhow::Error>((count, hist, start.elapsed()));
+        }
+        match name {
+            "floor" => {
+                run_callers(
+                    floor::Floor::connect(addr).await,
+                    concurrency,
+                    args.size,
+                    warmup,
+                    duration,
+                )
+                .await
+            }
+            "anet-mux" => {
+                let conn = Connector::new()
+                    .connection_config(ConnectionConfig::new().max_in_flight(1024))
+                    .connect(addr)
+                    .await?;
+                run_callers(conn, concurrency, args.size, warmup, duration).await
+            }
+            "anet-stack" => {
+                let client = Client::builder().endpoint(addr).build();
+                client.call(Bytes::from_static(b"warm")).await?;
+                run_callers(client, concurrency, args.size, warmup, duration).await
+            }
+            "tokio-tower" => {
+                let peer = tokio_tower_peer::TokioTower::connect(addr).await;
+                run_callers(peer, concurrency, args.size, warmup, duration).await
+            }
+            "sequential" => {
+                let pool = sequential::Pool::connect(addr, concurrency).await;
+                run_callers(pool, concurrency, args.size, warmup, duration).await
+            }
+            other => anyhow::bail!("unknown client {other}"),
+        }
+    })?;
+    Ok(Point {
+        client: name,
+        server,
+        concurrency,
+        rps: count as f64 / elapsed.as_secs_f64(),
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+    })
+}
+
+/// Closed loop: `concurrency` callers, each sending its next request when the
+/// previous response arrived; counts only during the measured window.
+async fn run_callers<C: Call>(
+    caller: C,
+    concurrency: usize,
+    size: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<(u64, Histogram<u64>, Duration)> {
+    {
+        let measuring = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..concurrency {
+            let (mut caller, measuring, stop) = (caller.clone(), measuring.clone(), stop.clone());
+            tasks.spawn(async move {
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+                let mut count = 0u64;
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    seq += 1;
+                    let request = payload(worker, seq, size);
+                    let sent = Instant::now();
+                    let response = caller.call(worker, request.clone()).await?;
+                    if response != request {
+                        return Err("response does not match its request".to_owned());
+                    }
+                    if measuring.load(Ordering::Relaxed) {
+                        count += 1;
+                        let _ = hist.record(sent.elapsed().as_micros().max(1) as u64);
+                    }
+                }
+                Ok::<_, String>((count, hist))
+            });
+        }
+        tokio::time::sleep(warmup).await;
+        measuring.store(true, Ordering::Relaxed);
+        let start = Instant::now();
+        tokio::time::sleep(duration).await;
+        measuring.store(false, Ordering::Relaxed);
+        let elapsed = start.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+        let mut count = 0;
+        for result in tasks.join_all().await {
+            let (n, h) = result.map_err(anyhow::Error::msg)?;
+            count += n;
+            total.add(&h).expect("same bounds");
+        }
+        Ok((count, total, elapsed))
+    }
+}
+
+/// Heap allocations per request through the default client stack, counted on a
+/// current-thread runtime (so on one thread) against `addr`.
+fn stack_allocations(addr: SocketAddr, size: usize) -> f64 {
+    const N: usize = 50_000;
+    const CALLERS: usize = 256;
+    let rt = runtime(1);
+    let client = rt.block_on(async {
+        let client = Client::builder().endpoint(addr).build();
+        client
+            .call(Bytes::from_static(b"warm"))
+            .await
+            .expect("connected");
+        client
+    });
+    let request = Bytes::from(vec![b'.'; size.max(16)]);
+    let run = |n: usize| {
+        rt.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..CALLERS {
+                let (client, request) = (client.clone(), request.clone());
+                tasks.spawn(async move {
+                    for _ in 0..n / CALLERS {
+                        client.call(request.clone()).await.expect("response");
+                    }
+                });
+            }
+            tasks.join_all().await;
+        })
+    };
+    run(N);
+    let info = allocation_counter::measure(|| run(N));
+    info.count_total as f64 / N as f64
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let clients: Vec<&'static str> = CLIENTS
+        .iter()
+        .copied()
+        .filter(|c| args.clients.is_empty() || args.clients.iter().any(|a| a == c))
+        .collect();
+    let servers = [("raw", servers::raw()), ("anet", servers::anet())];
+    let flavour = if args.threads <= 1 {
+        "current-thread".to_owned()
+    } else {
+        format!("multi-thread ({} workers)", args.threads)
+    };
+    eprintln!(
+        "anet-bench: {} B payloads, {} s per point, client runtime {flavour}, {} cores",
+        args.size.max(16),
+        args.duration,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut points = Vec::new();
+    for &(server, addr) in &servers {
+        for &concurrency in &args.concurrency {
+            for &client in &clients {
+                let point = measure(client, server, addr, concurrency, &args)?;
+                eprintln!(
+                    "  {server:>4} c={concurrency:<4} {client:<12} {:>12.0} req/s  p50 {:>6} us  p99 {:>6} us",
+                    point.rps, point.p50_us, point.p99_us
+                );
+                points.push(point);
+            }
+        }
+    }
+    let allocs = stack_allocations(servers[0].1, args.size);
+    let rss = peak_rss_mb();
+
+    let floor_of = |p: &Point| {
+        points
+            .iter()
+            .find(|f| f.client == "floor" && f.server == p.server && f.concurrency == p.concurrency)
+            .map(|f| f.rps)
+    };
+    println!(
+        "{:<12} {:>6} {:>6} {:>12} {:>8} {:>8} {:>9}",
+        "client", "server", "conc", "req/s", "p50 us", "p99 us", "vs floor"
+    );
+    let mut results = Vec::new();
+    for p in &points {
+        let ratio = floor_of(p).map(|f| p.rps / f);
+        println!(
+            "{:<12} {:>6} {:>6} {:>12.0} {:>8} {:>8} {:>9}",
+            p.client,
+            p.server,
+            p.concurrency,
+            p.rps,
+            p.p50_us,
+            p.p99_us,
+            ratio.map_or("-".to_owned(), |r| format!("{r:.2}"))
+        );
+        results.push(serde_json::json!({
+            "client": p.client,
+            "server": p.server,
+            "concurrency": p.concurrency,
+            "rps": p.rps,
+            "p50_us": p.p50_us,
+            "p99_us": p.p99_us,
+            "ratio_vs_floor": ratio,
+        }));
+    }
+    println!("anet-stack heap allocations per request: {allocs:.3}");
+    println!("peak RSS of the benchmark process: {rss:.1} MiB");
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "results": results,
+                "allocs_per_request": allocs,
+                "peak_rss_mb": rss,
+                "threads": args.threads,
+            })
+        );
+    }
+    Ok(())
+}
