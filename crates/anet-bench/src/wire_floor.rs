@@ -40,8 +40,8 @@ pub(crate) async fn run(
             .encode_parts(&Tag::from_u32(tag as u32), &payload, out)
             .expect("encode");
     };
-    for tag in 0..concurrency {
-        sent_at[tag] = Instant::now();
+    for (tag, sent) in sent_at.iter_mut().enumerate() {
+        *sent = Instant::now();
         encode(tag, &mut seq, &mut expected, &mut out);
     }
     stream.write_all(&out).await.map_err(|e| e.to_string())?;
