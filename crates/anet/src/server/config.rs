@@ -71,8 +71,9 @@ impl Builder {
     }
 
     /// Most requests of one connection being served at once. Default: 256. At the
-    /// limit (or while the service is not ready) the server stops reading that
-    /// connection, so TCP backpressure reaches the client.
+    /// limit (or while the service is not ready, or while 256 KiB of responses wait
+    /// for a client that does not read) the server stops reading that connection,
+    /// so TCP backpressure reaches the client.
     pub const fn max_in_flight_per_connection(mut self, n: usize) -> Self {
         self.max_in_flight_per_connection = n;
         self

@@ -28,6 +28,9 @@ use super::{
 };
 use crate::BoxError;
 
+/// Unflushed response bytes past which a connection stops reading requests.
+const WRITE_BUFFER_LIMIT: usize = 256 * 1024;
+
 /// Why a connection ended.
 #[derive(Debug)]
 enum Exit {
@@ -243,7 +246,11 @@ where
         let mut completed = false;
         let mut paused = false;
         loop {
-            if self.calls.len() >= self.config.max_in_flight_per_connection.max(1) {
+            // Responses the client is not reading pile up in the write buffer:
+            // stop reading requests until it drains, so memory stays bounded.
+            if self.calls.len() >= self.config.max_in_flight_per_connection.max(1)
+                || self.framed.write_buffer().len() >= WRITE_BUFFER_LIMIT
+            {
                 paused = true;
                 break;
             }

@@ -24,12 +24,13 @@ pub struct ConnectionConfig {
     pub(crate) quarantine_limit: Option<usize>,
     pub(crate) close_grace: Duration,
     pub(crate) write_buffer: usize,
+    pub(crate) read_timeout: Option<Duration>,
 }
 
 impl ConnectionConfig {
     /// The defaults: Go anet framing, 512 requests in flight, 2 s quarantine, the
     /// connection declared unhealthy when its whole window is quarantined, 5 s close
-    /// grace, 64 KiB write coalescing.
+    /// grace, 64 KiB write coalescing, 10 s read timeout for a started frame.
     pub const fn new() -> ConnectionConfig {
         ConnectionConfig {
             frame: FrameBuilder::new(),
@@ -38,6 +39,7 @@ impl ConnectionConfig {
             quarantine_limit: Some(usize::MAX),
             close_grace: Duration::from_secs(5),
             write_buffer: 64 * 1024,
+            read_timeout: Some(Duration::from_secs(10)),
         }
     }
 
@@ -88,6 +90,15 @@ impl ConnectionConfig {
     /// queue is drained. Default: 64 KiB.
     pub const fn write_buffer(mut self, bytes: usize) -> Self {
         self.write_buffer = bytes;
+        self
+    }
+
+    /// Fail the connection (`ConnectionLost`, so it is replaced) when a response
+    /// frame has started arriving but does not complete within this long: a peer
+    /// that announces a large frame and trickles it. Default: 10 s. `None`
+    /// disables the check.
+    pub const fn read_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.read_timeout = timeout;
         self
     }
 

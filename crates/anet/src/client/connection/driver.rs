@@ -94,6 +94,11 @@ pub(super) struct Driver<T> {
     next_sweep: Option<Instant>,
     quarantine_ends: Option<Instant>,
     drain: Option<Drain>,
+    /// How long a started response frame may take to complete.
+    read_timeout: Option<Duration>,
+    /// When the incomplete frame at the end of the read buffer started (reset
+    /// whenever a frame completes).
+    partial_since: Option<Instant>,
     /// The write buffer holds frames not yet flushed.
     dirty: bool,
     counts: LocalCounts,
@@ -140,6 +145,8 @@ where
             next_sweep: None,
             quarantine_ends: None,
             drain: None,
+            read_timeout: config.read_timeout,
+            partial_since: None,
             dirty: false,
             counts: LocalCounts::default(),
         }
@@ -265,26 +272,36 @@ where
 
     /// Reads every response that is ready and completes its request.
     fn poll_read(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Result<(), Exit> {
-        loop {
+        let mut completed = false;
+        let result = loop {
             match Pin::new(&mut self.framed).poll_next(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     *progress = true;
+                    completed = true;
                     self.dispatch(frame);
                 }
                 Poll::Ready(Some(Err(e))) if e.is_protocol() => {
                     tracing::warn!(error = %e, "peer broke the protocol; closing connection");
-                    return Err(Exit::Failed(Error::with_source(Kind::Protocol, e)));
+                    break Err(Exit::Failed(Error::with_source(Kind::Protocol, e)));
                 }
-                Poll::Ready(Some(Err(e))) => return Err(Exit::Failed(lost(e))),
+                Poll::Ready(Some(Err(e))) => break Err(Exit::Failed(lost(e))),
                 Poll::Ready(None) => {
-                    return Err(Exit::Failed(Error::with_source(
+                    break Err(Exit::Failed(Error::with_source(
                         Kind::ConnectionLost,
                         "connection closed by peer",
                     )));
                 }
-                Poll::Pending => return Ok(()),
+                Poll::Pending => break Ok(()),
+            }
+        };
+        if self.read_timeout.is_some() {
+            if self.framed.read_buffer().is_empty() {
+                self.partial_since = None;
+            } else if completed || self.partial_since.is_none() {
+                self.partial_since = Some(Instant::now());
             }
         }
+        result
     }
 
     fn dispatch(&mut self, frame: Frame) {
@@ -312,10 +329,15 @@ where
     /// Runs the timers: abandoned-request sweep, quarantine expiry, close grace.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Option<Exit> {
         loop {
+            let stall = self
+                .read_timeout
+                .zip(self.partial_since)
+                .map(|(t, s)| s + t);
             let deadline = [
                 self.next_sweep,
                 self.quarantine_ends,
                 self.drain.as_ref().map(|d| d.deadline),
+                stall,
             ]
             .into_iter()
             .flatten()
@@ -328,6 +350,13 @@ where
                 return None;
             }
             let now = Instant::now();
+            if stall.is_some_and(|t| t <= now) {
+                tracing::warn!("response frame stalled past the read timeout; closing connection");
+                return Some(Exit::Failed(Error::with_source(
+                    Kind::ConnectionLost,
+                    "response frame stalled past the read timeout",
+                )));
+            }
             if let Some(drain) = &self.drain {
                 if drain.deadline <= now {
                     return Some(Exit::GraceElapsed(drain.leftover.clone()));

@@ -1,0 +1,291 @@
+//! Chaos soak: three servers that reorder, answer late, never answer, send unknown
+//! tags, duplicate responses, malformed frames, drop connections and restart,
+//! while 64 callers verify every response through the full client stack.
+//!
+//! Runs 20 s by default; set `ANET_SOAK_SECS` for longer. At the end:
+//! misdelivered = 0, every request ended within its deadline plus slack, nothing
+//! is left in flight, and every endpoint serves again once the chaos stops.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anet::client::{Backoff, Client};
+use anet_proto::{FrameCodec, Tag};
+use anet_tests::{Rng, encode, eventually};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::{io::AsyncWriteExt, net::TcpListener, sync::mpsc, task::JoinSet, time::Instant};
+use tokio_util::codec::FramedRead;
+
+const TIMEOUT: Duration = Duration::from_millis(300);
+const SLACK: Duration = Duration::from_secs(1);
+
+/// One chaos server, restartable on the same port.
+struct ChaosServer {
+    addr: SocketAddr,
+    calm: Arc<AtomicBool>,
+    seed: Arc<AtomicU64>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ChaosServer {
+    async fn start(calm: Arc<AtomicBool>, seed: u64) -> ChaosServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut server = ChaosServer {
+            addr,
+            calm,
+            seed: Arc::new(AtomicU64::new(seed)),
+            task: None,
+        };
+        server.task = Some(server.serve(listener));
+        server
+    }
+
+    /// Kills the server: its listener and every connection close at once.
+    fn kill(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    async fn restart(&mut self) {
+        self.kill();
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        self.task = Some(self.serve(listener));
+    }
+
+    fn serve(&self, listener: TcpListener) -> tokio::task::JoinHandle<()> {
+        let (calm, seed) = (self.calm.clone(), self.seed.clone());
+        tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                let rng = Rng::new(seed.fetch_add(1, Ordering::Relaxed));
+                conns.spawn(chaos_connection(stream, rng, calm.clone()));
+            }
+        })
+    }
+}
+
+impl Drop for ChaosServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn chaos_connection(stream: tokio::net::TcpStream, mut rng: Rng, calm: Arc<AtomicBool>) {
+    let _ = stream.set_nodelay(true);
+    let (read, mut write) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Option<Bytes>>();
+    let writer = tokio::spawn(async move {
+        while let Some(Some(bytes)) = rx.recv().await {
+            if write.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut frames = FramedRead::new(read, FrameCodec::new());
+    let mut delayed = JoinSet::new();
+    while let Some(Ok(frame)) = frames.next().await {
+        let echo = encode(&frame.tag, &frame.payload);
+        let roll = if calm.load(Ordering::Relaxed) {
+            0
+        } else {
+            rng.below(1000)
+        };
+        let (delay, bytes) = match roll {
+            0..800 => (Duration::from_micros(rng.below(5000)), echo),
+            800..850 => (TIMEOUT + Duration::from_millis(100), echo),
+            850..880 => continue, // never answered
+            880..930 => {
+                let forged = encode(&Tag::from_u32(rng.next_u64() as u32), b"forged");
+                (
+                    Duration::ZERO,
+                    Bytes::from([&forged[..], &echo[..]].concat()),
+                )
+            }
+            930..990 => (Duration::ZERO, Bytes::from([&echo[..], &echo[..]].concat())),
+            990..993 => (
+                Duration::ZERO,
+                Bytes::from_static(&[0x00, 0x02, 0xde, 0xad]),
+            ),
+            993..995 => break, // drop the connection
+            _ => (Duration::ZERO, echo),
+        };
+        let tx = tx.clone();
+        if delay.is_zero() {
+            let _ = tx.send(Some(bytes));
+        } else {
+            delayed.spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = tx.send(Some(bytes));
+            });
+        }
+    }
+    delayed.abort_all();
+    let _ = tx.send(None);
+    let _ = writer.await;
+}
+
+#[derive(Default, Debug)]
+struct Counts {
+    ok: u64,
+    misdelivered: u64,
+    over_deadline: u64,
+    errors: BTreeMap<&'static str, u64>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_soak_never_misdelivers_and_never_hangs() {
+    let secs: u64 = std::env::var("ANET_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let calm = Arc::new(AtomicBool::new(false));
+    let mut servers = Vec::new();
+    for seed in [11, 22, 33] {
+        servers.push(ChaosServer::start(calm.clone(), seed).await);
+    }
+    let client = Client::builder()
+        .endpoints(servers.iter().map(|s| s.addr))
+        .request_timeout(TIMEOUT)
+        .connect_timeout(Duration::from_millis(200))
+        .backoff(Backoff {
+            base: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+        })
+        .build();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = JoinSet::new();
+    for w in 0..64u64 {
+        let (client, stop) = (client.clone(), stop.clone());
+        workers.spawn(async move {
+            let mut counts = Counts::default();
+            let mut rng = Rng::new(1000 + w);
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                let pad = "z".repeat(rng.below(200) as usize);
+                let payload = format!("w{w}-s{seq}-{pad}");
+                let started = Instant::now();
+                let result = client.call(Bytes::from(payload.clone())).await;
+                if started.elapsed() > TIMEOUT + SLACK {
+                    counts.over_deadline += 1;
+                }
+                match result {
+                    Ok(r) if r == payload.as_bytes() => counts.ok += 1,
+                    Ok(_) => counts.misdelivered += 1,
+                    Err(e) => *counts.errors.entry(e.kind().as_str()).or_default() += 1,
+                }
+                if counts.errors.values().sum::<u64>() % 64 == 63 {
+                    // Keep a failing storm from spinning: a short breath.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            counts
+        });
+    }
+
+    // Restart one server every two seconds while the load runs.
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut restarts = 0;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(2).min(deadline - Instant::now())).await;
+        let victim = restarts % servers.len();
+        servers[victim].kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        servers[victim].restart().await;
+        restarts += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let results =
+        tokio::time::timeout(TIMEOUT + SLACK + Duration::from_secs(5), workers.join_all())
+            .await
+            .expect("every caller finished: no request hung");
+    let mut total = Counts::default();
+    for c in results {
+        total.ok += c.ok;
+        total.misdelivered += c.misdelivered;
+        total.over_deadline += c.over_deadline;
+        for (k, n) in c.errors {
+            *total.errors.entry(k).or_default() += n;
+        }
+    }
+    let stats = client.stats();
+    println!(
+        "chaos soak {secs} s: ok {}, misdelivered {}, over deadline {}, errors {:?}, restarts {restarts}, endpoints {:?}",
+        total.ok,
+        total.misdelivered,
+        total.over_deadline,
+        total.errors,
+        stats
+            .endpoints
+            .iter()
+            .map(|e| (e.addr.port(), e.requests, e.reconnects))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        total.misdelivered, 0,
+        "a response reached the wrong request"
+    );
+    assert_eq!(total.over_deadline, 0, "a request outlived its deadline");
+    assert!(total.ok > 1000, "traffic flowed: {}", total.ok);
+
+    // Nothing left in flight.
+    assert!(
+        eventually(Duration::from_secs(10), || client.stats().in_flight() == 0).await,
+        "{:?}",
+        client.stats()
+    );
+    // Calm again: every endpoint recovers and serves.
+    calm.store(true, Ordering::Relaxed);
+    for s in &mut servers {
+        s.restart().await; // fresh connections, all calm
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let stats = client.stats();
+            stats.endpoints.iter().all(|e| e.up && e.connections > 0)
+        })
+        .await,
+        "every endpoint recovered: {:?}",
+        client.stats()
+    );
+    let before: Vec<u64> = client
+        .stats()
+        .endpoints
+        .iter()
+        .map(|e| e.requests)
+        .collect();
+    for i in 0..600 {
+        let payload = format!("calm-{i}");
+        let reply = client
+            .call(Bytes::from(payload.clone()))
+            .await
+            .expect("calm request");
+        assert_eq!(reply, payload.as_bytes());
+    }
+    let after: Vec<u64> = client
+        .stats()
+        .endpoints
+        .iter()
+        .map(|e| e.requests)
+        .collect();
+    assert!(
+        before.iter().zip(&after).all(|(b, a)| a > b),
+        "traffic reaches every endpoint again: {before:?} -> {after:?}"
+    );
+}

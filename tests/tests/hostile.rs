@@ -1,0 +1,121 @@
+//! Hostile peers: each protection has a test that fails without it.
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use anet::{
+    Kind,
+    client::{Client, ConnectionConfig, RetryPolicy},
+    server::{Request, Server},
+};
+use anet_tests::{RawClient, eventually, rss_bytes, start_server};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::{io::AsyncWriteExt, net::TcpListener};
+use tokio_util::codec::FramedRead;
+use tower::service_fn;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A server that answers every request by announcing a 65535-byte frame and then
+/// trickling it, one byte every `every`. Counts the connections it accepted.
+async fn trickling_server(every: Duration) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut frames = FramedRead::new(read, anet_proto::FrameCodec::new());
+                let Some(Ok(frame)) = frames.next().await else {
+                    return;
+                };
+                let mut head = vec![0xff, 0xff];
+                head.extend_from_slice(frame.tag.as_bytes());
+                if write.write_all(&head).await.is_err() {
+                    return;
+                }
+                for _ in 0..65_531 {
+                    tokio::time::sleep(every).await;
+                    if write.write_all(b"x").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_response_times_out_and_its_connection_is_replaced() {
+    let (addr, accepted) = trickling_server(Duration::from_millis(200)).await;
+    let client = Client::builder()
+        .endpoint(addr)
+        .request_timeout(Duration::from_millis(500))
+        .retry(RetryPolicy::new(0))
+        .connection(ConnectionConfig::new().read_timeout(Some(Duration::from_secs(1))))
+        .build();
+    let started = tokio::time::Instant::now();
+    let err = client
+        .call(Bytes::from_static(b"hello"))
+        .await
+        .expect_err("never completes");
+    assert_eq!(err.kind(), Kind::Timeout);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The stalled connection is closed after the read timeout and redialed.
+    assert!(
+        eventually(WAIT, || accepted.load(Ordering::SeqCst) >= 2).await,
+        "stalled connection replaced"
+    );
+    assert!(
+        eventually(WAIT, || client
+            .stats()
+            .endpoint(addr)
+            .is_some_and(|e| e.reconnects >= 1))
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_connections_with_partial_frames_are_limited_and_timed_out() {
+    let echo = service_fn(|req: Request| async move { Ok::<_, Infallible>(req.into_payload()) });
+    let config = Server::builder()
+        .max_connections(100)
+        .read_timeout(Some(Duration::from_millis(500)));
+    let server = start_server(config, echo).await;
+    let before = rss_bytes().expect("rss");
+    let mut clients = Vec::new();
+    let mut peak = 0;
+    for _ in 0..1000 {
+        let mut c = RawClient::connect(server.addr).await;
+        // Announce 1000 bytes, send 6: a frame that never completes.
+        c.send_raw(&[0x03, 0xe8, 0, 0, 0, 1, 2, 3]).await;
+        clients.push(c);
+        peak = peak.max(server.stats.snapshot().connections_open);
+    }
+    assert!(peak <= 100, "connection limit held: {peak}");
+    let stats = server.stats.snapshot();
+    assert!(stats.connections_rejected >= 850, "{stats:?}");
+    assert!(
+        eventually(WAIT, || server.stats.snapshot().connections_open == 0).await,
+        "partial frames closed by the read timeout"
+    );
+    assert!(server.stats.snapshot().timeouts >= 100);
+    let grown = rss_bytes().expect("rss").saturating_sub(before);
+    assert!(grown < 64 * 1024 * 1024, "RSS grew {} MiB", grown >> 20);
+    drop(clients);
+    // A well-behaved client is served afterwards.
+    let mut good = RawClient::connect(server.addr).await;
+    good.send(7, b"fine").await;
+    assert_eq!(good.recv(WAIT).await.expect("served").payload, "fine");
+}

@@ -1,0 +1,53 @@
+//! Resource hygiene: closing a client and a server gives back every socket. Its
+//! own test binary, so that no other test opens descriptors meanwhile.
+
+use std::{convert::Infallible, time::Duration};
+
+use anet::{
+    client::Client,
+    server::{Request, Server},
+};
+use anet_tests::{eventually, start_server};
+use bytes::Bytes;
+use tower::service_fn;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_client_and_a_server_leaks_no_socket_or_task() {
+    let fds = || {
+        std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    // Warm up the runtime's own descriptors first.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let baseline = fds();
+    let echo = service_fn(|req: Request| async move { Ok::<_, Infallible>(req.into_payload()) });
+    let mut server = start_server(Server::builder(), echo).await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .connections_per_endpoint(3, 3)
+        .build();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..2000 {
+        let client = client.clone();
+        calls.spawn(async move { client.call(Bytes::from(format!("{i}"))).await });
+    }
+    for r in calls.join_all().await {
+        r.expect("ok");
+    }
+    assert!(fds() > baseline, "sockets were open");
+    client.close();
+    tokio::time::timeout(WAIT, client.closed())
+        .await
+        .expect("client closed");
+    assert_eq!(client.stats().connections(), 0);
+    assert!(eventually(WAIT, || server.stats.snapshot().connections_open == 0).await);
+    server.shutdown().await.expect("join").expect("serve");
+    assert!(
+        eventually(WAIT, || fds() <= baseline).await,
+        "descriptors back to baseline: {} > {baseline}",
+        fds()
+    );
+}
