@@ -698,3 +698,29 @@ async fn a_connection_closed_by_the_server_is_replaced_at_once() {
         "one replacement per round"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_is_shared_by_every_clone() {
+    let server = echo_server(Duration::ZERO, None).await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .rate_limit(50, Duration::from_secs(1))
+        .request_timeout(Duration::from_secs(10))
+        .build();
+    let started = tokio::time::Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let client = client.clone();
+        calls.spawn(async move { client.call(Bytes::from(format!("{i}"))).await });
+    }
+    for r in calls.join_all().await {
+        r.expect("ok");
+    }
+    // A burst of 50, then 50 more at 50 per second.
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.stats.snapshot().requests, 100);
+}

@@ -11,7 +11,8 @@ use tower::{
 };
 
 use super::{
-    Backoff, Balancer, Client, ConnectionConfig, Connector, PoolConfig, RetryPolicy,
+    Backoff, Balancer, Client, ConnectionConfig, Connector, PoolConfig, RateLimitLayer,
+    RetryPolicy,
     balance::Registry,
     client::into_box,
     dial::Dialer,
@@ -24,7 +25,7 @@ use crate::BoxError;
 /// layers every request passes through.
 ///
 /// ```text
-/// Client ─► timeout ─► retry ─► load shed? ─► concurrency limit? ─► Balancer (p2c)
+/// Client ─► timeout ─► retry ─► load shed? ─► rate limit? ─► concurrency limit? ─► Balancer (p2c)
 ///            (whole path)                                             └─► pool per endpoint
 /// ```
 ///
@@ -35,6 +36,7 @@ use crate::BoxError;
 /// | connect timeout | 1 s |
 /// | request timeout (queueing, readiness, retries and response) | 2 s |
 /// | concurrency limit | none (the connection windows bound what is in flight) |
+/// | rate limit | none |
 /// | load shedding | off |
 /// | retry | [`RetryPolicy::default`]: 2 retries of unsent requests, within a budget |
 /// | TCP | `TCP_NODELAY` on, keepalive off |
@@ -68,6 +70,7 @@ pub struct ClientBuilder {
     keepalive: Option<Duration>,
     request_timeout: Duration,
     concurrency_limit: Option<usize>,
+    rate_limit: Option<(u64, Duration)>,
     load_shed: bool,
     retry: RetryPolicy,
     /// A user connector, made into a dialer at build time with the final settings.
@@ -86,6 +89,7 @@ impl fmt::Debug for ClientBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("concurrency_limit", &self.concurrency_limit)
+            .field("rate_limit", &self.rate_limit)
             .field("load_shed", &self.load_shed)
             .field("retry", &self.retry)
             .finish_non_exhaustive()
@@ -112,6 +116,7 @@ impl ClientBuilder {
             keepalive: None,
             request_timeout: Duration::from_secs(2),
             concurrency_limit: None,
+            rate_limit: None,
             load_shed: false,
             retry: RetryPolicy::default(),
             custom_dialer: None,
@@ -213,8 +218,21 @@ impl ClientBuilder {
         self
     }
 
+    /// At most `num` requests per `per` through this client (all clones share the
+    /// budget); callers beyond it wait, within their deadline. Default: none.
+    ///
+    /// # Panics
+    ///
+    /// When `num` is 0 or `per` is zero.
+    pub fn rate_limit(mut self, num: u64, per: Duration) -> Self {
+        assert!(num > 0 && !per.is_zero(), "rate must be positive");
+        self.rate_limit = Some((num, per));
+        self
+    }
+
     /// Fail requests at once with [`Kind::Overloaded`](crate::Kind::Overloaded)
-    /// instead of waiting when the concurrency limit is reached. Default: false.
+    /// instead of waiting when the concurrency or rate limit is reached. Default:
+    /// false.
     pub fn load_shed(mut self, shed: bool) -> Self {
         self.load_shed = shed;
         self
@@ -309,6 +327,10 @@ impl ClientBuilder {
             .layer(TimeoutLayer::new(self.request_timeout))
             .layer(RetryLayer::new(self.retry))
             .option_layer(self.load_shed.then(LoadShedLayer::new))
+            .option_layer(
+                self.rate_limit
+                    .map(|(num, per)| RateLimitLayer::new(num, per)),
+            )
             .option_layer(self.concurrency_limit.map(ConcurrencyLimitLayer::new))
             .map_err(into_box as fn(crate::Error) -> TowerBoxError)
             .service(balancer);

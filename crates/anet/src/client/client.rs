@@ -20,12 +20,15 @@ use tower::{
     util::{Either, MapErr, Oneshot},
 };
 
-use super::{Balancer, ClientBuilder, EndpointStats, Endpoints, RetryPolicy, balance::Registry};
+use super::{
+    Balancer, ClientBuilder, EndpointStats, Endpoints, RateLimit, RetryPolicy, balance::Registry,
+};
 use crate::{BoxError, Error};
 
 type Base = MapErr<Balancer, fn(Error) -> BoxError>;
 type Limited = Either<ConcurrencyLimit<Base>, Base>;
-type Shed = Either<LoadShed<Limited>, Limited>;
+type Rated = Either<RateLimit<Limited>, Limited>;
+type Shed = Either<LoadShed<Rated>, Rated>;
 /// The concrete layer stack: no boxing per request.
 pub(crate) type Stack = Timeout<Retry<RetryPolicy, Shed>>;
 

@@ -24,6 +24,7 @@ pub mod connection;
 mod dial;
 mod discover;
 mod pool;
+pub mod rate_limit;
 mod retry;
 
 pub use backoff::Backoff;
@@ -34,4 +35,5 @@ pub use connect::{ConnectFuture, Connector};
 pub use connection::{Connection, ConnectionConfig, ConnectionStats};
 pub use discover::{Resolve, ResolveFuture, SystemResolver};
 pub use pool::{EndpointStats, ErrorCounts, PoolConfig};
+pub use rate_limit::{RateLimit, RateLimitLayer};
 pub use retry::{RetryBudget, RetryPolicy};

@@ -53,8 +53,9 @@ impl ConnectionConfig {
     /// The most requests in flight on the connection at once, quarantined tags
     /// included. Default: 512. While the window is full, `poll_ready` is pending.
     ///
-    /// Clamped to the tag format's space when the connection is made (an ASCII
-    /// tag of 2 digits has 100 tags, so at most 50 slots with 2 generations each).
+    /// Clamped to the tag format's space when the connection is made, so that every
+    /// slot keeps at least two generations: an ASCII tag of 2 digits (100 tags)
+    /// allows 32 in flight, of 4 digits 4096.
     pub const fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n;
         self
@@ -112,11 +113,14 @@ impl ConnectionConfig {
         self.max_in_flight
     }
 
-    /// The window actually used: at least 1, at most half the tag space (so every
-    /// slot has at least two generations), at most `u32::MAX`.
+    /// The window actually used: at least 1, and small enough that its slot table
+    /// (the window rounded up to a power of two) gives every slot at least two
+    /// generations in the tag space; at most 2^31.
     pub(crate) fn window(&self) -> usize {
         let space = self.frame.get_tag_format().id_space();
-        let cap = (space / 2).clamp(1, u64::from(u32::MAX));
+        // The largest power of two p with 2p <= space (at least 1).
+        let half = (space / 2).max(1);
+        let cap = (1u64 << (63 - half.leading_zeros())).min(1 << 31);
         (self.max_in_flight as u64).clamp(1, cap) as usize
     }
 

@@ -1,10 +1,11 @@
 //! The table of requests written on a connection and awaiting their response.
 //!
-//! A fixed array of slots, one per request the connection may have in flight. A
+//! A fixed array of slots (a power of two at least as large as the window). A
 //! request's tag encodes its slot and the slot's generation:
-//! `id = generation * slots + index`, so a response finds its request in O(1), and a
-//! late response for an earlier occupant of the slot (older generation) is
-//! recognised and dropped instead of being delivered to the new one.
+//! `id = generation << bits | index`, so a response finds its request in O(1) with
+//! a mask and a shift, and a late response for an earlier occupant of the slot
+//! (older generation) is recognised and dropped instead of being delivered to the
+//! new one.
 //!
 //! Free slots are reused in FIFO order, so a slot rests as long as possible
 //! between occupants, and its generation advances on every reuse; with the
@@ -30,9 +31,9 @@ pub(crate) struct Table {
     /// Quarantined slots in the order their quarantine ends. Quarantine has one
     /// duration, so this order is also the order they were quarantined in.
     quarantine: VecDeque<(Instant, u32, u64)>,
-    /// Number of slots: the connection's `max_in_flight`.
-    len: u64,
-    /// Generations per slot: `tag space / len`.
+    /// `log2` of the number of slots.
+    bits: u32,
+    /// Generations per slot: `tag space >> bits`.
     generations: u64,
     waiting: usize,
     quarantined: usize,
@@ -66,19 +67,18 @@ pub(crate) enum Matched {
 }
 
 impl Table {
-    /// A table of `len` slots in a tag space of `space` ids.
+    /// A table for a window of `window` requests in a tag space of `space` ids:
+    /// `window` rounded up to a power of two slots.
     ///
     /// # Panics
     ///
-    /// When `len` is 0, exceeds `u32::MAX`, or exceeds `space`; the connection
-    /// configuration checks these first.
-    pub(crate) fn new(len: usize, space: u64) -> Table {
-        assert!(
-            len > 0 && len <= u32::MAX as usize,
-            "slot count out of range"
-        );
-        let len64 = len as u64;
-        assert!(len64 <= space, "more slots than tags");
+    /// When `window` is 0, exceeds 2^31, or its rounded slot count exceeds
+    /// `space`; the connection configuration checks these first.
+    pub(crate) fn new(window: usize, space: u64) -> Table {
+        assert!(window > 0 && window <= 1 << 31, "slot count out of range");
+        let len = window.next_power_of_two();
+        let bits = len.trailing_zeros();
+        assert!(len as u64 <= space, "more slots than tags");
         Table {
             slots: (0..len)
                 .map(|_| Slot {
@@ -88,8 +88,8 @@ impl Table {
                 .collect(),
             free: (0..len as u32).collect(),
             quarantine: VecDeque::new(),
-            len: len64,
-            generations: space / len64,
+            bits,
+            generations: space >> bits,
             waiting: 0,
             quarantined: 0,
         }
@@ -118,7 +118,7 @@ impl Table {
         let slot = &mut self.slots[index as usize];
         slot.state = State::Waiting(reply, permit);
         self.waiting += 1;
-        Ok(slot.generation * self.len + u64::from(index))
+        Ok(slot.generation << self.bits | u64::from(index))
     }
 
     /// Releases the slot of `id` after its request could not be written.
@@ -131,9 +131,9 @@ impl Table {
 
     /// Finds and frees the slot a response's id names.
     pub(crate) fn take(&mut self, id: u64) -> Matched {
-        let index = id % self.len;
-        let generation = id / self.len;
-        let slot = &mut self.slots[index as usize];
+        let index = (id & ((1 << self.bits) - 1)) as usize;
+        let generation = id >> self.bits;
+        let slot = &mut self.slots[index];
         if generation != slot.generation {
             return Matched::Unknown;
         }
@@ -203,7 +203,7 @@ impl Table {
                 State::Waiting(reply, _permit) => replies.push(reply),
                 State::Quarantined(_permit) => {}
             }
-            slot.generation = (slot.generation + 1) % self.generations;
+            slot.generation = next_generation(slot.generation, self.generations);
             self.free.push_back(index as u32);
         }
         self.waiting = 0;
@@ -214,8 +214,16 @@ impl Table {
 
     fn release(&mut self, index: u32) {
         let slot = &mut self.slots[index as usize];
-        slot.generation = (slot.generation + 1) % self.generations;
+        slot.generation = next_generation(slot.generation, self.generations);
         self.free.push_back(index);
+    }
+}
+
+fn next_generation(generation: u64, generations: u64) -> u64 {
+    if generation + 1 >= generations {
+        0
+    } else {
+        generation + 1
     }
 }
 
@@ -259,12 +267,17 @@ mod tests {
         assert_eq!(ids, [0, 1, 2]);
         table.take(1);
         table.take(0);
-        // Slot 1 was freed first, so it is reused first, with the next generation.
-        assert_eq!(
-            table.insert(oneshot::channel().0, permit(&sem)).unwrap(),
-            3 + 1
-        );
-        assert_eq!(table.insert(oneshot::channel().0, permit(&sem)).unwrap(), 3);
+        // A window of 3 gets 4 slots. Slot 3 was never used, then slot 1 and slot 0
+        // were freed in that order: reuse is oldest-freed first, and a reused slot
+        // carries the next generation (with 4 slots, generation 1 adds 4).
+        let next = |table: &mut Table| {
+            table
+                .insert(oneshot::channel().0, permit(&sem))
+                .expect("free slot")
+        };
+        assert_eq!(next(&mut table), 3);
+        assert_eq!(next(&mut table), 4 + 1);
+        assert_eq!(next(&mut table), 4);
         assert!(table.insert(oneshot::channel().0, permit(&sem)).is_err());
     }
 
@@ -272,7 +285,7 @@ mod tests {
     fn generations_wrap_within_a_small_tag_space() {
         let sem = Arc::new(Semaphore::new(8));
         // 10 ids, 4 slots: 2 generations per slot, ids 0..8 used.
-        let mut table = Table::new(4, 10);
+        let mut table = Table::new(3, 10);
         for _ in 0..20 {
             let id = table.insert(oneshot::channel().0, permit(&sem)).unwrap();
             assert!(id < 8, "id {id} outside the tag space");
