@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use anet_proto::{FrameCodec, FrameError, FrameRef};
+use anet_proto::{FrameCodec, FrameError, FrameRef, Tag};
 use futures_core::Stream;
 use futures_sink::Sink;
 use futures_util::stream::FuturesUnordered;
@@ -59,7 +59,7 @@ where
     service: S,
     /// `poll_ready` said yes and no request has used it yet.
     service_ready: bool,
-    calls: FuturesUnordered<Call<S::Future>>,
+    calls: FuturesUnordered<Pin<Box<Call<S::Future>>>>,
     peer: Option<SocketAddr>,
     config: Builder,
     counters: Arc<Counters>,
@@ -197,42 +197,49 @@ where
     fn poll_calls(&mut self, cx: &mut Context<'_>, progress: &mut bool) {
         while let Poll::Ready(Some((tag, outcome))) = Pin::new(&mut self.calls).poll_next(cx) {
             *progress = true;
-            let failed = match outcome {
-                Outcome::Response(payload) => {
-                    match self
-                        .encoder
-                        .encode_parts(&tag, &payload, self.framed.write_buffer_mut())
-                    {
-                        Ok(()) => {
-                            self.dirty = true;
-                            self.unpublished.responses += 1;
-                            false
-                        }
-                        Err(e) => {
-                            Counters::add(&self.counters.service_errors, 1);
-                            tracing::warn!(peer = ?self.peer, ?tag, error = %e, "response cannot be framed; dropped");
-                            true
-                        }
-                    }
-                }
-                Outcome::Failed(e) => {
-                    Counters::add(&self.counters.service_errors, 1);
-                    let e: BoxError = e.into();
-                    tracing::warn!(peer = ?self.peer, ?tag, error = %e, "service failed a request");
-                    true
-                }
-                Outcome::Panicked(message) => {
-                    Counters::add(&self.counters.panics, 1);
-                    tracing::error!(peer = ?self.peer, ?tag, panic = %message, "request handler panicked");
-                    true
-                }
-            };
-            if failed && self.config.on_error == OnError::Close {
-                self.closing = true;
-                // Requests still being served are dropped with the connection.
-                self.calls.clear();
+            self.complete(tag, outcome);
+            if self.closing {
                 return;
             }
+        }
+    }
+
+    /// Writes a finished call's response, or applies the error policy.
+    fn complete(&mut self, tag: Tag, outcome: Outcome<S::Error>) {
+        let failed = match outcome {
+            Outcome::Response(payload) => {
+                match self
+                    .encoder
+                    .encode_parts(&tag, &payload, self.framed.write_buffer_mut())
+                {
+                    Ok(()) => {
+                        self.dirty = true;
+                        self.unpublished.responses += 1;
+                        false
+                    }
+                    Err(e) => {
+                        Counters::add(&self.counters.service_errors, 1);
+                        tracing::warn!(peer = ?self.peer, ?tag, error = %e, "response cannot be framed; dropped");
+                        true
+                    }
+                }
+            }
+            Outcome::Failed(e) => {
+                Counters::add(&self.counters.service_errors, 1);
+                let e: BoxError = e.into();
+                tracing::warn!(peer = ?self.peer, ?tag, error = %e, "service failed a request");
+                true
+            }
+            Outcome::Panicked(message) => {
+                Counters::add(&self.counters.panics, 1);
+                tracing::error!(peer = ?self.peer, ?tag, panic = %message, "request handler panicked");
+                true
+            }
+        };
+        if failed && self.config.on_error == OnError::Close {
+            self.closing = true;
+            // Requests still being served are dropped with the connection.
+            self.calls.clear();
         }
     }
 
@@ -272,8 +279,18 @@ where
                     self.unpublished.requests += 1;
                     let request = Request::new(frame.payload, self.peer);
                     let service = &mut self.service;
-                    self.calls
-                        .push(Call::start(frame.tag, || service.call(request)));
+                    let mut call = Box::pin(Call::start(frame.tag, || service.call(request)));
+                    // Poll once here: a handler that answers at once (the common
+                    // case) never enters the set of pending calls.
+                    match call.as_mut().poll(cx) {
+                        Poll::Ready((tag, outcome)) => {
+                            self.complete(tag, outcome);
+                            if self.closing {
+                                return Ok(());
+                            }
+                        }
+                        Poll::Pending => self.calls.push(call),
+                    }
                 }
                 Poll::Ready(Some(Err(e))) if e.is_protocol() => return Err(Exit::Protocol(e)),
                 Poll::Ready(Some(Err(e))) => return Err(Exit::Io(e)),
