@@ -11,6 +11,10 @@
 //! mismatch aborts the run. Ratios are taken against `floor` on the same server at
 //! the same concurrency, measured in the same run.
 
+// Each client names its own future type where it can (no boxing, a concrete
+// type the compiler can see is `Send`).
+#![allow(refining_impl_trait)]
+
 use std::{
     future::Future,
     net::SocketAddr,
@@ -82,8 +86,11 @@ struct Point {
 /// associated type with an explicit `Send` bound (not an `async` block), so every
 /// client's own future is measured as it is, without boxing.
 trait Call: Clone + Send + 'static {
-    type Fut: Future<Output = Result<Bytes, String>> + Send;
-    fn call(&mut self, worker: usize, payload: Bytes) -> Self::Fut;
+    fn call(
+        &mut self,
+        worker: usize,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<Bytes, String>> + Send + '_;
 }
 
 type Mapped<F, E> = futures_util::future::Map<F, fn(Result<Bytes, E>) -> Result<Bytes, String>>;
@@ -93,38 +100,47 @@ fn stringify<E: std::fmt::Display>(r: Result<Bytes, E>) -> Result<Bytes, String>
 }
 
 impl Call for floor::Floor {
-    type Fut = floor::FloorCall;
-    fn call(&mut self, _worker: usize, payload: Bytes) -> Self::Fut {
+    fn call(&mut self, _worker: usize, payload: Bytes) -> floor::FloorCall {
         floor::Floor::call(self, payload)
     }
 }
 
+/// Each caller keeps its own handle and does `poll_ready` then `call`, as a user
+/// of the `Service` would; no clone per request.
 impl Call for anet::client::Connection {
-    type Fut = Mapped<tower::util::Oneshot<anet::client::Connection, Bytes>, anet::Error>;
-    fn call(&mut self, _worker: usize, payload: Bytes) -> Self::Fut {
-        use futures_util::FutureExt;
-        self.clone().oneshot(payload).map(stringify as fn(_) -> _)
+    fn call(
+        &mut self,
+        _worker: usize,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<Bytes, String>> + Send + '_ {
+        async move {
+            let ready = self.ready().await.map_err(|e| e.to_string())?;
+            tower::Service::call(ready, payload)
+                .await
+                .map_err(|e| e.to_string())
+        }
     }
 }
 
 impl Call for Client {
-    type Fut = Mapped<anet::client::CallFuture, anet::Error>;
-    fn call(&mut self, _worker: usize, payload: Bytes) -> Self::Fut {
+    fn call(&mut self, _worker: usize, payload: Bytes) -> Mapped<anet::client::CallFuture, anet::Error> {
         use futures_util::FutureExt;
         Client::call(self, payload).map(stringify as fn(_) -> _)
     }
 }
 
 impl Call for tokio_tower_peer::TokioTower {
-    type Fut = tokio_tower_peer::TokioTowerCall;
-    fn call(&mut self, _worker: usize, payload: Bytes) -> Self::Fut {
+    fn call(&mut self, _worker: usize, payload: Bytes) -> tokio_tower_peer::TokioTowerCall {
         tokio_tower_peer::TokioTower::call(self, payload)
     }
 }
 
 impl Call for sequential::Pool {
-    type Fut = std::pin::Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
-    fn call(&mut self, worker: usize, payload: Bytes) -> Self::Fut {
+    fn call(
+        &mut self,
+        worker: usize,
+        payload: Bytes,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>> {
         Box::pin(sequential::Pool::call(self, worker, payload))
     }
 }
