@@ -123,7 +123,11 @@ impl Call for anet::client::Connection {
 }
 
 impl Call for Client {
-    fn call(&mut self, _worker: usize, payload: Bytes) -> Mapped<anet::client::CallFuture, anet::Error> {
+    fn call(
+        &mut self,
+        _worker: usize,
+        payload: Bytes,
+    ) -> Mapped<anet::client::CallFuture, anet::Error> {
         use futures_util::FutureExt;
         Client::call(self, payload).map(stringify as fn(_) -> _)
     }

@@ -175,6 +175,7 @@ where
             if let Err(exit) = self.poll_read(cx, &mut progress) {
                 return Poll::Ready(exit);
             }
+            self.return_permits();
             if let Some(exit) = self.poll_timer(cx) {
                 return Poll::Ready(exit);
             }
@@ -234,9 +235,14 @@ where
             self.counts.abandoned_unwritten += 1;
             return;
         }
-        let id = match self.table.insert(reply, permit) {
-            Ok(id) => id,
-            Err((reply, _permit)) => {
+        let id = match self.table.insert(reply) {
+            Ok(id) => {
+                // The slot now holds this window permit; the driver returns it
+                // (in a batch) when the slot is freed.
+                permit.forget();
+                id
+            }
+            Err(reply) => {
                 // Unreachable while permits bound the table; fail safe regardless.
                 let _ = reply.send(Err(Error::with_source(
                     Kind::Overloaded,
@@ -366,6 +372,7 @@ where
                 self.sweep(now);
             }
             self.quarantine_ends = self.table.expire_quarantine(now);
+            self.return_permits();
         }
     }
 
@@ -404,6 +411,14 @@ where
             leftover,
         });
         tracing::debug!(waiting = self.table.waiting(), "connection closing");
+    }
+
+    /// Gives the window permits of freed slots back, in one batch.
+    fn return_permits(&mut self) {
+        let released = self.table.take_released();
+        if released > 0 {
+            self.shared.semaphore.add_permits(released);
+        }
     }
 
     /// Publishes the local counters for `Connection::stats`.
@@ -446,6 +461,7 @@ where
         for reply in self.table.drain_waiting() {
             let _ = reply.send(Err(error.clone()));
         }
+        self.return_permits();
         self.rx.close();
         while let Ok(message) = self.rx.try_recv() {
             if let Message::Request(request) = message {

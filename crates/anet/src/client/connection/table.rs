@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use tokio::{sync::OwnedSemaphorePermit, sync::oneshot, time::Instant};
+use tokio::{sync::oneshot, time::Instant};
 
 use crate::Error;
 
@@ -37,6 +37,9 @@ pub(crate) struct Table {
     generations: u64,
     waiting: usize,
     quarantined: usize,
+    /// Slots freed since the driver last returned their window permits (it
+    /// returns them in one batch rather than one per response).
+    released: usize,
 }
 
 #[derive(Debug)]
@@ -48,11 +51,11 @@ struct Slot {
 #[derive(Debug)]
 enum State {
     Free,
-    /// Written; the caller awaits the response. The permit holds the window slot.
-    Waiting(Reply, OwnedSemaphorePermit),
+    /// Written; the caller awaits the response.
+    Waiting(Reply),
     /// The caller gave up; the tag stays reserved (holding its window slot) until
     /// the late response arrives or the quarantine ends.
-    Quarantined(OwnedSemaphorePermit),
+    Quarantined,
 }
 
 /// What a response's tag matched.
@@ -92,6 +95,7 @@ impl Table {
             generations: space >> bits,
             waiting: 0,
             quarantined: 0,
+            released: 0,
         }
     }
 
@@ -106,17 +110,14 @@ impl Table {
     }
 
     /// Reserves a slot for a request and returns its id (to encode as the tag), or
-    /// gives the request back when no slot is free.
-    pub(crate) fn insert(
-        &mut self,
-        reply: Reply,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<u64, (Reply, OwnedSemaphorePermit)> {
+    /// gives the reply back when no slot is free. The slot holds one window
+    /// permit until it is freed (see [`take_released`](Self::take_released)).
+    pub(crate) fn insert(&mut self, reply: Reply) -> Result<u64, Reply> {
         let Some(index) = self.free.pop_front() else {
-            return Err((reply, permit));
+            return Err(reply);
         };
         let slot = &mut self.slots[index as usize];
-        slot.state = State::Waiting(reply, permit);
+        slot.state = State::Waiting(reply);
         self.waiting += 1;
         Ok(slot.generation << self.bits | u64::from(index))
     }
@@ -139,11 +140,11 @@ impl Table {
         }
         let matched = match std::mem::replace(&mut slot.state, State::Free) {
             State::Free => return Matched::Unknown,
-            State::Waiting(reply, _permit) => {
+            State::Waiting(reply) => {
                 self.waiting -= 1;
                 Matched::Waiting(reply)
             }
-            State::Quarantined(_permit) => {
+            State::Quarantined => {
                 self.quarantined -= 1;
                 Matched::Late
             }
@@ -157,13 +158,9 @@ impl Table {
     pub(crate) fn quarantine_abandoned(&mut self, until: Instant) -> usize {
         let mut moved = 0;
         for (index, slot) in self.slots.iter_mut().enumerate() {
-            let abandoned = matches!(&slot.state, State::Waiting(reply, _) if reply.is_closed());
+            let abandoned = matches!(&slot.state, State::Waiting(reply) if reply.is_closed());
             if abandoned {
-                let State::Waiting(_, permit) = std::mem::replace(&mut slot.state, State::Free)
-                else {
-                    unreachable!("checked above");
-                };
-                slot.state = State::Quarantined(permit);
+                slot.state = State::Quarantined;
                 self.quarantine
                     .push_back((until, index as u32, slot.generation));
                 moved += 1;
@@ -184,7 +181,7 @@ impl Table {
             self.quarantine.pop_front();
             let slot = &mut self.slots[index as usize];
             // The late response may have freed (and reuse refilled) the slot already.
-            if slot.generation == generation && matches!(slot.state, State::Quarantined(_)) {
+            if slot.generation == generation && matches!(slot.state, State::Quarantined) {
                 slot.state = State::Free;
                 self.quarantined -= 1;
                 self.release(index);
@@ -200,9 +197,10 @@ impl Table {
         for (index, slot) in self.slots.iter_mut().enumerate() {
             match std::mem::replace(&mut slot.state, State::Free) {
                 State::Free => continue,
-                State::Waiting(reply, _permit) => replies.push(reply),
-                State::Quarantined(_permit) => {}
+                State::Waiting(reply) => replies.push(reply),
+                State::Quarantined => {}
             }
+            self.released += 1;
             slot.generation = next_generation(slot.generation, self.generations);
             self.free.push_back(index as u32);
         }
@@ -212,7 +210,13 @@ impl Table {
         replies
     }
 
+    /// How many slots were freed since the last call: window permits to return.
+    pub(crate) fn take_released(&mut self) -> usize {
+        std::mem::take(&mut self.released)
+    }
+
     fn release(&mut self, index: u32) {
+        self.released += 1;
         let slot = &mut self.slots[index as usize];
         slot.generation = next_generation(slot.generation, self.generations);
         self.free.push_back(index);
@@ -229,28 +233,23 @@ fn next_generation(generation: u64, generations: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use tokio::sync::Semaphore;
-
     use super::*;
 
-    fn permit(sem: &Arc<Semaphore>) -> OwnedSemaphorePermit {
-        sem.clone().try_acquire_owned().expect("permit")
+    fn insert(table: &mut Table) -> u64 {
+        table.insert(oneshot::channel().0).expect("free slot")
     }
 
     #[test]
     fn response_after_reuse_is_not_delivered_to_new_occupant() {
-        let sem = Arc::new(Semaphore::new(8));
         let mut table = Table::new(1, 1 << 32);
         let (tx, rx) = oneshot::channel();
-        let old = table.insert(tx, permit(&sem)).unwrap();
+        let old = table.insert(tx).unwrap();
         drop(rx);
         let now = Instant::now();
         assert_eq!(table.quarantine_abandoned(now), 1);
         assert_eq!(table.expire_quarantine(now), None);
         let (tx, _rx) = oneshot::channel();
-        let new = table.insert(tx, permit(&sem)).unwrap();
+        let new = table.insert(tx).unwrap();
         // Same slot (the only one), next generation.
         assert_eq!(new, old + 1);
         assert!(matches!(table.take(old), Matched::Unknown));
@@ -259,55 +258,56 @@ mod tests {
 
     #[test]
     fn free_slots_are_reused_oldest_first() {
-        let sem = Arc::new(Semaphore::new(8));
         let mut table = Table::new(3, 1 << 32);
-        let ids: Vec<u64> = (0..3)
-            .map(|_| table.insert(oneshot::channel().0, permit(&sem)).unwrap())
-            .collect();
+        let ids: Vec<u64> = (0..3).map(|_| insert(&mut table)).collect();
         assert_eq!(ids, [0, 1, 2]);
         table.take(1);
         table.take(0);
         // A window of 3 gets 4 slots. Slot 3 was never used, then slot 1 and slot 0
         // were freed in that order: reuse is oldest-freed first, and a reused slot
         // carries the next generation (with 4 slots, generation 1 adds 4).
-        let next = |table: &mut Table| {
-            table
-                .insert(oneshot::channel().0, permit(&sem))
-                .expect("free slot")
-        };
-        assert_eq!(next(&mut table), 3);
-        assert_eq!(next(&mut table), 4 + 1);
-        assert_eq!(next(&mut table), 4);
-        assert!(table.insert(oneshot::channel().0, permit(&sem)).is_err());
+        assert_eq!(insert(&mut table), 3);
+        assert_eq!(insert(&mut table), 4 + 1);
+        assert_eq!(insert(&mut table), 4);
+        assert!(table.insert(oneshot::channel().0).is_err());
     }
 
     #[test]
     fn generations_wrap_within_a_small_tag_space() {
-        let sem = Arc::new(Semaphore::new(8));
         // 10 ids, 4 slots: 2 generations per slot, ids 0..8 used.
         let mut table = Table::new(3, 10);
         for _ in 0..20 {
-            let id = table.insert(oneshot::channel().0, permit(&sem)).unwrap();
+            let id = insert(&mut table);
             assert!(id < 8, "id {id} outside the tag space");
             table.take(id);
         }
     }
 
     #[test]
-    fn quarantine_holds_the_permit_until_it_ends() {
-        let sem = Arc::new(Semaphore::new(1));
+    fn quarantine_holds_the_window_slot_until_it_ends() {
         let mut table = Table::new(1, 100);
         let (tx, rx) = oneshot::channel();
-        table.insert(tx, permit(&sem)).unwrap();
+        table.insert(tx).unwrap();
         drop(rx);
         let start = Instant::now();
         let until = start + std::time::Duration::from_secs(1);
         table.quarantine_abandoned(until);
-        assert_eq!(sem.available_permits(), 0);
+        assert_eq!(table.take_released(), 0);
         assert_eq!(table.expire_quarantine(start), Some(until));
-        assert_eq!(sem.available_permits(), 0);
+        assert_eq!(table.take_released(), 0, "still quarantined");
         assert_eq!(table.expire_quarantine(until), None);
-        assert_eq!(sem.available_permits(), 1);
+        assert_eq!(table.take_released(), 1);
         assert_eq!(table.quarantined(), 0);
+    }
+
+    #[test]
+    fn every_freed_slot_is_released_exactly_once() {
+        let mut table = Table::new(4, 1 << 32);
+        let ids: Vec<u64> = (0..4).map(|_| insert(&mut table)).collect();
+        table.take(ids[0]);
+        table.take(ids[0]); // a duplicate response frees nothing more
+        assert_eq!(table.take_released(), 1);
+        assert_eq!(table.drain_waiting().len(), 3);
+        assert_eq!(table.take_released(), 3);
     }
 }
