@@ -108,17 +108,11 @@ impl Call for floor::Floor {
 /// Each caller keeps its own handle and does `poll_ready` then `call`, as a user
 /// of the `Service` would; no clone per request.
 impl Call for anet::client::Connection {
-    fn call(
-        &mut self,
-        _worker: usize,
-        payload: Bytes,
-    ) -> impl Future<Output = Result<Bytes, String>> + Send + '_ {
-        async move {
-            let ready = self.ready().await.map_err(|e| e.to_string())?;
-            tower::Service::call(ready, payload)
-                .await
-                .map_err(|e| e.to_string())
-        }
+    async fn call(&mut self, _worker: usize, payload: Bytes) -> Result<Bytes, String> {
+        let ready = self.ready().await.map_err(|e| e.to_string())?;
+        tower::Service::call(ready, payload)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
