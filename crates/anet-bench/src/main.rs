@@ -62,10 +62,12 @@ struct Args {
     json: bool,
 }
 
-const CLIENTS: [&str; 6] = [
+const CLIENTS: [&str; 8] = [
     "floor",
     "wire-floor",
     "anet-mux",
+    "anet-balancer",
+    "anet-timeout",
     "anet-stack",
     "tokio-tower",
     "sequential",
@@ -108,6 +110,26 @@ impl Call for floor::Floor {
 /// Each caller keeps its own handle and does `poll_ready` then `call`, as a user
 /// of the `Service` would; no clone per request.
 impl Call for anet::client::Connection {
+    async fn call(&mut self, _worker: usize, payload: Bytes) -> Result<Bytes, String> {
+        let ready = self.ready().await.map_err(|e| e.to_string())?;
+        tower::Service::call(ready, payload)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The bare balanced pool (no layers), each caller with its own handle.
+impl Call for anet::client::Balancer {
+    async fn call(&mut self, _worker: usize, payload: Bytes) -> Result<Bytes, String> {
+        let ready = self.ready().await.map_err(|e| e.to_string())?;
+        tower::Service::call(ready, payload)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// tower's `Timeout` over the balanced pool: the cost of a per-request timer.
+impl Call for tower::timeout::Timeout<anet::client::Balancer> {
     async fn call(&mut self, _worker: usize, payload: Bytes) -> Result<Bytes, String> {
         let ready = self.ready().await.map_err(|e| e.to_string())?;
         tower::Service::call(ready, payload)
@@ -198,6 +220,16 @@ fn measure(
                     .connect(addr)
                     .await?;
                 run_callers(conn, concurrency, args.size, warmup, duration).await
+            }
+            "anet-balancer" | "anet-timeout" => {
+                let client = Client::builder().endpoint(addr).build();
+                client.call(Bytes::from_static(b"warm")).await?;
+                if name == "anet-balancer" {
+                    run_callers(client.balancer(), concurrency, args.size, warmup, duration).await
+                } else {
+                    let timed = tower::timeout::Timeout::new(client.balancer(), Duration::from_secs(2));
+                    run_callers(timed, concurrency, args.size, warmup, duration).await
+                }
             }
             "anet-stack" => {
                 let client = Client::builder().endpoint(addr).build();
