@@ -62,11 +62,12 @@ struct Args {
     json: bool,
 }
 
-const CLIENTS: [&str; 8] = [
+const CLIENTS: [&str; 9] = [
     "floor",
     "wire-floor",
     "anet-mux",
     "anet-balancer",
+    "anet-buffer",
     "anet-timeout",
     "anet-stack",
     "tokio-tower",
@@ -120,6 +121,17 @@ impl Call for anet::client::Connection {
 
 /// The bare balanced pool (no layers), each caller with its own handle.
 impl Call for anet::client::Balancer {
+    async fn call(&mut self, _worker: usize, payload: Bytes) -> Result<Bytes, String> {
+        let ready = self.ready().await.map_err(|e| e.to_string())?;
+        tower::Service::call(ready, payload)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// tower's `Buffer` over the balanced pool: the sharing mechanism the client does
+/// not use (a worker task and a channel hop per request), for comparison.
+impl Call for tower::buffer::Buffer<Bytes, anet::client::BalanceFuture> {
     async fn call(&mut self, _worker: usize, payload: Bytes) -> Result<Bytes, String> {
         let ready = self.ready().await.map_err(|e| e.to_string())?;
         tower::Service::call(ready, payload)
@@ -221,13 +233,17 @@ fn measure(
                     .await?;
                 run_callers(conn, concurrency, args.size, warmup, duration).await
             }
-            "anet-balancer" | "anet-timeout" => {
+            "anet-balancer" | "anet-buffer" | "anet-timeout" => {
                 let client = Client::builder().endpoint(addr).build();
                 client.call(Bytes::from_static(b"warm")).await?;
                 if name == "anet-balancer" {
                     run_callers(client.balancer(), concurrency, args.size, warmup, duration).await
+                } else if name == "anet-buffer" {
+                    let shared = tower::buffer::Buffer::new(client.balancer(), 1024);
+                    run_callers(shared, concurrency, args.size, warmup, duration).await
                 } else {
-                    let timed = tower::timeout::Timeout::new(client.balancer(), Duration::from_secs(2));
+                    let timed =
+                        tower::timeout::Timeout::new(client.balancer(), Duration::from_secs(2));
                     run_callers(timed, concurrency, args.size, warmup, duration).await
                 }
             }
