@@ -450,3 +450,35 @@ async fn serve_connection_serves_any_transport() {
     assert_eq!(frame.tag, anet_proto::Tag::from_u32(5));
     assert_eq!(frame.payload, "duplex");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_make_service_gives_each_connection_its_own_service() {
+    // Each connection's service numbers that connection's requests from 1.
+    let make = service_fn(|peer: std::net::SocketAddr| async move {
+        let seen = Arc::new(AtomicUsize::new(0));
+        Ok::<_, Infallible>(service_fn(move |req: Request| {
+            let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+            assert_eq!(req.peer_addr(), Some(peer));
+            async move { Ok::<_, Infallible>(Bytes::from(format!("{n}"))) }
+        }))
+    });
+    let server = Server::builder()
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve_make_with_shutdown(make, async {
+        let _ = stopped.await;
+    }));
+    let mut a = RawClient::connect(addr).await;
+    let mut b = RawClient::connect(addr).await;
+    for expected in ["1", "2", "3"] {
+        a.send(1, b"x").await;
+        assert_eq!(a.recv(WAIT).await.expect("answer").payload, expected);
+    }
+    b.send(1, b"x").await;
+    assert_eq!(b.recv(WAIT).await.expect("answer").payload, "1");
+    let _ = stop.send(());
+    serving.await.expect("join").expect("serve");
+}

@@ -105,6 +105,28 @@ impl Server {
         S::Error: Into<BoxError>,
         F: Future<Output = ()> + Send,
     {
+        self.serve_make_with_shutdown(tower::make::Shared::new(service), signal)
+            .await
+    }
+
+    /// Like [`serve_with_shutdown`](Self::serve_with_shutdown), but makes a service
+    /// for each connection from `make` (a MakeService given the peer address), for
+    /// per-connection state. A connection whose service cannot be made is closed
+    /// and the error logged.
+    ///
+    /// # Errors
+    ///
+    /// None in practice: accept errors are logged and retried.
+    pub async fn serve_make_with_shutdown<M, S, F>(self, mut make: M, signal: F) -> io::Result<()>
+    where
+        M: Service<SocketAddr, Response = S> + Send + 'static,
+        M::Future: Send + 'static,
+        M::Error: Into<BoxError>,
+        S: Service<Request, Response = bytes::Bytes> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        F: Future<Output = ()> + Send,
+    {
         let Server {
             listener,
             local_addr,
@@ -138,17 +160,28 @@ impl Server {
                     if config.nodelay {
                         let _ = stream.set_nodelay(true);
                     }
-                    let handler = Handler::new(
-                        stream,
-                        Some(peer),
-                        service.clone(),
-                        config,
-                        counters.clone(),
-                        shutdown.clone().cancelled_owned(),
-                    );
+                    let making = match std::future::poll_fn(|cx| make.poll_ready(cx)).await {
+                        Ok(()) => make.call(peer),
+                        Err(e) => {
+                            let e: BoxError = e.into();
+                            tracing::error!(error = %e, "make-service failed; closing connection");
+                            continue;
+                        }
+                    };
+                    let (counters, cancelled) = (counters.clone(), shutdown.clone().cancelled_owned());
                     let open = OpenGuard::new(counters.clone());
                     connections.spawn(async move {
-                        handler.run().await;
+                        let made: Result<S, BoxError> = making.await.map_err(Into::into);
+                        match made {
+                            Ok(service) => {
+                                Handler::new(stream, Some(peer), service, config, counters, cancelled)
+                                    .run()
+                                    .await;
+                            }
+                            Err(e) => {
+                                tracing::error!(%peer, error = %e, "making the connection's service failed");
+                            }
+                        }
                         drop((slot, open));
                     });
                 }
