@@ -724,3 +724,40 @@ async fn the_rate_limit_is_shared_by_every_clone() {
     );
     assert_eq!(server.stats.snapshot().requests, 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_covers_waiting_for_the_concurrency_limit() {
+    // Each request takes 200 ms, within the 300 ms deadline; with a limit of one,
+    // the sixth caller would wait a second for its turn: its own deadline must end
+    // the wait instead.
+    let server = start_scripted(|_, _| Action::Echo(Duration::from_millis(200))).await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .concurrency_limit(Some(1))
+        .request_timeout(Duration::from_millis(300))
+        .build();
+    client
+        .call(Bytes::from_static(b"warm"))
+        .await
+        .expect("warm-up takes 200 ms of 300");
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let client = client.clone();
+        calls.spawn(async move {
+            let started = tokio::time::Instant::now();
+            let result = client.call(Bytes::from(format!("{i}"))).await;
+            (started.elapsed(), result.map_err(|e| e.kind()))
+        });
+    }
+    let results = calls.join_all().await;
+    for (elapsed, result) in &results {
+        assert!(
+            *elapsed < Duration::from_millis(800),
+            "every caller ends near its own deadline: {elapsed:?} {result:?}"
+        );
+    }
+    assert!(
+        results.iter().any(|(_, r)| *r == Err(Kind::Timeout)),
+        "queued callers time out: {results:?}"
+    );
+}

@@ -7,7 +7,6 @@ use tokio_util::sync::CancellationToken;
 use tower::{
     BoxError as TowerBoxError, Service, ServiceBuilder, discover::Discover,
     limit::ConcurrencyLimitLayer, load_shed::LoadShedLayer, retry::RetryLayer,
-    timeout::TimeoutLayer,
 };
 
 use super::{
@@ -25,8 +24,8 @@ use crate::BoxError;
 /// layers every request passes through.
 ///
 /// ```text
-/// Client ─► timeout ─► retry ─► load shed? ─► rate limit? ─► concurrency limit? ─► Balancer (p2c)
-///            (whole path)                                             └─► pool per endpoint
+/// Client ─► deadline ─► retry ─► load shed? ─► rate limit? ─► concurrency limit? ─► Balancer (p2c)
+///            (whole path: limits, routing, retries, response)             └─► pool per endpoint
 /// ```
 ///
 /// | setting | default |
@@ -323,8 +322,10 @@ impl ClientBuilder {
         let balancer = Balancer {
             registry: registry.clone(),
         };
+        // The deadline is not tower's `Timeout` layer: that covers only the
+        // response future, not the wait for a limit's permit in `poll_ready`. The
+        // client's call future applies it over readiness and response alike.
         let stack = ServiceBuilder::new()
-            .layer(TimeoutLayer::new(self.request_timeout))
             .layer(RetryLayer::new(self.retry))
             .option_layer(self.load_shed.then(LoadShedLayer::new))
             .option_layer(
@@ -337,6 +338,7 @@ impl ClientBuilder {
         (
             Client {
                 stack,
+                timeout: self.request_timeout,
                 registry: registry.clone(),
             },
             registry,

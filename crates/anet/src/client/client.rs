@@ -7,37 +7,38 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use pin_project_lite::pin_project;
+use tokio::time::Sleep;
 use tower::{
     Service, ServiceExt,
     limit::ConcurrencyLimit,
     load_shed::LoadShed,
     retry::Retry,
-    timeout::Timeout,
     util::{Either, MapErr, Oneshot},
 };
 
 use super::{
     Balancer, ClientBuilder, EndpointStats, Endpoints, RateLimit, RetryPolicy, balance::Registry,
 };
-use crate::{BoxError, Error};
+use crate::{BoxError, Error, Kind};
 
 type Base = MapErr<Balancer, fn(Error) -> BoxError>;
 type Limited = Either<ConcurrencyLimit<Base>, Base>;
 type Rated = Either<RateLimit<Limited>, Limited>;
 type Shed = Either<LoadShed<Rated>, Rated>;
 /// The concrete layer stack: no boxing per request.
-pub(crate) type Stack = Timeout<Retry<RetryPolicy, Shed>>;
+pub(crate) type Stack = Retry<RetryPolicy, Shed>;
 
 pub(crate) fn into_box(error: Error) -> BoxError {
     Box::new(error)
 }
 
 /// An anet client: balanced, pooled, multiplexed connections to one or more
-/// endpoints, behind timeout, retry and limit layers.
+/// endpoints, behind a deadline and retry and limit layers.
 ///
 /// `Clone` is cheap (a few reference counts) and every clone shares the same
 /// pools, so keep one in your app state and clone it into tasks. There is no
@@ -67,6 +68,8 @@ pub(crate) fn into_box(error: Error) -> BoxError {
 #[derive(Clone)]
 pub struct Client {
     pub(crate) stack: Stack,
+    /// The deadline of each request, over its whole path.
+    pub(crate) timeout: Duration,
     pub(crate) registry: Arc<Registry>,
 }
 
@@ -100,6 +103,8 @@ impl Client {
     pub fn call(&self, request: Bytes) -> CallFuture {
         CallFuture {
             inner: self.stack.clone().oneshot(request),
+            deadline: tokio::time::sleep(self.timeout),
+            timeout: self.timeout,
         }
     }
 
@@ -173,40 +178,45 @@ impl ClientStats {
 impl Service<Bytes> for Client {
     type Response = Bytes;
     type Error = Error;
-    type Future = ResponseFuture;
+    type Future = CallFuture;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.stack.poll_ready(cx).map_err(Error::from_boxed)
-    }
-
-    fn call(&mut self, request: Bytes) -> ResponseFuture {
-        ResponseFuture {
-            inner: self.stack.call(request),
+    /// Ready while the client is open: waiting for a limit, an endpoint or room
+    /// on a connection happens inside the response future, under its deadline.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.registry.is_closed() {
+            return Poll::Ready(Err(Error::new(Kind::Closed).unsent()));
         }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Bytes) -> CallFuture {
+        Client::call(self, request)
     }
 }
 
 pin_project! {
-    /// The response future of [`Client`] as a `Service`.
-    #[must_use = "futures do nothing unless polled"]
-    pub struct ResponseFuture {
-        #[pin]
-        inner: <Stack as Service<Bytes>>::Future,
-    }
-}
-
-pin_project! {
-    /// The future of [`Client::call`]: readiness, then the response.
+    /// The future of a [`Client`] call: waits for the limits, routes, sends and
+    /// awaits the response, all under the request's deadline.
+    ///
+    /// # Cancellation safety
+    ///
+    /// Dropping it abandons the request: never written if it was not yet;
+    /// otherwise its late response is dropped.
     #[must_use = "futures do nothing unless polled"]
     pub struct CallFuture {
         #[pin]
         inner: Oneshot<Stack, Bytes>,
+        #[pin]
+        deadline: Sleep,
+        timeout: Duration,
     }
 }
 
 impl fmt::Debug for CallFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CallFuture").finish_non_exhaustive()
+        f.debug_struct("CallFuture")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -214,20 +224,14 @@ impl Future for CallFuture {
     type Output = Result<Bytes, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(ready!(self.project().inner.poll(cx)).map_err(Error::from_boxed))
-    }
-}
-
-impl fmt::Debug for ResponseFuture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl Future for ResponseFuture {
-    type Output = Result<Bytes, Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(ready!(self.project().inner.poll(cx)).map_err(Error::from_boxed))
+        let this = self.project();
+        if let Poll::Ready(result) = this.inner.poll(cx) {
+            return Poll::Ready(result.map_err(Error::from_boxed));
+        }
+        ready!(this.deadline.poll(cx));
+        Poll::Ready(Err(Error::with_source(
+            Kind::Timeout,
+            format!("request deadline of {:?} passed", this.timeout),
+        )))
     }
 }

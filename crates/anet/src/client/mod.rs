@@ -1,7 +1,7 @@
 //! The client side.
 //!
 //! ```text
-//! Client (Clone) ─► timeout ─► retry ─► load shed? ─► concurrency limit?
+//! Client (Clone) ─► deadline ─► retry ─► load shed? ─► rate limit? ─► concurrency limit?
 //!   └─► Balancer: power of two choices over endpoints, load = requests in flight
 //!        └─► per-endpoint pool of multiplexed connections (min..max, backoff,
 //!            failure accrual, probation)
@@ -30,7 +30,7 @@ mod retry;
 pub use backoff::Backoff;
 pub use balance::{Balancer, Endpoints, ResponseFuture as BalanceFuture};
 pub use builder::ClientBuilder;
-pub use client::{CallFuture, Client, ClientStats, ResponseFuture};
+pub use client::{CallFuture, Client, ClientStats};
 pub use connect::{ConnectFuture, Connector};
 pub use connection::{Connection, ConnectionConfig, ConnectionStats};
 pub use discover::{Resolve, ResolveFuture, SystemResolver};
