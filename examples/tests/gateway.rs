@@ -10,6 +10,18 @@ use anet_examples::gateway;
 use bytes::Bytes;
 use tower::service_fn;
 
+/// Serves the gateway on `127.0.0.1:0` in front of `backend`; returns its address.
+async fn serve_gateway(backend: std::net::SocketAddr, timeout: Duration) -> std::net::SocketAddr {
+    let client = Client::builder().endpoint(backend).build();
+    let app = gateway::router(gateway::backend(client.balancer(), timeout, 64));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_bodies_are_forwarded_to_the_anet_backend_and_back() {
     let backend = Server::builder()
@@ -20,17 +32,7 @@ async fn http_bodies_are_forwarded_to_the_anet_backend_and_back() {
     tokio::spawn(backend.serve(service_fn(|req: Request| async move {
         Ok::<_, Infallible>(Bytes::from(req.payload().to_ascii_uppercase()))
     })));
-    let client = Client::builder().endpoint(backend_addr).build();
-    let app = gateway::router(gateway::backend(
-        client.balancer(),
-        Duration::from_secs(2),
-        64,
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve_gateway(backend_addr, Duration::from_secs(2)).await;
 
     for body in ["hello", "payment 42", ""] {
         let (status, reply) = gateway::post_forward(addr, body.as_bytes())
@@ -47,17 +49,7 @@ async fn an_unreachable_backend_is_a_503_not_a_hang() {
         .expect("bind")
         .local_addr()
         .expect("addr");
-    let client = Client::builder().endpoint(closed).build();
-    let app = gateway::router(gateway::backend(
-        client.balancer(),
-        Duration::from_secs(5),
-        64,
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve_gateway(closed, Duration::from_secs(5)).await;
     let (status, _) = tokio::time::timeout(
         Duration::from_secs(4),
         gateway::post_forward(addr, b"anyone?"),

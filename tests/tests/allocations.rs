@@ -2,67 +2,59 @@
 //! thread while a separate thread runs the echo server.
 //!
 //! The target (DESIGN.md §7) is at most 2 allocations per request beyond the
-//! caller's own request bytes; this test uses static payloads, so everything it
-//! counts belongs to anet (plus the test's own loop, which allocates nothing).
+//! caller's own request bytes; these tests use static payloads, so everything they
+//! count belongs to anet (plus the test's own loop, which allocates nothing per
+//! request).
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use anet::client::{Client, ConnectionConfig, Connector};
 use bytes::Bytes;
+use tokio::runtime::Runtime;
 use tower::{Service, ServiceExt};
 
 const WARMUP: usize = 20_000;
 const MEASURED: usize = 50_000;
 const CONCURRENCY: usize = 16;
+const PAYLOAD: &[u8] = b"0123456789abcdef0123456789abcdef";
 
 /// Starts the echo server on its own thread and runtime, so that its allocations
 /// are not counted.
 fn echo_on_own_thread() -> std::net::SocketAddr {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let server_thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
+    std::thread::spawn(move || {
+        current_thread().block_on(async {
             let server = anet_tests::start_echo().await;
             addr_tx.send(server.addr).expect("send addr");
             tokio::time::sleep(Duration::from_secs(60)).await;
         });
     });
-    drop(server_thread);
     addr_rx.recv().expect("server address")
 }
 
-#[test]
-fn connection_path_allocates_at_most_two_times_per_request() {
-    let addr = echo_on_own_thread();
-    let rt = tokio::runtime::Builder::new_current_thread()
+fn current_thread() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime");
-    let conn = rt.block_on(async {
-        Connector::new()
-            .connection_config(ConnectionConfig::new())
-            .connect(addr)
-            .await
-            .expect("connect")
-    });
+        .expect("runtime")
+}
+
+/// Runs `CONCURRENCY` callers of `handle` (each with its own clone) on `rt`, warms
+/// up, then returns the allocations per request over `MEASURED` requests.
+fn allocations_per_request<H, F, Fut>(rt: &Runtime, handle: H, call: F) -> f64
+where
+    H: Clone + Send + 'static,
+    F: Fn(H) -> Fut + Copy + Send + 'static,
+    Fut: Future<Output = H> + Send + 'static,
+{
     let run = |n: usize| {
         rt.block_on(async {
             let mut tasks = Vec::new();
             for _ in 0..CONCURRENCY {
-                let mut conn = conn.clone();
+                let mut h = handle.clone();
                 tasks.push(tokio::spawn(async move {
                     for _ in 0..n / CONCURRENCY {
-                        let response = conn
-                            .ready()
-                            .await
-                            .expect("ready")
-                            .call(Bytes::from_static(b"0123456789abcdef0123456789abcdef"))
-                            .await
-                            .expect("response");
-                        assert_eq!(response.len(), 32);
+                        h = call(h).await;
                     }
                 }));
             }
@@ -73,25 +65,46 @@ fn connection_path_allocates_at_most_two_times_per_request() {
     };
     run(WARMUP);
     let info = allocation_counter::measure(|| run(MEASURED));
-    // The spawns and their join handles of one run are fixed overhead.
-    let per_request = info.count_total as f64 / MEASURED as f64;
-    println!(
-        "client allocations per request: {per_request:.3} ({} over {MEASURED} requests)",
-        info.count_total
-    );
+    info.count_total as f64 / MEASURED as f64
+}
+
+fn assert_within_budget(what: &str, per_request: f64) {
+    println!("{what} allocations per request: {per_request:.3}");
     assert!(
         per_request <= 2.0,
-        "{per_request:.3} allocations per request exceeds the budget of 2"
+        "{what}: {per_request:.3} allocations per request exceeds the budget of 2"
     );
+}
+
+#[test]
+fn connection_path_allocates_at_most_two_times_per_request() {
+    let addr = echo_on_own_thread();
+    let rt = current_thread();
+    let conn = rt.block_on(async {
+        Connector::new()
+            .connection_config(ConnectionConfig::new())
+            .connect(addr)
+            .await
+            .expect("connect")
+    });
+    let per_request = allocations_per_request(&rt, conn, |mut conn| async move {
+        let response = conn
+            .ready()
+            .await
+            .expect("ready")
+            .call(Bytes::from_static(PAYLOAD))
+            .await
+            .expect("response");
+        assert_eq!(response.len(), PAYLOAD.len());
+        conn
+    });
+    assert_within_budget("connection", per_request);
 }
 
 #[test]
 fn full_client_stack_allocates_at_most_two_times_per_request() {
     let addr = echo_on_own_thread();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = current_thread();
     let client = rt.block_on(async {
         let client = Client::builder()
             .endpoint(addr)
@@ -103,35 +116,13 @@ fn full_client_stack_allocates_at_most_two_times_per_request() {
             .expect("connected");
         client
     });
-    let run = |n: usize| {
-        rt.block_on(async {
-            let mut tasks = Vec::new();
-            for _ in 0..CONCURRENCY {
-                let client = client.clone();
-                tasks.push(tokio::spawn(async move {
-                    for _ in 0..n / CONCURRENCY {
-                        let response = client
-                            .call(Bytes::from_static(b"0123456789abcdef0123456789abcdef"))
-                            .await
-                            .expect("response");
-                        assert_eq!(response.len(), 32);
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await.expect("task");
-            }
-        })
-    };
-    run(WARMUP);
-    let info = allocation_counter::measure(|| run(MEASURED));
-    let per_request = info.count_total as f64 / MEASURED as f64;
-    println!(
-        "full stack allocations per request: {per_request:.3} ({} over {MEASURED} requests)",
-        info.count_total
-    );
-    assert!(
-        per_request <= 2.0,
-        "{per_request:.3} allocations per request exceeds the budget of 2"
-    );
+    let per_request = allocations_per_request(&rt, client, |client| async move {
+        let response = client
+            .call(Bytes::from_static(PAYLOAD))
+            .await
+            .expect("response");
+        assert_eq!(response.len(), PAYLOAD.len());
+        client
+    });
+    assert_within_budget("full stack", per_request);
 }

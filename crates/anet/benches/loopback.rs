@@ -29,61 +29,63 @@ use tokio::{
 };
 use tower::{Service, ServiceExt, service_fn};
 
-/// A plain TCP echo: an echoed frame is byte-for-byte the request frame, so this
-/// is the least a server can do.
-fn start_raw_echo() -> SocketAddr {
+/// Runs a server on its own thread with a current-thread runtime; `start` sends
+/// back the address it listens on.
+fn on_own_thread<F, Fut>(start: F) -> SocketAddr
+where
+    F: FnOnce(std::sync::mpsc::Sender<SocketAddr>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            tx.send(listener.local_addr().expect("addr")).expect("send");
-            loop {
-                let (mut stream, _) = listener.accept().await.expect("accept");
-                stream.set_nodelay(true).expect("nodelay");
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => {
-                                if stream.write_all(&buf[..n]).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-        });
+            .expect("runtime")
+            .block_on(start(tx));
     });
     rx.recv().expect("addr")
 }
 
-/// The anet `Server` with an echo service, on its own thread.
-fn start_anet_echo() -> SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let server = Server::builder()
-                .bind("127.0.0.1:0".parse().expect("addr"))
-                .await
-                .expect("bind");
-            tx.send(server.local_addr()).expect("send");
-            let echo = service_fn(|req: Request| async move {
-                Ok::<_, std::convert::Infallible>(req.into_payload())
+/// A plain TCP echo: an echoed frame is byte-for-byte the request frame, so this
+/// is the least a server can do.
+fn start_raw_echo() -> SocketAddr {
+    on_own_thread(|tx| async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        tx.send(listener.local_addr().expect("addr")).expect("send");
+        loop {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            stream.set_nodelay(true).expect("nodelay");
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if stream.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
             });
-            server.serve(echo).await.expect("serve");
+        }
+    })
+}
+
+/// The anet `Server` with an echo service.
+fn start_anet_echo() -> SocketAddr {
+    on_own_thread(|tx| async move {
+        let server = Server::builder()
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        tx.send(server.local_addr()).expect("send");
+        let echo = service_fn(|req: Request| async move {
+            Ok::<_, std::convert::Infallible>(req.into_payload())
         });
-    });
-    rx.recv().expect("addr")
+        server.serve(echo).await.expect("serve");
+    })
 }
 
 fn main() {
