@@ -148,10 +148,17 @@ where
 
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
         let poll = self.poll_work(cx);
+        self.publish();
+        poll
+    }
+
+    /// Adds the batched request and response counts to the shared counters. Called
+    /// before responses are flushed too, so a client never sees a response before
+    /// the server's stats count it.
+    fn publish(&mut self) {
         let counts = std::mem::take(&mut self.unpublished);
         Counters::add(&self.counters.requests, counts.requests);
         Counters::add(&self.counters.responses, counts.responses);
-        poll
     }
 
     fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
@@ -162,6 +169,7 @@ where
             }
             self.poll_calls(cx, &mut progress);
             if self.dirty {
+                self.publish();
                 match Sink::<FrameRef<'static>>::poll_flush(Pin::new(&mut self.framed), cx) {
                     Poll::Ready(Ok(())) => {
                         self.dirty = false;
