@@ -761,3 +761,25 @@ async fn the_deadline_covers_waiting_for_the_concurrency_limit() {
         "queued callers time out: {results:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_client_handle_closes_its_connections() {
+    let server = echo_server(Duration::ZERO, None).await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .connections_per_endpoint(2, 2)
+        .build();
+    let clone = client.clone();
+    client.call(Bytes::from_static(b"hi")).await.expect("ok");
+    assert!(eventually(WAIT, || server.stats.snapshot().connections_open == 2).await);
+    drop(client);
+    // A clone still holds the pools open.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server.stats.snapshot().connections_open, 2);
+    clone.call(Bytes::from_static(b"still")).await.expect("ok");
+    drop(clone);
+    assert!(
+        eventually(WAIT, || server.stats.snapshot().connections_open == 0).await,
+        "connections closed once no handle is left"
+    );
+}

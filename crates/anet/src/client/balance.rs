@@ -201,6 +201,14 @@ impl Registry {
     }
 }
 
+impl Drop for Registry {
+    /// The last handle (client, balancer, endpoints handle or call in flight) is
+    /// gone: stop the pools, so their connections close instead of leaking.
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 /// Where [`Registry::route`] got a request.
 enum Routed {
     /// Sent on a connection of this endpoint.

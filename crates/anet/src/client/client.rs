@@ -43,7 +43,9 @@ pub(crate) fn into_box(error: Error) -> BoxError {
 /// `Clone` is cheap (a few reference counts) and every clone shares the same
 /// pools, so keep one in your app state and clone it into tasks. There is no
 /// worker task between the caller and the connection: routing happens in the
-/// caller's task.
+/// caller's task. When the last handle (clients, balancers, endpoint handles and
+/// calls in flight) is dropped, the client closes as if [`close`](Client::close)
+/// had been called.
 ///
 /// ```
 /// use anet::{client::Client, server::{Request, Server}};
