@@ -299,27 +299,11 @@ pin_project! {
             signalled: bool,
         },
         Call {
-            guard: InFlight,
+            // Where the request went, to count its failure.
+            endpoint: Arc<Endpoint>,
             #[pin]
             future: ConnectionFuture,
         },
-    }
-}
-
-/// Counts a request against its endpoint's load until it finishes or is dropped.
-#[derive(Debug)]
-struct InFlight(Arc<Endpoint>);
-
-impl InFlight {
-    fn new(endpoint: Arc<Endpoint>) -> InFlight {
-        endpoint.in_flight.fetch_add(1, Relaxed);
-        InFlight(endpoint)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Relaxed);
     }
 }
 
@@ -334,39 +318,49 @@ impl Future for ResponseFuture {
                     if this.registry.is_closed() {
                         return Poll::Ready(Err(Error::new(Kind::Closed).unsent()));
                     }
-                    // Register for endpoint changes before looking, so a change
-                    // between the look and the wait is not missed.
-                    let notified = this.registry.pool.changed.clone().notified_owned();
-                    let request = this.request.take().expect("request taken once");
-                    match this.registry.route(request) {
-                        Routed::Sent(endpoint, future) => {
-                            let guard = InFlight::new(endpoint);
-                            this.state.set(State::Call { guard, future });
+                    let mut request = this.request.take().expect("request taken once");
+                    let mut notified = None;
+                    loop {
+                        match this.registry.route(request) {
+                            Routed::Sent(endpoint, future) => {
+                                this.state.set(State::Call { endpoint, future });
+                            }
+                            Routed::Full(back, endpoint, conn) => {
+                                *this.request = Some(back);
+                                this.state.set(State::Ready {
+                                    endpoint,
+                                    conn,
+                                    signalled: false,
+                                });
+                            }
+                            Routed::Nowhere(_, false) => {
+                                return Poll::Ready(Err(Error::with_source(
+                                    Kind::Unavailable,
+                                    "no endpoint is up",
+                                )));
+                            }
+                            Routed::Nowhere(back, true) => match notified.take() {
+                                // Register for endpoint changes, then look once
+                                // more, so a change in between is not missed.
+                                None => {
+                                    notified =
+                                        Some(this.registry.pool.changed.clone().notified_owned());
+                                    request = back;
+                                    continue;
+                                }
+                                Some(notified) => {
+                                    *this.request = Some(back);
+                                    let deadline = *this.wait_until.get_or_insert_with(|| {
+                                        Instant::now() + this.registry.pending_wait
+                                    });
+                                    this.state.set(State::WaitUp {
+                                        notified,
+                                        sleep: tokio::time::sleep_until(deadline),
+                                    });
+                                }
+                            },
                         }
-                        Routed::Full(request, endpoint, conn) => {
-                            *this.request = Some(request);
-                            this.state.set(State::Ready {
-                                endpoint,
-                                conn,
-                                signalled: false,
-                            });
-                        }
-                        Routed::Nowhere(_, false) => {
-                            return Poll::Ready(Err(Error::with_source(
-                                Kind::Unavailable,
-                                "no endpoint is up",
-                            )));
-                        }
-                        Routed::Nowhere(request, true) => {
-                            *this.request = Some(request);
-                            let deadline = *this
-                                .wait_until
-                                .get_or_insert_with(|| Instant::now() + this.registry.pending_wait);
-                            this.state.set(State::WaitUp {
-                                notified,
-                                sleep: tokio::time::sleep_until(deadline),
-                            });
-                        }
+                        break;
                     }
                 }
                 StateProj::WaitUp { notified, sleep } => {
@@ -388,8 +382,8 @@ impl Future for ResponseFuture {
                     Poll::Ready(Ok(())) => {
                         let request = this.request.take().expect("request taken once");
                         let future = conn.call(request);
-                        let guard = InFlight::new(endpoint.clone());
-                        this.state.set(State::Call { guard, future });
+                        let endpoint = endpoint.clone();
+                        this.state.set(State::Call { endpoint, future });
                     }
                     Poll::Ready(Err(error)) => {
                         endpoint.signal_broken();
@@ -407,9 +401,9 @@ impl Future for ResponseFuture {
                         return Poll::Pending;
                     }
                 },
-                StateProj::Call { guard, future } => {
+                StateProj::Call { endpoint, future } => {
                     let result = ready!(future.poll(cx));
-                    guard.0.record(&result);
+                    endpoint.record(&result);
                     return Poll::Ready(result);
                 }
             }

@@ -2,14 +2,14 @@
 //!
 //! Each endpoint has a maintenance task that owns the decisions (dial, replace,
 //! back off, mark down, probation) and publishes a few atomics that the balancer
-//! reads on the request path (`up`, `pending`, `in_flight`) plus the list of live
-//! connections behind a read-mostly lock.
+//! reads on the request path (`up`, `pending`) plus the list of live connections
+//! behind a read-mostly lock (whose windows give the endpoint's load).
 
 use std::{
     net::SocketAddr,
     sync::{
         Arc, RwLock,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -77,8 +77,6 @@ pub(crate) struct Endpoint {
     demand: AtomicBool,
     /// Wakes the maintenance task (demand, a broken connection, removal).
     wake: Notify,
-    /// Requests dispatched and not yet finished.
-    pub(crate) in_flight: AtomicUsize,
     /// Requests written on connections that have since closed (live ones report
     /// their own count).
     retired_written: AtomicU64,
@@ -97,7 +95,6 @@ impl Endpoint {
             removed: AtomicBool::new(false),
             demand: AtomicBool::new(false),
             wake: Notify::new(),
-            in_flight: AtomicUsize::new(0),
             retired_written: AtomicU64::new(0),
             errors: Default::default(),
             reconnects: AtomicU64::new(0),
@@ -113,8 +110,11 @@ impl Endpoint {
         self.pending.load(Relaxed)
     }
 
+    /// Window slots in use over its live connections: requests in flight and
+    /// tags still quarantined (a slow backend keeps them longer).
     pub(crate) fn load(&self) -> usize {
-        self.in_flight.load(Relaxed)
+        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        conns.iter().map(tower::load::Load::load).sum()
     }
 
     /// Sends on the live connection with the fewest requests in flight, if it
@@ -176,7 +176,7 @@ impl Endpoint {
             addr: self.addr,
             up: self.is_up(),
             connections: conns.iter().filter(|c| !c.is_closed()).count(),
-            in_flight: self.load(),
+            in_flight: conns.iter().map(tower::load::Load::load).sum(),
             requests: self.retired_written.load(Relaxed)
                 + conns.iter().map(|c| c.stats().written).sum::<u64>(),
             errors: ErrorCounts(std::array::from_fn(|i| self.errors[i].load(Relaxed))),
@@ -257,7 +257,8 @@ pub struct EndpointStats {
     pub up: bool,
     /// Live connections.
     pub connections: usize,
-    /// Requests dispatched to it and not finished.
+    /// Window slots in use on its connections: requests in flight, plus tags
+    /// quarantined after their callers gave up.
     pub in_flight: usize,
     /// Requests written to its connections.
     pub requests: u64,
