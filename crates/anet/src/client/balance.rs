@@ -151,7 +151,7 @@ impl Registry {
             };
             let (first, second) = (&endpoints[a], &endpoints[b]);
             let ordered = match (first.is_up(), second.is_up()) {
-                (true, true) if second.load() < first.load() => [second, first],
+                (true, true) if a != b && second.load() < first.load() => [second, first],
                 _ => [first, second],
             };
             let mut full = None;
