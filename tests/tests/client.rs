@@ -783,3 +783,62 @@ async fn dropping_the_last_client_handle_closes_its_connections() {
         "connections closed once no handle is left"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_stuck_behind_a_server_that_never_reads_end_at_their_deadline() {
+    // Accepts and never reads: once the socket buffers fill, writes block and
+    // requests queue inside the connection, unwritten.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (hold_tx, mut hold_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = hold_tx.send(stream);
+        }
+    });
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some(stream) = hold_rx.recv().await {
+            held.push(stream);
+        }
+    });
+    let client = Client::builder()
+        .endpoint(addr)
+        .connections_per_endpoint(1, 1)
+        .request_timeout(Duration::from_millis(300))
+        .retry(RetryPolicy::new(0))
+        .build();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..150u8 {
+        let client = client.clone();
+        calls.spawn(async move {
+            let started = tokio::time::Instant::now();
+            let result = client.call(Bytes::from(vec![i; 60_000])).await;
+            (
+                started.elapsed(),
+                result.map_err(|e| (e.kind(), e.is_unsent())),
+            )
+        });
+    }
+    let results = tokio::time::timeout(WAIT, calls.join_all())
+        .await
+        .expect("no call hangs");
+    let mut unsent = 0;
+    for (elapsed, result) in &results {
+        assert!(
+            *elapsed < Duration::from_millis(1500),
+            "{elapsed:?} {result:?}"
+        );
+        let Err((kind, was_unsent)) = result else {
+            panic!("nothing can be answered: {result:?}");
+        };
+        assert_eq!(*kind, Kind::Timeout);
+        unsent += usize::from(*was_unsent);
+    }
+    assert!(
+        unsent > 0,
+        "requests queued behind the blocked write were never written"
+    );
+}

@@ -32,6 +32,7 @@ use tracing::Instrument;
 use super::{
     Connection,
     connection::ResponseFuture as ConnectionFuture,
+    deadline,
     pool::{Endpoint, EndpointStats, PoolContext, maintain},
 };
 use crate::{Error, Kind};
@@ -297,6 +298,8 @@ pin_project! {
             endpoint: Arc<Endpoint>,
             conn: Connection,
             signalled: bool,
+            // Armed when the wait for room starts, to the call's deadline.
+            deadline: Option<Pin<Box<Sleep>>>,
         },
         Call {
             // Where the request went, to count its failure.
@@ -331,6 +334,7 @@ impl Future for ResponseFuture {
                                     endpoint,
                                     conn,
                                     signalled: false,
+                                    deadline: None,
                                 });
                             }
                             Routed::Nowhere(_, false) => {
@@ -350,9 +354,12 @@ impl Future for ResponseFuture {
                                 }
                                 Some(notified) => {
                                     *this.request = Some(back);
-                                    let deadline = *this.wait_until.get_or_insert_with(|| {
+                                    let mut deadline = *this.wait_until.get_or_insert_with(|| {
                                         Instant::now() + this.registry.pending_wait
                                     });
+                                    if let Some(call) = deadline::current() {
+                                        deadline = deadline.min(call);
+                                    }
                                     this.state.set(State::WaitUp {
                                         notified,
                                         sleep: tokio::time::sleep_until(deadline),
@@ -369,6 +376,13 @@ impl Future for ResponseFuture {
                         continue;
                     }
                     ready!(sleep.poll(cx));
+                    if deadline::current().is_some_and(|d| d <= Instant::now()) {
+                        return Poll::Ready(Err(Error::with_source(
+                            Kind::Timeout,
+                            "request deadline passed waiting for an endpoint",
+                        )
+                        .unsent()));
+                    }
                     return Poll::Ready(Err(Error::with_source(
                         Kind::Unavailable,
                         "no endpoint connected within the connect timeout",
@@ -378,6 +392,7 @@ impl Future for ResponseFuture {
                     endpoint,
                     conn,
                     signalled,
+                    deadline: timer,
                 } => match conn.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
                         let request = this.request.take().expect("request taken once");
@@ -397,6 +412,19 @@ impl Future for ResponseFuture {
                         if !*signalled {
                             *signalled = true;
                             endpoint.signal_demand();
+                        }
+                        if timer.is_none() {
+                            *timer =
+                                deadline::current().map(|d| Box::pin(tokio::time::sleep_until(d)));
+                        }
+                        if let Some(sleep) = timer {
+                            if sleep.as_mut().poll(cx).is_ready() {
+                                return Poll::Ready(Err(Error::with_source(
+                                    Kind::Timeout,
+                                    "request deadline passed waiting for room on a connection",
+                                )
+                                .unsent()));
+                            }
                         }
                         return Poll::Pending;
                     }

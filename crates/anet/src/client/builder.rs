@@ -339,6 +339,7 @@ impl ClientBuilder {
             Client {
                 stack,
                 timeout: self.request_timeout,
+                limited: self.concurrency_limit.is_some() || self.rate_limit.is_some(),
                 registry: registry.clone(),
             },
             registry,

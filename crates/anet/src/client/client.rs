@@ -12,7 +12,7 @@ use std::{
 
 use bytes::Bytes;
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower::{
     Service, ServiceExt,
     limit::ConcurrencyLimit,
@@ -23,6 +23,7 @@ use tower::{
 
 use super::{
     Balancer, ClientBuilder, EndpointStats, Endpoints, RateLimit, RetryPolicy, balance::Registry,
+    deadline,
 };
 use crate::{BoxError, Error, Kind};
 
@@ -72,6 +73,8 @@ pub struct Client {
     pub(crate) stack: Stack,
     /// The deadline of each request, over its whole path.
     pub(crate) timeout: Duration,
+    /// A concurrency or rate limit is configured.
+    pub(crate) limited: bool,
     pub(crate) registry: Arc<Registry>,
 }
 
@@ -103,9 +106,13 @@ impl Client {
     /// Dropping the future abandons the request: never written if it was not yet;
     /// otherwise its late response is dropped.
     pub fn call(&self, request: Bytes) -> CallFuture {
+        let deadline = Instant::now() + self.timeout;
         CallFuture {
             inner: self.stack.clone().oneshot(request),
-            deadline: tokio::time::sleep(self.timeout),
+            // Limits wait in `poll_ready`, where no lower layer sees the deadline:
+            // only then does the call need a timer of its own.
+            timer: self.limited.then(|| tokio::time::sleep_until(deadline)),
+            deadline,
             timeout: self.timeout,
         }
     }
@@ -200,6 +207,11 @@ pin_project! {
     /// The future of a [`Client`] call: waits for the limits, routes, sends and
     /// awaits the response, all under the request's deadline.
     ///
+    /// The deadline is enforced where the request waits: by the balancer while it
+    /// waits for an endpoint or for room, by the connection's driver once queued or
+    /// written (so the common path registers no timer per request), and by a timer
+    /// of the call's own only when a concurrency or rate limit is configured.
+    ///
     /// # Cancellation safety
     ///
     /// Dropping it abandons the request: never written if it was not yet;
@@ -209,7 +221,8 @@ pin_project! {
         #[pin]
         inner: Oneshot<Stack, Bytes>,
         #[pin]
-        deadline: Sleep,
+        timer: Option<Sleep>,
+        deadline: Instant,
         timeout: Duration,
     }
 }
@@ -227,13 +240,17 @@ impl Future for CallFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Poll::Ready(result) = this.inner.poll(cx) {
+        let inner = this.inner;
+        if let Poll::Ready(result) = deadline::scope(*this.deadline, || inner.poll(cx)) {
             return Poll::Ready(result.map_err(Error::from_boxed));
         }
-        ready!(this.deadline.poll(cx));
-        Poll::Ready(Err(Error::with_source(
-            Kind::Timeout,
-            format!("request deadline of {:?} passed", this.timeout),
-        )))
+        if let Some(timer) = this.timer.as_pin_mut() {
+            ready!(timer.poll(cx));
+            return Poll::Ready(Err(Error::with_source(
+                Kind::Timeout,
+                format!("request deadline of {:?} passed", this.timeout),
+            )));
+        }
+        Poll::Pending
     }
 }

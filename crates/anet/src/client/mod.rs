@@ -21,6 +21,7 @@ mod builder;
 mod client;
 mod connect;
 pub mod connection;
+mod deadline;
 mod dial;
 mod discover;
 mod pool;

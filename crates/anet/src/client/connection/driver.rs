@@ -6,6 +6,7 @@
 //! timers (abandoned-request sweep, quarantine, close grace).
 
 use std::{
+    collections::VecDeque,
     future::Future,
     pin::Pin,
     sync::{Arc, atomic::Ordering::Relaxed},
@@ -48,6 +49,9 @@ pub(super) struct Request {
     pub(super) reply: Reply,
     /// The window slot `poll_ready` reserved; it moves into the table.
     pub(super) permit: OwnedSemaphorePermit,
+    /// The deadline of the client call that sent it, if any: past it the request
+    /// is not written, and once written it fails with a timeout.
+    pub(super) deadline: Option<Instant>,
 }
 
 /// Why the driver loop ended.
@@ -99,6 +103,14 @@ pub(super) struct Driver<T> {
     /// When the incomplete frame at the end of the read buffer started (reset
     /// whenever a frame completes).
     partial_since: Option<Instant>,
+    /// Requests taken out of the channel while writes were blocked, so that their
+    /// deadlines are seen; written before the channel's next ones.
+    backlog: VecDeque<Request>,
+    /// The earliest deadline among the backlog and the waiting requests (may be
+    /// earlier than the true one; the check then finds nothing and moves it on).
+    earliest: Option<Instant>,
+    /// The clock read once per pass, when a deadline needs it.
+    now: Option<Instant>,
     /// The write buffer holds frames not yet flushed.
     dirty: bool,
     counts: LocalCounts,
@@ -147,6 +159,9 @@ where
             drain: None,
             read_timeout: config.read_timeout,
             partial_since: None,
+            backlog: VecDeque::new(),
+            earliest: None,
+            now: None,
             dirty: false,
             counts: LocalCounts::default(),
         }
@@ -160,6 +175,7 @@ where
     }
 
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
+        self.now = None;
         loop {
             let mut progress = false;
             if let Err(exit) = self.poll_intake(cx, &mut progress) {
@@ -179,7 +195,12 @@ where
             if let Some(exit) = self.poll_timer(cx) {
                 return Poll::Ready(exit);
             }
-            if self.drain.is_some() && !self.rx_open && self.table.waiting() == 0 && !self.dirty {
+            if self.drain.is_some()
+                && !self.rx_open
+                && self.backlog.is_empty()
+                && self.table.waiting() == 0
+                && !self.dirty
+            {
                 return Poll::Ready(Exit::Drained);
             }
             if !progress {
@@ -192,13 +213,18 @@ where
     /// Takes queued requests and encodes them until the queue is empty or the write
     /// buffer is full and cannot be flushed yet.
     fn poll_intake(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Result<(), Exit> {
-        while self.rx_open {
+        while self.rx_open || !self.backlog.is_empty() {
             if self.framed.write_buffer().len() >= self.write_limit {
                 match self.poll_flush(cx) {
                     Poll::Ready(Ok(())) => self.dirty = false,
                     Poll::Ready(Err(e)) => return Err(Exit::Failed(lost(e))),
                     Poll::Pending => return Ok(()),
                 }
+            }
+            if let Some(request) = self.backlog.pop_front() {
+                *progress = true;
+                self.write_request(request);
+                continue;
             }
             let message = match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(message)) => message,
@@ -219,11 +245,16 @@ where
         Ok(())
     }
 
+    fn clock(&mut self) -> Instant {
+        *self.now.get_or_insert_with(Instant::now)
+    }
+
     fn write_request(&mut self, request: Request) {
         let Request {
             payload,
             reply,
             permit,
+            deadline,
         } = request;
         if self.drain.as_ref().is_some_and(|d| !d.write_queued) {
             let _ = reply.send(Err(not_sent(&self.shared)));
@@ -235,7 +266,15 @@ where
             self.counts.abandoned_unwritten += 1;
             return;
         }
-        let id = match self.table.insert(reply) {
+        if let Some(deadline) = deadline {
+            if deadline <= self.clock() {
+                // Its deadline passed while it queued: never written.
+                let _ = reply.send(Err(overdue(true)));
+                return;
+            }
+            self.earliest = Some(self.earliest.map_or(deadline, |e| e.min(deadline)));
+        }
+        let id = match self.table.insert(reply, deadline) {
             Ok(id) => {
                 // The slot now holds this window permit; the driver returns it
                 // (in a batch) when the slot is freed.
@@ -344,6 +383,7 @@ where
                 self.quarantine_ends,
                 self.drain.as_ref().map(|d| d.deadline),
                 stall,
+                self.earliest,
             ]
             .into_iter()
             .flatten()
@@ -371,9 +411,53 @@ where
             if self.next_sweep.is_some_and(|t| t <= now) {
                 self.sweep(now);
             }
+            if self.earliest.is_some_and(|t| t <= now) {
+                self.expire_deadlines(now);
+            }
             self.quarantine_ends = self.table.expire_quarantine(now);
             self.return_permits();
         }
+    }
+
+    /// Fails the requests whose deadline has passed: those still queued (taken out
+    /// of the channel first, in case writes are blocked) are never written; written
+    /// ones fail with a timeout and their tags are quarantined.
+    fn expire_deadlines(&mut self, now: Instant) {
+        while let Ok(message) = self.rx.try_recv() {
+            match message {
+                Message::Request(request) => self.backlog.push_back(request),
+                Message::Close => self.begin_drain(true, Error::new(Kind::Closed)),
+            }
+        }
+        let mut earliest: Option<Instant> = None;
+        let mut kept = VecDeque::with_capacity(self.backlog.len());
+        for request in self.backlog.drain(..) {
+            match request.deadline {
+                _ if request.reply.is_closed() => self.counts.abandoned_unwritten += 1,
+                Some(deadline) if deadline <= now => {
+                    let _ = request.reply.send(Err(overdue(true)));
+                }
+                deadline => {
+                    if let Some(d) = deadline {
+                        earliest = Some(earliest.map_or(d, |e| e.min(d)));
+                    }
+                    kept.push_back(request);
+                }
+            }
+        }
+        self.backlog = kept;
+        let mut expired = Vec::new();
+        let waiting = self
+            .table
+            .expire_deadlines(now, now + self.quarantine, &mut expired);
+        for reply in expired {
+            let _ = reply.send(Err(overdue(false)));
+        }
+        self.earliest = match (earliest, waiting) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.quarantine_ends = self.table.expire_quarantine(now);
     }
 
     /// Moves requests whose callers gave up into quarantine; declares the connection
@@ -463,6 +547,9 @@ where
         }
         self.return_permits();
         self.rx.close();
+        for request in std::mem::take(&mut self.backlog) {
+            let _ = request.reply.send(Err(not_sent(&self.shared)));
+        }
         while let Ok(message) = self.rx.try_recv() {
             if let Message::Request(request) = message {
                 let _ = request.reply.send(Err(not_sent(&self.shared)));
@@ -471,6 +558,13 @@ where
         self.publish();
         self.shared.mark_done();
     }
+}
+
+/// The error of a request whose call deadline passed in the connection:
+/// `unwritten` when it was never written.
+fn overdue(unwritten: bool) -> Error {
+    let error = Error::with_source(Kind::Timeout, "request deadline passed");
+    if unwritten { error.unsent() } else { error }
 }
 
 fn lost(e: FrameError) -> Error {

@@ -181,6 +181,7 @@ impl Connection {
             payload,
             reply,
             permit,
+            deadline: crate::client::deadline::current(),
         };
         match self.tx.send(Message::Request(request)) {
             Ok(()) => ResponseFuture::waiting(rx),

@@ -51,8 +51,8 @@ struct Slot {
 #[derive(Debug)]
 enum State {
     Free,
-    /// Written; the caller awaits the response.
-    Waiting(Reply),
+    /// Written; the caller awaits the response until its deadline, if any.
+    Waiting(Reply, Option<Instant>),
     /// The caller gave up; the tag stays reserved (holding its window slot) until
     /// the late response arrives or the quarantine ends.
     Quarantined,
@@ -112,12 +112,12 @@ impl Table {
     /// Reserves a slot for a request and returns its id (to encode as the tag), or
     /// gives the reply back when no slot is free. The slot holds one window
     /// permit until it is freed (see [`take_released`](Self::take_released)).
-    pub(crate) fn insert(&mut self, reply: Reply) -> Result<u64, Reply> {
+    pub(crate) fn insert(&mut self, reply: Reply, deadline: Option<Instant>) -> Result<u64, Reply> {
         let Some(index) = self.free.pop_front() else {
             return Err(reply);
         };
         let slot = &mut self.slots[index as usize];
-        slot.state = State::Waiting(reply);
+        slot.state = State::Waiting(reply, deadline);
         self.waiting += 1;
         Ok(slot.generation << self.bits | u64::from(index))
     }
@@ -140,7 +140,7 @@ impl Table {
         }
         let matched = match std::mem::replace(&mut slot.state, State::Free) {
             State::Free => return Matched::Unknown,
-            State::Waiting(reply) => {
+            State::Waiting(reply, _) => {
                 self.waiting -= 1;
                 Matched::Waiting(reply)
             }
@@ -158,7 +158,7 @@ impl Table {
     pub(crate) fn quarantine_abandoned(&mut self, until: Instant) -> usize {
         let mut moved = 0;
         for (index, slot) in self.slots.iter_mut().enumerate() {
-            let abandoned = matches!(&slot.state, State::Waiting(reply) if reply.is_closed());
+            let abandoned = matches!(&slot.state, State::Waiting(reply, _) if reply.is_closed());
             if abandoned {
                 slot.state = State::Quarantined;
                 self.quarantine
@@ -169,6 +169,37 @@ impl Table {
         self.waiting -= moved;
         self.quarantined += moved;
         moved
+    }
+
+    /// Takes the replies of waiting requests whose deadline is at or before `now`
+    /// (to fail them with a timeout) and quarantines their tags until `until`,
+    /// since their responses may still come. Returns the earliest deadline left.
+    pub(crate) fn expire_deadlines(
+        &mut self,
+        now: Instant,
+        until: Instant,
+        expired: &mut Vec<Reply>,
+    ) -> Option<Instant> {
+        let mut earliest: Option<Instant> = None;
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let State::Waiting(_, Some(deadline)) = &slot.state else {
+                continue;
+            };
+            let deadline = *deadline;
+            if deadline > now {
+                earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+                continue;
+            }
+            if let State::Waiting(reply, _) = std::mem::replace(&mut slot.state, State::Quarantined)
+            {
+                expired.push(reply);
+            }
+            self.quarantine
+                .push_back((until, index as u32, slot.generation));
+            self.waiting -= 1;
+            self.quarantined += 1;
+        }
+        earliest
     }
 
     /// Frees quarantined slots whose quarantine ended at or before `now`; returns
@@ -197,7 +228,7 @@ impl Table {
         for (index, slot) in self.slots.iter_mut().enumerate() {
             match std::mem::replace(&mut slot.state, State::Free) {
                 State::Free => continue,
-                State::Waiting(reply) => replies.push(reply),
+                State::Waiting(reply, _) => replies.push(reply),
                 State::Quarantined => {}
             }
             self.released += 1;
@@ -236,20 +267,20 @@ mod tests {
     use super::*;
 
     fn insert(table: &mut Table) -> u64 {
-        table.insert(oneshot::channel().0).expect("free slot")
+        table.insert(oneshot::channel().0, None).expect("free slot")
     }
 
     #[test]
     fn response_after_reuse_is_not_delivered_to_new_occupant() {
         let mut table = Table::new(1, 1 << 32);
         let (tx, rx) = oneshot::channel();
-        let old = table.insert(tx).unwrap();
+        let old = table.insert(tx, None).unwrap();
         drop(rx);
         let now = Instant::now();
         assert_eq!(table.quarantine_abandoned(now), 1);
         assert_eq!(table.expire_quarantine(now), None);
         let (tx, _rx) = oneshot::channel();
-        let new = table.insert(tx).unwrap();
+        let new = table.insert(tx, None).unwrap();
         // Same slot (the only one), next generation.
         assert_eq!(new, old + 1);
         assert!(matches!(table.take(old), Matched::Unknown));
@@ -269,7 +300,7 @@ mod tests {
         assert_eq!(insert(&mut table), 3);
         assert_eq!(insert(&mut table), 4 + 1);
         assert_eq!(insert(&mut table), 4);
-        assert!(table.insert(oneshot::channel().0).is_err());
+        assert!(table.insert(oneshot::channel().0, None).is_err());
     }
 
     #[test]
@@ -287,7 +318,7 @@ mod tests {
     fn quarantine_holds_the_window_slot_until_it_ends() {
         let mut table = Table::new(1, 100);
         let (tx, rx) = oneshot::channel();
-        table.insert(tx).unwrap();
+        table.insert(tx, None).unwrap();
         drop(rx);
         let start = Instant::now();
         let until = start + std::time::Duration::from_secs(1);
@@ -298,6 +329,25 @@ mod tests {
         assert_eq!(table.expire_quarantine(until), None);
         assert_eq!(table.take_released(), 1);
         assert_eq!(table.quarantined(), 0);
+    }
+
+    #[test]
+    fn overdue_requests_are_taken_and_quarantined() {
+        let mut table = Table::new(4, 1 << 32);
+        let now = Instant::now();
+        let soon = now + std::time::Duration::from_millis(10);
+        let later = now + std::time::Duration::from_secs(1);
+        let overdue = table.insert(oneshot::channel().0, Some(now)).unwrap();
+        let _pending = table.insert(oneshot::channel().0, Some(later)).unwrap();
+        let _none = table.insert(oneshot::channel().0, None).unwrap();
+        let mut expired = Vec::new();
+        let earliest = table.expire_deadlines(now, soon, &mut expired);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(earliest, Some(later));
+        assert_eq!(table.waiting(), 2);
+        assert_eq!(table.quarantined(), 1);
+        // Its late response is dropped, not delivered.
+        assert!(matches!(table.take(overdue), Matched::Late));
     }
 
     #[test]
