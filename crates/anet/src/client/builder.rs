@@ -6,7 +6,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tower::{
     BoxError as TowerBoxError, Service, ServiceBuilder, discover::Discover,
-    limit::ConcurrencyLimitLayer, load_shed::LoadShedLayer, retry::RetryLayer,
+    limit::ConcurrencyLimitLayer, load_shed::LoadShedLayer,
 };
 
 use super::{
@@ -322,11 +322,12 @@ impl ClientBuilder {
         let balancer = Balancer {
             registry: registry.clone(),
         };
-        // The deadline is not tower's `Timeout` layer: that covers only the
-        // response future, not the wait for a limit's permit in `poll_ready`. The
-        // client's call future applies it over readiness and response alike.
+        // The deadline and the retries are done by the client's call future, not
+        // by tower's `Timeout` and `Retry` layers: `Timeout` covers only the
+        // response future (not a limit's wait in `poll_ready`), and `Retry` clones
+        // the whole service per call; the call future needs one copy and no timer
+        // on its fast path.
         let stack = ServiceBuilder::new()
-            .layer(RetryLayer::new(self.retry))
             .option_layer(self.load_shed.then(LoadShedLayer::new))
             .option_layer(
                 self.rate_limit
@@ -340,6 +341,7 @@ impl ClientBuilder {
                 stack,
                 timeout: self.request_timeout,
                 limited: self.concurrency_limit.is_some() || self.rate_limit.is_some(),
+                retry: self.retry,
                 registry: registry.clone(),
             },
             registry,

@@ -14,11 +14,10 @@ use bytes::Bytes;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::{
-    Service, ServiceExt,
+    Service,
     limit::ConcurrencyLimit,
     load_shed::LoadShed,
-    retry::Retry,
-    util::{Either, MapErr, Oneshot},
+    util::{Either, MapErr},
 };
 
 use super::{
@@ -30,9 +29,9 @@ use crate::{BoxError, Error, Kind};
 type Base = MapErr<Balancer, fn(Error) -> BoxError>;
 type Limited = Either<ConcurrencyLimit<Base>, Base>;
 type Rated = Either<RateLimit<Limited>, Limited>;
-type Shed = Either<LoadShed<Rated>, Rated>;
-/// The concrete layer stack: no boxing per request.
-pub(crate) type Stack = Retry<RetryPolicy, Shed>;
+/// The concrete layer stack under the call future (which does the deadline and
+/// the retries itself): no boxing per request.
+pub(crate) type Stack = Either<LoadShed<Rated>, Rated>;
 
 pub(crate) fn into_box(error: Error) -> BoxError {
     Box::new(error)
@@ -75,6 +74,8 @@ pub struct Client {
     pub(crate) timeout: Duration,
     /// A concurrency or rate limit is configured.
     pub(crate) limited: bool,
+    /// Which failures are retried, how often, within which budget.
+    pub(crate) retry: RetryPolicy,
     pub(crate) registry: Arc<Registry>,
 }
 
@@ -108,7 +109,11 @@ impl Client {
     pub fn call(&self, request: Bytes) -> CallFuture {
         let deadline = Instant::now() + self.timeout;
         CallFuture {
-            inner: self.stack.clone().oneshot(request),
+            stack: self.stack.clone(),
+            request,
+            retries_left: self.retry.max_retries(),
+            retry: self.retry.clone(),
+            state: CallState::Ready,
             // Limits wait in `poll_ready`, where no lower layer sees the deadline:
             // only then does the call need a timer of its own.
             timer: self.limited.then(|| tokio::time::sleep_until(deadline)),
@@ -205,7 +210,8 @@ impl Service<Bytes> for Client {
 
 pin_project! {
     /// The future of a [`Client`] call: waits for the limits, routes, sends and
-    /// awaits the response, all under the request's deadline.
+    /// awaits the response, retrying what the policy allows, all under the
+    /// request's deadline.
     ///
     /// The deadline is enforced where the request waits: by the balancer while it
     /// waits for an endpoint or for room, by the connection's driver once queued or
@@ -218,12 +224,26 @@ pin_project! {
     /// otherwise its late response is dropped.
     #[must_use = "futures do nothing unless polled"]
     pub struct CallFuture {
+        // This call's own copy of the layers, reused by its retries.
+        stack: Stack,
+        // Kept for retries (a reference count, not a copy).
+        request: Bytes,
+        retries_left: usize,
+        retry: RetryPolicy,
         #[pin]
-        inner: Oneshot<Stack, Bytes>,
+        state: CallState,
         #[pin]
         timer: Option<Sleep>,
         deadline: Instant,
         timeout: Duration,
+    }
+}
+
+pin_project! {
+    #[project = CallStateProj]
+    enum CallState {
+        Ready,
+        Waiting { #[pin] future: <Stack as Service<Bytes>>::Future },
     }
 }
 
@@ -239,10 +259,39 @@ impl Future for CallFuture {
     type Output = Result<Bytes, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let inner = this.inner;
-        if let Poll::Ready(result) = deadline::scope(*this.deadline, || inner.poll(cx)) {
-            return Poll::Ready(result.map_err(Error::from_boxed));
+        let mut this = self.project();
+        let deadline = *this.deadline;
+        let polled = deadline::scope(deadline, || {
+            loop {
+                match this.state.as_mut().project() {
+                    CallStateProj::Ready => {
+                        if let Err(e) = ready!(this.stack.poll_ready(cx)) {
+                            return Poll::Ready(Err(Error::from_boxed(e)));
+                        }
+                        let future = this.stack.call(this.request.clone());
+                        this.state.set(CallState::Waiting { future });
+                    }
+                    CallStateProj::Waiting { future } => match ready!(future.poll(cx)) {
+                        Ok(response) => {
+                            this.retry.deposit();
+                            return Poll::Ready(Ok(response));
+                        }
+                        Err(e) => {
+                            let e = Error::from_boxed(e);
+                            if *this.retries_left > 0 && this.retry.allows(&e) {
+                                *this.retries_left -= 1;
+                                tracing::debug!(error = %e, left = *this.retries_left, "retrying request");
+                                this.state.set(CallState::Ready);
+                                continue;
+                            }
+                            return Poll::Ready(Err(e));
+                        }
+                    },
+                }
+            }
+        });
+        if let Poll::Ready(result) = polled {
+            return Poll::Ready(result);
         }
         if let Some(timer) = this.timer.as_pin_mut() {
             ready!(timer.poll(cx));

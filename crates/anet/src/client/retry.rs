@@ -88,6 +88,21 @@ impl RetryPolicy {
         self
     }
 
+    /// How many retries a request may have.
+    pub(crate) fn max_retries(&self) -> usize {
+        self.attempts_left
+    }
+
+    /// Counts a success for the budget.
+    pub(crate) fn deposit(&self) {
+        self.budget.deposit();
+    }
+
+    /// Whether `error` may be retried now: retryable, and the budget allows.
+    pub(crate) fn allows(&self, error: &Error) -> bool {
+        self.is_retryable(error) && self.budget.withdraw()
+    }
+
     /// Whether a request failing with `error` should be retried by this policy
     /// (attempts and budget aside).
     pub fn is_retryable(&self, error: &Error) -> bool {
