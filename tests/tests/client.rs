@@ -842,3 +842,57 @@ async fn requests_stuck_behind_a_server_that_never_reads_end_at_their_deadline()
         "requests queued behind the blocked write were never written"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_timed_out_by_the_connection_give_their_capacity_back_after_quarantine() {
+    let server = start_scripted(|_, _| Action::Ignore).await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .connections_per_endpoint(1, 1)
+        .connection(
+            ConnectionConfig::new()
+                .max_in_flight(64)
+                .quarantine(Duration::from_millis(100))
+                .quarantine_limit(None),
+        )
+        .request_timeout(Duration::from_millis(30))
+        .retry(RetryPolicy::new(0))
+        .build();
+    let mut calls = tokio::task::JoinSet::new();
+    for w in 0..64 {
+        let client = client.clone();
+        calls.spawn(async move {
+            let mut kinds = Vec::new();
+            for i in 0..16 {
+                let started = tokio::time::Instant::now();
+                let err = client
+                    .call(Bytes::from(format!("{w}-{i}")))
+                    .await
+                    .expect_err("never answered");
+                assert!(
+                    started.elapsed() < Duration::from_secs(2),
+                    "{:?}",
+                    started.elapsed()
+                );
+                kinds.push(err.kind());
+            }
+            kinds
+        });
+    }
+    let kinds: Vec<Kind> = tokio::time::timeout(WAIT, calls.join_all())
+        .await
+        .expect("no call hangs")
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(kinds.len(), 1024);
+    assert!(kinds.iter().all(|k| *k == Kind::Timeout), "{kinds:?}");
+    // Quarantined tags held the window while their late responses might come;
+    // once the quarantine passes the window is whole again.
+    assert!(
+        eventually(WAIT, || client.stats().in_flight() == 0).await,
+        "{:?}",
+        client.stats()
+    );
+    assert!(server.counters.requests.load(Ordering::SeqCst) > 0);
+}
