@@ -151,17 +151,21 @@ impl Registry {
                 a
             };
             let (first, second) = (&endpoints[a], &endpoints[b]);
-            let ordered = match (first.is_up(), second.is_up()) {
-                (true, true) if a != b && second.load() < first.load() => [second, first],
-                _ => [first, second],
+            let pair = [first, second];
+            let candidates: &[&Arc<Endpoint>] = if a == b {
+                &pair[..1]
+            } else if first.is_up() && second.is_up() && second.load() < first.load() {
+                &[second, first]
+            } else {
+                &pair
             };
             let mut full = None;
-            for endpoint in ordered.into_iter().filter(|e| e.is_up()) {
+            for endpoint in candidates.iter().filter(|e| e.is_up()) {
                 match endpoint.dispatch(payload) {
-                    Ok(future) => return Routed::Sent(endpoint.clone(), future),
+                    Ok(future) => return Routed::Sent((*endpoint).clone(), future),
                     Err((back, Some(conn))) => {
                         payload = back;
-                        full.get_or_insert_with(|| (endpoint.clone(), conn));
+                        full.get_or_insert_with(|| ((*endpoint).clone(), conn));
                     }
                     Err((back, None)) => {
                         payload = back;
@@ -169,9 +173,6 @@ impl Registry {
                         // noticed yet.
                         endpoint.signal_broken();
                     }
-                }
-                if n == 1 {
-                    break;
                 }
             }
             if let Some((endpoint, conn)) = full {
@@ -182,14 +183,13 @@ impl Registry {
             let start = fastrand::usize(..n);
             for i in 0..n {
                 let endpoint = &endpoints[(start + i) % n];
-                if endpoint.is_up() && endpoint.has_live_connection() {
-                    match endpoint.dispatch(payload) {
-                        Ok(future) => return Routed::Sent(endpoint.clone(), future),
-                        Err((back, Some(conn))) => {
-                            return Routed::Full(back, endpoint.clone(), conn);
-                        }
-                        Err((back, None)) => payload = back,
-                    }
+                if !endpoint.is_up() {
+                    continue;
+                }
+                match endpoint.dispatch(payload) {
+                    Ok(future) => return Routed::Sent(endpoint.clone(), future),
+                    Err((back, Some(conn))) => return Routed::Full(back, endpoint.clone(), conn),
+                    Err((back, None)) => payload = back,
                 }
             }
         }

@@ -157,12 +157,12 @@ impl Client {
     }
 }
 
-#[allow(dead_code)]
-fn assert_client_is_send_sync_clone() {
+// Compile-time check: handles can be shared across tasks and threads.
+const _: fn() = || {
     fn check<T: Send + Sync + Clone + 'static>() {}
     check::<Client>();
     check::<Balancer>();
-}
+};
 
 /// A snapshot of a client's endpoints.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -137,12 +137,6 @@ impl Endpoint {
             .map_err(|payload| (payload, Some(conn.clone())))
     }
 
-    /// Whether any connection is live.
-    pub(crate) fn has_live_connection(&self) -> bool {
-        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
-        conns.iter().any(|c| !c.is_closed())
-    }
-
     /// A request found its connection full: the pool may grow.
     pub(crate) fn signal_demand(&self) {
         if !self.demand.swap(true, Relaxed) {
