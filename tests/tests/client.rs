@@ -896,3 +896,40 @@ async fn requests_timed_out_by_the_connection_give_their_capacity_back_after_qua
     );
     assert!(server.counters.requests.load(Ordering::SeqCst) > 0);
 }
+
+/// A retry keeps the call's deadline: the server reads each request, holds it for
+/// 1 s and drops the connection. With a 1.5 s deadline the second attempt must end
+/// with a timeout at 1.5 s, not run for another second (as it would if each retry
+/// started a deadline of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_keeps_the_deadline_of_its_call() {
+    let mut server = anet_tests::ManualServer::bind().await;
+    let addr = server.addr;
+    let hold = Duration::from_secs(1);
+    let serve = tokio::spawn(async move {
+        loop {
+            let mut conn = server.accept().await;
+            let _request = conn.recv().await;
+            tokio::time::sleep(hold).await;
+            drop(conn);
+        }
+    });
+    let client = Client::builder()
+        .endpoint(addr)
+        .request_timeout(Duration::from_millis(1500))
+        .retry(RetryPolicy::new(5).idempotent(true))
+        .backoff(fast_backoff())
+        .build();
+    let start = tokio::time::Instant::now();
+    let error = client
+        .call(Bytes::from_static(b"held"))
+        .await
+        .expect_err("the server never answers");
+    let elapsed = start.elapsed();
+    assert_eq!(error.kind(), Kind::Timeout, "{error}");
+    assert!(
+        elapsed >= Duration::from_millis(1400) && elapsed < Duration::from_millis(1900),
+        "ended after {elapsed:?}"
+    );
+    serve.abort();
+}

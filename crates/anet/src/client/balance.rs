@@ -138,7 +138,7 @@ impl Registry {
 
     /// Chooses an endpoint by power of two choices and sends on its least-loaded
     /// connection when it has room.
-    fn route(&self, payload: Bytes) -> Routed {
+    fn route(&self, payload: Bytes, deadline: Option<Instant>) -> Routed {
         let endpoints = self.read();
         let n = endpoints.len();
         let mut payload = payload;
@@ -161,7 +161,7 @@ impl Registry {
             };
             let mut full = None;
             for endpoint in candidates.iter().filter(|e| e.is_up()) {
-                match endpoint.dispatch(payload) {
+                match endpoint.dispatch(payload, deadline) {
                     Ok(future) => return Routed::Sent((*endpoint).clone(), future),
                     Err((back, Some(conn))) => {
                         payload = back;
@@ -186,7 +186,7 @@ impl Registry {
                 if !endpoint.is_up() {
                     continue;
                 }
-                match endpoint.dispatch(payload) {
+                match endpoint.dispatch(payload, deadline) {
                     Ok(future) => return Routed::Sent(endpoint.clone(), future),
                     Err((back, Some(conn))) => return Routed::Full(back, endpoint.clone(), conn),
                     Err((back, None)) => payload = back,
@@ -203,7 +203,7 @@ impl Registry {
 }
 
 impl Drop for Registry {
-    /// The last handle (client, balancer, endpoints handle or call in flight) is
+    /// The last handle (client, balancer, endpoints handle or client call) is
     /// gone: stop the pools, so their connections close instead of leaking.
     fn drop(&mut self) {
         self.close();
@@ -246,14 +246,13 @@ impl Service<Bytes> for Balancer {
         Poll::Ready(Ok(()))
     }
 
+    /// Under a [`Client`](super::Client) call, the request keeps that call's
+    /// deadline (see [`deadline`]); otherwise it has none of its own.
+    ///
+    /// The request is routed at once, here: when a connection has room it is on
+    /// its way before the future is first polled.
     fn call(&mut self, request: Bytes) -> ResponseFuture {
-        ResponseFuture {
-            registry: self.registry.clone(),
-            request: Some(request),
-            repicks: 0,
-            wait_until: None,
-            state: State::Pick,
-        }
+        ResponseFuture::start(&self.registry, request, deadline::current())
     }
 }
 
@@ -269,12 +268,65 @@ pin_project! {
     /// afterwards, the connection's quarantine rules apply.
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture {
-        registry: Arc<Registry>,
+        // Held only until the request is on a connection (to route it again).
+        registry: Option<Arc<Registry>>,
         request: Option<Bytes>,
+        // The call's deadline: bounds the waits here, and goes with the request
+        // to the connection.
+        deadline: Option<Instant>,
         repicks: u8,
         wait_until: Option<Instant>,
         #[pin]
         state: State,
+    }
+}
+
+impl ResponseFuture {
+    /// Routes `request` now; only a request that cannot be sent at once keeps a
+    /// handle on the registry, to wait and route again when polled.
+    pub(crate) fn start(
+        registry: &Arc<Registry>,
+        request: Bytes,
+        deadline: Option<Instant>,
+    ) -> ResponseFuture {
+        let mut future = ResponseFuture {
+            registry: None,
+            request: None,
+            deadline,
+            repicks: 0,
+            wait_until: None,
+            state: State::Pick,
+        };
+        if registry.is_closed() {
+            future.state = State::Failed {
+                error: Some(Error::new(Kind::Closed).unsent()),
+            };
+            return future;
+        }
+        match registry.route(request, deadline) {
+            Routed::Sent(endpoint, call) => {
+                future.state = State::Call {
+                    endpoint,
+                    future: call,
+                };
+            }
+            Routed::Full(back, endpoint, conn) => {
+                future.registry = Some(registry.clone());
+                future.request = Some(back);
+                future.state = State::Ready {
+                    endpoint,
+                    conn,
+                    signalled: false,
+                    deadline: None,
+                };
+            }
+            // Polling decides whether to wait for an endpoint or fail.
+            Routed::Nowhere(back, _) => {
+                future.registry = Some(registry.clone());
+                future.request = Some(back);
+            }
+        }
+        future
     }
 }
 
@@ -288,6 +340,7 @@ pin_project! {
     #[project = StateProj]
     enum State {
         Pick,
+        Failed { error: Option<Error> },
         WaitUp {
             #[pin]
             notified: OwnedNotified,
@@ -317,14 +370,18 @@ impl Future for ResponseFuture {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
+                StateProj::Failed { error } => {
+                    return Poll::Ready(Err(error.take().expect("polled after completion")));
+                }
                 StateProj::Pick => {
-                    if this.registry.is_closed() {
+                    let registry = this.registry.as_ref().expect("held until sent");
+                    if registry.is_closed() {
                         return Poll::Ready(Err(Error::new(Kind::Closed).unsent()));
                     }
                     let mut request = this.request.take().expect("request taken once");
                     let mut notified = None;
                     loop {
-                        match this.registry.route(request) {
+                        match registry.route(request, *this.deadline) {
                             Routed::Sent(endpoint, future) => {
                                 this.state.set(State::Call { endpoint, future });
                             }
@@ -347,17 +404,16 @@ impl Future for ResponseFuture {
                                 // Register for endpoint changes, then look once
                                 // more, so a change in between is not missed.
                                 None => {
-                                    notified =
-                                        Some(this.registry.pool.changed.clone().notified_owned());
+                                    notified = Some(registry.pool.changed.clone().notified_owned());
                                     request = back;
                                     continue;
                                 }
                                 Some(notified) => {
                                     *this.request = Some(back);
                                     let mut deadline = *this.wait_until.get_or_insert_with(|| {
-                                        Instant::now() + this.registry.pending_wait
+                                        Instant::now() + registry.pending_wait
                                     });
-                                    if let Some(call) = deadline::current() {
+                                    if let Some(call) = *this.deadline {
                                         deadline = deadline.min(call);
                                     }
                                     this.state.set(State::WaitUp {
@@ -376,7 +432,7 @@ impl Future for ResponseFuture {
                         continue;
                     }
                     ready!(sleep.poll(cx));
-                    if deadline::current().is_some_and(|d| d <= Instant::now()) {
+                    if this.deadline.is_some_and(|d| d <= Instant::now()) {
                         return Poll::Ready(Err(Error::with_source(
                             Kind::Timeout,
                             "request deadline passed waiting for an endpoint",
@@ -396,7 +452,7 @@ impl Future for ResponseFuture {
                 } => match conn.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
                         let request = this.request.take().expect("request taken once");
-                        let future = conn.call(request);
+                        let future = conn.call_until(request, *this.deadline);
                         let endpoint = endpoint.clone();
                         this.state.set(State::Call { endpoint, future });
                     }
@@ -414,8 +470,7 @@ impl Future for ResponseFuture {
                             endpoint.signal_demand();
                         }
                         if timer.is_none() {
-                            *timer =
-                                deadline::current().map(|d| Box::pin(tokio::time::sleep_until(d)));
+                            *timer = this.deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
                         }
                         if let Some(sleep) = timer {
                             if sleep.as_mut().poll(cx).is_ready() {

@@ -13,7 +13,7 @@ use super::{
     Backoff, Balancer, Client, ConnectionConfig, Connector, PoolConfig, RateLimitLayer,
     RetryPolicy,
     balance::Registry,
-    client::into_box,
+    client::{Shared, into_box},
     dial::Dialer,
     discover::{DnsSource, Resolve, SystemResolver, spawn_discover, spawn_dns},
     pool::PoolContext,
@@ -336,13 +336,17 @@ impl ClientBuilder {
             .option_layer(self.concurrency_limit.map(ConcurrencyLimitLayer::new))
             .map_err(into_box as fn(crate::Error) -> TowerBoxError)
             .service(balancer);
+        // Without a limit the layers do nothing but forward: calls then go to the
+        // balancer directly.
+        let limited = self.concurrency_limit.is_some() || self.rate_limit.is_some();
         (
             Client {
-                stack,
-                timeout: self.request_timeout,
-                limited: self.concurrency_limit.is_some() || self.rate_limit.is_some(),
-                retry: self.retry,
-                registry: registry.clone(),
+                layers: limited.then_some(stack),
+                shared: Arc::new(Shared {
+                    registry: registry.clone(),
+                    timeout: self.request_timeout,
+                    retry: self.retry,
+                }),
             },
             registry,
         )

@@ -21,8 +21,8 @@ use tower::{
 };
 
 use super::{
-    Balancer, ClientBuilder, EndpointStats, Endpoints, RateLimit, RetryPolicy, balance::Registry,
-    deadline,
+    BalanceFuture, Balancer, ClientBuilder, EndpointStats, Endpoints, RateLimit, RetryPolicy,
+    balance::Registry, deadline,
 };
 use crate::{BoxError, Error, Kind};
 
@@ -44,8 +44,9 @@ pub(crate) fn into_box(error: Error) -> BoxError {
 /// pools, so keep one in your app state and clone it into tasks. There is no
 /// worker task between the caller and the connection: routing happens in the
 /// caller's task. When the last handle (clients, balancers, endpoint handles and
-/// calls in flight) is dropped, the client closes as if [`close`](Client::close)
-/// had been called.
+/// client calls in flight) is dropped, the client closes as if
+/// [`close`](Client::close) had been called: requests already written still get
+/// their responses within the connection close grace.
 ///
 /// ```
 /// use anet::{client::Client, server::{Request, Server}};
@@ -69,21 +70,27 @@ pub(crate) fn into_box(error: Error) -> BoxError {
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    pub(crate) stack: Stack,
+    /// The limit layers over the balancer; `None` when no limit is configured
+    /// (calls then go to the balancer directly).
+    pub(crate) layers: Option<Stack>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// What every handle and call of one client shares (one reference count per call).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) registry: Arc<Registry>,
     /// The deadline of each request, over its whole path.
     pub(crate) timeout: Duration,
-    /// A concurrency or rate limit is configured.
-    pub(crate) limited: bool,
     /// Which failures are retried, how often, within which budget.
     pub(crate) retry: RetryPolicy,
-    pub(crate) registry: Arc<Registry>,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("endpoints", &self.registry.addrs())
-            .field("closed", &self.registry.is_closed())
+            .field("endpoints", &self.shared.registry.addrs())
+            .field("closed", &self.shared.registry.is_closed())
             .finish()
     }
 }
@@ -107,25 +114,43 @@ impl Client {
     /// Dropping the future abandons the request: never written if it was not yet;
     /// otherwise its late response is dropped.
     pub fn call(&self, request: Bytes) -> CallFuture {
-        let deadline = Instant::now() + self.timeout;
-        CallFuture {
-            stack: self.stack.clone(),
-            request,
-            retries_left: self.retry.max_retries(),
-            retry: self.retry.clone(),
-            state: CallState::Ready,
+        let shared = &self.shared;
+        let deadline = Instant::now() + shared.timeout;
+        let retries_left = shared.retry.max_retries();
+        // Kept for a retry only when there may be one (a reference count).
+        let retained = (retries_left > 0).then(|| request.clone());
+        let (attempt, timer) = match &self.layers {
+            None => (
+                Attempt::Direct {
+                    future: BalanceFuture::start(&shared.registry, request, Some(deadline)),
+                },
+                None,
+            ),
             // Limits wait in `poll_ready`, where no lower layer sees the deadline:
             // only then does the call need a timer of its own.
-            timer: self.limited.then(|| tokio::time::sleep_until(deadline)),
+            Some(layers) => (
+                Attempt::Layered {
+                    layers: layers.clone(),
+                    request: Some(request),
+                    future: None,
+                },
+                Some(tokio::time::sleep_until(deadline)),
+            ),
+        };
+        CallFuture {
+            attempt,
+            retained,
+            retries_left,
+            shared: shared.clone(),
+            timer,
             deadline,
-            timeout: self.timeout,
         }
     }
 
     /// A handle to add and remove endpoints at run time.
     pub fn endpoints(&self) -> Endpoints {
         Endpoints {
-            registry: self.registry.clone(),
+            registry: self.shared.registry.clone(),
         }
     }
 
@@ -133,14 +158,14 @@ impl Client {
     /// `ServiceBuilder` stack on (your own retry policy, rate limit, ...).
     pub fn balancer(&self) -> Balancer {
         Balancer {
-            registry: self.registry.clone(),
+            registry: self.shared.registry.clone(),
         }
     }
 
     /// A snapshot of every endpoint.
     pub fn stats(&self) -> ClientStats {
         ClientStats {
-            endpoints: self.registry.stats(),
+            endpoints: self.shared.registry.stats(),
         }
     }
 
@@ -148,12 +173,12 @@ impl Client {
     /// [`Kind::Closed`](crate::Kind::Closed); requests in flight finish within the
     /// connection close grace; then connections close.
     pub fn close(&self) {
-        self.registry.close();
+        self.shared.registry.close();
     }
 
     /// Waits until a closed client has no connection and no task left.
     pub async fn closed(&self) {
-        self.registry.tracker.wait().await;
+        self.shared.registry.tracker.wait().await;
     }
 }
 
@@ -197,7 +222,7 @@ impl Service<Bytes> for Client {
     /// Ready while the client is open: waiting for a limit, an endpoint or room
     /// on a connection happens inside the response future, under its deadline.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if self.registry.is_closed() {
+        if self.shared.registry.is_closed() {
             return Poll::Ready(Err(Error::new(Kind::Closed).unsent()));
         }
         Poll::Ready(Ok(()))
@@ -224,33 +249,40 @@ pin_project! {
     /// otherwise its late response is dropped.
     #[must_use = "futures do nothing unless polled"]
     pub struct CallFuture {
-        // This call's own copy of the layers, reused by its retries.
-        stack: Stack,
-        // Kept for retries (a reference count, not a copy).
-        request: Bytes,
-        retries_left: usize,
-        retry: RetryPolicy,
         #[pin]
-        state: CallState,
+        attempt: Attempt,
+        // The request again, for a retry (a reference count, not a copy).
+        retained: Option<Bytes>,
+        retries_left: usize,
+        // The registry (for a retry), the retry policy, the timeout.
+        shared: Arc<Shared>,
         #[pin]
         timer: Option<Sleep>,
         deadline: Instant,
-        timeout: Duration,
     }
 }
 
 pin_project! {
-    #[project = CallStateProj]
-    enum CallState {
-        Ready,
-        Waiting { #[pin] future: <Stack as Service<Bytes>>::Future },
+    /// The attempt under way.
+    #[project = AttemptProj]
+    enum Attempt {
+        /// No limit configured: straight to the balancer, with the deadline.
+        Direct { #[pin] future: BalanceFuture },
+        /// Through this call's copy of the limit layers; `future` is `None` while
+        /// waiting for them to be ready.
+        Layered {
+            layers: Stack,
+            request: Option<Bytes>,
+            #[pin]
+            future: Option<<Stack as Service<Bytes>>::Future>,
+        },
     }
 }
 
 impl fmt::Debug for CallFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CallFuture")
-            .field("timeout", &self.timeout)
+            .field("deadline", &self.deadline)
             .finish_non_exhaustive()
     }
 }
@@ -260,46 +292,80 @@ impl Future for CallFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let deadline = *this.deadline;
-        let polled = deadline::scope(deadline, || {
-            loop {
-                match this.state.as_mut().project() {
-                    CallStateProj::Ready => {
-                        if let Err(e) = ready!(this.stack.poll_ready(cx)) {
-                            return Poll::Ready(Err(Error::from_boxed(e)));
+        loop {
+            let result = match this.attempt.as_mut().project() {
+                AttemptProj::Direct { future } => ready!(future.poll(cx)),
+                AttemptProj::Layered {
+                    layers,
+                    request,
+                    mut future,
+                } => match poll_layers(layers, request, future.as_mut(), *this.deadline, cx) {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => {
+                        if let Some(timer) = this.timer.as_mut().as_pin_mut() {
+                            ready!(timer.poll(cx));
+                            return Poll::Ready(Err(Error::with_source(
+                                Kind::Timeout,
+                                format!("request deadline of {:?} passed", this.shared.timeout),
+                            )));
                         }
-                        let future = this.stack.call(this.request.clone());
-                        this.state.set(CallState::Waiting { future });
+                        return Poll::Pending;
                     }
-                    CallStateProj::Waiting { future } => match ready!(future.poll(cx)) {
-                        Ok(response) => {
-                            this.retry.deposit();
-                            return Poll::Ready(Ok(response));
-                        }
-                        Err(e) => {
-                            let e = Error::from_boxed(e);
-                            if *this.retries_left > 0 && this.retry.allows(&e) {
-                                *this.retries_left -= 1;
-                                tracing::debug!(error = %e, left = *this.retries_left, "retrying request");
-                                this.state.set(CallState::Ready);
-                                continue;
-                            }
-                            return Poll::Ready(Err(e));
-                        }
-                    },
+                },
+            };
+            let error = match result {
+                Ok(response) => {
+                    this.shared.retry.deposit();
+                    return Poll::Ready(Ok(response));
+                }
+                Err(error) => error,
+            };
+            if *this.retries_left == 0 || !this.shared.retry.allows(&error) {
+                return Poll::Ready(Err(error));
+            }
+            *this.retries_left -= 1;
+            tracing::debug!(error = %error, left = *this.retries_left, "retrying request");
+            let request = if *this.retries_left > 0 {
+                this.retained.clone()
+            } else {
+                this.retained.take()
+            }
+            .expect("the request is retained while retries are left");
+            match this.attempt.as_mut().project() {
+                AttemptProj::Direct { .. } => {
+                    let future =
+                        BalanceFuture::start(&this.shared.registry, request, Some(*this.deadline));
+                    this.attempt.set(Attempt::Direct { future });
+                }
+                AttemptProj::Layered {
+                    request: slot,
+                    mut future,
+                    ..
+                } => {
+                    *slot = Some(request);
+                    future.set(None);
                 }
             }
-        });
-        if let Poll::Ready(result) = polled {
-            return Poll::Ready(result);
         }
-        if let Some(timer) = this.timer.as_pin_mut() {
-            ready!(timer.poll(cx));
-            return Poll::Ready(Err(Error::with_source(
-                Kind::Timeout,
-                format!("request deadline of {:?} passed", this.timeout),
-            )));
-        }
-        Poll::Pending
     }
+}
+
+/// One poll of an attempt through the limit layers: ready, then call (under the
+/// deadline, which the balancer takes from there), then the response.
+fn poll_layers(
+    layers: &mut Stack,
+    request: &mut Option<Bytes>,
+    mut future: Pin<&mut Option<<Stack as Service<Bytes>>::Future>>,
+    deadline: Instant,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Bytes, Error>> {
+    if future.is_none() {
+        if let Err(e) = ready!(layers.poll_ready(cx)) {
+            return Poll::Ready(Err(Error::from_boxed(e)));
+        }
+        let request = request.take().expect("request taken once per attempt");
+        future.set(Some(deadline::scope(deadline, || layers.call(request))));
+    }
+    let future = future.as_pin_mut().expect("set above");
+    future.poll(cx).map_err(Error::from_boxed)
 }

@@ -124,6 +124,7 @@ impl Endpoint {
     pub(crate) fn dispatch(
         &self,
         payload: Bytes,
+        deadline: Option<Instant>,
     ) -> Result<ConnectionFuture, (Bytes, Option<Connection>)> {
         let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
         let Some(conn) = conns
@@ -133,7 +134,7 @@ impl Endpoint {
         else {
             return Err((payload, None));
         };
-        conn.try_call(payload)
+        conn.try_call(payload, deadline)
             .map_err(|payload| (payload, Some(conn.clone())))
     }
 

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::{OwnedSemaphorePermit, mpsc, oneshot},
+    time::Instant,
 };
 use tokio_util::sync::PollSemaphore;
 use tower::{Service, load::Load};
@@ -150,22 +151,45 @@ impl Service<Bytes> for Connection {
             .permit
             .take()
             .expect("Connection::call without poll_ready reporting ready");
-        self.send(payload, permit)
+        self.send(payload, permit, None)
     }
 }
 
 impl Connection {
     /// Sends `payload` at once if the window has room, without a `poll_ready` and
     /// without cloning the handle; gives the payload back when the window is full
-    /// or the connection refuses requests.
-    pub(crate) fn try_call(&self, payload: Bytes) -> Result<ResponseFuture, Bytes> {
+    /// or the connection refuses requests. Past `deadline` the driver does not
+    /// write it, or fails it with [`Kind::Timeout`] if it was written.
+    pub(crate) fn try_call(
+        &self,
+        payload: Bytes,
+        deadline: Option<Instant>,
+    ) -> Result<ResponseFuture, Bytes> {
         match self.shared.semaphore.clone().try_acquire_owned() {
-            Ok(permit) => Ok(self.send(payload, permit)),
+            Ok(permit) => Ok(self.send(payload, permit, deadline)),
             Err(_) => Err(payload),
         }
     }
 
-    fn send(&self, payload: Bytes, permit: OwnedSemaphorePermit) -> ResponseFuture {
+    /// `call` with a deadline, after `poll_ready` reported ready.
+    pub(crate) fn call_until(
+        &mut self,
+        payload: Bytes,
+        deadline: Option<Instant>,
+    ) -> ResponseFuture {
+        let permit = self
+            .permit
+            .take()
+            .expect("Connection::call_until without poll_ready reporting ready");
+        self.send(payload, permit, deadline)
+    }
+
+    fn send(
+        &self,
+        payload: Bytes,
+        permit: OwnedSemaphorePermit,
+        deadline: Option<Instant>,
+    ) -> ResponseFuture {
         if payload.len() > self.max_payload {
             return ResponseFuture::failed(Error::with_source(
                 Kind::InvalidRequest,
@@ -181,7 +205,7 @@ impl Connection {
             payload,
             reply,
             permit,
-            deadline: crate::client::deadline::current(),
+            deadline,
         };
         match self.tx.send(Message::Request(request)) {
             Ok(()) => ResponseFuture::waiting(rx),
