@@ -567,3 +567,40 @@ async fn ascii_header_tags_work_end_to_end() {
         .await
         .expect("done");
 }
+
+/// Requests that end without being written (dropped before the driver took
+/// them, or refused as oversize) give their unit of the window back: with a
+/// window of 4, a thousand of them in a row never leave the connection full.
+#[tokio::test(flavor = "current_thread")]
+async fn requests_ended_unwritten_give_their_window_back() {
+    let server = start_echo().await;
+    let mut conn = connect(server.addr, ConnectionConfig::new().max_in_flight(4)).await;
+    for i in 0..1000 {
+        let ready = tokio::time::timeout(Duration::from_secs(5), conn.ready())
+            .await
+            .unwrap_or_else(|_| panic!("window leaked after {i} dropped requests"))
+            .expect("ready");
+        if i % 2 == 0 {
+            // Dropped before the driver ran (this runtime has one thread).
+            drop(ready.call(Bytes::from_static(b"never written")));
+        } else {
+            let err = ready
+                .call(Bytes::from(vec![0u8; 70_000]))
+                .await
+                .expect_err("too large");
+            assert_eq!(err.kind(), Kind::InvalidRequest);
+        }
+        if i % 100 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert!(
+        eventually(LIMIT, || conn.stats().in_flight == 0).await,
+        "{:?}",
+        conn.stats()
+    );
+    let stats = conn.stats();
+    assert_eq!(stats.abandoned_unwritten, 500, "{stats:?}");
+    assert_eq!(stats.written, 0, "{stats:?}");
+    assert_full_capacity(&conn, server.addr).await;
+}

@@ -31,8 +31,8 @@ use tracing::Instrument;
 
 use super::{
     Connection,
-    connection::ResponseFuture as ConnectionFuture,
-    deadline,
+    connection::{Failure, ResponseFuture as ConnectionFuture},
+    deadline::{self, Deadline},
     pool::{Endpoint, EndpointStats, PoolContext, maintain},
 };
 use crate::{Error, Kind};
@@ -138,7 +138,7 @@ impl Registry {
 
     /// Chooses an endpoint by power of two choices and sends on its least-loaded
     /// connection when it has room.
-    fn route(&self, payload: Bytes, deadline: Option<Instant>) -> Routed {
+    fn route(&self, payload: Bytes, deadline: Deadline) -> Routed {
         let endpoints = self.read();
         let n = endpoints.len();
         let mut payload = payload;
@@ -268,65 +268,11 @@ pin_project! {
     /// afterwards, the connection's quarantine rules apply.
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture {
-        // Held only until the request is on a connection (to route it again).
-        registry: Option<Arc<Registry>>,
-        request: Option<Bytes>,
-        // The call's deadline: bounds the waits here, and goes with the request
-        // to the connection.
-        deadline: Option<Instant>,
-        repicks: u8,
-        wait_until: Option<Instant>,
+        // The call's deadline: bounds the waits here (fixed to an instant when a
+        // wait starts), and goes with the request to the connection.
+        deadline: Deadline,
         #[pin]
         state: State,
-    }
-}
-
-impl ResponseFuture {
-    /// Routes `request` now; only a request that cannot be sent at once keeps a
-    /// handle on the registry, to wait and route again when polled.
-    pub(crate) fn start(
-        registry: &Arc<Registry>,
-        request: Bytes,
-        deadline: Option<Instant>,
-    ) -> ResponseFuture {
-        let mut future = ResponseFuture {
-            registry: None,
-            request: None,
-            deadline,
-            repicks: 0,
-            wait_until: None,
-            state: State::Pick,
-        };
-        if registry.is_closed() {
-            future.state = State::Failed {
-                error: Some(Error::new(Kind::Closed).unsent()),
-            };
-            return future;
-        }
-        match registry.route(request, deadline) {
-            Routed::Sent(endpoint, call) => {
-                future.state = State::Call {
-                    endpoint,
-                    future: call,
-                };
-            }
-            Routed::Full(back, endpoint, conn) => {
-                future.registry = Some(registry.clone());
-                future.request = Some(back);
-                future.state = State::Ready {
-                    endpoint,
-                    conn,
-                    signalled: false,
-                    deadline: None,
-                };
-            }
-            // Polling decides whether to wait for an endpoint or fail.
-            Routed::Nowhere(back, _) => {
-                future.registry = Some(registry.clone());
-                future.request = Some(back);
-            }
-        }
-        future
     }
 }
 
@@ -339,27 +285,80 @@ impl std::fmt::Debug for ResponseFuture {
 pin_project! {
     #[project = StateProj]
     enum State {
-        Pick,
-        Failed { error: Option<Error> },
-        WaitUp {
-            #[pin]
-            notified: OwnedNotified,
-            #[pin]
-            sleep: Sleep,
-        },
-        Ready {
-            endpoint: Arc<Endpoint>,
-            conn: Connection,
-            signalled: bool,
-            // Armed when the wait for room starts, to the call's deadline.
-            deadline: Option<Pin<Box<Sleep>>>,
-        },
-        Call {
+        /// On a connection: awaiting the response.
+        Sent {
             // Where the request went, to count its failure.
             endpoint: Arc<Endpoint>,
             #[pin]
             future: ConnectionFuture,
         },
+        /// Not sent yet: waiting for an endpoint or for room. The slow path,
+        /// boxed so that the common future stays small.
+        Waiting { wait: Pin<Box<Wait>> },
+        Failed { error: Option<Error> },
+    }
+}
+
+impl ResponseFuture {
+    /// Routes `request` now; only a request that cannot be sent at once keeps a
+    /// handle on the registry, to wait and route again when polled.
+    pub(crate) fn start(
+        registry: &Arc<Registry>,
+        request: Bytes,
+        deadline: Deadline,
+    ) -> ResponseFuture {
+        let state = if registry.is_closed() {
+            State::Failed {
+                error: Some(Error::new(Kind::Closed).unsent()),
+            }
+        } else {
+            match registry.route(request, deadline) {
+                Routed::Sent(endpoint, future) => State::Sent { endpoint, future },
+                Routed::Full(back, endpoint, conn) => State::Waiting {
+                    wait: Wait::boxed(registry, back, Stage::ready(endpoint, conn)),
+                },
+                // Polling decides whether to wait for an endpoint or fail.
+                Routed::Nowhere(back, _) => State::Waiting {
+                    wait: Wait::boxed(registry, back, Stage::Pick),
+                },
+            }
+        };
+        ResponseFuture { deadline, state }
+    }
+
+    /// Like `poll`, with the instant the request's deadline was fixed to, if it
+    /// was: a retry keeps it.
+    pub(crate) fn poll_answer(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Bytes, Failure>> {
+        let mut this = self.project();
+        loop {
+            let error = match this.state.as_mut().project() {
+                StateProj::Sent { endpoint, future } => {
+                    let answer = ready!(future.get_mut().poll_answer(cx));
+                    return Poll::Ready(answer.map_err(|mut failure| {
+                        endpoint.record(&failure.error);
+                        failure.deadline = failure.deadline.or(this.deadline.instant());
+                        failure
+                    }));
+                }
+                StateProj::Waiting { wait } => {
+                    match ready!(wait.as_mut().poll_send(cx, this.deadline)) {
+                        Ok((endpoint, future)) => {
+                            this.state.set(State::Sent { endpoint, future });
+                            continue;
+                        }
+                        Err(error) => error,
+                    }
+                }
+                StateProj::Failed { error } => error.take().expect("polled after completion"),
+            };
+            return Poll::Ready(Err(Failure {
+                error,
+                deadline: this.deadline.instant(),
+            }));
+        }
     }
 }
 
@@ -367,32 +366,93 @@ impl Future for ResponseFuture {
     type Output = Result<Bytes, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.poll_answer(cx).map_err(|failure| failure.error)
+    }
+}
+
+pin_project! {
+    /// A request that could not be sent at once.
+    struct Wait {
+        registry: Arc<Registry>,
+        request: Option<Bytes>,
+        repicks: u8,
+        // How long to wait for an endpoint's first connection, from the first wait.
+        wait_until: Option<Instant>,
+        #[pin]
+        stage: Stage,
+    }
+}
+
+pin_project! {
+    #[project = StageProj]
+    enum Stage {
+        /// Route (again).
+        Pick,
+        /// No endpoint can take it yet, but one may soon.
+        WaitUp {
+            #[pin]
+            notified: OwnedNotified,
+            #[pin]
+            sleep: Sleep,
+        },
+        /// Every candidate connection is full: wait for room on this one.
+        Ready {
+            endpoint: Arc<Endpoint>,
+            conn: Connection,
+            signalled: bool,
+            // Armed when the wait for room starts, to the call's deadline.
+            deadline: Option<Pin<Box<Sleep>>>,
+        },
+    }
+}
+
+impl Stage {
+    fn ready(endpoint: Arc<Endpoint>, conn: Connection) -> Stage {
+        Stage::Ready {
+            endpoint,
+            conn,
+            signalled: false,
+            deadline: None,
+        }
+    }
+}
+
+impl Wait {
+    fn boxed(registry: &Arc<Registry>, request: Bytes, stage: Stage) -> Pin<Box<Wait>> {
+        Box::pin(Wait {
+            registry: registry.clone(),
+            request: Some(request),
+            repicks: 0,
+            wait_until: None,
+            stage,
+        })
+    }
+
+    /// Waits until the request is on a connection (fixing `deadline` when a wait
+    /// starts), or fails.
+    fn poll_send(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        deadline: &mut Deadline,
+    ) -> Poll<Result<(Arc<Endpoint>, ConnectionFuture), Error>> {
         let mut this = self.project();
         loop {
-            match this.state.as_mut().project() {
-                StateProj::Failed { error } => {
-                    return Poll::Ready(Err(error.take().expect("polled after completion")));
-                }
-                StateProj::Pick => {
-                    let registry = this.registry.as_ref().expect("held until sent");
+            match this.stage.as_mut().project() {
+                StageProj::Pick => {
+                    let registry = &*this.registry;
                     if registry.is_closed() {
                         return Poll::Ready(Err(Error::new(Kind::Closed).unsent()));
                     }
                     let mut request = this.request.take().expect("request taken once");
                     let mut notified = None;
                     loop {
-                        match registry.route(request, *this.deadline) {
+                        match registry.route(request, *deadline) {
                             Routed::Sent(endpoint, future) => {
-                                this.state.set(State::Call { endpoint, future });
+                                return Poll::Ready(Ok((endpoint, future)));
                             }
                             Routed::Full(back, endpoint, conn) => {
                                 *this.request = Some(back);
-                                this.state.set(State::Ready {
-                                    endpoint,
-                                    conn,
-                                    signalled: false,
-                                    deadline: None,
-                                });
+                                this.stage.set(Stage::ready(endpoint, conn));
                             }
                             Routed::Nowhere(_, false) => {
                                 return Poll::Ready(Err(Error::with_source(
@@ -410,15 +470,15 @@ impl Future for ResponseFuture {
                                 }
                                 Some(notified) => {
                                     *this.request = Some(back);
-                                    let mut deadline = *this.wait_until.get_or_insert_with(|| {
+                                    let mut until = *this.wait_until.get_or_insert_with(|| {
                                         Instant::now() + registry.pending_wait
                                     });
-                                    if let Some(call) = *this.deadline {
-                                        deadline = deadline.min(call);
+                                    if let Some(call) = deadline.fix(Instant::now) {
+                                        until = until.min(call);
                                     }
-                                    this.state.set(State::WaitUp {
+                                    this.stage.set(Stage::WaitUp {
                                         notified,
-                                        sleep: tokio::time::sleep_until(deadline),
+                                        sleep: tokio::time::sleep_until(until),
                                     });
                                 }
                             },
@@ -426,13 +486,13 @@ impl Future for ResponseFuture {
                         break;
                     }
                 }
-                StateProj::WaitUp { notified, sleep } => {
+                StageProj::WaitUp { notified, sleep } => {
                     if notified.poll(cx).is_ready() {
-                        this.state.set(State::Pick);
+                        this.stage.set(Stage::Pick);
                         continue;
                     }
                     ready!(sleep.poll(cx));
-                    if this.deadline.is_some_and(|d| d <= Instant::now()) {
+                    if deadline.instant().is_some_and(|d| d <= Instant::now()) {
                         return Poll::Ready(Err(Error::with_source(
                             Kind::Timeout,
                             "request deadline passed waiting for an endpoint",
@@ -444,7 +504,7 @@ impl Future for ResponseFuture {
                         "no endpoint connected within the connect timeout",
                     )));
                 }
-                StateProj::Ready {
+                StageProj::Ready {
                     endpoint,
                     conn,
                     signalled,
@@ -452,9 +512,8 @@ impl Future for ResponseFuture {
                 } => match conn.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
                         let request = this.request.take().expect("request taken once");
-                        let future = conn.call_until(request, *this.deadline);
-                        let endpoint = endpoint.clone();
-                        this.state.set(State::Call { endpoint, future });
+                        let future = conn.call_until(request, *deadline);
+                        return Poll::Ready(Ok((endpoint.clone(), future)));
                     }
                     Poll::Ready(Err(error)) => {
                         endpoint.signal_broken();
@@ -462,7 +521,7 @@ impl Future for ResponseFuture {
                         if *this.repicks > MAX_REPICKS {
                             return Poll::Ready(Err(Error::with_source(Kind::NotSent, error)));
                         }
-                        this.state.set(State::Pick);
+                        this.stage.set(Stage::Pick);
                     }
                     Poll::Pending => {
                         if !*signalled {
@@ -470,7 +529,9 @@ impl Future for ResponseFuture {
                             endpoint.signal_demand();
                         }
                         if timer.is_none() {
-                            *timer = this.deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
+                            *timer = deadline
+                                .fix(Instant::now)
+                                .map(|d| Box::pin(tokio::time::sleep_until(d)));
                         }
                         if let Some(sleep) = timer {
                             if sleep.as_mut().poll(cx).is_ready() {
@@ -484,11 +545,6 @@ impl Future for ResponseFuture {
                         return Poll::Pending;
                     }
                 },
-                StateProj::Call { endpoint, future } => {
-                    let result = ready!(future.poll(cx));
-                    endpoint.record(&result);
-                    return Poll::Ready(result);
-                }
             }
         }
     }

@@ -205,6 +205,12 @@ impl ClientBuilder {
     /// The deadline of a request over its whole path: waiting for a permit, an
     /// endpoint and room on a connection, every retry, and the response. A request
     /// whose deadline passes before it is written is never written. Default: 2 s.
+    ///
+    /// Without a concurrency or rate limit the clock is not read per call: the
+    /// deadline runs from when the request's connection takes it from its queue
+    /// (normally microseconds after the call), or from when the request starts
+    /// waiting for an endpoint or for room, whichever comes first. With a limit it
+    /// runs from the call.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self

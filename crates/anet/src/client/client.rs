@@ -22,7 +22,8 @@ use tower::{
 
 use super::{
     BalanceFuture, Balancer, ClientBuilder, EndpointStats, Endpoints, RateLimit, RetryPolicy,
-    balance::Registry, deadline,
+    balance::Registry,
+    deadline::{self, Deadline},
 };
 use crate::{BoxError, Error, Kind};
 
@@ -115,34 +116,27 @@ impl Client {
     /// otherwise its late response is dropped.
     pub fn call(&self, request: Bytes) -> CallFuture {
         let shared = &self.shared;
-        let deadline = Instant::now() + shared.timeout;
         let retries_left = shared.retry.max_retries();
         // Kept for a retry only when there may be one (a reference count).
         let retained = (retries_left > 0).then(|| request.clone());
-        let (attempt, timer) = match &self.layers {
-            None => (
-                Attempt::Direct {
-                    future: BalanceFuture::start(&shared.registry, request, Some(deadline)),
-                },
-                None,
-            ),
-            // Limits wait in `poll_ready`, where no lower layer sees the deadline:
-            // only then does the call need a timer of its own.
-            Some(layers) => (
-                Attempt::Layered {
-                    layers: layers.clone(),
-                    request: Some(request),
-                    future: None,
-                },
-                Some(tokio::time::sleep_until(deadline)),
-            ),
+        let (attempt, deadline) = match &self.layers {
+            // The clock is read where it is read anyway (see `deadline`).
+            None => {
+                let deadline = Deadline::After(shared.timeout);
+                let future = BalanceFuture::start(&shared.registry, request, deadline);
+                (Attempt::Direct { future }, deadline)
+            }
+            Some(layers) => {
+                let at = Instant::now() + shared.timeout;
+                let layered = Layered::boxed(layers.clone(), request, at);
+                (Attempt::Layered { layered }, Deadline::At(at))
+            }
         };
         CallFuture {
             attempt,
             retained,
             retries_left,
             shared: shared.clone(),
-            timer,
             deadline,
         }
     }
@@ -256,9 +250,9 @@ pin_project! {
         retries_left: usize,
         // The registry (for a retry), the retry policy, the timeout.
         shared: Arc<Shared>,
-        #[pin]
-        timer: Option<Sleep>,
-        deadline: Instant,
+        // Relative until something on the path reads the clock; the instant a
+        // failed attempt reports is kept for the retries.
+        deadline: Deadline,
     }
 }
 
@@ -268,14 +262,62 @@ pin_project! {
     enum Attempt {
         /// No limit configured: straight to the balancer, with the deadline.
         Direct { #[pin] future: BalanceFuture },
-        /// Through this call's copy of the limit layers; `future` is `None` while
-        /// waiting for them to be ready.
-        Layered {
-            layers: Stack,
-            request: Option<Bytes>,
-            #[pin]
-            future: Option<<Stack as Service<Bytes>>::Future>,
-        },
+        /// Through the limit layers (boxed: larger, and only with limits).
+        Layered { layered: Pin<Box<Layered>> },
+    }
+}
+
+pin_project! {
+    /// An attempt through this call's copy of the limit layers, which wait in
+    /// `poll_ready` where no lower layer sees the deadline: so it has a timer.
+    struct Layered {
+        layers: Stack,
+        request: Option<Bytes>,
+        // `None` while waiting for the layers to be ready.
+        #[pin]
+        future: Option<<Stack as Service<Bytes>>::Future>,
+        #[pin]
+        timer: Sleep,
+        deadline: Instant,
+    }
+}
+
+impl Layered {
+    fn boxed(layers: Stack, request: Bytes, deadline: Instant) -> Pin<Box<Layered>> {
+        Box::pin(Layered {
+            layers,
+            request: Some(request),
+            future: None,
+            timer: tokio::time::sleep_until(deadline),
+            deadline,
+        })
+    }
+
+    /// Ready, then call (under the deadline, which the balancer takes from
+    /// there), then the response; or the deadline.
+    fn poll_attempt(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Bytes, Error>> {
+        let mut this = self.project();
+        if let Poll::Ready(result) = poll_layers(
+            this.layers,
+            this.request,
+            this.future.as_mut(),
+            *this.deadline,
+            cx,
+        ) {
+            return Poll::Ready(result);
+        }
+        ready!(this.timer.poll(cx));
+        Poll::Ready(Err(Error::with_source(
+            Kind::Timeout,
+            "request deadline passed",
+        )))
+    }
+
+    /// Another attempt of `request` through the same layers.
+    fn retry(self: Pin<&mut Self>, request: Bytes) {
+        let mut this = self.project();
+        *this.request = Some(request);
+        this.future.set(None);
     }
 }
 
@@ -294,24 +336,16 @@ impl Future for CallFuture {
         let mut this = self.project();
         loop {
             let result = match this.attempt.as_mut().project() {
-                AttemptProj::Direct { future } => ready!(future.poll(cx)),
-                AttemptProj::Layered {
-                    layers,
-                    request,
-                    mut future,
-                } => match poll_layers(layers, request, future.as_mut(), *this.deadline, cx) {
-                    Poll::Ready(result) => result,
-                    Poll::Pending => {
-                        if let Some(timer) = this.timer.as_mut().as_pin_mut() {
-                            ready!(timer.poll(cx));
-                            return Poll::Ready(Err(Error::with_source(
-                                Kind::Timeout,
-                                format!("request deadline of {:?} passed", this.shared.timeout),
-                            )));
+                AttemptProj::Direct { future } => match ready!(future.poll_answer(cx)) {
+                    Ok(response) => Ok(response),
+                    Err(failure) => {
+                        if let Some(at) = failure.deadline {
+                            *this.deadline = Deadline::At(at);
                         }
-                        return Poll::Pending;
+                        Err(failure.error)
                     }
                 },
+                AttemptProj::Layered { layered } => ready!(layered.as_mut().poll_attempt(cx)),
             };
             let error = match result {
                 Ok(response) => {
@@ -321,6 +355,11 @@ impl Future for CallFuture {
                 Err(error) => error,
             };
             if *this.retries_left == 0 || !this.shared.retry.allows(&error) {
+                return Poll::Ready(Err(error));
+            }
+            // No retry once the call's deadline has passed.
+            let now = Instant::now();
+            if this.deadline.fix(|| now).is_some_and(|at| at <= now) {
                 return Poll::Ready(Err(error));
             }
             *this.retries_left -= 1;
@@ -334,24 +373,17 @@ impl Future for CallFuture {
             match this.attempt.as_mut().project() {
                 AttemptProj::Direct { .. } => {
                     let future =
-                        BalanceFuture::start(&this.shared.registry, request, Some(*this.deadline));
+                        BalanceFuture::start(&this.shared.registry, request, *this.deadline);
                     this.attempt.set(Attempt::Direct { future });
                 }
-                AttemptProj::Layered {
-                    request: slot,
-                    mut future,
-                    ..
-                } => {
-                    *slot = Some(request);
-                    future.set(None);
-                }
+                AttemptProj::Layered { layered } => layered.as_mut().retry(request),
             }
         }
     }
 }
 
-/// One poll of an attempt through the limit layers: ready, then call (under the
-/// deadline, which the balancer takes from there), then the response.
+/// One poll of an attempt through the limit layers: ready, then call, then the
+/// response.
 fn poll_layers(
     layers: &mut Stack,
     request: &mut Option<Bytes>,

@@ -19,7 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use bytes::Bytes;
 
-use super::{Backoff, Connection, connection::ResponseFuture as ConnectionFuture, dial::Dialer};
+use super::{
+    Backoff, Connection, connection::ResponseFuture as ConnectionFuture, deadline::Deadline,
+    dial::Dialer,
+};
 use crate::{Error, Kind};
 
 /// How each endpoint's pool behaves.
@@ -124,7 +127,7 @@ impl Endpoint {
     pub(crate) fn dispatch(
         &self,
         payload: Bytes,
-        deadline: Option<Instant>,
+        deadline: Deadline,
     ) -> Result<ConnectionFuture, (Bytes, Option<Connection>)> {
         let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
         let Some(conn) = conns
@@ -156,12 +159,11 @@ impl Endpoint {
         self.wake.notify_one();
     }
 
-    pub(crate) fn record(&self, result: &Result<Bytes, Error>) {
-        if let Err(e) = result {
-            self.errors[e.kind().index()].fetch_add(1, Relaxed);
-            if matches!(e.kind(), Kind::ConnectionLost | Kind::Protocol) {
-                self.signal_broken();
-            }
+    /// Counts a failed request; a broken connection is pruned at once.
+    pub(crate) fn record(&self, error: &Error) {
+        self.errors[error.kind().index()].fetch_add(1, Relaxed);
+        if matches!(error.kind(), Kind::ConnectionLost | Kind::Protocol) {
+            self.signal_broken();
         }
     }
 

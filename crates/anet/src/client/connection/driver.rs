@@ -20,7 +20,7 @@ use futures_core::Stream;
 use futures_sink::Sink;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    sync::{OwnedSemaphorePermit, mpsc},
+    sync::mpsc,
     time::{Instant, Sleep},
 };
 use tokio_util::codec::Framed;
@@ -28,8 +28,9 @@ use tokio_util::codec::Framed;
 use super::{
     ConnectionConfig,
     handle::not_sent,
+    reply::Reply,
     shared::Shared,
-    table::{Matched, Reply, Table},
+    table::{Matched, Table},
 };
 use crate::{Error, Kind};
 
@@ -46,13 +47,16 @@ pub(super) enum Message {
 #[derive(Debug)]
 pub(super) struct Request {
     pub(super) payload: Bytes,
-    pub(super) reply: Reply,
-    /// The window slot `poll_ready` reserved; it moves into the table.
-    pub(super) permit: OwnedSemaphorePermit,
-    /// The deadline of the client call that sent it, if any: past it the request
+    /// Where the answer goes, with the request's deadline: past it the request
     /// is not written, and once written it fails with a timeout.
-    pub(super) deadline: Option<Instant>,
+    pub(super) reply: Reply,
+    /// A relative deadline, fixed when the driver takes the request from the
+    /// queue (the clock is read once per pass, not per request).
+    pub(super) within: Option<Duration>,
 }
+// Each request holds one unit of the window, taken (and forgotten) by the
+// handle: the driver gives it back when the request's table slot frees, or at
+// once when the request ends without being written (`Driver::unwritten`).
 
 /// Why the driver loop ended.
 #[derive(Debug)]
@@ -106,6 +110,9 @@ pub(super) struct Driver<T> {
     /// Requests taken out of the channel while writes were blocked, so that their
     /// deadlines are seen; written before the channel's next ones.
     backlog: VecDeque<Request>,
+    /// Requests that ended without being written since the window units were
+    /// last returned.
+    unwritten: usize,
     /// The earliest deadline among the backlog and the waiting requests (may be
     /// earlier than the true one; the check then finds nothing and moves it on).
     earliest: Option<Instant>,
@@ -160,6 +167,7 @@ where
             read_timeout: config.read_timeout,
             partial_since: None,
             backlog: VecDeque::new(),
+            unwritten: 0,
             earliest: None,
             now: None,
             dirty: false,
@@ -218,7 +226,12 @@ where
                 match self.poll_flush(cx) {
                     Poll::Ready(Ok(())) => self.dirty = false,
                     Poll::Ready(Err(e)) => return Err(Exit::Failed(lost(e))),
-                    Poll::Pending => return Ok(()),
+                    Poll::Pending => {
+                        // Writes are blocked: keep taking requests from the queue
+                        // so their deadlines are fixed and watched while they wait.
+                        self.queue_blocked(cx, progress);
+                        return Ok(());
+                    }
                 }
             }
             if let Some(request) = self.backlog.pop_front() {
@@ -245,48 +258,79 @@ where
         Ok(())
     }
 
+    /// Moves queued requests into the backlog while writes are blocked.
+    fn queue_blocked(&mut self, cx: &mut Context<'_>, progress: &mut bool) {
+        while self.rx_open {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Message::Request(mut request))) => {
+                    *progress = true;
+                    self.fix_deadline(&mut request);
+                    if let Some(deadline) = request.reply.deadline {
+                        self.earliest = Some(self.earliest.map_or(deadline, |e| e.min(deadline)));
+                    }
+                    self.backlog.push_back(request);
+                }
+                Poll::Ready(Some(Message::Close)) => {
+                    *progress = true;
+                    self.begin_drain(true, Error::new(Kind::Closed));
+                }
+                Poll::Ready(None) => {
+                    self.rx_open = false;
+                    self.begin_drain(true, Error::new(Kind::Closed));
+                }
+                Poll::Pending => return,
+            }
+        }
+    }
+
     fn clock(&mut self) -> Instant {
         *self.now.get_or_insert_with(Instant::now)
     }
 
-    fn write_request(&mut self, request: Request) {
-        let Request {
-            payload,
-            reply,
-            permit,
-            deadline,
-        } = request;
+    /// Fixes a relative deadline of a request taken from the queue (the clock is
+    /// read once per pass).
+    #[inline]
+    fn fix_deadline(&mut self, request: &mut Request) {
+        if let Some(within) = request.within.take() {
+            request.reply.deadline = Some(self.clock() + within);
+        }
+    }
+
+    fn write_request(&mut self, mut request: Request) {
+        self.fix_deadline(&mut request);
+        let Request { payload, reply, .. } = request;
         if self.drain.as_ref().is_some_and(|d| !d.write_queued) {
-            let _ = reply.send(Err(not_sent(&self.shared)));
+            self.unwritten += 1;
+            reply.fail(not_sent(&self.shared));
             return;
         }
         if reply.is_closed() {
             // The caller gave up (dropped or timed out) before the request was
-            // written: it is never written, and its window slot frees at once.
+            // written: it is never written, and its window unit returns at once.
+            self.unwritten += 1;
             self.counts.abandoned_unwritten += 1;
             return;
         }
-        if let Some(deadline) = deadline {
+        if let Some(deadline) = reply.deadline {
             if deadline <= self.clock() {
                 // Its deadline passed while it queued: never written.
-                let _ = reply.send(Err(overdue(true)));
+                self.unwritten += 1;
+                reply.fail(overdue(true));
                 return;
             }
             self.earliest = Some(self.earliest.map_or(deadline, |e| e.min(deadline)));
         }
-        let id = match self.table.insert(reply, deadline) {
-            Ok(id) => {
-                // The slot now holds this window permit; the driver returns it
-                // (in a batch) when the slot is freed.
-                permit.forget();
-                id
-            }
+        // The slot now holds the request's window unit; the driver returns it
+        // (in a batch) when the slot is freed.
+        let id = match self.table.insert(reply) {
+            Ok(id) => id,
             Err(reply) => {
-                // Unreachable while permits bound the table; fail safe regardless.
-                let _ = reply.send(Err(Error::with_source(
+                // Unreachable while the window bounds the table; fail safe regardless.
+                self.unwritten += 1;
+                reply.fail(Error::with_source(
                     Kind::Overloaded,
                     "no free tag on the connection",
-                )));
+                ));
                 return;
             }
         };
@@ -305,7 +349,7 @@ where
             }
             Err(e) => {
                 if let Some(reply) = self.table.remove(id) {
-                    let _ = reply.send(Err(Error::with_source(Kind::InvalidRequest, e)));
+                    reply.fail(Error::with_source(Kind::InvalidRequest, e));
                 }
             }
         }
@@ -356,7 +400,7 @@ where
         };
         match matched {
             Matched::Waiting(reply) => {
-                if reply.send(Ok(frame.payload)).is_ok() {
+                if reply.succeed(frame.payload) {
                     self.counts.responses += 1;
                 } else {
                     // Abandoned after the last sweep: the late response is dropped.
@@ -425,17 +469,24 @@ where
     fn expire_deadlines(&mut self, now: Instant) {
         while let Ok(message) = self.rx.try_recv() {
             match message {
-                Message::Request(request) => self.backlog.push_back(request),
+                Message::Request(mut request) => {
+                    self.fix_deadline(&mut request);
+                    self.backlog.push_back(request);
+                }
                 Message::Close => self.begin_drain(true, Error::new(Kind::Closed)),
             }
         }
         let mut earliest: Option<Instant> = None;
         let mut kept = VecDeque::with_capacity(self.backlog.len());
         for request in self.backlog.drain(..) {
-            match request.deadline {
-                _ if request.reply.is_closed() => self.counts.abandoned_unwritten += 1,
+            match request.reply.deadline {
+                _ if request.reply.is_closed() => {
+                    self.unwritten += 1;
+                    self.counts.abandoned_unwritten += 1;
+                }
                 Some(deadline) if deadline <= now => {
-                    let _ = request.reply.send(Err(overdue(true)));
+                    self.unwritten += 1;
+                    request.reply.fail(overdue(true));
                 }
                 deadline => {
                     if let Some(d) = deadline {
@@ -451,7 +502,7 @@ where
             .table
             .expire_deadlines(now, now + self.quarantine, &mut expired);
         for reply in expired {
-            let _ = reply.send(Err(overdue(false)));
+            reply.fail(overdue(false));
         }
         self.earliest = match (earliest, waiting) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -497,9 +548,10 @@ where
         tracing::debug!(waiting = self.table.waiting(), "connection closing");
     }
 
-    /// Gives the window permits of freed slots back, in one batch.
+    /// Gives the window units of freed slots and of requests that ended
+    /// unwritten back, in one batch.
     fn return_permits(&mut self) {
-        let released = self.table.take_released();
+        let released = self.table.take_released() + std::mem::take(&mut self.unwritten);
         if released > 0 {
             self.shared.semaphore.add_permits(released);
         }
@@ -543,18 +595,23 @@ where
         };
         self.shared.refuse(error.clone());
         for reply in self.table.drain_waiting() {
-            let _ = reply.send(Err(error.clone()));
+            reply.fail(error.clone());
         }
         self.return_permits();
         self.rx.close();
         for request in std::mem::take(&mut self.backlog) {
-            let _ = request.reply.send(Err(not_sent(&self.shared)));
+            self.unwritten += 1;
+            request.reply.fail(not_sent(&self.shared));
         }
         while let Ok(message) = self.rx.try_recv() {
-            if let Message::Request(request) = message {
-                let _ = request.reply.send(Err(not_sent(&self.shared)));
+            if let Message::Request(mut request) = message {
+                self.unwritten += 1;
+                self.fix_deadline(&mut request);
+                request.reply.fail(not_sent(&self.shared));
             }
         }
+        // The window is closed; this only keeps the count exact.
+        self.return_permits();
         self.publish();
         self.shared.mark_done();
     }

@@ -9,6 +9,7 @@ use std::{
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::reply::{Answer, Failure};
 use crate::{Error, Kind};
 
 /// The response to one request on a [`Connection`](super::Connection).
@@ -26,12 +27,12 @@ pub struct ResponseFuture {
 
 #[derive(Debug)]
 enum State {
-    Waiting(oneshot::Receiver<Result<Bytes, Error>>),
+    Waiting(oneshot::Receiver<Answer>),
     Failed(Option<Error>),
 }
 
 impl ResponseFuture {
-    pub(crate) fn waiting(rx: oneshot::Receiver<Result<Bytes, Error>>) -> ResponseFuture {
+    pub(crate) fn waiting(rx: oneshot::Receiver<Answer>) -> ResponseFuture {
         ResponseFuture {
             state: State::Waiting(rx),
         }
@@ -42,25 +43,49 @@ impl ResponseFuture {
             state: State::Failed(Some(error)),
         }
     }
+
+    /// Like `poll`, with the deadline the driver ran a failed request under.
+    #[inline]
+    pub(crate) fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, Failure>> {
+        match &mut self.state {
+            State::Waiting(rx) => Poll::Ready(match ready!(Pin::new(rx).poll(cx)) {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(failure)) => Err(*failure),
+                Err(_) => Err(Failure {
+                    error: driver_stopped(),
+                    deadline: None,
+                }),
+            }),
+            State::Failed(error) => Poll::Ready(Err(Failure {
+                error: error
+                    .take()
+                    .expect("ResponseFuture polled after completion"),
+                deadline: None,
+            })),
+        }
+    }
 }
 
 impl Future for ResponseFuture {
     type Output = Result<Bytes, Error>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.state {
             State::Waiting(rx) => Poll::Ready(match ready!(Pin::new(rx).poll(cx)) {
-                Ok(result) => result,
-                // The driver always answers before dropping a request; it can only
-                // vanish without answering when its task was aborted.
-                Err(_) => Err(Error::with_source(
-                    Kind::ConnectionLost,
-                    "connection driver stopped",
-                )),
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(failure)) => Err(failure.error),
+                Err(_) => Err(driver_stopped()),
             }),
             State::Failed(error) => Poll::Ready(Err(error
                 .take()
                 .expect("ResponseFuture polled after completion"))),
         }
     }
+}
+
+/// The driver always answers before dropping a request; it can only vanish
+/// without answering when its task was aborted.
+fn driver_stopped() -> Error {
+    Error::with_source(Kind::ConnectionLost, "connection driver stopped")
 }

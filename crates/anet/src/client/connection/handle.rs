@@ -9,8 +9,7 @@ use std::{
 use bytes::Bytes;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    sync::{OwnedSemaphorePermit, mpsc, oneshot},
-    time::Instant,
+    sync::{OwnedSemaphorePermit, mpsc},
 };
 use tokio_util::sync::PollSemaphore;
 use tower::{Service, load::Load};
@@ -18,9 +17,10 @@ use tower::{Service, load::Load};
 use super::{
     ConnectionConfig, ConnectionStats, ResponseFuture,
     driver::{Driver, Message, Request},
+    reply::Reply,
     shared::Shared,
 };
-use crate::{Error, Kind};
+use crate::{Error, Kind, client::deadline::Deadline};
 
 /// A handle to one multiplexed connection: many tagged requests in flight over one
 /// transport, owned by a driver task.
@@ -147,11 +147,7 @@ impl Service<Bytes> for Connection {
     }
 
     fn call(&mut self, payload: Bytes) -> ResponseFuture {
-        let permit = self
-            .permit
-            .take()
-            .expect("Connection::call without poll_ready reporting ready");
-        self.send(payload, permit, None)
+        self.call_until(payload, Deadline::Never)
     }
 }
 
@@ -163,53 +159,65 @@ impl Connection {
     pub(crate) fn try_call(
         &self,
         payload: Bytes,
-        deadline: Option<Instant>,
+        deadline: Deadline,
     ) -> Result<ResponseFuture, Bytes> {
-        match self.shared.semaphore.clone().try_acquire_owned() {
-            Ok(permit) => Ok(self.send(payload, permit, deadline)),
+        if let Some(error) = self.oversize(&payload) {
+            return Ok(ResponseFuture::failed(error));
+        }
+        match self.shared.semaphore.try_acquire() {
+            Ok(permit) => {
+                // The unit of window now travels with the request; the driver
+                // gives it back when the request's slot frees.
+                permit.forget();
+                Ok(self.send(payload, deadline))
+            }
             Err(_) => Err(payload),
         }
     }
 
     /// `call` with a deadline, after `poll_ready` reported ready.
-    pub(crate) fn call_until(
-        &mut self,
-        payload: Bytes,
-        deadline: Option<Instant>,
-    ) -> ResponseFuture {
+    pub(crate) fn call_until(&mut self, payload: Bytes, deadline: Deadline) -> ResponseFuture {
         let permit = self
             .permit
             .take()
-            .expect("Connection::call_until without poll_ready reporting ready");
-        self.send(payload, permit, deadline)
+            .expect("Connection::call without poll_ready reporting ready");
+        if let Some(error) = self.oversize(&payload) {
+            // Dropping the permit gives its unit back.
+            return ResponseFuture::failed(error);
+        }
+        permit.forget();
+        self.send(payload, deadline)
     }
 
-    fn send(
-        &self,
-        payload: Bytes,
-        permit: OwnedSemaphorePermit,
-        deadline: Option<Instant>,
-    ) -> ResponseFuture {
-        if payload.len() > self.max_payload {
-            return ResponseFuture::failed(Error::with_source(
+    fn oversize(&self, payload: &Bytes) -> Option<Error> {
+        (payload.len() > self.max_payload).then(|| {
+            Error::with_source(
                 Kind::InvalidRequest,
                 format!(
                     "payload of {} bytes exceeds the maximum of {}",
                     payload.len(),
                     self.max_payload
                 ),
-            ));
-        }
-        let (reply, rx) = oneshot::channel();
+            )
+        })
+    }
+
+    /// Queues a request holding one (forgotten) unit of the window.
+    fn send(&self, payload: Bytes, deadline: Deadline) -> ResponseFuture {
+        let (at, within) = match deadline {
+            Deadline::Never => (None, None),
+            Deadline::At(at) => (Some(at), None),
+            Deadline::After(within) => (None, Some(within)),
+        };
+        let (reply, rx) = Reply::channel(at);
         let request = Request {
             payload,
             reply,
-            permit,
-            deadline,
+            within,
         };
         match self.tx.send(Message::Request(request)) {
             Ok(()) => ResponseFuture::waiting(rx),
-            // The driver has finished: the request was never written.
+            // The driver has finished (the window is closed): never written.
             Err(_) => ResponseFuture::failed(not_sent(&self.shared)),
         }
     }

@@ -52,6 +52,7 @@ mod config;
 mod driver;
 mod future;
 mod handle;
+mod reply;
 mod shared;
 mod stats;
 mod table;
@@ -60,3 +61,5 @@ pub use config::ConnectionConfig;
 pub use future::ResponseFuture;
 pub use handle::Connection;
 pub use stats::ConnectionStats;
+
+pub(crate) use reply::Failure;

@@ -14,13 +14,9 @@
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
-use tokio::{sync::oneshot, time::Instant};
+use tokio::time::Instant;
 
-use crate::Error;
-
-/// Where a response goes.
-pub(crate) type Reply = oneshot::Sender<Result<Bytes, Error>>;
+use super::reply::Reply;
 
 /// The table of waiting and quarantined requests.
 #[derive(Debug)]
@@ -51,8 +47,9 @@ struct Slot {
 #[derive(Debug)]
 enum State {
     Free,
-    /// Written; the caller awaits the response until its deadline, if any.
-    Waiting(Reply, Option<Instant>),
+    /// Written; the caller awaits the response until its deadline (in the
+    /// reply), if any.
+    Waiting(Reply),
     /// The caller gave up; the tag stays reserved (holding its window slot) until
     /// the late response arrives or the quarantine ends.
     Quarantined,
@@ -112,12 +109,12 @@ impl Table {
     /// Reserves a slot for a request and returns its id (to encode as the tag), or
     /// gives the reply back when no slot is free. The slot holds one window
     /// permit until it is freed (see [`take_released`](Self::take_released)).
-    pub(crate) fn insert(&mut self, reply: Reply, deadline: Option<Instant>) -> Result<u64, Reply> {
+    pub(crate) fn insert(&mut self, reply: Reply) -> Result<u64, Reply> {
         let Some(index) = self.free.pop_front() else {
             return Err(reply);
         };
         let slot = &mut self.slots[index as usize];
-        slot.state = State::Waiting(reply, deadline);
+        slot.state = State::Waiting(reply);
         self.waiting += 1;
         Ok(slot.generation << self.bits | u64::from(index))
     }
@@ -140,7 +137,7 @@ impl Table {
         }
         let matched = match std::mem::replace(&mut slot.state, State::Free) {
             State::Free => return Matched::Unknown,
-            State::Waiting(reply, _) => {
+            State::Waiting(reply) => {
                 self.waiting -= 1;
                 Matched::Waiting(reply)
             }
@@ -158,7 +155,7 @@ impl Table {
     pub(crate) fn quarantine_abandoned(&mut self, until: Instant) -> usize {
         let mut moved = 0;
         for (index, slot) in self.slots.iter_mut().enumerate() {
-            let abandoned = matches!(&slot.state, State::Waiting(reply, _) if reply.is_closed());
+            let abandoned = matches!(&slot.state, State::Waiting(reply) if reply.is_closed());
             if abandoned {
                 slot.state = State::Quarantined;
                 self.quarantine
@@ -182,16 +179,17 @@ impl Table {
     ) -> Option<Instant> {
         let mut earliest: Option<Instant> = None;
         for (index, slot) in self.slots.iter_mut().enumerate() {
-            let State::Waiting(_, Some(deadline)) = &slot.state else {
+            let State::Waiting(reply) = &slot.state else {
                 continue;
             };
-            let deadline = *deadline;
+            let Some(deadline) = reply.deadline else {
+                continue;
+            };
             if deadline > now {
                 earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
                 continue;
             }
-            if let State::Waiting(reply, _) = std::mem::replace(&mut slot.state, State::Quarantined)
-            {
+            if let State::Waiting(reply) = std::mem::replace(&mut slot.state, State::Quarantined) {
                 expired.push(reply);
             }
             self.quarantine
@@ -228,7 +226,7 @@ impl Table {
         for (index, slot) in self.slots.iter_mut().enumerate() {
             match std::mem::replace(&mut slot.state, State::Free) {
                 State::Free => continue,
-                State::Waiting(reply, _) => replies.push(reply),
+                State::Waiting(reply) => replies.push(reply),
                 State::Quarantined => {}
             }
             self.released += 1;
@@ -266,21 +264,30 @@ fn next_generation(generation: u64, generations: u64) -> u64 {
 mod tests {
     use super::*;
 
+    fn reply(
+        deadline: Option<Instant>,
+    ) -> (
+        Reply,
+        tokio::sync::oneshot::Receiver<super::super::reply::Answer>,
+    ) {
+        Reply::channel(deadline)
+    }
+
     fn insert(table: &mut Table) -> u64 {
-        table.insert(oneshot::channel().0, None).expect("free slot")
+        table.insert(reply(None).0).expect("free slot")
     }
 
     #[test]
     fn response_after_reuse_is_not_delivered_to_new_occupant() {
         let mut table = Table::new(1, 1 << 32);
-        let (tx, rx) = oneshot::channel();
-        let old = table.insert(tx, None).unwrap();
+        let (tx, rx) = reply(None);
+        let old = table.insert(tx).unwrap();
         drop(rx);
         let now = Instant::now();
         assert_eq!(table.quarantine_abandoned(now), 1);
         assert_eq!(table.expire_quarantine(now), None);
-        let (tx, _rx) = oneshot::channel();
-        let new = table.insert(tx, None).unwrap();
+        let (tx, _rx) = reply(None);
+        let new = table.insert(tx).unwrap();
         // Same slot (the only one), next generation.
         assert_eq!(new, old + 1);
         assert!(matches!(table.take(old), Matched::Unknown));
@@ -300,7 +307,7 @@ mod tests {
         assert_eq!(insert(&mut table), 3);
         assert_eq!(insert(&mut table), 4 + 1);
         assert_eq!(insert(&mut table), 4);
-        assert!(table.insert(oneshot::channel().0, None).is_err());
+        assert!(table.insert(reply(None).0).is_err());
     }
 
     #[test]
@@ -317,8 +324,8 @@ mod tests {
     #[test]
     fn quarantine_holds_the_window_slot_until_it_ends() {
         let mut table = Table::new(1, 100);
-        let (tx, rx) = oneshot::channel();
-        table.insert(tx, None).unwrap();
+        let (tx, rx) = reply(None);
+        table.insert(tx).unwrap();
         drop(rx);
         let start = Instant::now();
         let until = start + std::time::Duration::from_secs(1);
@@ -337,9 +344,9 @@ mod tests {
         let now = Instant::now();
         let soon = now + std::time::Duration::from_millis(10);
         let later = now + std::time::Duration::from_secs(1);
-        let overdue = table.insert(oneshot::channel().0, Some(now)).unwrap();
-        let _pending = table.insert(oneshot::channel().0, Some(later)).unwrap();
-        let _none = table.insert(oneshot::channel().0, None).unwrap();
+        let overdue = table.insert(reply(Some(now)).0).unwrap();
+        let _pending = table.insert(reply(Some(later)).0).unwrap();
+        let _none = table.insert(reply(None).0).unwrap();
         let mut expired = Vec::new();
         let earliest = table.expire_deadlines(now, soon, &mut expired);
         assert_eq!(expired.len(), 1);
