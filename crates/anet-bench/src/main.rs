@@ -1,15 +1,17 @@
 //! Side-by-side benchmark of anet against the floor and its peers, in one run.
 //!
 //! ```text
-//! cargo run --release -p anet-bench -- [--duration 5] [--concurrency 1,16,256]
-//!     [--size 64] [--threads 2] [--json]
+//! cargo run --release -p anet-bench -- [--duration 5] [--rounds 3]
+//!     [--concurrency 1,16,256] [--size 64] [--threads 2] [--json]
 //! ```
 //!
 //! Every client runs closed-loop on loopback against two servers (`raw`, a plain
 //! TCP echo, and the anet `Server`), each server on its own thread with a
 //! current-thread runtime. Every response is checked against its request; a
-//! mismatch aborts the run. Ratios are taken against `floor` on the same server at
-//! the same concurrency, measured in the same run.
+//! mismatch aborts the run. The whole set is measured `--rounds` times, one
+//! client after the other, and each figure reported is the median over the
+//! rounds; a ratio is the median of the ratios to `floor` on the same server at
+//! the same concurrency within each round.
 
 // Each client names its own future type where it can (no boxing, a concrete
 // type the compiler can see is `Send`).
@@ -45,6 +47,9 @@ struct Args {
     /// Seconds measured per point (after a short warm-up).
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
+    /// Times the whole set is measured; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Concurrency levels (callers, each with one request in flight).
     #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
     concurrency: Vec<usize>,
@@ -360,6 +365,23 @@ fn stack_allocations(addr: SocketAddr, size: usize) -> f64 {
     info.count_total as f64 / N as f64
 }
 
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The median of the values present, if any.
+fn median_opt(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let v: Vec<f64> = values.flatten().collect();
+    (!v.is_empty()).then(|| median(v.into_iter()))
+}
+
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -390,52 +412,65 @@ fn main() -> anyhow::Result<()> {
         args.duration,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let mut points = Vec::new();
-    for &(server, addr) in &servers {
-        for &concurrency in &args.concurrency {
-            for &client in &clients {
-                let point = measure(client, server, addr, concurrency, &args)?;
-                eprintln!(
-                    "  {server:>4} c={concurrency:<4} {client:<12} {:>12.0} req/s  p50 {:>6} us  p99 {:>6} us",
-                    point.rps, point.p50_us, point.p99_us
-                );
-                points.push(point);
+    let rounds = args.rounds.max(1);
+    // rounds[r] holds every point of round r, in the same order each round.
+    let mut measured: Vec<Vec<Point>> = Vec::with_capacity(rounds);
+    for round in 1..=rounds {
+        let mut points = Vec::new();
+        for &(server, addr) in &servers {
+            for &concurrency in &args.concurrency {
+                for &client in &clients {
+                    let point = measure(client, server, addr, concurrency, &args)?;
+                    eprintln!(
+                        "  round {round}/{rounds} {server:>4} c={concurrency:<4} {client:<13} {:>10.0} req/s  p50 {:>6} us  p99 {:>6} us",
+                        point.rps, point.p50_us, point.p99_us
+                    );
+                    points.push(point);
+                }
             }
         }
+        measured.push(points);
     }
     let allocs = stack_allocations(servers[0].1, args.size);
     let rss = peak_rss_mb();
 
-    let floor_of = |p: &Point| {
-        points
-            .iter()
-            .find(|f| f.client == "floor" && f.server == p.server && f.concurrency == p.concurrency)
-            .map(|f| f.rps)
-    };
     println!(
-        "{:<12} {:>6} {:>6} {:>12} {:>8} {:>8} {:>9}",
+        "{:<13} {:>6} {:>6} {:>12} {:>8} {:>8} {:>9}",
         "client", "server", "conc", "req/s", "p50 us", "p99 us", "vs floor"
     );
     let mut results = Vec::new();
-    for p in &points {
-        let ratio = floor_of(p).map(|f| p.rps / f);
+    for (i, p) in measured[0].iter().enumerate() {
+        let across = |f: &dyn Fn(&Point) -> f64| median(measured.iter().map(|r| f(&r[i])));
+        let ratio = median_opt(measured.iter().map(|round| {
+            round
+                .iter()
+                .find(|f| {
+                    f.client == "floor" && f.server == p.server && f.concurrency == p.concurrency
+                })
+                .map(|f| round[i].rps / f.rps)
+        }));
+        let (rps, p50, p99) = (
+            across(&|q| q.rps),
+            across(&|q| q.p50_us as f64),
+            across(&|q| q.p99_us as f64),
+        );
         println!(
-            "{:<12} {:>6} {:>6} {:>12.0} {:>8} {:>8} {:>9}",
+            "{:<13} {:>6} {:>6} {:>12.0} {:>8.0} {:>8.0} {:>9}",
             p.client,
             p.server,
             p.concurrency,
-            p.rps,
-            p.p50_us,
-            p.p99_us,
+            rps,
+            p50,
+            p99,
             ratio.map_or("-".to_owned(), |r| format!("{r:.2}"))
         );
         results.push(serde_json::json!({
             "client": p.client,
             "server": p.server,
             "concurrency": p.concurrency,
-            "rps": p.rps,
-            "p50_us": p.p50_us,
-            "p99_us": p.p99_us,
+            "rps": rps,
+            "p50_us": p50.round() as u64,
+            "p99_us": p99.round() as u64,
             "ratio_vs_floor": ratio,
         }));
     }
@@ -449,6 +484,7 @@ fn main() -> anyhow::Result<()> {
                 "allocs_per_request": allocs,
                 "peak_rss_mb": rss,
                 "threads": args.threads,
+                "rounds": rounds,
             })
         );
     }
