@@ -239,7 +239,7 @@ where
                 self.write_request(request);
                 continue;
             }
-            let message = match self.rx.poll_recv(cx) {
+            let message = match self.next_message(cx) {
                 Poll::Ready(Some(message)) => message,
                 Poll::Ready(None) => {
                     self.rx_open = false;
@@ -258,10 +258,22 @@ where
         Ok(())
     }
 
+    /// The next queued message. `try_recv` first: it takes a whole batch without
+    /// spending the task's cooperative budget one message at a time (which
+    /// would split a batch into several writes); `poll_recv` only once the queue
+    /// looks empty, to be woken by the next message.
+    fn next_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        match self.rx.try_recv() {
+            Ok(message) => Poll::Ready(Some(message)),
+            Err(mpsc::error::TryRecvError::Disconnected) => Poll::Ready(None),
+            Err(mpsc::error::TryRecvError::Empty) => self.rx.poll_recv(cx),
+        }
+    }
+
     /// Moves queued requests into the backlog while writes are blocked.
     fn queue_blocked(&mut self, cx: &mut Context<'_>, progress: &mut bool) {
         while self.rx_open {
-            match self.rx.poll_recv(cx) {
+            match self.next_message(cx) {
                 Poll::Ready(Some(Message::Request(mut request))) => {
                     *progress = true;
                     self.fix_deadline(&mut request);

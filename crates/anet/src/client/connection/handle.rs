@@ -9,7 +9,7 @@ use std::{
 use bytes::Bytes;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    sync::{OwnedSemaphorePermit, mpsc},
+    sync::mpsc,
 };
 use tokio_util::sync::PollSemaphore;
 use tower::{Service, load::Load};
@@ -35,9 +35,14 @@ use crate::{Error, Kind, client::deadline::Deadline};
 /// awaited for the close grace, the rest fail with [`Kind::Closed`].
 pub struct Connection {
     tx: mpsc::UnboundedSender<Message>,
+    /// Waits for room when the window is full.
     semaphore: PollSemaphore,
-    /// The window slot reserved by `poll_ready` for the next `call`.
-    permit: Option<OwnedSemaphorePermit>,
+    /// `semaphore` has an acquire pending: keep polling it (it holds a place in
+    /// the queue) rather than trying the window directly.
+    acquiring: bool,
+    /// `poll_ready` took (and forgot) a unit of the window for the next `call`;
+    /// given back if the handle is dropped first.
+    reserved: bool,
     shared: Arc<Shared>,
     /// Largest payload the frame format can carry, checked before queueing.
     max_payload: usize,
@@ -64,7 +69,8 @@ impl Connection {
         Connection {
             tx,
             semaphore: PollSemaphore::new(shared.semaphore.clone()),
-            permit: None,
+            acquiring: false,
+            reserved: false,
             shared,
             max_payload: config.frame.max_payload(),
         }
@@ -110,9 +116,19 @@ impl Clone for Connection {
         Connection {
             tx: self.tx.clone(),
             semaphore: self.semaphore.clone(),
-            permit: None,
+            acquiring: false,
+            reserved: false,
             shared: self.shared.clone(),
             max_payload: self.max_payload,
+        }
+    }
+}
+
+impl Drop for Connection {
+    /// A unit of the window reserved by `poll_ready` and never used goes back.
+    fn drop(&mut self) {
+        if self.reserved {
+            self.shared.semaphore.add_permits(1);
         }
     }
 }
@@ -132,20 +148,38 @@ impl Service<Bytes> for Connection {
     type Error = Error;
     type Future = ResponseFuture;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if self.permit.is_some() {
+        if self.reserved {
             return Poll::Ready(Ok(()));
+        }
+        // Room now: take it without the queue (and without a permit object).
+        if !self.acquiring {
+            if let Ok(permit) = self.shared.semaphore.try_acquire() {
+                permit.forget();
+                self.reserved = true;
+                return Poll::Ready(Ok(()));
+            }
         }
         match self.semaphore.poll_acquire(cx) {
             Poll::Ready(Some(permit)) => {
-                self.permit = Some(permit);
+                permit.forget();
+                self.acquiring = false;
+                self.reserved = true;
                 Poll::Ready(Ok(()))
             }
-            Poll::Ready(None) => Poll::Ready(Err(self.shared.reason().unsent())),
-            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                self.acquiring = false;
+                Poll::Ready(Err(self.shared.reason().unsent()))
+            }
+            Poll::Pending => {
+                self.acquiring = true;
+                Poll::Pending
+            }
         }
     }
 
+    #[inline]
     fn call(&mut self, payload: Bytes) -> ResponseFuture {
         self.call_until(payload, Deadline::Never)
     }
@@ -176,16 +210,16 @@ impl Connection {
     }
 
     /// `call` with a deadline, after `poll_ready` reported ready.
+    #[inline]
     pub(crate) fn call_until(&mut self, payload: Bytes, deadline: Deadline) -> ResponseFuture {
-        let permit = self
-            .permit
-            .take()
-            .expect("Connection::call without poll_ready reporting ready");
+        assert!(
+            std::mem::take(&mut self.reserved),
+            "Connection::call without poll_ready reporting ready"
+        );
         if let Some(error) = self.oversize(&payload) {
-            // Dropping the permit gives its unit back.
+            self.shared.semaphore.add_permits(1);
             return ResponseFuture::failed(error);
         }
-        permit.forget();
         self.send(payload, deadline)
     }
 
