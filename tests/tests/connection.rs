@@ -609,3 +609,32 @@ async fn requests_ended_unwritten_give_their_window_back() {
     assert_eq!(stats.written, 0, "{stats:?}");
     assert_full_capacity(&conn, server.addr).await;
 }
+
+/// A response whose length header arrives and whose body never does stalls the
+/// connection: the read timeout closes it, failing the waiting request, even
+/// though the header left nothing in the read buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_stalled_right_after_its_length_header_hits_the_read_timeout() {
+    let mut server = anet_tests::ManualServer::bind().await;
+    let config = ConnectionConfig::new().read_timeout(Some(Duration::from_millis(300)));
+    let mut conn = connect(server.addr, config).await;
+    let serve = tokio::spawn(async move {
+        let mut peer = server.accept().await;
+        let _request = peer.recv().await;
+        // A 9-byte frame is announced; nothing more is ever sent.
+        peer.send_raw(&[0x00, 0x09]).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(peer);
+    });
+    let started = tokio::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(5), request(&mut conn, "stalled"))
+        .await
+        .expect("the read timeout ends the request")
+        .expect_err("no response");
+    // The connection is given up as stalled: its requests are lost with it.
+    assert_eq!(err.kind(), Kind::ConnectionLost, "{err}");
+    assert!(!err.is_unsent());
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(conn.is_closed());
+    serve.abort();
+}

@@ -175,6 +175,20 @@ async fn a_partial_frame_then_silence_is_closed_after_the_read_timeout() {
     assert_eq!(server.stats.snapshot().timeouts, 1);
 }
 
+/// Only a length header, then silence: the server is inside a frame although
+/// no byte of it is buffered, so the read timeout (not the idle timeout) applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_length_header_then_silence_is_closed_after_the_read_timeout() {
+    let config = Server::builder()
+        .read_timeout(Some(Duration::from_millis(300)))
+        .idle_timeout(None);
+    let server = start_server(config, echo()).await;
+    let mut slow = RawClient::connect(server.addr).await;
+    slow.send_raw(&[0x00, 0x20]).await; // announces 32 bytes, sends none
+    assert!(slow.closed_within(WAIT).await, "stalled frame closed");
+    assert_eq!(server.stats.snapshot().timeouts, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickling_frame_is_closed_after_the_read_timeout() {
     let config = Server::builder()

@@ -48,6 +48,26 @@ impl FrameCodec {
         &self.config
     }
 
+    /// Whether decoding is inside a frame: its length has been read and its body
+    /// is still awaited. The length is consumed from the buffer when it is read,
+    /// so the read buffer can be empty in the middle of a frame; a read timeout
+    /// for stalled frames should check this too.
+    ///
+    /// ```
+    /// use anet_proto::FrameCodec;
+    /// use bytes::BytesMut;
+    /// use tokio_util::codec::Decoder;
+    ///
+    /// let mut codec = FrameCodec::new();
+    /// let mut buf = BytesMut::from(&[0x00, 0x09][..]); // a 9-byte frame announced
+    /// assert!(codec.decode(&mut buf).unwrap().is_none());
+    /// assert!(buf.is_empty());
+    /// assert!(codec.is_mid_frame());
+    /// ```
+    pub fn is_mid_frame(&self) -> bool {
+        matches!(self.state, DecodeState::Body(_))
+    }
+
     /// Appends one encoded frame (length, tag, payload) to `dst`, reserving the
     /// space once.
     ///

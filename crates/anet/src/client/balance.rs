@@ -246,8 +246,8 @@ impl Service<Bytes> for Balancer {
         Poll::Ready(Ok(()))
     }
 
-    /// Under a [`Client`](super::Client) call, the request keeps that call's
-    /// deadline (see [`deadline`]); otherwise it has none of its own.
+    /// Under a [`Client`](super::Client) call (through its limit layers), the
+    /// request keeps that call's deadline; otherwise it has none of its own.
     ///
     /// The request is routed at once, here: when a connection has room it is on
     /// its way before the future is first polled.

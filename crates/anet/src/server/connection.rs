@@ -311,12 +311,18 @@ where
         }
         // The read timeout runs while a started frame is incomplete and we are
         // reading; it restarts whenever a frame completes.
-        if paused || self.framed.read_buffer().is_empty() {
+        if paused || !self.mid_frame() {
             self.partial_since = None;
         } else if completed || self.partial_since.is_none() {
             self.partial_since = Some(Instant::now());
         }
         Ok(())
+    }
+
+    /// A frame has started arriving and is not complete (its length may already
+    /// be consumed from the buffer).
+    fn mid_frame(&self) -> bool {
+        !self.framed.read_buffer().is_empty() || self.framed.codec().is_mid_frame()
     }
 
     /// Runs the idle, read and write timeouts.
@@ -325,7 +331,7 @@ where
             let idle = self
                 .config
                 .idle_timeout
-                .filter(|_| self.calls.is_empty() && self.framed.read_buffer().is_empty())
+                .filter(|_| self.calls.is_empty() && !self.mid_frame())
                 .map(|t| (self.last_active + t, "idle"));
             let read = self
                 .config

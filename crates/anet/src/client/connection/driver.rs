@@ -396,7 +396,7 @@ where
             }
         };
         if self.read_timeout.is_some() {
-            if self.framed.read_buffer().is_empty() {
+            if self.framed.read_buffer().is_empty() && !self.framed.codec().is_mid_frame() {
                 self.partial_since = None;
             } else if completed || self.partial_since.is_none() {
                 self.partial_since = Some(Instant::now());
