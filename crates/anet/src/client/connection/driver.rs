@@ -10,20 +10,21 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{Arc, atomic::Ordering::Relaxed},
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
-use anet_proto::{Frame, FrameCodec, FrameError, FrameRef, TagFormat};
-use bytes::Bytes;
-use futures_core::Stream;
-use futures_sink::Sink;
+use anet_proto::{Frame, FrameCodec, FrameError, TagFormat};
+use bytes::{Bytes, BytesMut};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::mpsc,
     time::{Instant, Sleep},
 };
-use tokio_util::codec::Framed;
+use tokio_util::{
+    codec::Decoder,
+    io::{poll_read_buf, poll_write_buf},
+};
 
 use super::{
     ConnectionConfig,
@@ -33,6 +34,12 @@ use super::{
     table::{Matched, Table},
 };
 use crate::{Error, Kind};
+
+/// Initial capacity of the read and write buffers.
+const BUFFER_CAPACITY: usize = 64 * 1024;
+
+/// Room made in the read buffer before a read, so reads are never tiny.
+const MIN_READ: usize = 4 * 1024;
 
 /// What a handle sends the driver.
 #[derive(Debug)]
@@ -81,9 +88,15 @@ struct Drain {
 }
 
 pub(super) struct Driver<T> {
-    framed: Framed<T, FrameCodec>,
-    /// A copy of the codec, to encode straight into the write buffer.
+    io: T,
+    /// Bytes read and not yet decoded; decoded payloads are split off it (no copy).
+    read_buf: BytesMut,
+    /// Encoded requests not yet written.
+    write_buf: BytesMut,
+    /// Encodes requests straight into the write buffer.
     encoder: FrameCodec,
+    /// Decodes responses (it keeps the state of a frame in progress).
+    decoder: FrameCodec,
     tags: TagFormat,
     rx: mpsc::UnboundedReceiver<Message>,
     /// False once the queue has ended (closed and emptied).
@@ -147,7 +160,10 @@ where
         let tags = config.frame.get_tag_format();
         let window = config.window();
         Driver {
-            framed: Framed::with_capacity(io, encoder.clone(), 64 * 1024),
+            io,
+            read_buf: BytesMut::with_capacity(BUFFER_CAPACITY),
+            write_buf: BytesMut::with_capacity(BUFFER_CAPACITY),
+            decoder: encoder.clone(),
             encoder,
             tags,
             rx,
@@ -222,7 +238,7 @@ where
     /// buffer is full and cannot be flushed yet.
     fn poll_intake(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Result<(), Exit> {
         while self.rx_open || !self.backlog.is_empty() {
-            if self.framed.write_buffer().len() >= self.write_limit {
+            if self.write_buf.len() >= self.write_limit {
                 match self.poll_flush(cx) {
                     Poll::Ready(Ok(())) => self.dirty = false,
                     Poll::Ready(Err(e)) => return Err(Exit::Failed(lost(e))),
@@ -349,7 +365,7 @@ where
         let tag = self.tags.encode_id(id);
         match self
             .encoder
-            .encode_parts(&tag, &payload, self.framed.write_buffer_mut())
+            .encode_parts(&tag, &payload, &mut self.write_buf)
         {
             Ok(()) => {
                 self.dirty = true;
@@ -367,42 +383,74 @@ where
         }
     }
 
+    /// Writes the whole write buffer, then flushes the transport.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
-        Sink::<FrameRef<'static>>::poll_flush(Pin::new(&mut self.framed), cx)
+        while !self.write_buf.is_empty() {
+            let n = ready!(poll_write_buf(
+                Pin::new(&mut self.io),
+                cx,
+                &mut self.write_buf
+            ))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    "transport accepted no bytes",
+                )
+                .into()));
+            }
+        }
+        Pin::new(&mut self.io).poll_flush(cx).map_err(Into::into)
     }
 
     /// Reads every response that is ready and completes its request.
     fn poll_read(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Result<(), Exit> {
         let mut completed = false;
         let result = loop {
-            match Pin::new(&mut self.framed).poll_next(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
+            match self.decoder.decode(&mut self.read_buf) {
+                Ok(Some(frame)) => {
                     *progress = true;
                     completed = true;
                     self.dispatch(frame);
+                    continue;
                 }
-                Poll::Ready(Some(Err(e))) if e.is_protocol() => {
+                Ok(None) => {}
+                Err(e) if e.is_protocol() => {
                     tracing::warn!(error = %e, "peer broke the protocol; closing connection");
                     break Err(Exit::Failed(Error::with_source(Kind::Protocol, e)));
                 }
-                Poll::Ready(Some(Err(e))) => break Err(Exit::Failed(lost(e))),
-                Poll::Ready(None) => {
-                    break Err(Exit::Failed(Error::with_source(
-                        Kind::ConnectionLost,
-                        "connection closed by peer",
-                    )));
+                Err(e) => break Err(Exit::Failed(lost(e))),
+            }
+            if self.read_buf.capacity() - self.read_buf.len() < MIN_READ {
+                self.read_buf.reserve(MIN_READ);
+            }
+            match poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf) {
+                Poll::Ready(Ok(0)) => {
+                    let why = if self.mid_frame() {
+                        "connection closed by peer inside a response"
+                    } else {
+                        "connection closed by peer"
+                    };
+                    break Err(Exit::Failed(Error::with_source(Kind::ConnectionLost, why)));
                 }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => break Err(Exit::Failed(lost(e.into()))),
                 Poll::Pending => break Ok(()),
             }
         };
         if self.read_timeout.is_some() {
-            if self.framed.read_buffer().is_empty() && !self.framed.codec().is_mid_frame() {
+            if !self.mid_frame() {
                 self.partial_since = None;
             } else if completed || self.partial_since.is_none() {
                 self.partial_since = Some(Instant::now());
             }
         }
         result
+    }
+
+    /// A response has started arriving and is not complete (its length may
+    /// already be consumed from the buffer).
+    fn mid_frame(&self) -> bool {
+        !self.read_buf.is_empty() || self.decoder.is_mid_frame()
     }
 
     fn dispatch(&mut self, frame: Frame) {
