@@ -8,7 +8,7 @@
 
 use std::{future::Future, time::Duration};
 
-use anet::client::{Client, ConnectionConfig, Connector};
+use anet::client::{Client, ClientBuilder, ConnectionConfig, Connector};
 use bytes::Bytes;
 use tokio::runtime::Runtime;
 use tower::{Service, ServiceExt};
@@ -101,27 +101,33 @@ fn connection_path_allocates_at_most_two_times_per_request() {
     assert_within_budget("connection", per_request, 2.0);
 }
 
-/// The client with default settings (no limit layer).
-#[test]
-fn default_client_stack_allocates_at_most_two_times_per_request() {
+/// Allocations per request through a client built by `builder` (plus the
+/// endpoint), on a current-thread runtime.
+fn client_allocations(builder: ClientBuilder) -> f64 {
     let addr = echo_on_own_thread();
     let rt = current_thread();
     let client = rt.block_on(async {
-        let client = Client::builder().endpoint(addr).build();
+        let client = builder.endpoint(addr).build();
         client
             .call(Bytes::from_static(b"warm"))
             .await
             .expect("connected");
         client
     });
-    let per_request = allocations_per_request(&rt, client, |client| async move {
+    allocations_per_request(&rt, client, |client| async move {
         let response = client
             .call(Bytes::from_static(PAYLOAD))
             .await
             .expect("response");
         assert_eq!(response.len(), PAYLOAD.len());
         client
-    });
+    })
+}
+
+/// The client with default settings (no limit layer).
+#[test]
+fn default_client_stack_allocates_at_most_two_times_per_request() {
+    let per_request = client_allocations(Client::builder());
     assert_within_budget("default stack", per_request, 2.0);
 }
 
@@ -129,26 +135,6 @@ fn default_client_stack_allocates_at_most_two_times_per_request() {
 /// layers (with the timer the limits need): one allocation more.
 #[test]
 fn limited_client_stack_allocates_at_most_three_times_per_request() {
-    let addr = echo_on_own_thread();
-    let rt = current_thread();
-    let client = rt.block_on(async {
-        let client = Client::builder()
-            .endpoint(addr)
-            .concurrency_limit(Some(1024))
-            .build();
-        client
-            .call(Bytes::from_static(b"warm"))
-            .await
-            .expect("connected");
-        client
-    });
-    let per_request = allocations_per_request(&rt, client, |client| async move {
-        let response = client
-            .call(Bytes::from_static(PAYLOAD))
-            .await
-            .expect("response");
-        assert_eq!(response.len(), PAYLOAD.len());
-        client
-    });
+    let per_request = client_allocations(Client::builder().concurrency_limit(Some(1024)));
     assert_within_budget("limited stack", per_request, 3.0);
 }
