@@ -762,6 +762,31 @@ async fn the_deadline_covers_waiting_for_the_concurrency_limit() {
     );
 }
 
+/// With limits configured, a request past them that the server never answers
+/// still ends at its deadline (enforced below the layers, by the connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_client_request_to_a_silent_server_ends_at_its_deadline() {
+    let server = start_scripted(|_, _| Action::Ignore).await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .concurrency_limit(Some(4))
+        .rate_limit(1000, Duration::from_secs(1))
+        .request_timeout(Duration::from_millis(300))
+        .retry(RetryPolicy::new(0))
+        .build();
+    let started = tokio::time::Instant::now();
+    let err = client
+        .call(Bytes::from_static(b"silence"))
+        .await
+        .expect_err("never answered");
+    let elapsed = started.elapsed();
+    assert_eq!(err.kind(), Kind::Timeout, "{err}");
+    assert!(
+        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_millis(1500),
+        "{elapsed:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_last_client_handle_closes_its_connections() {
     let server = echo_server(Duration::ZERO, None).await;

@@ -269,7 +269,8 @@ pin_project! {
 
 pin_project! {
     /// An attempt through this call's copy of the limit layers, which wait in
-    /// `poll_ready` where no lower layer sees the deadline: so it has a timer.
+    /// `poll_ready` where no lower layer sees the deadline: so it has a timer,
+    /// polled (registered) only while the layers are not ready.
     struct Layered {
         layers: Stack,
         request: Option<Bytes>,
@@ -305,6 +306,11 @@ impl Layered {
             cx,
         ) {
             return Poll::Ready(result);
+        }
+        if this.future.is_some() {
+            // Past the layers: the balancer and the connection hold the
+            // deadline now, so the timer is never registered on this path.
+            return Poll::Pending;
         }
         ready!(this.timer.poll(cx));
         Poll::Ready(Err(Error::with_source(
