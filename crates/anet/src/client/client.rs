@@ -235,7 +235,7 @@ pin_project! {
     /// The deadline is enforced where the request waits: by the balancer while it
     /// waits for an endpoint or for room, by the connection's driver once queued or
     /// written (so the common path registers no timer per request), and by a timer
-    /// of the call's own only when a concurrency or rate limit is configured.
+    /// of the call's own only while it waits for a concurrency or rate limit.
     ///
     /// # Cancellation safety
     ///
