@@ -21,7 +21,7 @@ use anet::{
 use anet_tests::{Action, RunningServer, eventually, start_scripted, start_server};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tower::service_fn;
+use tower::{Service, ServiceExt, service_fn};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -803,6 +803,32 @@ async fn dropping_the_last_client_handle_closes_its_connections() {
     assert_eq!(server.stats.snapshot().connections_open, 2);
     clone.call(Bytes::from_static(b"still")).await.expect("ok");
     drop(clone);
+    assert!(
+        eventually(WAIT, || server.stats.snapshot().connections_open == 0).await,
+        "connections closed once no handle is left"
+    );
+}
+
+/// Requests already sent when the last handle goes still get their responses
+/// (the close lets them finish within the grace), whether made through the
+/// client or through its bare balancer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_when_the_last_handle_drops_are_answered() {
+    let server = echo_server(Duration::from_millis(300), None).await;
+    let client = Client::builder().endpoint(server.addr).build();
+    client.call(Bytes::from_static(b"warm")).await.expect("ok");
+    let mut balancer = client.balancer();
+    let through_balancer = balancer
+        .ready()
+        .await
+        .expect("ready")
+        .call(Bytes::from_static(b"balancer"));
+    let through_client = client.call(Bytes::from_static(b"client"));
+    drop(balancer);
+    drop(client);
+    let (a, b) = tokio::join!(through_balancer, through_client);
+    assert_eq!(a.expect("answered"), "balancer");
+    assert_eq!(b.expect("answered"), "client");
     assert!(
         eventually(WAIT, || server.stats.snapshot().connections_open == 0).await,
         "connections closed once no handle is left"
