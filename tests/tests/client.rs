@@ -984,3 +984,48 @@ async fn a_retried_request_keeps_the_deadline_of_its_call() {
     );
     serve.abort();
 }
+
+/// Durations too large to add to the clock (`Duration::MAX`, "no limit") for
+/// every timeout of the client and the server mean no limit, not a panic in a
+/// driver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbounded_timeouts_work() {
+    let forever = Some(Duration::MAX);
+    let config = Server::builder()
+        .idle_timeout(forever)
+        .read_timeout(forever)
+        .write_timeout(forever)
+        .shutdown_grace(Duration::MAX);
+    let echo = service_fn(|r: Request| async move { Ok::<_, Infallible>(r.into_payload()) });
+    let server = start_server(config, echo).await;
+    for limited in [false, true] {
+        let mut builder = Client::builder()
+            .endpoint(server.addr)
+            .request_timeout(Duration::MAX)
+            .connect_timeout(Duration::MAX)
+            .connection(
+                ConnectionConfig::new()
+                    .quarantine(Duration::MAX)
+                    .close_grace(Duration::MAX)
+                    .read_timeout(forever),
+            );
+        if limited {
+            builder = builder.concurrency_limit(Some(8));
+        }
+        let client = builder.build();
+        for _ in 0..3 {
+            let reply = tokio::time::timeout(WAIT, client.call(Bytes::from_static(b"forever")))
+                .await
+                .expect("answered")
+                .expect("no error");
+            assert_eq!(reply, "forever");
+        }
+        // An abandoned request goes into (unbounded) quarantine without trouble.
+        drop(client.call(Bytes::from_static(b"dropped")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            client.call(Bytes::from_static(b"again")).await.expect("ok"),
+            "again"
+        );
+    }
+}

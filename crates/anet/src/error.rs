@@ -67,7 +67,8 @@ impl Kind {
         Kind::Other,
     ];
 
-    /// The kind's position in [`Kind::ALL`].
+    /// The kind's position in [`Kind::ALL`] (the client's per-kind counters).
+    #[cfg(feature = "client")]
     pub(crate) const fn index(&self) -> usize {
         *self as usize
     }

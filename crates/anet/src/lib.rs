@@ -50,6 +50,8 @@ pub mod client;
 mod error;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(any(feature = "client", feature = "server"))]
+mod time;
 
 pub use anet_proto;
 pub use error::{BoxError, Error, Kind};

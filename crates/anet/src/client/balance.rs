@@ -35,6 +35,7 @@ use super::{
     deadline::{self, Deadline},
     pool::{Endpoint, EndpointStats, PoolContext, maintain},
 };
+use crate::time::later;
 use crate::{Error, Kind};
 
 /// The set of endpoints a client balances over, and their pools.
@@ -471,7 +472,7 @@ impl Wait {
                                 Some(notified) => {
                                     *this.request = Some(back);
                                     let mut until = *this.wait_until.get_or_insert_with(|| {
-                                        Instant::now() + registry.pending_wait
+                                        later(Instant::now(), registry.pending_wait)
                                     });
                                     if let Some(call) = deadline.fix(Instant::now) {
                                         until = until.min(call);

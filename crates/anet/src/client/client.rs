@@ -25,6 +25,7 @@ use super::{
     balance::Registry,
     deadline::{self, Deadline},
 };
+use crate::time::later;
 use crate::{BoxError, Error, Kind};
 
 type Base = MapErr<Balancer, fn(Error) -> BoxError>;
@@ -127,7 +128,7 @@ impl Client {
                 (Attempt::Direct { future }, deadline)
             }
             Some(layers) => {
-                let at = Instant::now() + shared.timeout;
+                let at = later(Instant::now(), shared.timeout);
                 let layered = Layered::boxed(layers.clone(), request, at);
                 (Attempt::Layered { layered }, Deadline::At(at))
             }

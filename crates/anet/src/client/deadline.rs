@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::time::later;
+
 /// When a request must be answered by.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum Deadline {
@@ -39,7 +41,7 @@ impl Deadline {
             Deadline::Never => None,
             Deadline::At(at) => Some(at),
             Deadline::After(timeout) => {
-                let at = now() + timeout;
+                let at = later(now(), timeout);
                 *self = Deadline::At(at);
                 Some(at)
             }

@@ -23,6 +23,7 @@ use super::{
     Backoff, Connection, connection::ResponseFuture as ConnectionFuture, deadline::Deadline,
     dial::Dialer,
 };
+use crate::time::later;
 use crate::{Error, Kind};
 
 /// How each endpoint's pool behaves.
@@ -297,7 +298,7 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
         let now = Instant::now();
         if penalty_until.is_some_and(|t| now >= t) {
             penalty_until = None;
-            probation_until = Some(now + config.probation);
+            probation_until = Some(later(now, config.probation));
         }
         let (live, dropped, failed) = endpoint.prune();
         to_replace += dropped;
@@ -305,7 +306,7 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
             failures += 1;
             let on_probation = probation_until.is_some_and(|t| now < t);
             if on_probation || failures >= config.failure_threshold.max(1) {
-                penalty_until = Some(now + config.backoff.delay(failures));
+                penalty_until = Some(later(now, config.backoff.delay(failures)));
                 tracing::warn!(failures, "endpoint marked down");
             }
         }
@@ -345,7 +346,7 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
                     endpoint.connect_failures.fetch_add(1, Relaxed);
                     failures += 1;
                     let delay = config.backoff.delay(failures);
-                    penalty_until = Some(Instant::now() + delay);
+                    penalty_until = Some(later(Instant::now(), delay));
                     tracing::warn!(%error, ?delay, "dial failed; backing off");
                     set_up(&endpoint, &cx, false);
                     set_pending(&endpoint, &cx, false);

@@ -27,6 +27,7 @@ use super::{
     stats::Counters,
 };
 use crate::BoxError;
+use crate::time::later;
 
 /// Unflushed response bytes past which a connection stops reading requests.
 const WRITE_BUFFER_LIMIT: usize = 256 * 1024;
@@ -332,17 +333,17 @@ where
                 .config
                 .idle_timeout
                 .filter(|_| self.calls.is_empty() && !self.mid_frame())
-                .map(|t| (self.last_active + t, "idle"));
+                .map(|t| (later(self.last_active, t), "idle"));
             let read = self
                 .config
                 .read_timeout
                 .zip(self.partial_since)
-                .map(|(t, since)| (since + t, "read"));
+                .map(|(t, since)| (later(since, t), "read"));
             let write = self
                 .config
                 .write_timeout
                 .zip(self.write_blocked_since)
-                .map(|(t, since)| (since + t, "write"));
+                .map(|(t, since)| (later(since, t), "write"));
             let (deadline, which) = [idle, read, write].into_iter().flatten().min()?;
             // A timer armed no later than needed stays: when it fires, the real
             // deadline is checked again. This keeps activity from resetting it.

@@ -33,6 +33,7 @@ use super::{
     shared::Shared,
     table::{Matched, Table},
 };
+use crate::time::later;
 use crate::{Error, Kind};
 
 /// Initial capacity of the read and write buffers.
@@ -320,7 +321,7 @@ where
     #[inline]
     fn fix_deadline(&mut self, request: &mut Request) {
         if let Some(within) = request.within.take() {
-            request.reply.deadline = Some(self.clock() + within);
+            request.reply.deadline = Some(later(self.clock(), within));
         }
     }
 
@@ -371,7 +372,7 @@ where
                 self.dirty = true;
                 self.counts.written += 1;
                 if self.next_sweep.is_none() {
-                    self.next_sweep = Some(Instant::now() + self.sweep_every);
+                    self.next_sweep = Some(later(Instant::now(), self.sweep_every));
                 }
                 tracing::trace!(id, len = payload.len(), "request written");
             }
@@ -481,7 +482,7 @@ where
             let stall = self
                 .read_timeout
                 .zip(self.partial_since)
-                .map(|(t, s)| s + t);
+                .map(|(t, s)| later(s, t));
             let deadline = [
                 self.next_sweep,
                 self.quarantine_ends,
@@ -560,7 +561,7 @@ where
         let mut expired = Vec::new();
         let waiting = self
             .table
-            .expire_deadlines(now, now + self.quarantine, &mut expired);
+            .expire_deadlines(now, later(now, self.quarantine), &mut expired);
         for reply in expired {
             reply.fail(overdue(false));
         }
@@ -574,11 +575,11 @@ where
     /// Moves requests whose callers gave up into quarantine; declares the connection
     /// unhealthy when too many tags are quarantined.
     fn sweep(&mut self, now: Instant) {
-        let moved = self.table.quarantine_abandoned(now + self.quarantine);
+        let moved = self.table.quarantine_abandoned(later(now, self.quarantine));
         if moved > 0 {
             tracing::debug!(moved, "abandoned requests quarantined");
         }
-        self.next_sweep = (self.table.waiting() > 0).then(|| now + self.sweep_every);
+        self.next_sweep = (self.table.waiting() > 0).then(|| later(now, self.sweep_every));
         let quarantined = self.table.quarantined();
         if quarantined >= self.quarantine_limit && self.drain.is_none() {
             tracing::warn!(
@@ -601,7 +602,7 @@ where
         self.shared.refuse(leftover.clone());
         self.rx.close();
         self.drain = Some(Drain {
-            deadline: Instant::now() + self.close_grace,
+            deadline: later(Instant::now(), self.close_grace),
             write_queued,
             leftover,
         });
