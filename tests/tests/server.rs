@@ -496,3 +496,45 @@ async fn a_make_service_gives_each_connection_its_own_service() {
     let _ = stop.send(());
     serving.await.expect("join").expect("serve");
 }
+
+/// A client that sends its requests and then closes its sending side (as `nc -N`
+/// or a batch tool does) still gets every answer before the server closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_after_its_requests_gets_every_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let slow = service_fn(|req: Request| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok::<_, Infallible>(req.into_payload())
+    });
+    let server = start_server(Server::builder(), slow).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let mut sent = Vec::new();
+    for tag in 0u32..3 {
+        let payload = format!("req-{tag}");
+        let body_len = (4 + payload.len()) as u16;
+        sent.extend_from_slice(&body_len.to_be_bytes());
+        sent.extend_from_slice(&tag.to_be_bytes());
+        sent.extend_from_slice(payload.as_bytes());
+    }
+    stream.write_all(&sent).await.expect("write");
+    stream.shutdown().await.expect("half-close");
+    let mut received = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut received))
+        .await
+        .expect("server closes after answering")
+        .expect("read");
+    // Same bytes (tags and payloads), possibly in another order: compare sorted frames.
+    let frames = |mut bytes: &[u8]| {
+        let mut out = Vec::new();
+        while bytes.len() >= 2 {
+            let len = u16::from_be_bytes([bytes[0], bytes[1]]) as usize;
+            out.push(bytes[2..2 + len].to_vec());
+            bytes = &bytes[2 + len..];
+        }
+        out.sort();
+        out
+    };
+    assert_eq!(frames(&received), frames(&sent));
+}
