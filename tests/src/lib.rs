@@ -106,17 +106,8 @@ where
     F: Fn(usize, &Frame) -> Action + Send + Sync + 'static,
 {
     stream.set_nodelay(true).ok();
-    let (read, mut write) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Option<Bytes>>();
-    // One writer per connection; replies reach it in completion order.
-    let writer = tokio::spawn(async move {
-        while let Some(Some(bytes)) = rx.recv().await {
-            if write.write_all(&bytes).await.is_err() {
-                return;
-            }
-        }
-        let _ = write.shutdown().await;
-    });
+    let (read, write) = stream.into_split();
+    let (tx, writer) = spawn_writer(write);
     let mut frames = FramedRead::new(read, FrameCodec::new());
     let mut tasks = tokio::task::JoinSet::new();
     while let Some(Ok(frame)) = frames.next().await {
@@ -151,6 +142,27 @@ where
     tasks.abort_all();
     let _ = tx.send(None);
     let _ = writer.await;
+}
+
+/// A task that writes what it is sent, in order, until it gets `None` (then it
+/// closes the sending side) or the peer stops reading; for servers whose replies
+/// come from several tasks in completion order.
+pub fn spawn_writer(
+    mut write: tokio::net::tcp::OwnedWriteHalf,
+) -> (
+    mpsc::UnboundedSender<Option<Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Option<Bytes>>();
+    let writer = tokio::spawn(async move {
+        while let Some(Some(bytes)) = rx.recv().await {
+            if write.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = write.shutdown().await;
+    });
+    (tx, writer)
 }
 
 /// Encodes one frame with the default codec.

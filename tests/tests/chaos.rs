@@ -21,7 +21,7 @@ use anet_proto::{FrameCodec, Tag};
 use anet_tests::{Rng, encode, eventually};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::{io::AsyncWriteExt, net::TcpListener, sync::mpsc, task::JoinSet, time::Instant};
+use tokio::{net::TcpListener, task::JoinSet, time::Instant};
 use tokio_util::codec::FramedRead;
 
 const TIMEOUT: Duration = Duration::from_millis(300);
@@ -87,15 +87,8 @@ impl Drop for ChaosServer {
 
 async fn chaos_connection(stream: tokio::net::TcpStream, mut rng: Rng, calm: Arc<AtomicBool>) {
     let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Option<Bytes>>();
-    let writer = tokio::spawn(async move {
-        while let Some(Some(bytes)) = rx.recv().await {
-            if write.write_all(&bytes).await.is_err() {
-                return;
-            }
-        }
-    });
+    let (read, write) = stream.into_split();
+    let (tx, writer) = anet_tests::spawn_writer(write);
     let mut frames = FramedRead::new(read, FrameCodec::new());
     let mut delayed = JoinSet::new();
     while let Some(Ok(frame)) = frames.next().await {

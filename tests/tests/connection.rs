@@ -118,15 +118,11 @@ async fn ten_thousand_dropped_futures_leave_full_capacity_after_late_responses()
     let conn = connect(server.addr, config).await;
     abandon_10k(&conn, Duration::from_millis(1)).await;
     // Late responses free every slot well before the 30 s quarantine.
-    assert!(
-        eventually(LIMIT, || conn.stats().in_flight == 0).await,
-        "{:?}",
-        conn.stats()
-    );
+    wait_until_idle(&conn).await;
     let stats = conn.stats();
     assert_eq!(stats.responses, 0, "no late response delivered");
     assert_eq!(stats.late + stats.abandoned_unwritten, 10_000, "{stats:?}");
-    assert_full_capacity(&conn, server.addr).await;
+    assert_full_capacity(&conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,11 +134,7 @@ async fn ten_thousand_dropped_futures_to_a_silent_server_free_capacity_after_qua
         .quarantine_limit(None);
     let conn = connect(server.addr, config).await;
     abandon_10k(&conn, Duration::from_millis(1)).await;
-    assert!(
-        eventually(LIMIT, || conn.stats().in_flight == 0).await,
-        "{:?}",
-        conn.stats()
-    );
+    wait_until_idle(&conn).await;
     let written = conn.stats().written;
     assert!(written > 0);
     assert_eq!(
@@ -152,15 +144,7 @@ async fn ten_thousand_dropped_futures_to_a_silent_server_free_capacity_after_qua
     );
     assert_eq!(conn.stats().quarantined, 0);
     // The whole window is usable again at once.
-    let mut reserved = Vec::new();
-    for _ in 0..conn.max_in_flight() {
-        let mut c = conn.clone();
-        tokio::time::timeout(Duration::from_secs(1), c.ready())
-            .await
-            .expect("slot free after quarantine")
-            .expect("ready");
-        reserved.push(c);
-    }
+    reserve_whole_window(&conn).await;
 }
 
 /// Sends 10,000 requests from 100 concurrent callers, each of which gives up
@@ -188,19 +172,34 @@ async fn abandon_10k(conn: &Connection, patience: Duration) {
         .expect("abandoning never blocks for long");
 }
 
-/// Proves the connection takes `max_in_flight` concurrent requests again, by
-/// sending that many to an echo server.
-async fn assert_full_capacity(conn: &Connection, _addr: std::net::SocketAddr) {
-    let window = conn.max_in_flight();
-    let mut ready = Vec::with_capacity(window);
-    for _ in 0..window {
+/// Waits until nothing holds the connection's window (in flight or quarantined).
+async fn wait_until_idle(conn: &Connection) {
+    assert!(
+        eventually(LIMIT, || conn.stats().in_flight == 0).await,
+        "{:?}",
+        conn.stats()
+    );
+}
+
+/// Reserves every unit of the window at once (each on its own handle), failing
+/// if any is not free within a second.
+async fn reserve_whole_window(conn: &Connection) -> Vec<Connection> {
+    let mut reserved = Vec::with_capacity(conn.max_in_flight());
+    for _ in 0..conn.max_in_flight() {
         let mut c = conn.clone();
         tokio::time::timeout(Duration::from_secs(1), c.ready())
             .await
             .expect("window has room")
             .expect("ready");
-        ready.push(c);
+        reserved.push(c);
     }
+    reserved
+}
+
+/// Proves the connection takes `max_in_flight` concurrent requests again, by
+/// sending that many to an echo server.
+async fn assert_full_capacity(conn: &Connection) {
+    let mut ready = reserve_whole_window(conn).await;
     let futures: Vec<_> = ready
         .iter_mut()
         .enumerate()
@@ -239,7 +238,7 @@ async fn late_response_after_slot_reuse_is_dropped_not_delivered() {
     assert_eq!(Error::from_boxed(err).kind(), Kind::Timeout);
 
     // After the quarantine the slot is reused by a new request, new generation.
-    assert!(eventually(LIMIT, || conn.stats().in_flight == 0).await);
+    wait_until_idle(&conn).await;
     let mut conn2 = conn.clone();
     let second = conn2
         .ready()
@@ -599,15 +598,11 @@ async fn requests_ended_unwritten_give_their_window_back() {
             tokio::task::yield_now().await;
         }
     }
-    assert!(
-        eventually(LIMIT, || conn.stats().in_flight == 0).await,
-        "{:?}",
-        conn.stats()
-    );
+    wait_until_idle(&conn).await;
     let stats = conn.stats();
     assert_eq!(stats.abandoned_unwritten, 400, "{stats:?}");
     assert_eq!(stats.written, 0, "{stats:?}");
-    assert_full_capacity(&conn, server.addr).await;
+    assert_full_capacity(&conn).await;
 }
 
 /// A response whose length header arrives and whose body never does stalls the

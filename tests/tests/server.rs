@@ -158,15 +158,16 @@ async fn an_oversize_length_closes_only_its_own_connection() {
     assert_eq!(good.recv(WAIT).await.expect("answer").payload, "still here");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partial_frame_then_silence_is_closed_after_the_read_timeout() {
+/// Sends `bytes` (the start of a frame) and stays silent: the server must close
+/// the connection on its 300 ms read timeout, not before.
+async fn assert_stalled_frame_closed(bytes: &[u8]) {
     let config = Server::builder()
         .read_timeout(Some(Duration::from_millis(300)))
         .idle_timeout(None);
     let server = start_server(config, echo()).await;
     let mut slow = RawClient::connect(server.addr).await;
     let started = tokio::time::Instant::now();
-    slow.send_raw(&[0x00, 0x20, 0, 0]).await; // announces 32 bytes, sends 2
+    slow.send_raw(bytes).await;
     assert!(slow.closed_within(WAIT).await, "stalled frame closed");
     assert!(
         started.elapsed() >= Duration::from_millis(250),
@@ -175,18 +176,16 @@ async fn a_partial_frame_then_silence_is_closed_after_the_read_timeout() {
     assert_eq!(server.stats.snapshot().timeouts, 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_frame_then_silence_is_closed_after_the_read_timeout() {
+    assert_stalled_frame_closed(&[0x00, 0x20, 0, 0]).await; // announces 32 bytes, sends 2
+}
+
 /// Only a length header, then silence: the server is inside a frame although
 /// no byte of it is buffered, so the read timeout (not the idle timeout) applies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bare_length_header_then_silence_is_closed_after_the_read_timeout() {
-    let config = Server::builder()
-        .read_timeout(Some(Duration::from_millis(300)))
-        .idle_timeout(None);
-    let server = start_server(config, echo()).await;
-    let mut slow = RawClient::connect(server.addr).await;
-    slow.send_raw(&[0x00, 0x20]).await; // announces 32 bytes, sends none
-    assert!(slow.closed_within(WAIT).await, "stalled frame closed");
-    assert_eq!(server.stats.snapshot().timeouts, 1);
+    assert_stalled_frame_closed(&[0x00, 0x20]).await; // announces 32 bytes, sends none
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -402,7 +402,8 @@ pin_project! {
             conn: Connection,
             signalled: bool,
             // Armed when the wait for room starts, to the call's deadline.
-            deadline: Option<Pin<Box<Sleep>>>,
+            #[pin]
+            deadline: Option<Sleep>,
         },
     }
 }
@@ -509,7 +510,7 @@ impl Wait {
                     endpoint,
                     conn,
                     signalled,
-                    deadline: timer,
+                    deadline: mut timer,
                 } => match conn.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
                         let request = this.request.take().expect("request taken once");
@@ -530,12 +531,12 @@ impl Wait {
                             endpoint.signal_demand();
                         }
                         if timer.is_none() {
-                            *timer = deadline
-                                .fix(Instant::now)
-                                .map(|d| Box::pin(tokio::time::sleep_until(d)));
+                            if let Some(at) = deadline.fix(Instant::now) {
+                                timer.set(Some(tokio::time::sleep_until(at)));
+                            }
                         }
-                        if let Some(sleep) = timer {
-                            if sleep.as_mut().poll(cx).is_ready() {
+                        if let Some(sleep) = timer.as_pin_mut() {
+                            if sleep.poll(cx).is_ready() {
                                 return Poll::Ready(Err(Error::with_source(
                                     Kind::Timeout,
                                     "request deadline passed waiting for room on a connection",

@@ -278,9 +278,9 @@ pin_project! {
         // `None` while waiting for the layers to be ready.
         #[pin]
         future: Option<<Stack as Service<Bytes>>::Future>,
+        // Set to the call's deadline.
         #[pin]
         timer: Sleep,
-        deadline: Instant,
     }
 }
 
@@ -291,7 +291,6 @@ impl Layered {
             request: Some(request),
             future: None,
             timer: tokio::time::sleep_until(deadline),
-            deadline,
         })
     }
 
@@ -303,7 +302,7 @@ impl Layered {
             this.layers,
             this.request,
             this.future.as_mut(),
-            *this.deadline,
+            this.timer.deadline(),
             cx,
         ) {
             return Poll::Ready(result);

@@ -56,11 +56,10 @@ pub(super) enum Message {
 pub(super) struct Request {
     pub(super) payload: Bytes,
     /// Where the answer goes, with the request's deadline: past it the request
-    /// is not written, and once written it fails with a timeout.
+    /// is not written, and once written it fails with a timeout. A relative
+    /// deadline is fixed when the driver takes the request from the queue (the
+    /// clock is read once per pass, not per request).
     pub(super) reply: Reply,
-    /// A relative deadline, fixed when the driver takes the request from the
-    /// queue (the clock is read once per pass, not per request).
-    pub(super) within: Option<Duration>,
 }
 // Each request holds one unit of the window, taken (and forgotten) by the
 // handle: the driver gives it back when the request's table slot frees, or at
@@ -294,7 +293,7 @@ where
                 Poll::Ready(Some(Message::Request(mut request))) => {
                     *progress = true;
                     self.fix_deadline(&mut request);
-                    if let Some(deadline) = request.reply.deadline {
+                    if let Some(deadline) = request.reply.deadline.instant() {
                         self.earliest = Some(self.earliest.map_or(deadline, |e| e.min(deadline)));
                     }
                     self.backlog.push_back(request);
@@ -320,9 +319,7 @@ where
     /// read once per pass).
     #[inline]
     fn fix_deadline(&mut self, request: &mut Request) {
-        if let Some(within) = request.within.take() {
-            request.reply.deadline = Some(later(self.clock(), within));
-        }
+        request.reply.deadline.fix(|| self.clock());
     }
 
     fn write_request(&mut self, mut request: Request) {
@@ -340,7 +337,7 @@ where
             self.counts.abandoned_unwritten += 1;
             return;
         }
-        if let Some(deadline) = reply.deadline {
+        if let Some(deadline) = reply.deadline.instant() {
             if deadline <= self.clock() {
                 // Its deadline passed while it queued: never written.
                 self.unwritten += 1;
@@ -524,23 +521,14 @@ where
         }
     }
 
-    /// Fails the requests whose deadline has passed: those still queued (taken out
-    /// of the channel first, in case writes are blocked) are never written; written
-    /// ones fail with a timeout and their tags are quarantined.
+    /// Fails the requests whose deadline has passed: those in the backlog (where
+    /// `poll_intake` moves queued requests while writes are blocked) are never
+    /// written; written ones fail with a timeout and their tags are quarantined.
     fn expire_deadlines(&mut self, now: Instant) {
-        while let Ok(message) = self.rx.try_recv() {
-            match message {
-                Message::Request(mut request) => {
-                    self.fix_deadline(&mut request);
-                    self.backlog.push_back(request);
-                }
-                Message::Close => self.begin_drain(true, Error::new(Kind::Closed)),
-            }
-        }
         let mut earliest: Option<Instant> = None;
         let mut kept = VecDeque::with_capacity(self.backlog.len());
         for request in self.backlog.drain(..) {
-            match request.reply.deadline {
+            match request.reply.deadline.instant() {
                 _ if request.reply.is_closed() => {
                     self.unwritten += 1;
                     self.counts.abandoned_unwritten += 1;
@@ -569,7 +557,6 @@ where
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        self.quarantine_ends = self.table.expire_quarantine(now);
     }
 
     /// Moves requests whose callers gave up into quarantine; declares the connection

@@ -51,8 +51,10 @@ impl ResponseFuture {
             State::Waiting(rx) => Poll::Ready(match ready!(Pin::new(rx).poll(cx)) {
                 Ok(Ok(response)) => Ok(response),
                 Ok(Err(failure)) => Err(*failure),
+                // The driver always answers before dropping a request; it can
+                // only vanish without answering when its task was aborted.
                 Err(_) => Err(Failure {
-                    error: driver_stopped(),
+                    error: Error::with_source(Kind::ConnectionLost, "connection driver stopped"),
                     deadline: None,
                 }),
             }),
@@ -71,21 +73,6 @@ impl Future for ResponseFuture {
 
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.state {
-            State::Waiting(rx) => Poll::Ready(match ready!(Pin::new(rx).poll(cx)) {
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(failure)) => Err(failure.error),
-                Err(_) => Err(driver_stopped()),
-            }),
-            State::Failed(error) => Poll::Ready(Err(error
-                .take()
-                .expect("ResponseFuture polled after completion"))),
-        }
+        self.poll_answer(cx).map_err(|failure| failure.error)
     }
-}
-
-/// The driver always answers before dropping a request; it can only vanish
-/// without answering when its task was aborted.
-fn driver_stopped() -> Error {
-    Error::with_source(Kind::ConnectionLost, "connection driver stopped")
 }

@@ -238,17 +238,8 @@ impl Connection {
 
     /// Queues a request holding one (forgotten) unit of the window.
     fn send(&self, payload: Bytes, deadline: Deadline) -> ResponseFuture {
-        let (at, within) = match deadline {
-            Deadline::Never => (None, None),
-            Deadline::At(at) => (Some(at), None),
-            Deadline::After(within) => (None, Some(within)),
-        };
-        let (reply, rx) = Reply::channel(at);
-        let request = Request {
-            payload,
-            reply,
-            within,
-        };
+        let (reply, rx) = Reply::channel(deadline);
+        let request = Request { payload, reply };
         match self.tx.send(Message::Request(request)) {
             Ok(()) => ResponseFuture::waiting(rx),
             // The driver has finished (the window is closed): never written.

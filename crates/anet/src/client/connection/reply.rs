@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use tokio::{sync::oneshot, time::Instant};
 
-use crate::Error;
+use crate::{Error, client::deadline::Deadline};
 
 /// What a request's response future receives (the failure boxed: it is rare,
 /// and the answer stays as small as a plain `Result<Bytes, Error>`).
@@ -21,15 +21,15 @@ pub(crate) struct Failure {
 #[derive(Debug)]
 pub(crate) struct Reply {
     tx: oneshot::Sender<Answer>,
-    /// The request's deadline once fixed to an instant (a relative one is fixed
-    /// by the driver when it takes the request).
-    pub(crate) deadline: Option<Instant>,
+    /// The request's deadline (a relative one is fixed to an instant by the
+    /// driver when it takes the request).
+    pub(crate) deadline: Deadline,
 }
 
 impl Reply {
     /// A reply channel for a request with `deadline`.
     #[inline]
-    pub(crate) fn channel(deadline: Option<Instant>) -> (Reply, oneshot::Receiver<Answer>) {
+    pub(crate) fn channel(deadline: Deadline) -> (Reply, oneshot::Receiver<Answer>) {
         let (tx, rx) = oneshot::channel();
         (Reply { tx, deadline }, rx)
     }
@@ -43,7 +43,7 @@ impl Reply {
     /// Fails the request with `error`.
     #[inline]
     pub(crate) fn fail(self, error: Error) {
-        let deadline = self.deadline;
+        let deadline = self.deadline.instant();
         let _ = self.tx.send(Err(Box::new(Failure { error, deadline })));
     }
 

@@ -182,7 +182,7 @@ impl Table {
             let State::Waiting(reply) = &slot.state else {
                 continue;
             };
-            let Some(deadline) = reply.deadline else {
+            let Some(deadline) = reply.deadline.instant() else {
                 continue;
             };
             if deadline > now {
@@ -263,6 +263,7 @@ fn next_generation(generation: u64, generations: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::deadline::Deadline;
 
     fn reply(
         deadline: Option<Instant>,
@@ -270,7 +271,7 @@ mod tests {
         Reply,
         tokio::sync::oneshot::Receiver<super::super::reply::Answer>,
     ) {
-        Reply::channel(deadline)
+        Reply::channel(deadline.map_or(Deadline::Never, Deadline::At))
     }
 
     fn insert(table: &mut Table) -> u64 {
