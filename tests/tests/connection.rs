@@ -114,7 +114,7 @@ async fn ten_thousand_dropped_futures_leave_full_capacity_after_late_responses()
     let config = ConnectionConfig::new()
         .max_in_flight(512)
         .quarantine(Duration::from_secs(30))
-        .quarantine_limit(None);
+        .held_tag_limit(16_384);
     let conn = connect(server.addr, config).await;
     abandon_10k(&conn, Duration::from_millis(1)).await;
     // Late responses free every slot well before the 30 s quarantine.
@@ -131,7 +131,7 @@ async fn ten_thousand_dropped_futures_to_a_silent_server_free_capacity_after_qua
     let config = ConnectionConfig::new()
         .max_in_flight(512)
         .quarantine(Duration::from_millis(100))
-        .quarantine_limit(None);
+        .held_tag_limit(16_384);
     let conn = connect(server.addr, config).await;
     abandon_10k(&conn, Duration::from_millis(1)).await;
     wait_until_idle(&conn).await;
@@ -216,11 +216,12 @@ async fn assert_full_capacity(conn: &Connection) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_response_after_slot_reuse_is_dropped_not_delivered() {
     let mut server = ManualServer::bind().await;
-    // One slot, so the second request must reuse the first one's slot.
+    // A window of one request; the first one's tag stays held after its
+    // quarantine, so the second request gets another.
     let config = ConnectionConfig::new()
         .max_in_flight(1)
         .quarantine(Duration::from_millis(50))
-        .quarantine_limit(None);
+        .held_tag_limit(2);
     let addr = server.addr;
     let (conn, mut peer) = tokio::join!(connect(addr, config), server.accept());
 
@@ -237,7 +238,7 @@ async fn late_response_after_slot_reuse_is_dropped_not_delivered() {
     let err = first.await.expect_err("times out");
     assert_eq!(Error::from_boxed(err).kind(), Kind::Timeout);
 
-    // After the quarantine the slot is reused by a new request, new generation.
+    // After the quarantine the window unit is back; the tag is still held.
     wait_until_idle(&conn).await;
     let mut conn2 = conn.clone();
     let second = conn2
@@ -246,11 +247,12 @@ async fn late_response_after_slot_reuse_is_dropped_not_delivered() {
         .expect("ready")
         .call(Bytes::from_static(b"second"));
     let new = peer.recv().await;
-    assert_ne!(old.tag, new.tag, "the reused slot carries a new tag");
+    assert_ne!(old.tag, new.tag, "a held tag is not issued again");
 
     // The old response arrives now: it must not complete the second request.
     peer.reply(&old, b"first").await;
-    assert!(eventually(LIMIT, || conn.stats().unknown_tags == 1).await);
+    assert!(eventually(LIMIT, || conn.stats().late == 1).await);
+    assert_eq!(conn.stats().held_tags, 0, "the late answer freed its tag");
     peer.reply(&new, b"second").await;
     assert_eq!(second.await.expect("answered"), "second");
     assert!(eventually(LIMIT, || conn.stats().responses == 1).await);
@@ -262,7 +264,7 @@ async fn quarantined_tags_count_against_the_window() {
     let config = ConnectionConfig::new()
         .max_in_flight(8)
         .quarantine(Duration::from_millis(400))
-        .quarantine_limit(None);
+        .held_tag_limit(64);
     let mut conn = connect(server.addr, config).await;
     for i in 0..8 {
         let fut = conn

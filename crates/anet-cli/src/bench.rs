@@ -246,7 +246,10 @@ impl<'a> Report<'a> {
         let t = self.tally;
         let mut errors = serde_json::Map::new();
         for (kind, n) in Kind::ALL.iter().zip(t.errors) {
-            let always = !matches!(kind, Kind::InvalidRequest | Kind::Other);
+            let always = !matches!(
+                kind,
+                Kind::InvalidRequest | Kind::InvalidConfig | Kind::Other
+            );
             if always || n > 0 {
                 errors.insert(kind.as_str().to_owned(), n.into());
             }

@@ -31,6 +31,10 @@ pub enum Kind {
     /// The request cannot be sent as given, e.g. its payload exceeds the maximum
     /// frame length.
     InvalidRequest,
+    /// A configuration that cannot keep anet's guarantees, e.g. a window larger
+    /// than the tag format can number; refused when the client or connection is
+    /// built.
+    InvalidConfig,
     /// A failure that fits no other kind; see the source.
     Other,
 }
@@ -49,12 +53,13 @@ impl Kind {
             Kind::Unavailable => "unavailable",
             Kind::Closed => "closed",
             Kind::InvalidRequest => "invalid_request",
+            Kind::InvalidConfig => "invalid_config",
             Kind::Other => "other",
         }
     }
 
     /// Every kind, in declaration order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Timeout,
         Kind::ConnectionLost,
         Kind::NotSent,
@@ -64,6 +69,7 @@ impl Kind {
         Kind::Unavailable,
         Kind::Closed,
         Kind::InvalidRequest,
+        Kind::InvalidConfig,
         Kind::Other,
     ];
 
@@ -83,6 +89,7 @@ impl Kind {
                 | Kind::Overloaded
                 | Kind::Unavailable
                 | Kind::InvalidRequest
+                | Kind::InvalidConfig
         )
     }
 
@@ -97,6 +104,7 @@ impl Kind {
             Kind::Unavailable => "no endpoint available",
             Kind::Closed => "closed",
             Kind::InvalidRequest => "invalid request",
+            Kind::InvalidConfig => "invalid configuration",
             Kind::Other => "request failed",
         }
     }

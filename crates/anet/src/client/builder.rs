@@ -270,7 +270,9 @@ impl ClientBuilder {
     ///
     /// # Panics
     ///
-    /// When called outside a tokio runtime.
+    /// When called outside a tokio runtime, or when the connection settings
+    /// cannot keep anet's tag invariant (a window and held-tag limit that do not
+    /// fit in the tag format; check first with [`ConnectionConfig::validate`]).
     pub fn build(self) -> Client {
         let (client, _) = self.build_registry();
         client
@@ -282,7 +284,7 @@ impl ClientBuilder {
     ///
     /// # Panics
     ///
-    /// When called outside a tokio runtime.
+    /// As [`build`](Self::build).
     pub fn build_with_discover<D>(self, discover: D) -> Client
     where
         D: Discover<Service = SocketAddr> + Send + 'static,
@@ -295,6 +297,7 @@ impl ClientBuilder {
     }
 
     fn build_registry(self) -> (Client, Arc<Registry>) {
+        self.connection.assert_valid();
         let connector = Connector::new()
             .connection_config(self.connection)
             .connect_timeout(self.connect_timeout)

@@ -87,8 +87,11 @@ impl Connector {
     ///
     /// # Errors
     ///
-    /// [`Kind::Connect`] when the connect fails or times out.
+    /// [`Kind::Connect`] when the connect fails or times out;
+    /// [`Kind::InvalidConfig`] when the connection settings are invalid (see
+    /// [`ConnectionConfig::validate`]), before dialing.
     pub async fn connect(&self, addr: SocketAddr) -> Result<Connection, Error> {
+        self.config.validate()?;
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => stream,
@@ -110,7 +113,7 @@ impl Connector {
         self.configure(&stream)
             .map_err(|e| Error::with_source(Kind::Connect, e))?;
         tracing::info!(%addr, "connected");
-        Ok(Connection::new(stream, self.config))
+        Connection::try_new(stream, self.config)
     }
 
     fn configure(&self, stream: &TcpStream) -> std::io::Result<()> {

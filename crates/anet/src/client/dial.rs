@@ -55,7 +55,7 @@ impl Dialer {
                         })?
                         .map_err(|e| Error::with_source(Kind::Connect, e))?;
                     tracing::info!(%addr, "connected");
-                    Ok(Connection::new(io, config))
+                    Connection::try_new(io, config)
                 })
             }),
         }

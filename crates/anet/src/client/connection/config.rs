@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use anet_proto::Builder as FrameBuilder;
 
+use crate::{Error, Kind};
+
 /// Settings of a multiplexed [`Connection`](super::Connection). `Copy`; setters
 /// take and return it by value.
 ///
@@ -15,28 +17,63 @@ use anet_proto::Builder as FrameBuilder;
 ///     .max_in_flight(128)
 ///     .quarantine(Duration::from_secs(5));
 /// assert_eq!(config.get_max_in_flight(), 128);
+/// assert!(config.validate().is_ok());
 /// ```
+///
+/// # Tags and the window
+///
+/// A connection never issues a tag value while an earlier request that carried
+/// the same value was written and is still unanswered (its caller may have given
+/// up, but the server may still answer it). So the tag space must hold the
+/// window (`max_in_flight`) *plus* the tags held for abandoned requests
+/// ([`held_tag_limit`](Self::held_tag_limit)); when the held tags reach their
+/// limit, the connection retires (takes no new requests, finishes the rest
+/// within the close grace, closes) and its owner replaces it. A configuration
+/// whose window and held-tag limit do not fit in the tag space is refused by
+/// [`validate`](Self::validate) (and by everything that builds connections from
+/// it) instead of being clamped.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionConfig {
     pub(crate) frame: FrameBuilder,
-    pub(crate) max_in_flight: usize,
+    /// `None`: the default, 512 or half the tag space when that is smaller.
+    max_in_flight: Option<usize>,
     pub(crate) quarantine: Duration,
-    pub(crate) quarantine_limit: Option<usize>,
+    /// `None`: the default, the window or what the tag space leaves beside it.
+    held_tag_limit: Option<usize>,
     pub(crate) close_grace: Duration,
     pub(crate) write_buffer: usize,
     pub(crate) read_timeout: Option<Duration>,
 }
 
+/// The default window when the tag space allows it.
+const DEFAULT_MAX_IN_FLIGHT: usize = 512;
+
+/// The largest window (slot indices are `u32`; half of them for held tags).
+const MAX_WINDOW: usize = 1 << 31;
+
+/// A configuration resolved against its tag space: how many requests may be in
+/// flight, how many tags may be held, and how many tag-table slots hold both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// Window units: requests queued, waiting or quarantined at once.
+    pub(crate) window: usize,
+    /// Tags of abandoned, unanswered requests at which the connection retires.
+    pub(crate) held_limit: usize,
+    /// Table slots: at least `window + held_limit`, and at most the tag space.
+    pub(crate) slots: usize,
+}
+
 impl ConnectionConfig {
-    /// The defaults: Go anet framing, 512 requests in flight, 2 s quarantine, the
-    /// connection declared unhealthy when its whole window is quarantined, 5 s close
-    /// grace, 64 KiB write coalescing, 10 s read timeout for a started frame.
+    /// The defaults: Go anet framing, 512 requests in flight (or half the tag
+    /// space when that is smaller), 2 s quarantine, a held-tag limit equal to the
+    /// window (or what the tag space leaves beside it), 5 s close grace, 64 KiB
+    /// write coalescing, 10 s read timeout for a started frame.
     pub const fn new() -> ConnectionConfig {
         ConnectionConfig {
             frame: FrameBuilder::new(),
-            max_in_flight: 512,
+            max_in_flight: None,
             quarantine: Duration::from_secs(2),
-            quarantine_limit: Some(usize::MAX),
+            held_tag_limit: None,
             close_grace: Duration::from_secs(5),
             write_buffer: 64 * 1024,
             read_timeout: Some(Duration::from_secs(10)),
@@ -51,31 +88,41 @@ impl ConnectionConfig {
     }
 
     /// The most requests in flight on the connection at once, quarantined tags
-    /// included. Default: 512. While the window is full, `poll_ready` is pending.
+    /// included. Default: 512, or half the tag format's space when that is
+    /// smaller (an ASCII tag of 2 digits: 50). While the window is full,
+    /// `poll_ready` is pending.
     ///
-    /// Clamped to the tag format's space when the connection is made, so that every
-    /// slot keeps at least two generations: an ASCII tag of 2 digits (100 tags)
-    /// allows 32 in flight, of 4 digits 4096.
+    /// The window plus the [held-tag limit](Self::held_tag_limit) must fit in
+    /// the tag space (an ASCII tag of 4 digits has 10,000 values); otherwise
+    /// the configuration is refused (see [`validate`](Self::validate)).
     pub const fn max_in_flight(mut self, n: usize) -> Self {
-        self.max_in_flight = n;
+        self.max_in_flight = Some(n);
         self
     }
 
-    /// How long the tag of an abandoned request (dropped or timed out) stays
-    /// reserved, still counting against `max_in_flight`, when its late response
-    /// does not arrive. Default: 2 s. Abandonment is noticed within a quarter of
-    /// this period, so a tag is held for at most 1.25 times it.
+    /// How long an abandoned request (dropped or timed out after it was written)
+    /// keeps its unit of the window when its late response does not arrive, so
+    /// that a slow server is not handed more work than the window allows.
+    /// Default: 2 s. Abandonment is noticed within a quarter of this period (at
+    /// most a second), so a unit is held for at most 1.25 times it.
+    ///
+    /// The request's *tag value* stays held after the quarantine, until the
+    /// late response arrives or the connection closes (see
+    /// [`held_tag_limit`](Self::held_tag_limit)).
     pub const fn quarantine(mut self, period: Duration) -> Self {
         self.quarantine = period;
         self
     }
 
-    /// When this many tags are quarantined at once, the connection is declared
-    /// unhealthy: it refuses new requests (`poll_ready` fails with
-    /// `ConnectionLost`, so its owner replaces it) and drains the rest. Default:
-    /// the whole window (`max_in_flight`). `None` disables the check.
-    pub const fn quarantine_limit(mut self, limit: Option<usize>) -> Self {
-        self.quarantine_limit = limit;
+    /// How many tag values the connection may hold for abandoned requests that
+    /// were written and never answered (quarantined or past their quarantine).
+    /// When this many are held, the connection retires: it refuses new requests
+    /// (`poll_ready` fails with `ConnectionLost`, so its owner replaces it),
+    /// writes what it already accepted, waits for answers within the close
+    /// grace, and closes, which ends every hold. Default: the window, or what
+    /// the tag space leaves beside it when that is less. At least 1.
+    pub const fn held_tag_limit(mut self, limit: usize) -> Self {
+        self.held_tag_limit = Some(limit);
         self
     }
 
@@ -108,28 +155,109 @@ impl ConnectionConfig {
         self.frame
     }
 
-    /// The configured window (before clamping to the tag space).
+    /// The window: the configured `max_in_flight`, or the default for the tag
+    /// format.
     pub const fn get_max_in_flight(&self) -> usize {
-        self.max_in_flight
-    }
-
-    /// The window actually used: at least 1, and small enough that its slot table
-    /// (the window rounded up to a power of two) gives every slot at least two
-    /// generations in the tag space; at most 2^31.
-    pub(crate) fn window(&self) -> usize {
-        let space = self.frame.get_tag_format().id_space();
-        // The largest power of two p with 2p <= space (at least 1).
-        let half = (space / 2).max(1);
-        let cap = (1u64 << (63 - half.leading_zeros())).min(1 << 31);
-        (self.max_in_flight as u64).clamp(1, cap) as usize
-    }
-
-    /// The quarantine limit resolved against the window.
-    pub(crate) fn resolved_quarantine_limit(&self) -> usize {
-        match self.quarantine_limit {
-            Some(limit) => limit.clamp(1, self.window()),
-            None => usize::MAX,
+        match self.max_in_flight {
+            Some(n) => n,
+            None => default_window(self.frame.get_tag_format().id_space()),
         }
+    }
+
+    /// The held-tag limit: the configured one, or the default for the window
+    /// and tag format.
+    pub const fn get_held_tag_limit(&self) -> usize {
+        match self.held_tag_limit {
+            Some(n) => n,
+            None => {
+                let space = self.frame.get_tag_format().id_space();
+                let window = self.get_max_in_flight() as u64;
+                let left = space.saturating_sub(window);
+                let limit = if left < window { left } else { window };
+                if limit == 0 { 1 } else { limit as usize }
+            }
+        }
+    }
+
+    /// Checks that the configuration can keep its promises: a window and a
+    /// held-tag limit of at least 1 whose sum fits in the tag space.
+    ///
+    /// # Errors
+    ///
+    /// [`Kind::InvalidConfig`](crate::Kind::InvalidConfig), saying which
+    /// setting to change.
+    ///
+    /// ```
+    /// use anet::client::ConnectionConfig;
+    /// use anet_proto::{Builder, TagFormat};
+    ///
+    /// let hsm = ConnectionConfig::new().frame(Builder::new().tag_format(TagFormat::ascii(2)));
+    /// assert!(hsm.validate().is_ok()); // 50 in flight, 50 held
+    /// assert!(hsm.max_in_flight(64).validate().is_ok()); // 64 in flight, 36 held
+    /// assert!(hsm.max_in_flight(64).held_tag_limit(50).validate().is_err()); // 114 > 100 tags
+    /// assert!(hsm.max_in_flight(100).validate().is_err()); // no tag left to hold
+    /// ```
+    pub fn validate(&self) -> Result<(), Error> {
+        self.layout().map(|_| ())
+    }
+
+    /// Panics with the reason when the configuration is invalid.
+    pub(crate) fn assert_valid(&self) {
+        if let Err(e) = self.layout() {
+            let why = std::error::Error::source(&e).map(ToString::to_string);
+            panic!(
+                "invalid connection configuration: {}",
+                why.unwrap_or_default()
+            );
+        }
+    }
+
+    /// The window, held-tag limit and table size, or why they cannot be kept.
+    pub(crate) fn layout(&self) -> Result<Layout, Error> {
+        let format = self.frame.get_tag_format();
+        let space = format.id_space();
+        let window = self.get_max_in_flight();
+        let held_limit = self.get_held_tag_limit();
+        let invalid = |why: String| Err(Error::with_source(Kind::InvalidConfig, why));
+        if window == 0 {
+            return invalid("max_in_flight must be at least 1".into());
+        }
+        if window > MAX_WINDOW {
+            return invalid(format!("max_in_flight {window} exceeds {MAX_WINDOW}"));
+        }
+        if held_limit == 0 {
+            return invalid("held_tag_limit must be at least 1".into());
+        }
+        if held_limit > MAX_WINDOW {
+            return invalid(format!("held_tag_limit {held_limit} exceeds {MAX_WINDOW}"));
+        }
+        let needed = (window + held_limit) as u64;
+        if needed > space {
+            return invalid(format!(
+                "max_in_flight {window} plus held_tag_limit {held_limit} needs {needed} \
+                 distinct tags, but the tag format {format:?} has only {space}: lower them \
+                 or use a wider tag"
+            ));
+        }
+        // A power of two when the space allows (the tag splits with a mask and a
+        // shift); otherwise exactly what is needed.
+        let pow2 = needed.next_power_of_two();
+        let slots = if pow2 <= space { pow2 } else { needed } as usize;
+        Ok(Layout {
+            window,
+            held_limit,
+            slots,
+        })
+    }
+}
+
+/// 512, or half the tag space when that is smaller (at least 1).
+const fn default_window(space: u64) -> usize {
+    let half = space / 2;
+    if half < DEFAULT_MAX_IN_FLIGHT as u64 {
+        if half == 0 { 1 } else { half as usize }
+    } else {
+        DEFAULT_MAX_IN_FLIGHT
     }
 }
 

@@ -28,10 +28,12 @@ use tokio_util::{
 
 use super::{
     ConnectionConfig,
+    config::Layout,
     handle::not_sent,
     reply::Reply,
     shared::Shared,
     table::{Matched, Table},
+    unit::Unit,
 };
 use crate::time::later;
 use crate::{Error, Kind};
@@ -41,6 +43,11 @@ const BUFFER_CAPACITY: usize = 64 * 1024;
 
 /// Room made in the read buffer before a read, so reads are never tiny.
 const MIN_READ: usize = 4 * 1024;
+
+/// Bounds on how often waiting requests are checked for abandonment (a quarter
+/// of the quarantine in between).
+const MIN_SWEEP: Duration = Duration::from_millis(1);
+const MAX_SWEEP: Duration = Duration::from_secs(1);
 
 /// What a handle sends the driver.
 #[derive(Debug)]
@@ -60,10 +67,11 @@ pub(super) struct Request {
     /// deadline is fixed when the driver takes the request from the queue (the
     /// clock is read once per pass, not per request).
     pub(super) reply: Reply,
+    /// The request's unit of the window, taken by the handle: it travels with
+    /// the request into its table slot, and wherever the request ends, dropping
+    /// it gives the unit back.
+    pub(super) unit: Unit,
 }
-// Each request holds one unit of the window, taken (and forgotten) by the
-// handle: the driver gives it back when the request's table slot frees, or at
-// once when the request ends without being written (`Driver::unwritten`).
 
 /// Why the driver loop ended.
 #[derive(Debug)]
@@ -76,13 +84,11 @@ enum Exit {
     Failed(Error),
 }
 
-/// A close in progress.
+/// A close in progress (requested, or a retirement): requests already queued
+/// are still written, and answers awaited until `deadline`.
 #[derive(Debug)]
 struct Drain {
     deadline: Instant,
-    /// Whether requests already queued are still written (a requested close) or
-    /// failed as not sent (an unhealthy connection).
-    write_queued: bool,
     /// The error for requests still waiting when the grace ends.
     leftover: Error,
 }
@@ -104,7 +110,8 @@ pub(super) struct Driver<T> {
     table: Table,
     shared: Arc<Shared>,
     quarantine: Duration,
-    quarantine_limit: usize,
+    /// Held tags at which the connection retires.
+    held_limit: usize,
     close_grace: Duration,
     write_limit: usize,
     /// How often waiting requests are checked for abandonment.
@@ -113,7 +120,6 @@ pub(super) struct Driver<T> {
     timer: Pin<Box<Sleep>>,
     timer_deadline: Option<Instant>,
     next_sweep: Option<Instant>,
-    quarantine_ends: Option<Instant>,
     drain: Option<Drain>,
     /// How long a started response frame may take to complete.
     read_timeout: Option<Duration>,
@@ -123,12 +129,10 @@ pub(super) struct Driver<T> {
     /// Requests taken out of the channel while writes were blocked, so that their
     /// deadlines are seen; written before the channel's next ones.
     backlog: VecDeque<Request>,
-    /// Requests that ended without being written since the window units were
-    /// last returned.
-    unwritten: usize,
-    /// The earliest deadline among the backlog and the waiting requests (may be
-    /// earlier than the true one; the check then finds nothing and moves it on).
-    earliest: Option<Instant>,
+    /// The earliest deadline in the backlog (may be earlier than the true one;
+    /// the check then finds nothing and moves it on). Written requests' deadlines
+    /// are the table's.
+    backlog_earliest: Option<Instant>,
     /// The clock read once per pass, when a deadline needs it.
     now: Option<Instant>,
     /// The write buffer holds frames not yet flushed.
@@ -155,10 +159,10 @@ where
         config: ConnectionConfig,
         rx: mpsc::UnboundedReceiver<Message>,
         shared: Arc<Shared>,
+        layout: Layout,
     ) -> Driver<T> {
         let encoder = config.frame.new_codec();
         let tags = config.frame.get_tag_format();
-        let window = config.window();
         Driver {
             io,
             read_buf: BytesMut::with_capacity(BUFFER_CAPACITY),
@@ -168,23 +172,21 @@ where
             tags,
             rx,
             rx_open: true,
-            table: Table::new(window, tags.id_space()),
+            table: Table::new(layout, tags.id_space()),
             shared,
             quarantine: config.quarantine,
-            quarantine_limit: config.resolved_quarantine_limit(),
+            held_limit: layout.held_limit,
             close_grace: config.close_grace,
             write_limit: config.write_buffer.max(1),
-            sweep_every: (config.quarantine / 4).max(Duration::from_millis(1)),
+            sweep_every: (config.quarantine / 4).clamp(MIN_SWEEP, MAX_SWEEP),
             timer: Box::pin(tokio::time::sleep_until(Instant::now())),
             timer_deadline: None,
             next_sweep: None,
-            quarantine_ends: None,
             drain: None,
             read_timeout: config.read_timeout,
             partial_since: None,
             backlog: VecDeque::new(),
-            unwritten: 0,
-            earliest: None,
+            backlog_earliest: None,
             now: None,
             dirty: false,
             counts: LocalCounts::default(),
@@ -215,7 +217,7 @@ where
             if let Err(exit) = self.poll_read(cx, &mut progress) {
                 return Poll::Ready(exit);
             }
-            self.return_permits();
+            self.table.return_units();
             if let Some(exit) = self.poll_timer(cx) {
                 return Poll::Ready(exit);
             }
@@ -260,7 +262,7 @@ where
                 Poll::Ready(None) => {
                     self.rx_open = false;
                     // Every handle is gone (or the queue was closed for draining).
-                    self.begin_drain(true, Error::new(Kind::Closed));
+                    self.begin_drain(Error::new(Kind::Closed));
                     return Ok(());
                 }
                 Poll::Pending => return Ok(()),
@@ -268,7 +270,7 @@ where
             *progress = true;
             match message {
                 Message::Request(request) => self.write_request(request),
-                Message::Close => self.begin_drain(true, Error::new(Kind::Closed)),
+                Message::Close => self.begin_drain(Error::new(Kind::Closed)),
             }
         }
         Ok(())
@@ -294,17 +296,18 @@ where
                     *progress = true;
                     self.fix_deadline(&mut request);
                     if let Some(deadline) = request.reply.deadline.instant() {
-                        self.earliest = Some(self.earliest.map_or(deadline, |e| e.min(deadline)));
+                        self.backlog_earliest =
+                            Some(self.backlog_earliest.map_or(deadline, |e| e.min(deadline)));
                     }
                     self.backlog.push_back(request);
                 }
                 Poll::Ready(Some(Message::Close)) => {
                     *progress = true;
-                    self.begin_drain(true, Error::new(Kind::Closed));
+                    self.begin_drain(Error::new(Kind::Closed));
                 }
                 Poll::Ready(None) => {
                     self.rx_open = false;
-                    self.begin_drain(true, Error::new(Kind::Closed));
+                    self.begin_drain(Error::new(Kind::Closed));
                 }
                 Poll::Pending => return,
             }
@@ -322,39 +325,35 @@ where
         request.reply.deadline.fix(|| self.clock());
     }
 
+    /// Writes a request into the write buffer, or ends it unwritten (its unit
+    /// of the window goes back as it is dropped).
     fn write_request(&mut self, mut request: Request) {
         self.fix_deadline(&mut request);
-        let Request { payload, reply, .. } = request;
-        if self.drain.as_ref().is_some_and(|d| !d.write_queued) {
-            self.unwritten += 1;
-            reply.fail(not_sent(&self.shared));
-            return;
-        }
+        let Request {
+            payload,
+            reply,
+            unit,
+        } = request;
         if reply.is_closed() {
             // The caller gave up (dropped or timed out) before the request was
-            // written: it is never written, and its window unit returns at once.
-            self.unwritten += 1;
+            // written: it is never written.
             self.counts.abandoned_unwritten += 1;
             return;
         }
-        if let Some(deadline) = reply.deadline.instant() {
-            if deadline <= self.clock() {
-                // Its deadline passed while it queued: never written.
-                self.unwritten += 1;
-                reply.fail(overdue(true));
-                return;
-            }
-            self.earliest = Some(self.earliest.map_or(deadline, |e| e.min(deadline)));
+        if reply.deadline.instant().is_some_and(|d| d <= self.clock()) {
+            // Its deadline passed while it queued: never written.
+            reply.fail(overdue(true));
+            return;
         }
-        // The slot now holds the request's window unit; the driver returns it
-        // (in a batch) when the slot is freed.
-        let id = match self.table.insert(reply) {
+        // The slot now holds the request's window unit (and, until the request
+        // is answered or the connection closes, its tag value).
+        let id = match self.table.insert(reply, unit) {
             Ok(id) => id,
-            Err(reply) => {
-                // Unreachable while the window bounds the table; fail safe regardless.
-                self.unwritten += 1;
+            Err((reply, _unit)) => {
+                // Only a closing connection (whose held tags may exceed their
+                // limit while it drains) can run out of slots.
                 reply.fail(Error::with_source(
-                    Kind::Overloaded,
+                    Kind::NotSent,
                     "no free tag on the connection",
                 ));
                 return;
@@ -473,7 +472,8 @@ where
         }
     }
 
-    /// Runs the timers: abandoned-request sweep, quarantine expiry, close grace.
+    /// Runs the timers: abandoned-request sweep, request deadlines, quarantine
+    /// expiry, close grace, read stall.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Option<Exit> {
         loop {
             let stall = self
@@ -482,10 +482,10 @@ where
                 .map(|(t, s)| later(s, t));
             let deadline = [
                 self.next_sweep,
-                self.quarantine_ends,
+                self.table.next_due(),
                 self.drain.as_ref().map(|d| d.deadline),
                 stall,
-                self.earliest,
+                self.backlog_earliest,
             ]
             .into_iter()
             .flatten()
@@ -513,11 +513,10 @@ where
             if self.next_sweep.is_some_and(|t| t <= now) {
                 self.sweep(now);
             }
-            if self.earliest.is_some_and(|t| t <= now) {
-                self.expire_deadlines(now);
-            }
-            self.quarantine_ends = self.table.expire_quarantine(now);
-            self.return_permits();
+            self.expire_deadlines(now);
+            self.table.expire_quarantine(now);
+            self.table.return_units();
+            self.retire_if_held_too_many();
         }
     }
 
@@ -525,64 +524,64 @@ where
     /// `poll_intake` moves queued requests while writes are blocked) are never
     /// written; written ones fail with a timeout and their tags are quarantined.
     fn expire_deadlines(&mut self, now: Instant) {
-        let mut earliest: Option<Instant> = None;
-        let mut kept = VecDeque::with_capacity(self.backlog.len());
-        for request in self.backlog.drain(..) {
-            match request.reply.deadline.instant() {
-                _ if request.reply.is_closed() => {
-                    self.unwritten += 1;
-                    self.counts.abandoned_unwritten += 1;
-                }
-                Some(deadline) if deadline <= now => {
-                    self.unwritten += 1;
-                    request.reply.fail(overdue(true));
-                }
-                deadline => {
-                    if let Some(d) = deadline {
-                        earliest = Some(earliest.map_or(d, |e| e.min(d)));
+        if self.backlog_earliest.is_some_and(|t| t <= now) {
+            let mut earliest: Option<Instant> = None;
+            let mut kept = VecDeque::with_capacity(self.backlog.len());
+            for request in self.backlog.drain(..) {
+                match request.reply.deadline.instant() {
+                    _ if request.reply.is_closed() => self.counts.abandoned_unwritten += 1,
+                    Some(deadline) if deadline <= now => request.reply.fail(overdue(true)),
+                    deadline => {
+                        if let Some(d) = deadline {
+                            earliest = Some(earliest.map_or(d, |e| e.min(d)));
+                        }
+                        kept.push_back(request);
                     }
-                    kept.push_back(request);
                 }
             }
+            self.backlog = kept;
+            self.backlog_earliest = earliest;
         }
-        self.backlog = kept;
         let mut expired = Vec::new();
-        let waiting = self
-            .table
+        self.table
             .expire_deadlines(now, later(now, self.quarantine), &mut expired);
         for reply in expired {
             reply.fail(overdue(false));
         }
-        self.earliest = match (earliest, waiting) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
     }
 
-    /// Moves requests whose callers gave up into quarantine; declares the connection
-    /// unhealthy when too many tags are quarantined.
+    /// Moves requests whose callers gave up into quarantine.
     fn sweep(&mut self, now: Instant) {
         let moved = self.table.quarantine_abandoned(later(now, self.quarantine));
         if moved > 0 {
             tracing::debug!(moved, "abandoned requests quarantined");
         }
         self.next_sweep = (self.table.waiting() > 0).then(|| later(now, self.sweep_every));
-        let quarantined = self.table.quarantined();
-        if quarantined >= self.quarantine_limit && self.drain.is_none() {
-            tracing::warn!(
-                quarantined,
-                "too many requests abandoned without response; replacing connection"
-            );
-            let error = Error::with_source(
-                Kind::ConnectionLost,
-                format!("connection unhealthy: {quarantined} requests unanswered"),
-            );
-            self.begin_drain(false, error);
+    }
+
+    /// Retires the connection when it holds as many tags as its limit allows for
+    /// requests that were abandoned and never answered: it takes no new
+    /// requests, writes and answers what it accepted within the close grace,
+    /// and closes, which is what makes those late answers impossible. Its owner
+    /// replaces it.
+    fn retire_if_held_too_many(&mut self) {
+        let held = self.table.held_tags();
+        if held < self.held_limit || self.drain.is_some() {
+            return;
         }
+        tracing::warn!(
+            held,
+            "tags held for requests never answered reached the limit; retiring connection"
+        );
+        let error = Error::with_source(
+            Kind::ConnectionLost,
+            format!("connection retired: {held} requests written and never answered"),
+        );
+        self.begin_drain(error);
     }
 
     /// Stops taking requests and starts the close grace.
-    fn begin_drain(&mut self, write_queued: bool, leftover: Error) {
+    fn begin_drain(&mut self, leftover: Error) {
         if self.drain.is_some() {
             return;
         }
@@ -590,19 +589,9 @@ where
         self.rx.close();
         self.drain = Some(Drain {
             deadline: later(Instant::now(), self.close_grace),
-            write_queued,
             leftover,
         });
         tracing::debug!(waiting = self.table.waiting(), "connection closing");
-    }
-
-    /// Gives the window units of freed slots and of requests that ended
-    /// unwritten back, in one batch.
-    fn return_permits(&mut self) {
-        let released = self.table.take_released() + std::mem::take(&mut self.unwritten);
-        if released > 0 {
-            self.shared.semaphore.add_permits(released);
-        }
     }
 
     /// Publishes the local counters for `Connection::stats`.
@@ -615,6 +604,7 @@ where
         c.abandoned_unwritten
             .store(self.counts.abandoned_unwritten, Relaxed);
         c.quarantined.store(self.table.quarantined(), Relaxed);
+        c.held.store(self.table.held_tags(), Relaxed);
     }
 
     /// Fails whatever is left and marks the connection done.
@@ -645,21 +635,17 @@ where
         for reply in self.table.drain_waiting() {
             reply.fail(error.clone());
         }
-        self.return_permits();
+        self.table.return_units();
         self.rx.close();
         for request in std::mem::take(&mut self.backlog) {
-            self.unwritten += 1;
             request.reply.fail(not_sent(&self.shared));
         }
         while let Ok(message) = self.rx.try_recv() {
             if let Message::Request(mut request) = message {
-                self.unwritten += 1;
                 self.fix_deadline(&mut request);
                 request.reply.fail(not_sent(&self.shared));
             }
         }
-        // The window is closed; this only keeps the count exact.
-        self.return_permits();
         self.publish();
         self.shared.mark_done();
     }

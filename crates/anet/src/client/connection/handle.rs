@@ -19,6 +19,7 @@ use super::{
     driver::{Driver, Message, Request},
     reply::Reply,
     shared::Shared,
+    unit::Unit,
 };
 use crate::{Error, Kind, client::deadline::Deadline};
 
@@ -40,9 +41,9 @@ pub struct Connection {
     /// `semaphore` has an acquire pending: keep polling it (it holds a place in
     /// the queue) rather than trying the window directly.
     acquiring: bool,
-    /// `poll_ready` took (and forgot) a unit of the window for the next `call`;
-    /// given back if the handle is dropped first.
-    reserved: bool,
+    /// The unit of the window `poll_ready` took for the next `call` (given back
+    /// when dropped, e.g. with the handle).
+    reserved: Option<Unit>,
     shared: Arc<Shared>,
     /// Largest payload the frame format can carry, checked before queueing.
     max_payload: usize,
@@ -56,24 +57,47 @@ impl Connection {
     ///
     /// # Panics
     ///
-    /// When called outside a tokio runtime.
+    /// When called outside a tokio runtime, or when `config` is invalid (see
+    /// [`ConnectionConfig::validate`]; [`try_new`](Connection::try_new) returns
+    /// the error instead).
     pub fn new<T>(io: T, config: ConnectionConfig) -> Connection
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let window = config.window();
-        let shared = Arc::new(Shared::new(window));
+        config.assert_valid();
+        match Connection::try_new(io, config) {
+            Ok(connection) => connection,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Like [`new`](Connection::new), but an invalid `config` is an error.
+    ///
+    /// # Errors
+    ///
+    /// [`Kind::InvalidConfig`] when `config` cannot keep the tag invariant
+    /// (see [`ConnectionConfig::validate`]).
+    ///
+    /// # Panics
+    ///
+    /// When called outside a tokio runtime.
+    pub fn try_new<T>(io: T, config: ConnectionConfig) -> Result<Connection, Error>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let layout = config.layout()?;
+        let shared = Arc::new(Shared::new(layout.window));
         let (tx, rx) = mpsc::unbounded_channel();
-        let driver = Driver::new(io, config, rx, shared.clone());
+        let driver = Driver::new(io, config, rx, shared.clone(), layout);
         tokio::spawn(driver.run());
-        Connection {
+        Ok(Connection {
             tx,
             semaphore: PollSemaphore::new(shared.semaphore.clone()),
             acquiring: false,
-            reserved: false,
+            reserved: None,
             shared,
             max_payload: config.frame.max_payload(),
-        }
+        })
     }
 
     /// Starts a graceful close: new requests are refused with [`Kind::Closed`],
@@ -100,7 +124,7 @@ impl Connection {
         self.shared.is_refusing().then(|| self.shared.reason())
     }
 
-    /// The window actually in use (`max_in_flight`, clamped to the tag space).
+    /// The window in use (`max_in_flight`).
     pub fn max_in_flight(&self) -> usize {
         self.shared.window
     }
@@ -117,18 +141,9 @@ impl Clone for Connection {
             tx: self.tx.clone(),
             semaphore: self.semaphore.clone(),
             acquiring: false,
-            reserved: false,
+            reserved: None,
             shared: self.shared.clone(),
             max_payload: self.max_payload,
-        }
-    }
-}
-
-impl Drop for Connection {
-    /// A unit of the window reserved by `poll_ready` and never used goes back.
-    fn drop(&mut self) {
-        if self.reserved {
-            self.shared.semaphore.add_permits(1);
         }
     }
 }
@@ -150,22 +165,20 @@ impl Service<Bytes> for Connection {
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if self.reserved {
+        if self.reserved.is_some() {
             return Poll::Ready(Ok(()));
         }
-        // Room now: take it without the queue (and without a permit object).
+        // Room now: take it without joining the queue.
         if !self.acquiring {
-            if let Ok(permit) = self.shared.semaphore.try_acquire() {
-                permit.forget();
-                self.reserved = true;
+            if let Some(unit) = self.shared.try_take_unit() {
+                self.reserved = Some(unit);
                 return Poll::Ready(Ok(()));
             }
         }
         match self.semaphore.poll_acquire(cx) {
-            Poll::Ready(Some(permit)) => {
-                permit.forget();
+            Poll::Ready(Some(unit)) => {
                 self.acquiring = false;
-                self.reserved = true;
+                self.reserved = Some(unit);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(None) => {
@@ -198,29 +211,23 @@ impl Connection {
         if let Some(error) = self.oversize(&payload) {
             return Ok(ResponseFuture::failed(error));
         }
-        match self.shared.semaphore.try_acquire() {
-            Ok(permit) => {
-                // The unit of window now travels with the request; the driver
-                // gives it back when the request's slot frees.
-                permit.forget();
-                Ok(self.send(payload, deadline))
-            }
-            Err(_) => Err(payload),
+        match self.shared.try_take_unit() {
+            Some(unit) => Ok(self.send(payload, deadline, unit)),
+            None => Err(payload),
         }
     }
 
     /// `call` with a deadline, after `poll_ready` reported ready.
     #[inline]
     pub(crate) fn call_until(&mut self, payload: Bytes, deadline: Deadline) -> ResponseFuture {
-        assert!(
-            std::mem::take(&mut self.reserved),
-            "Connection::call without poll_ready reporting ready"
-        );
+        let unit = self
+            .reserved
+            .take()
+            .expect("Connection::call without poll_ready reporting ready");
         if let Some(error) = self.oversize(&payload) {
-            self.shared.semaphore.add_permits(1);
             return ResponseFuture::failed(error);
         }
-        self.send(payload, deadline)
+        self.send(payload, deadline, unit)
     }
 
     fn oversize(&self, payload: &Bytes) -> Option<Error> {
@@ -236,10 +243,14 @@ impl Connection {
         })
     }
 
-    /// Queues a request holding one (forgotten) unit of the window.
-    fn send(&self, payload: Bytes, deadline: Deadline) -> ResponseFuture {
+    /// Queues a request holding one unit of the window.
+    fn send(&self, payload: Bytes, deadline: Deadline, unit: Unit) -> ResponseFuture {
         let (reply, rx) = Reply::channel(deadline);
-        let request = Request { payload, reply };
+        let request = Request {
+            payload,
+            reply,
+            unit,
+        };
         match self.tx.send(Message::Request(request)) {
             Ok(()) => ResponseFuture::waiting(rx),
             // The driver has finished (the window is closed): never written.

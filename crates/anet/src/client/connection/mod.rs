@@ -50,12 +50,14 @@
 
 mod config;
 mod driver;
+mod due;
 mod future;
 mod handle;
 mod reply;
 mod shared;
 mod stats;
 mod table;
+mod unit;
 
 pub use config::ConnectionConfig;
 pub use future::ResponseFuture;

@@ -7,6 +7,7 @@ use std::sync::{
 
 use tokio::sync::{Notify, Semaphore};
 
+use super::unit::Unit;
 use crate::{Error, Kind};
 
 /// What the handles and the driver of one connection share.
@@ -35,6 +36,7 @@ pub(crate) struct Counters {
     pub(crate) unknown: AtomicU64,
     pub(crate) abandoned_unwritten: AtomicU64,
     pub(crate) quarantined: AtomicUsize,
+    pub(crate) held: AtomicUsize,
 }
 
 impl Shared {
@@ -47,6 +49,12 @@ impl Shared {
             done_notify: Notify::new(),
             counters: Counters::default(),
         }
+    }
+
+    /// Takes a unit of the window if one is free now.
+    #[inline]
+    pub(crate) fn try_take_unit(&self) -> Option<Unit> {
+        self.semaphore.clone().try_acquire_owned().ok()
     }
 
     /// Stops new requests: records why (the first reason wins) and closes the

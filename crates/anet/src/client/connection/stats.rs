@@ -17,6 +17,10 @@ pub struct ConnectionStats {
     /// Tags held for abandoned requests until their late response or the end of
     /// their quarantine.
     pub quarantined: usize,
+    /// Tag values held for requests that were written, abandoned and never
+    /// answered (quarantined ones included); the connection retires when they
+    /// reach its held-tag limit.
+    pub held_tags: usize,
     /// Requests written to the transport.
     pub written: u64,
     /// Responses delivered to their callers.
@@ -36,6 +40,7 @@ impl ConnectionStats {
         ConnectionStats {
             in_flight: shared.in_flight(),
             quarantined: c.quarantined.load(Relaxed),
+            held_tags: c.held.load(Relaxed),
             written: c.written.load(Relaxed),
             responses: c.responses.load(Relaxed),
             late: c.late.load(Relaxed),
