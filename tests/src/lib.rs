@@ -167,8 +167,14 @@ pub fn spawn_writer(
 
 /// Encodes one frame with the default codec.
 pub fn encode(tag: &anet_proto::Tag, payload: &[u8]) -> Bytes {
+    encode_with(&FrameCodec::new(), tag, payload)
+}
+
+/// Encodes one frame with `codec`.
+pub fn encode_with(codec: &FrameCodec, tag: &anet_proto::Tag, payload: &[u8]) -> Bytes {
     let mut buf = BytesMut::new();
-    FrameCodec::new()
+    codec
+        .clone()
         .encode(anet_proto::FrameRef { tag: *tag, payload }, &mut buf)
         .expect("encode");
     buf.freeze()
@@ -191,6 +197,8 @@ pub struct ManualServer {
 #[derive(Debug)]
 pub struct ManualConn {
     frames: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    /// Encodes replies in the connection's frame format.
+    codec: FrameCodec,
     write: tokio::net::tcp::OwnedWriteHalf,
 }
 
@@ -206,6 +214,12 @@ impl ManualServer {
 
     /// Accepts the next connection.
     pub async fn accept(&mut self) -> ManualConn {
+        self.accept_with(FrameCodec::new()).await
+    }
+
+    /// Accepts the next connection, reading its requests with `codec` (e.g. one
+    /// with an ASCII tag).
+    pub async fn accept_with(&mut self, codec: FrameCodec) -> ManualConn {
         let (stream, _) = self
             .listener
             .as_ref()
@@ -215,7 +229,8 @@ impl ManualServer {
             .expect("accept");
         let (read, write) = stream.into_split();
         ManualConn {
-            frames: FramedRead::new(read, FrameCodec::new()),
+            frames: FramedRead::new(read, codec.clone()),
+            codec,
             write,
         }
     }
@@ -246,7 +261,7 @@ impl ManualConn {
 
     /// Answers `frame` with `payload` under its tag.
     pub async fn reply(&mut self, frame: &Frame, payload: &[u8]) {
-        let bytes = encode(&frame.tag, payload);
+        let bytes = encode_with(&self.codec, &frame.tag, payload);
         self.send_raw(&bytes).await;
     }
 }
