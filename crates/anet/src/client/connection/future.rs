@@ -17,8 +17,10 @@ use crate::{Error, Kind};
 /// # Cancellation safety
 ///
 /// Dropping it abandons the request at once: if it was not yet written it is never
-/// written; if it was, its tag stays reserved until the late response arrives or the
-/// quarantine ends, and the late response is dropped, never delivered elsewhere.
+/// written; if it was, its unit of the window stays taken until the late response
+/// arrives or the quarantine ends, its tag is not issued again until the late
+/// response arrives or the connection closes, and the late response is dropped,
+/// never delivered elsewhere.
 #[derive(Debug)]
 #[must_use = "futures do nothing unless polled"]
 pub struct ResponseFuture {

@@ -15,9 +15,15 @@
 //! * The driver tags each request with its slot and the slot's generation, encodes
 //!   queued requests into one buffer and flushes when the queue is empty, and
 //!   completes each response's request in O(1).
-//! * A dropped or timed-out request returns at once. Its tag stays reserved (and
-//!   counts against the window) until its late response arrives or the quarantine
-//!   ends; a late response is dropped, never delivered to the slot's next occupant.
+//! * A dropped or timed-out request returns at once. Its unit of the window stays
+//!   taken until its late response arrives or its quarantine ends; its **tag value**
+//!   stays held until the late response arrives or the connection closes, so it is
+//!   never issued to another request meanwhile, whatever the tag format. A late
+//!   response is dropped, never delivered to anyone. When the held tags reach the
+//!   [held-tag limit](ConnectionConfig::held_tag_limit) the connection retires:
+//!   it refuses new requests, finishes the rest within its close grace and closes.
+//! * Every request carries its unit of the window as a value; wherever the request
+//!   ends, dropping the value gives the unit back.
 //! * A transport failure fails every waiting request at once with
 //!   [`Kind::ConnectionLost`](crate::Kind::ConnectionLost); requests not yet written
 //!   fail with [`Kind::NotSent`](crate::Kind::NotSent), safe to retry.
