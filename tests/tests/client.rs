@@ -1,5 +1,7 @@
 //! The client stack over real loopback TCP: balancing, failover, reconnection,
-//! run-time endpoints, DNS, limits, deadlines, retries and close.
+//! run-time endpoints, DNS, limits, deadlines, retries and close. Tests of
+//! timeouts and backoff run on paused time over in-memory pipes
+//! ([`anet_tests::MemoryConnector`]), so their bounds are exact.
 
 use std::{
     convert::Infallible,
