@@ -5,6 +5,10 @@
 //! * [`ManualServer`]: one accepted connection that the test drives by hand,
 //!   reading each request frame and writing any bytes it likes back.
 //! * [`Rng`]: a tiny deterministic generator, so failures replay.
+//! * [`MemoryConnector`] and [`memory_scripted`]: the same servers over in-memory
+//!   pipes, for tests of timeouts and backoff on paused time
+//!   (`#[tokio::test(start_paused = true)]`), where real sockets would race the
+//!   auto-advancing clock.
 
 use std::{
     net::SocketAddr,
@@ -19,7 +23,7 @@ use anet_proto::{Frame, FrameCodec};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::{
-    io::AsyncWriteExt,
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream},
     net::{TcpListener, TcpStream},
     sync::mpsc,
 };
@@ -91,6 +95,7 @@ where
         let mut conns = tokio::task::JoinSet::new();
         while let Ok((stream, _)) = listener.accept().await {
             c.connections.fetch_add(1, Ordering::SeqCst);
+            stream.set_nodelay(true).ok();
             conns.spawn(serve_scripted(stream, script.clone(), c.clone()));
         }
     });
@@ -101,12 +106,12 @@ where
     }
 }
 
-async fn serve_scripted<F>(stream: TcpStream, script: Arc<F>, counters: Arc<ServerCounters>)
+async fn serve_scripted<T, F>(stream: T, script: Arc<F>, counters: Arc<ServerCounters>)
 where
-    F: Fn(usize, &Frame) -> Action + Send + Sync + 'static,
+    T: AsyncRead + AsyncWrite + Send + 'static,
+    F: Fn(usize, &Frame) -> Action + Send + Sync + 'static + ?Sized,
 {
-    stream.set_nodelay(true).ok();
-    let (read, write) = stream.into_split();
+    let (read, write) = tokio::io::split(stream);
     let (tx, writer) = spawn_writer(write);
     let mut frames = FramedRead::new(read, FrameCodec::new());
     let mut tasks = tokio::task::JoinSet::new();
@@ -147,12 +152,15 @@ where
 /// A task that writes what it is sent, in order, until it gets `None` (then it
 /// closes the sending side) or the peer stops reading; for servers whose replies
 /// come from several tasks in completion order.
-pub fn spawn_writer(
-    mut write: tokio::net::tcp::OwnedWriteHalf,
+pub fn spawn_writer<W>(
+    mut write: W,
 ) -> (
     mpsc::UnboundedSender<Option<Bytes>>,
     tokio::task::JoinHandle<()>,
-) {
+)
+where
+    W: AsyncWrite + Send + Unpin + 'static,
+{
     let (tx, mut rx) = mpsc::unbounded_channel::<Option<Bytes>>();
     let writer = tokio::spawn(async move {
         while let Some(Some(bytes)) = rx.recv().await {
@@ -163,6 +171,85 @@ pub fn spawn_writer(
         let _ = write.shutdown().await;
     });
     (tx, writer)
+}
+
+/// Capacity of each in-memory pipe a [`MemoryConnector`] makes, per direction.
+pub const MEMORY_PIPE: usize = 64 * 1024;
+
+/// A connector (`Service<SocketAddr>`, for `ClientBuilder::connector`) whose every
+/// dial makes an in-memory pipe and spawns `serve` on its server end: a backend
+/// that needs no socket, so timeouts and backoff can be tested on paused time.
+/// The address is ignored; counts dials.
+#[derive(Clone)]
+pub struct MemoryConnector {
+    serve: Arc<dyn Fn(DuplexStream) -> BoxFuture + Send + Sync>,
+    /// Dials so far.
+    pub dials: Arc<AtomicUsize>,
+}
+
+type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl MemoryConnector {
+    /// Serves each dialled pipe with `serve(server_end)`.
+    pub fn new<F, Fut>(serve: F) -> MemoryConnector
+    where
+        F: Fn(DuplexStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        MemoryConnector {
+            serve: Arc::new(move |io| Box::pin(serve(io))),
+            dials: Arc::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for MemoryConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryConnector")
+            .field("dials", &self.dials)
+            .finish_non_exhaustive()
+    }
+}
+
+impl tower::Service<SocketAddr> for MemoryConnector {
+    type Response = DuplexStream;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<std::io::Result<DuplexStream>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _addr: SocketAddr) -> Self::Future {
+        self.dials.fetch_add(1, Ordering::SeqCst);
+        let (client, server) = tokio::io::duplex(MEMORY_PIPE);
+        tokio::spawn((self.serve)(server));
+        std::future::ready(Ok(client))
+    }
+}
+
+/// A scripted server (see [`start_scripted`]) behind a [`MemoryConnector`]: the
+/// connector for the client, and the server's counters.
+pub fn memory_scripted<F>(script: F) -> (MemoryConnector, Arc<ServerCounters>)
+where
+    F: Fn(usize, &Frame) -> Action + Send + Sync + 'static,
+{
+    let counters = Arc::new(ServerCounters::default());
+    let script = Arc::new(script);
+    let c = counters.clone();
+    let connector = MemoryConnector::new(move |io| {
+        c.connections.fetch_add(1, Ordering::SeqCst);
+        serve_scripted(io, script.clone(), c.clone())
+    });
+    (connector, counters)
+}
+
+/// An address for clients whose connector ignores it ([`MemoryConnector`]).
+pub fn memory_addr() -> SocketAddr {
+    "127.0.0.1:1".parse().expect("addr")
 }
 
 /// Encodes one frame with the default codec.

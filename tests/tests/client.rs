@@ -1,5 +1,7 @@
 //! The client stack over real loopback TCP: balancing, failover, reconnection,
-//! run-time endpoints, DNS, limits, deadlines, retries and close.
+//! run-time endpoints, DNS, limits, deadlines, retries and close. Tests of
+//! timeouts and backoff run on paused time over in-memory pipes
+//! ([`anet_tests::MemoryConnector`]), so their bounds are exact.
 
 use std::{
     convert::Infallible,
@@ -18,7 +20,10 @@ use anet::{
     client::{Backoff, Client, ConnectionConfig, PoolConfig, RetryPolicy},
     server::{Request, Server},
 };
-use anet_tests::{Action, RunningServer, eventually, start_scripted, start_server};
+use anet_tests::{
+    Action, MemoryConnector, RunningServer, eventually, memory_addr, memory_scripted,
+    start_scripted, start_server,
+};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower::{Service, ServiceExt, service_fn};
@@ -258,10 +263,18 @@ fn closed_port() -> SocketAddr {
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Paused time: every dial is refused at once, so any time that passes is time
+/// the client chose to wait.
+#[tokio::test(start_paused = true)]
 async fn with_every_endpoint_down_requests_fail_fast_not_at_the_request_timeout() {
+    let refuse = service_fn(|_: SocketAddr| async {
+        Err::<tokio::io::DuplexStream, _>(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        ))
+    });
     let client = Client::builder()
         .endpoints([closed_port(), closed_port()])
+        .connector(refuse)
         .connect_timeout(Duration::from_millis(500))
         .request_timeout(Duration::from_secs(30))
         .build();
@@ -280,8 +293,9 @@ async fn with_every_endpoint_down_requests_fail_fast_not_at_the_request_timeout(
         );
         assert!(err.is_unsent());
         assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "within the connect timeout"
+            started.elapsed() < Duration::from_millis(500),
+            "within the connect timeout: {:?}",
+            started.elapsed()
         );
     }
 }
@@ -362,19 +376,19 @@ async fn load_shedding_fails_fast_with_overloaded_at_the_limit() {
     assert!(shed >= 6 && ok >= 1, "ok {ok}, shed {shed}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_request_waiting_for_room_times_out_at_its_deadline_and_is_never_written() {
     // One connection with room for one request; the server holds it for 600 ms.
-    let server = start_scripted(|_, frame| {
+    let (connector, counters) = memory_scripted(|_, frame| {
         if frame.payload == "first" {
             Action::Echo(Duration::from_millis(600))
         } else {
             Action::Echo(Duration::ZERO)
         }
-    })
-    .await;
+    });
     let client = Client::builder()
-        .endpoint(server.addr)
+        .endpoint(memory_addr())
+        .connector(connector)
         .connections_per_endpoint(1, 1)
         // Room for held tags too: the first request's timeout must not retire
         // the connection (one held tag of a limit of one would).
@@ -387,23 +401,23 @@ async fn a_request_waiting_for_room_times_out_at_its_deadline_and_is_never_writt
         let client = client.clone();
         async move { client.call(Bytes::from_static(b"first")).await }
     });
-    assert!(
-        eventually(WAIT, || server.counters.requests.load(Ordering::SeqCst)
-            == 2)
-        .await
-    );
+    assert!(eventually(WAIT, || counters.requests.load(Ordering::SeqCst) == 2).await);
     let started = tokio::time::Instant::now();
     let err = client
         .call(Bytes::from_static(b"second"))
         .await
         .expect_err("times out");
     assert_eq!(err.kind(), Kind::Timeout);
-    assert!(started.elapsed() >= Duration::from_millis(150));
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // Paused time: exactly the 200 ms deadline, not the 600 ms wait for room.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(200) && elapsed < Duration::from_millis(220),
+        "{elapsed:?}"
+    );
     let _ = first.await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        server.counters.requests.load(Ordering::SeqCst),
+        counters.requests.load(Ordering::SeqCst),
         2,
         "the timed-out request was never written"
     );
@@ -657,7 +671,7 @@ async fn the_pool_grows_under_load_up_to_its_maximum() {
     assert_eq!(server.stats.snapshot().connections_accepted, 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_connection_closed_by_the_server_is_replaced_at_once() {
     let failing = service_fn(|req: Request| async move {
         if req.payload() == "fail" {
@@ -666,13 +680,15 @@ async fn a_connection_closed_by_the_server_is_replaced_at_once() {
             Ok(req.into_payload())
         }
     });
-    let server = start_server(
-        Server::builder().on_error(anet::server::OnError::Close),
-        failing,
-    )
-    .await;
+    let server = MemoryConnector::new(move |io| async move {
+        Server::builder()
+            .on_error(anet::server::OnError::Close)
+            .serve_connection(io, None, failing)
+            .await;
+    });
     let client = Client::builder()
-        .endpoint(server.addr)
+        .endpoint(memory_addr())
+        .connector(server.clone())
         .retry(RetryPolicy::new(0))
         .build();
     for round in 0..50 {
@@ -692,20 +708,27 @@ async fn a_connection_closed_by_the_server_is_replaced_at_once() {
             "again",
             "round {round}"
         );
-        assert!(started.elapsed() < Duration::from_secs(1));
+        // Paused time: no backoff before the replacement (the default's base
+        // is 100 ms).
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "round {round}: {:?}",
+            started.elapsed()
+        );
     }
     assert_eq!(
-        server.stats.snapshot().connections_accepted,
+        server.dials.load(Ordering::SeqCst),
         51,
         "one replacement per round"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn the_rate_limit_is_shared_by_every_clone() {
-    let server = echo_server(Duration::ZERO, None).await;
+    let (connector, counters) = memory_scripted(|_, _| Action::Echo(Duration::ZERO));
     let client = Client::builder()
-        .endpoint(server.addr)
+        .endpoint(memory_addr())
+        .connector(connector)
         .rate_limit(50, Duration::from_secs(1))
         .request_timeout(Duration::from_secs(10))
         .build();
@@ -718,23 +741,24 @@ async fn the_rate_limit_is_shared_by_every_clone() {
     for r in calls.join_all().await {
         r.expect("ok");
     }
-    // A burst of 50, then 50 more at 50 per second.
+    // A burst of 50, then 50 more at 50 per second (paused time: exactly).
+    let elapsed = started.elapsed();
     assert!(
-        started.elapsed() >= Duration::from_millis(900),
-        "{:?}",
-        started.elapsed()
+        elapsed >= Duration::from_millis(980) && elapsed < Duration::from_millis(1100),
+        "{elapsed:?}"
     );
-    assert_eq!(server.stats.snapshot().requests, 100);
+    assert_eq!(counters.requests.load(Ordering::SeqCst), 100);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn the_deadline_covers_waiting_for_the_concurrency_limit() {
     // Each request takes 200 ms, within the 300 ms deadline; with a limit of one,
     // the sixth caller would wait a second for its turn: its own deadline must end
     // the wait instead.
-    let server = start_scripted(|_, _| Action::Echo(Duration::from_millis(200))).await;
+    let (connector, _) = memory_scripted(|_, _| Action::Echo(Duration::from_millis(200)));
     let client = Client::builder()
-        .endpoint(server.addr)
+        .endpoint(memory_addr())
+        .connector(connector)
         .concurrency_limit(Some(1))
         .request_timeout(Duration::from_millis(300))
         .build();
@@ -754,7 +778,7 @@ async fn the_deadline_covers_waiting_for_the_concurrency_limit() {
     let results = calls.join_all().await;
     for (elapsed, result) in &results {
         assert!(
-            *elapsed < Duration::from_millis(800),
+            *elapsed <= Duration::from_millis(310),
             "every caller ends near its own deadline: {elapsed:?} {result:?}"
         );
     }
@@ -766,11 +790,12 @@ async fn the_deadline_covers_waiting_for_the_concurrency_limit() {
 
 /// With limits configured, a request past them that the server never answers
 /// still ends at its deadline (enforced below the layers, by the connection).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_limited_client_request_to_a_silent_server_ends_at_its_deadline() {
-    let server = start_scripted(|_, _| Action::Ignore).await;
+    let (connector, _) = memory_scripted(|_, _| Action::Ignore);
     let client = Client::builder()
-        .endpoint(server.addr)
+        .endpoint(memory_addr())
+        .connector(connector)
         .concurrency_limit(Some(4))
         .rate_limit(1000, Duration::from_secs(1))
         .request_timeout(Duration::from_millis(300))
@@ -784,7 +809,7 @@ async fn a_limited_client_request_to_a_silent_server_ends_at_its_deadline() {
     let elapsed = started.elapsed();
     assert_eq!(err.kind(), Kind::Timeout, "{err}");
     assert!(
-        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_millis(1500),
+        elapsed >= Duration::from_millis(300) && elapsed <= Duration::from_millis(310),
         "{elapsed:?}"
     );
 }
@@ -837,28 +862,17 @@ async fn requests_in_flight_when_the_last_handle_drops_are_answered() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn requests_stuck_behind_a_server_that_never_reads_end_at_their_deadline() {
-    // Accepts and never reads: once the socket buffers fill, writes block and
-    // requests queue inside the connection, unwritten.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (hold_tx, mut hold_rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = hold_tx.send(stream);
-        }
-    });
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Some(stream) = hold_rx.recv().await {
-            held.push(stream);
-        }
+    // Accepts and never reads: once the pipe fills, writes block and requests
+    // queue inside the connection, unwritten.
+    let never_reads = MemoryConnector::new(|io| async move {
+        std::future::pending::<()>().await;
+        drop(io);
     });
     let client = Client::builder()
-        .endpoint(addr)
+        .endpoint(memory_addr())
+        .connector(never_reads)
         .connections_per_endpoint(1, 1)
         .request_timeout(Duration::from_millis(300))
         .retry(RetryPolicy::new(0))
@@ -881,7 +895,7 @@ async fn requests_stuck_behind_a_server_that_never_reads_end_at_their_deadline()
     let mut unsent = 0;
     for (elapsed, result) in &results {
         assert!(
-            *elapsed < Duration::from_millis(1500),
+            *elapsed <= Duration::from_millis(310),
             "{elapsed:?} {result:?}"
         );
         let Err((kind, was_unsent)) = result else {
@@ -896,11 +910,12 @@ async fn requests_stuck_behind_a_server_that_never_reads_end_at_their_deadline()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn requests_timed_out_by_the_connection_give_their_capacity_back_after_quarantine() {
-    let server = start_scripted(|_, _| Action::Ignore).await;
+    let (connector, counters) = memory_scripted(|_, _| Action::Ignore);
     let client = Client::builder()
-        .endpoint(server.addr)
+        .endpoint(memory_addr())
+        .connector(connector)
         .connections_per_endpoint(1, 1)
         .connection(
             ConnectionConfig::new()
@@ -923,7 +938,7 @@ async fn requests_timed_out_by_the_connection_give_their_capacity_back_after_qua
                     .await
                     .expect_err("never answered");
                 assert!(
-                    started.elapsed() < Duration::from_secs(2),
+                    started.elapsed() <= Duration::from_millis(40),
                     "{:?}",
                     started.elapsed()
                 );
@@ -947,28 +962,25 @@ async fn requests_timed_out_by_the_connection_give_their_capacity_back_after_qua
         "{:?}",
         client.stats()
     );
-    assert!(server.counters.requests.load(Ordering::SeqCst) > 0);
+    assert!(counters.requests.load(Ordering::SeqCst) > 0);
 }
 
 /// A retry keeps the call's deadline: the server reads each request, holds it for
 /// 1 s and drops the connection. With a 1.5 s deadline the second attempt must end
 /// with a timeout at 1.5 s, not run for another second (as it would if each retry
 /// started a deadline of its own).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_retried_request_keeps_the_deadline_of_its_call() {
-    let mut server = anet_tests::ManualServer::bind().await;
-    let addr = server.addr;
     let hold = Duration::from_secs(1);
-    let serve = tokio::spawn(async move {
-        loop {
-            let mut conn = server.accept().await;
-            let _request = conn.recv().await;
-            tokio::time::sleep(hold).await;
-            drop(conn);
-        }
+    let server = MemoryConnector::new(move |mut io| async move {
+        let codec = anet_proto::FrameCodec::new();
+        let _request = anet_proto::read_frame(&mut io, &codec).await;
+        tokio::time::sleep(hold).await;
+        drop(io);
     });
     let client = Client::builder()
-        .endpoint(addr)
+        .endpoint(memory_addr())
+        .connector(server.clone())
         .request_timeout(Duration::from_millis(1500))
         .retry(RetryPolicy::new(5).idempotent(true))
         .backoff(fast_backoff())
@@ -981,10 +993,10 @@ async fn a_retried_request_keeps_the_deadline_of_its_call() {
     let elapsed = start.elapsed();
     assert_eq!(error.kind(), Kind::Timeout, "{error}");
     assert!(
-        elapsed >= Duration::from_millis(1400) && elapsed < Duration::from_millis(1900),
+        elapsed >= Duration::from_millis(1500) && elapsed <= Duration::from_millis(1510),
         "ended after {elapsed:?}"
     );
-    serve.abort();
+    assert!(server.dials.load(Ordering::SeqCst) >= 2, "it was retried");
 }
 
 /// Durations too large to add to the clock (`Duration::MAX`, "no limit") for

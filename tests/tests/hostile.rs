@@ -1,66 +1,53 @@
 //! Hostile peers: each protection has a test that fails without it.
 
-use std::{
-    convert::Infallible,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{convert::Infallible, sync::atomic::Ordering, time::Duration};
 
 use anet::{
     Kind,
     client::{Client, ConnectionConfig, RetryPolicy},
     server::{Request, Server},
 };
-use anet_tests::{RawClient, eventually, rss_bytes, start_server};
+use anet_tests::{MemoryConnector, RawClient, eventually, memory_addr, rss_bytes, start_server};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::{io::AsyncWriteExt, net::TcpListener};
+use tokio::io::AsyncWriteExt;
 use tokio_util::codec::FramedRead;
 use tower::service_fn;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A server that answers every request by announcing a 65535-byte frame and then
-/// trickling it, one byte every `every`. Counts the connections it accepted.
-async fn trickling_server(every: Duration) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut frames = FramedRead::new(read, anet_proto::FrameCodec::new());
-                let Some(Ok(frame)) = frames.next().await else {
-                    return;
-                };
-                let mut head = vec![0xff, 0xff];
-                head.extend_from_slice(frame.tag.as_bytes());
-                if write.write_all(&head).await.is_err() {
-                    return;
-                }
-                for _ in 0..65_531 {
-                    tokio::time::sleep(every).await;
-                    if write.write_all(b"x").await.is_err() {
-                        return;
-                    }
-                }
-            });
+/// A server behind in-memory pipes that answers every request by announcing a
+/// 65535-byte frame and then trickling it, one byte every `every`. Its connector
+/// counts the connections made.
+fn trickling_server(every: Duration) -> MemoryConnector {
+    MemoryConnector::new(move |io| async move {
+        let (read, mut write) = tokio::io::split(io);
+        let mut frames = FramedRead::new(read, anet_proto::FrameCodec::new());
+        let Some(Ok(frame)) = frames.next().await else {
+            return;
+        };
+        let mut head = vec![0xff, 0xff];
+        head.extend_from_slice(frame.tag.as_bytes());
+        if write.write_all(&head).await.is_err() {
+            return;
         }
-    });
-    (addr, accepted)
+        for _ in 0..65_531 {
+            tokio::time::sleep(every).await;
+            if write.write_all(b"x").await.is_err() {
+                return;
+            }
+        }
+    })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Paused time, over in-memory pipes.
+#[tokio::test(start_paused = true)]
 async fn a_trickled_response_times_out_and_its_connection_is_replaced() {
-    let (addr, accepted) = trickling_server(Duration::from_millis(200)).await;
+    let server = trickling_server(Duration::from_millis(200));
+    let addr = memory_addr();
     let client = Client::builder()
         .endpoint(addr)
+        .connector(server.clone())
         .request_timeout(Duration::from_millis(500))
         .retry(RetryPolicy::new(0))
         .connection(ConnectionConfig::new().read_timeout(Some(Duration::from_secs(1))))
@@ -71,10 +58,14 @@ async fn a_trickled_response_times_out_and_its_connection_is_replaced() {
         .await
         .expect_err("never completes");
     assert_eq!(err.kind(), Kind::Timeout);
-    assert!(started.elapsed() < Duration::from_secs(3));
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(500) && elapsed <= Duration::from_millis(510),
+        "at the request deadline: {elapsed:?}"
+    );
     // The stalled connection is closed after the read timeout and redialed.
     assert!(
-        eventually(WAIT, || accepted.load(Ordering::SeqCst) >= 2).await,
+        eventually(WAIT, || server.dials.load(Ordering::SeqCst) >= 2).await,
         "stalled connection replaced"
     );
     assert!(
