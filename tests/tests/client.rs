@@ -1029,3 +1029,107 @@ async fn unbounded_timeouts_work() {
         );
     }
 }
+
+/// Sends two requests and checks that each ends (a response or a typed error)
+/// within the test's wait; then closes the client, which must finish too.
+async fn two_requests_end_and_the_client_closes(client: Client, case: &str) {
+    for payload in [&b"first"[..], b"second"] {
+        let payload = Bytes::from_static(payload);
+        match tokio::time::timeout(WAIT, client.call(payload.clone())).await {
+            Err(_) => panic!("{case}: request did not end"),
+            Ok(Ok(reply)) => assert_eq!(reply, payload, "{case}"),
+            Ok(Err(_typed)) => {}
+        }
+    }
+    client.close();
+    tokio::time::timeout(WAIT, client.closed())
+        .await
+        .unwrap_or_else(|_| panic!("{case}: client did not close"));
+}
+
+/// Every public setter that takes a `Duration`, on the client and on the server,
+/// given `Duration::ZERO` and `Duration::MAX`: requests still end with a response
+/// or a typed error, shutdown still finishes, and nothing panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_duration_setter_takes_zero_and_max_and_requests_still_end() {
+    use anet::client::{ClientBuilder, Connector, RetryBudget};
+
+    type ClientSetter = fn(ClientBuilder, Duration, SocketAddr) -> ClientBuilder;
+    let client_setters: [(&str, ClientSetter); 12] = [
+        ("request_timeout", |b, d, _| b.request_timeout(d)),
+        ("connect_timeout", |b, d, _| b.connect_timeout(d)),
+        ("keepalive", |b, d, _| b.keepalive(Some(d))),
+        ("dns interval", |b, d, addr| {
+            b.dns("backend.test:1500", d)
+                .resolver(move |_: &str| -> anet::client::ResolveFuture {
+                    Box::pin(async move { Ok(vec![addr]) })
+                })
+        }),
+        // A zero period is a documented panic (no rate is "1 per 0 s"); the
+        // smallest valid one stands in for it.
+        ("rate_limit", |b, d, _| {
+            b.rate_limit(1, d.max(Duration::from_nanos(1)))
+        }),
+        ("backoff", |b, d, _| b.backoff(Backoff { base: d, max: d })),
+        ("pool probation and backoff", |b, d, _| {
+            b.pool(PoolConfig {
+                probation: d,
+                backoff: Backoff { base: d, max: d },
+                ..PoolConfig::new()
+            })
+        }),
+        ("quarantine", |b, d, _| {
+            b.connection(ConnectionConfig::new().quarantine(d))
+        }),
+        ("close_grace", |b, d, _| {
+            b.connection(ConnectionConfig::new().close_grace(d))
+        }),
+        ("connection read_timeout", |b, d, _| {
+            b.connection(ConnectionConfig::new().read_timeout(Some(d)))
+        }),
+        ("retry budget ttl", |b, d, _| {
+            b.retry(RetryPolicy::default().budget(Arc::new(RetryBudget::new(d, 10, 0.2))))
+        }),
+        ("request_timeout with a limit", |b, d, _| {
+            b.request_timeout(d).concurrency_limit(Some(4))
+        }),
+    ];
+    type ServerSetter = fn(anet::server::Builder, Duration) -> anet::server::Builder;
+    let server_setters: [(&str, ServerSetter); 4] = [
+        ("idle_timeout", |b, d| b.idle_timeout(Some(d))),
+        ("read_timeout", |b, d| b.read_timeout(Some(d))),
+        ("write_timeout", |b, d| b.write_timeout(Some(d))),
+        ("shutdown_grace", |b, d| b.shutdown_grace(d)),
+    ];
+
+    let echo = service_fn(|r: Request| async move { Ok::<_, Infallible>(r.into_payload()) });
+    let server = start_server(Server::builder(), echo).await;
+    for d in [Duration::ZERO, Duration::MAX] {
+        for (name, set) in client_setters {
+            let case = format!("client {name} = {d:?}");
+            let builder = Client::builder();
+            let builder = if name == "dns interval" {
+                builder
+            } else {
+                builder.endpoint(server.addr)
+            };
+            let client = set(builder, d, server.addr).build();
+            two_requests_end_and_the_client_closes(client, &case).await;
+        }
+        let connector = Connector::new().connect_timeout(d).keepalive(Some(d));
+        let connected = tokio::time::timeout(WAIT, connector.connect(server.addr)).await;
+        assert!(connected.is_ok(), "connector {d:?}: connect did not end");
+
+        for (name, set) in server_setters {
+            let case = format!("server {name} = {d:?}");
+            let mut server = start_server(set(Server::builder(), d), echo).await;
+            let client = Client::builder().endpoint(server.addr).build();
+            two_requests_end_and_the_client_closes(client, &case).await;
+            let stopped = tokio::time::timeout(WAIT, server.shutdown()).await;
+            assert!(
+                matches!(stopped, Ok(Ok(Ok(())))),
+                "{case}: server did not shut down: {stopped:?}"
+            );
+        }
+    }
+}
