@@ -1133,3 +1133,23 @@ async fn every_duration_setter_takes_zero_and_max_and_requests_still_end() {
         }
     }
 }
+
+/// A resolver that never answers must not keep a closed client open.
+#[tokio::test(start_paused = true)]
+async fn close_finishes_while_a_dns_resolution_hangs() {
+    let resolver = |_: &str| -> anet::client::ResolveFuture { Box::pin(std::future::pending()) };
+    let client = Client::builder()
+        .dns("backend.test:1500", Duration::from_secs(1))
+        .resolver(resolver)
+        .build();
+    // The request waits for the first answer, up to the connect timeout.
+    let err = client
+        .call(Bytes::from_static(b"x"))
+        .await
+        .expect_err("nothing resolved");
+    assert_eq!(err.kind(), Kind::Unavailable);
+    client.close();
+    tokio::time::timeout(Duration::from_secs(10), client.closed())
+        .await
+        .expect("closed while the resolver hangs");
+}

@@ -77,10 +77,16 @@ pub(crate) fn spawn_dns(registry: &Arc<Registry>, source: DnsSource) {
         let mut current: HashSet<SocketAddr> = HashSet::new();
         let mut first = true;
         loop {
+            // A resolver that never answers must not hold up shutdown, nor keep
+            // the registry alive (its last handle's drop is what closes it).
+            let resolved = tokio::select! {
+                r = source.resolver.resolve(&source.target) => r,
+                () = shutdown.cancelled() => return,
+            };
             let Some(registry) = registry_ref.upgrade() else {
                 return;
             };
-            match source.resolver.resolve(&source.target).await {
+            match resolved {
                 Ok(addrs) if !addrs.is_empty() => {
                     let next: HashSet<SocketAddr> = addrs.into_iter().collect();
                     for addr in next.difference(&current) {
