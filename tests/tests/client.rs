@@ -1153,3 +1153,60 @@ async fn close_finishes_while_a_dns_resolution_hangs() {
         .await
         .expect("closed while the resolver hangs");
 }
+
+/// While an endpoint's only connection is being replaced, requests wait for the
+/// new one: none fails `Unavailable` (the pool announces the redial before it
+/// withdraws the endpoint, and the balancer must read the two flags so that it
+/// never sees neither).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_during_a_redial_wait_for_it_and_never_fail_unavailable() {
+    const PER_CONNECTION: usize = 20;
+    const REDIALS: usize = 1000;
+    let server = start_scripted(|n, _| {
+        if n % PER_CONNECTION == PER_CONNECTION - 1 {
+            Action::Close
+        } else {
+            Action::Echo(Duration::ZERO)
+        }
+    })
+    .await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .connections_per_endpoint(1, 1)
+        .request_timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(10))
+        .pool(PoolConfig {
+            min_connections: 1,
+            max_connections: 1,
+            // Every close counts as a failure; the endpoint must not be marked
+            // down for them (that would be a fair `Unavailable`).
+            failure_threshold: u32::MAX,
+            backoff: fast_backoff(),
+            ..PoolConfig::new()
+        })
+        .build();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..16 {
+        let (client, counters) = (client.clone(), server.counters.clone());
+        tasks.spawn(async move {
+            let mut unavailable = 0;
+            let mut n = 0u64;
+            while counters.connections.load(Ordering::SeqCst) < REDIALS {
+                let payload = Bytes::from(format!("w{w}-{n}"));
+                n += 1;
+                match client.call(payload.clone()).await {
+                    Ok(reply) => assert_eq!(reply, payload),
+                    Err(e) if e.kind() == Kind::Unavailable => unavailable += 1,
+                    Err(_) => {} // lost with its connection: not the point here
+                }
+            }
+            unavailable
+        });
+    }
+    let unavailable: usize = tokio::time::timeout(Duration::from_secs(120), tasks.join_all())
+        .await
+        .expect("the load ends")
+        .into_iter()
+        .sum();
+    assert_eq!(unavailable, 0, "requests failed Unavailable during redials");
+}

@@ -197,8 +197,7 @@ impl Registry {
         // Worth waiting when a discovery or a dial is under way, or when an
         // endpoint marked up has just lost its connections (its pool is about to
         // redial or mark it down).
-        let wait = self.discovering.load(Relaxed) > 0
-            || endpoints.iter().any(|e| e.is_pending() || e.is_up());
+        let wait = self.discovering.load(Relaxed) > 0 || endpoints.iter().any(|e| e.may_come_up());
         Routed::Nowhere(payload, wait)
     }
 }

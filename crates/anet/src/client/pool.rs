@@ -2,14 +2,17 @@
 //!
 //! Each endpoint has a maintenance task that owns the decisions (dial, replace,
 //! back off, mark down, probation) and publishes a few atomics that the balancer
-//! reads on the request path (`up`, `pending`) plus the list of live connections
+//! reads on the request path (one state word: `up`, `pending`) plus the list of live connections
 //! behind a read-mostly lock (whose windows give the endpoint's load).
 
 use std::{
     net::SocketAddr,
     sync::{
         Arc, RwLock,
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        atomic::{
+            AtomicBool, AtomicU8, AtomicU64,
+            Ordering::{AcqRel, Acquire, Relaxed},
+        },
     },
     time::Duration,
 };
@@ -64,17 +67,23 @@ impl Default for PoolConfig {
     }
 }
 
+/// Endpoint state bit: routable (has a live connection and is not marked down).
+const UP: u8 = 1;
+/// Endpoint state bit: a dial is under way while the endpoint is not in
+/// penalty; requests with nowhere else to go may wait for it (up to the connect
+/// timeout).
+const PENDING: u8 = 2;
+
 /// What the balancer and the maintenance task share about one endpoint.
 #[derive(Debug)]
 pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
     /// Live connections; written by the maintenance task, read per request.
     conns: RwLock<Vec<Connection>>,
-    /// Routable: has a live connection and is not marked down.
-    up: AtomicBool,
-    /// A dial is under way while the endpoint is not in penalty: requests with
-    /// nowhere else to go may wait for it (up to the connect timeout).
-    pending: AtomicBool,
+    /// [`UP`] and [`PENDING`], in one word: a request deciding whether to wait
+    /// reads both at once, so it never sees the moment between the pool
+    /// announcing a redial and withdrawing `up` (or the reverse) as "neither".
+    state: AtomicU8,
     /// Removed from the client: drain and stop.
     removed: AtomicBool,
     /// A request found every connection full.
@@ -94,8 +103,7 @@ impl Endpoint {
         Endpoint {
             addr,
             conns: RwLock::new(Vec::new()),
-            up: AtomicBool::new(false),
-            pending: AtomicBool::new(true), // the first dial starts at once
+            state: AtomicU8::new(PENDING), // the first dial starts at once
             removed: AtomicBool::new(false),
             demand: AtomicBool::new(false),
             wake: Notify::new(),
@@ -107,11 +115,23 @@ impl Endpoint {
     }
 
     pub(crate) fn is_up(&self) -> bool {
-        self.up.load(Relaxed)
+        self.state.load(Acquire) & UP != 0
     }
 
-    pub(crate) fn is_pending(&self) -> bool {
-        self.pending.load(Relaxed)
+    /// Up, or about to be (a dial is under way): a request with nowhere else to
+    /// go may wait for it. One read of both bits (see `state`).
+    pub(crate) fn may_come_up(&self) -> bool {
+        self.state.load(Acquire) & (UP | PENDING) != 0
+    }
+
+    /// Sets or clears `bit`; true if that changed it.
+    fn set(&self, bit: u8, on: bool) -> bool {
+        let before = if on {
+            self.state.fetch_or(bit, AcqRel)
+        } else {
+            self.state.fetch_and(!bit, AcqRel)
+        };
+        (before & bit != 0) != on
     }
 
     /// Window slots in use over its live connections: requests in flight and
@@ -156,7 +176,7 @@ impl Endpoint {
 
     pub(crate) fn remove(&self) {
         self.removed.store(true, Relaxed);
-        self.up.store(false, Relaxed);
+        self.set(UP, false);
         self.wake.notify_one();
     }
 
@@ -366,7 +386,7 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
 
     // Removed or shutting down: stop routing here, let in-flight requests finish.
     set_up(&endpoint, &cx, false);
-    endpoint.pending.store(false, Relaxed);
+    endpoint.set(PENDING, false);
     cx.changed.notify_waiters();
     let conns = endpoint.take_all();
     for conn in &conns {
@@ -379,13 +399,13 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
 }
 
 fn set_pending(endpoint: &Endpoint, cx: &PoolContext, pending: bool) {
-    if endpoint.pending.swap(pending, Relaxed) != pending {
+    if endpoint.set(PENDING, pending) {
         cx.changed.notify_waiters();
     }
 }
 
 fn set_up(endpoint: &Endpoint, cx: &PoolContext, up: bool) {
-    if endpoint.up.swap(up, Relaxed) != up {
+    if endpoint.set(UP, up) {
         cx.changed.notify_waiters();
     }
 }
@@ -394,5 +414,54 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::client::Connector;
+
+    /// The maintenance task moves "up" to "pending" when it redials a lost
+    /// connection, and back when the dial succeeds; a request reading the two
+    /// flags meanwhile must never see neither (it would fail `Unavailable`
+    /// instead of waiting for the dial).
+    #[test]
+    fn a_redialing_endpoint_is_never_seen_neither_up_nor_pending() {
+        let cx = PoolContext {
+            config: PoolConfig::new(),
+            dialer: Dialer::tcp(Connector::new()),
+            changed: Arc::default(),
+            shutdown: CancellationToken::new(),
+        };
+        let endpoint = Arc::new(Endpoint::new("127.0.0.1:9".parse().expect("addr")));
+        set_up(&endpoint, &cx, true);
+        set_pending(&endpoint, &cx, false);
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = std::thread::spawn({
+            let (endpoint, stop) = (endpoint.clone(), stop.clone());
+            move || {
+                let mut reads = 0u64;
+                while !stop.load(Relaxed) {
+                    assert!(endpoint.may_come_up(), "seen neither after {reads} reads");
+                    reads += 1;
+                }
+            }
+        });
+        for _ in 0..2_000_000 {
+            // A connection lost: announce the redial, then withdraw `up`.
+            set_pending(&endpoint, &cx, true);
+            set_up(&endpoint, &cx, false);
+            // The dial succeeded: `up` again, then no longer pending.
+            set_up(&endpoint, &cx, true);
+            set_pending(&endpoint, &cx, false);
+            if reader.is_finished() {
+                break;
+            }
+        }
+        stop.store(true, Relaxed);
+        reader.join().expect("never neither");
     }
 }
