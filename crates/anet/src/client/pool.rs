@@ -2,8 +2,9 @@
 //!
 //! Each endpoint has a maintenance task that owns the decisions (dial, replace,
 //! back off, mark down, probation) and publishes a few atomics that the balancer
-//! reads on the request path (one state word: `up`, `pending`) plus the list of live connections
-//! behind a read-mostly lock (whose windows give the endpoint's load).
+//! reads on the request path (one state word: `up`, `pending`) plus the list of
+//! live connections behind a read-mostly lock (whose windows give the endpoint's
+//! load).
 
 use std::{
     net::SocketAddr,
