@@ -1210,3 +1210,91 @@ async fn requests_during_a_redial_wait_for_it_and_never_fail_unavailable() {
         .sum();
     assert_eq!(unavailable, 0, "requests failed Unavailable during redials");
 }
+
+/// An address wanted by several owners (the static list or the `Endpoints`
+/// handle, a DNS source, each key of a `Discover`) stays an endpoint until the
+/// last of them lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_stays_until_every_source_that_lists_it_lets_go() {
+    use tower::discover::Change;
+    let [fixed, dns_only, shared, keyed, sentinel] = std::array::from_fn(|_| closed_port());
+    let answer = Arc::new(Mutex::new(vec![fixed, dns_only, shared]));
+    let resolver = {
+        let answer = answer.clone();
+        move |_: &str| -> anet::client::ResolveFuture {
+            let addrs = answer.lock().expect("lock").clone();
+            Box::pin(async move { Ok(addrs) })
+        }
+    };
+    let (tx, rx) =
+        tokio::sync::mpsc::unbounded_channel::<Result<Change<u32, SocketAddr>, Infallible>>();
+    let discover =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let client = Client::builder()
+        .endpoint(fixed)
+        .dns("backend.test:1500", Duration::from_millis(10))
+        .resolver(resolver)
+        .build_with_discover(Box::pin(discover));
+    let endpoints = client.endpoints();
+    let listed = |addr| endpoints.list().contains(&addr);
+    assert!(eventually(WAIT, || listed(shared)).await, "resolved");
+
+    // Changes are applied in order: a sentinel inserted (or resolved) after a
+    // change, once listed, shows that the change has been applied.
+    let discover_sync = async |tx: &tokio::sync::mpsc::UnboundedSender<_>| {
+        tx.send(Ok(Change::Insert(100, sentinel))).expect("send");
+        assert!(eventually(WAIT, || endpoints.list().contains(&sentinel)).await);
+        tx.send(Ok(Change::Remove(100))).expect("send");
+        assert!(eventually(WAIT, || !endpoints.list().contains(&sentinel)).await);
+    };
+
+    // Two Discover keys on one address: removing one key keeps it.
+    tx.send(Ok(Change::Insert(1, keyed))).expect("send");
+    tx.send(Ok(Change::Insert(2, keyed))).expect("send");
+    tx.send(Ok(Change::Remove(1))).expect("send");
+    discover_sync(&tx).await;
+    assert!(listed(keyed), "key 2 still lists it");
+    tx.send(Ok(Change::Remove(2))).expect("send");
+    assert!(eventually(WAIT, || !listed(keyed)).await, "last key gone");
+
+    // A Discover key and DNS on one address: the key's removal keeps it.
+    tx.send(Ok(Change::Insert(3, shared))).expect("send");
+    tx.send(Ok(Change::Remove(3))).expect("send");
+    discover_sync(&tx).await;
+    assert!(listed(shared), "DNS still lists it");
+
+    // The handle's remove of an address only DNS added: not its to remove.
+    assert!(!endpoints.remove(dns_only), "the handle never added it");
+    assert!(listed(dns_only));
+    // The handle adds it too; then DNS drops it (and `fixed`, also static).
+    assert!(endpoints.add(dns_only));
+    assert!(!endpoints.add(dns_only), "already the handle's");
+    *answer.lock().expect("lock") = vec![shared, sentinel];
+    assert!(eventually(WAIT, || listed(sentinel)).await);
+    // The next answer is applied only after the previous one was, entirely.
+    *answer.lock().expect("lock") = vec![shared];
+    assert!(eventually(WAIT, || !listed(sentinel)).await);
+    assert!(listed(fixed), "static: stays when DNS drops it");
+    assert!(
+        listed(dns_only),
+        "added by the handle: stays when DNS drops it"
+    );
+
+    // Once the last owner lets go, the endpoint goes.
+    assert!(endpoints.remove(fixed));
+    assert!(endpoints.remove(dns_only));
+    assert!(!listed(fixed) && !listed(dns_only));
+    // DNS still lists `shared`; a key on it and the handle come and go.
+    tx.send(Ok(Change::Insert(4, shared))).expect("send");
+    assert!(endpoints.add(shared));
+    assert!(endpoints.remove(shared));
+    tx.send(Ok(Change::Remove(4))).expect("send");
+    discover_sync(&tx).await;
+    assert!(listed(shared), "DNS still lists it");
+    *answer.lock().expect("lock") = vec![sentinel];
+    assert!(
+        eventually(WAIT, || !listed(shared)).await,
+        "DNS let go last"
+    );
+    assert_eq!(endpoints.list(), vec![sentinel]);
+}
