@@ -1298,3 +1298,61 @@ async fn an_endpoint_stays_until_every_source_that_lists_it_lets_go() {
     );
     assert_eq!(endpoints.list(), vec![sentinel]);
 }
+
+/// A connection that drains (its endpoint removed, or the client closing) is
+/// still counted, with its request in flight, until it has closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_connection_stays_in_the_stats_until_it_has_closed() {
+    for close_client in [false, true] {
+        let mut server = anet_tests::ManualServer::bind().await;
+        let addr = server.addr;
+        let client = Client::builder()
+            .endpoint(addr)
+            .request_timeout(WAIT)
+            .connection(ConnectionConfig::new().close_grace(WAIT))
+            .build();
+        let call = tokio::spawn({
+            let client = client.clone();
+            async move { client.call(Bytes::from_static(b"held")).await }
+        });
+        let mut conn = server.accept().await;
+        let held = conn.recv().await;
+        let counted = |connections, in_flight| {
+            client
+                .stats()
+                .endpoint(addr)
+                .is_some_and(|e| e.connections == connections && e.in_flight == in_flight)
+        };
+        assert!(
+            eventually(WAIT, || counted(1, 1)).await,
+            "{:?}",
+            client.stats()
+        );
+        if close_client {
+            client.close();
+        } else {
+            assert!(client.endpoints().remove(addr));
+        }
+        // Draining: the request is still in flight, on a connection still open.
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert!(
+                counted(1, 1),
+                "close_client={close_client}: {:?}",
+                client.stats()
+            );
+        }
+        conn.reply(&held, b"released").await;
+        assert_eq!(call.await.expect("join").expect("answered"), "released");
+        assert!(
+            eventually(WAIT, || client
+                .stats()
+                .endpoint(addr)
+                .is_none_or(|e| e.connections == 0 && e.in_flight == 0))
+            .await,
+            "close_client={close_client}: {:?}",
+            client.stats()
+        );
+        assert!(conn.client_closed(WAIT).await);
+    }
+}

@@ -44,6 +44,9 @@ use crate::{Error, Kind};
 pub(crate) struct Registry {
     /// The routable set, replaced whole on every change (changes are rare).
     endpoints: RwLock<Arc<[Arc<Endpoint>]>>,
+    /// Removed endpoints whose connections are still draining: in the stats
+    /// until they have finished.
+    retired: Mutex<Vec<Arc<Endpoint>>>,
     /// Who wants each address; an endpoint lives while anyone does. Taken
     /// before `endpoints` when both are.
     owners: Mutex<Owners>,
@@ -72,6 +75,7 @@ impl Registry {
         Arc::new(Registry {
             endpoints: RwLock::new(Arc::from(Vec::new())),
             owners: Mutex::default(),
+            retired: Mutex::default(),
             pool,
             tracker: TaskTracker::new(),
             closed: AtomicBool::new(false),
@@ -176,6 +180,9 @@ impl Registry {
         *guard = Arc::from(next);
         drop(guard);
         endpoint.remove();
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|e| !e.is_stopped());
+        retired.push(endpoint);
         tracing::info!(%addr, "endpoint removed");
         true
     }
@@ -184,8 +191,13 @@ impl Registry {
         self.read().iter().map(|e| e.addr).collect()
     }
 
+    /// The endpoints, then the removed ones still draining.
     pub(crate) fn stats(&self) -> Vec<EndpointStats> {
-        self.read().iter().map(|e| e.stats()).collect()
+        let mut stats: Vec<_> = self.read().iter().map(|e| e.stats()).collect();
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|e| !e.is_stopped());
+        stats.extend(retired.iter().map(|e| e.stats()));
+        stats
     }
 
     pub(crate) fn close(&self) {

@@ -7,14 +7,16 @@
 //! load).
 
 use std::{
+    future::Future,
     net::SocketAddr,
     sync::{
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
         atomic::{
             AtomicBool, AtomicU8, AtomicU64,
-            Ordering::{AcqRel, Acquire, Relaxed},
+            Ordering::{AcqRel, Acquire, Relaxed, Release},
         },
     },
+    task::{Context, Waker},
     time::Duration,
 };
 
@@ -81,6 +83,11 @@ pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
     /// Live connections; written by the maintenance task, read per request.
     conns: RwLock<Vec<Connection>>,
+    /// Connections that refuse new requests but have not finished (requests
+    /// still in flight): off the request path, still in the stats.
+    draining: Mutex<Vec<Connection>>,
+    /// The maintenance task has ended: every connection has finished.
+    stopped: AtomicBool,
     /// [`UP`] and [`PENDING`], in one word: a request deciding whether to wait
     /// reads both at once, so it never sees the moment between the pool
     /// announcing a redial and withdrawing `up` (or the reverse) as "neither".
@@ -104,6 +111,8 @@ impl Endpoint {
         Endpoint {
             addr,
             conns: RwLock::new(Vec::new()),
+            draining: Mutex::new(Vec::new()),
+            stopped: AtomicBool::new(false),
             state: AtomicU8::new(PENDING), // the first dial starts at once
             removed: AtomicBool::new(false),
             demand: AtomicBool::new(false),
@@ -189,37 +198,64 @@ impl Endpoint {
         }
     }
 
+    /// Whether its maintenance task has ended (after its connections finished).
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Acquire)
+    }
+
     pub(crate) fn stats(&self) -> EndpointStats {
         let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        let draining = self.draining();
+        // Live or draining: every connection that has not finished.
+        let all = || conns.iter().chain(draining.iter());
         EndpointStats {
             addr: self.addr,
             up: self.is_up(),
-            connections: conns.iter().filter(|c| !c.is_closed()).count(),
-            in_flight: conns.iter().map(tower::load::Load::load).sum(),
+            connections: all().filter(|c| !has_finished(c)).count(),
+            in_flight: all().map(tower::load::Load::load).sum(),
             requests: self.retired_written.load(Relaxed)
-                + conns.iter().map(|c| c.stats().written).sum::<u64>(),
+                + all().map(|c| c.stats().written).sum::<u64>(),
             errors: ErrorCounts(std::array::from_fn(|i| self.errors[i].load(Relaxed))),
             reconnects: self.reconnects.load(Relaxed),
             connect_failures: self.connect_failures.load(Relaxed),
         }
     }
 
-    /// Drops closed connections from the list; returns how many stay live, how
-    /// many were dropped, and whether any of those had failed (rather than closed
+    fn draining(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        self.draining.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves closed connections from the live list to the draining one, and
+    /// forgets draining ones that have finished; returns how many stay live, how
+    /// many were moved, and whether any of those had failed (rather than closed
     /// cleanly).
     fn prune(&self) -> (usize, usize, bool) {
         let mut conns = self.conns.write().unwrap_or_else(|p| p.into_inner());
+        let mut draining = self.draining();
         let before = conns.len();
         let mut failed = false;
         conns.retain(|c| match c.close_reason() {
             None => true,
             Some(reason) => {
                 failed |= reason.kind() != Kind::Closed;
-                self.retired_written.fetch_add(c.stats().written, Relaxed);
+                draining.push(c.clone());
                 false
             }
         });
+        self.forget_finished(&mut draining);
         (conns.len(), before - conns.len(), failed)
+    }
+
+    /// Drops finished connections from `draining`, keeping their count of
+    /// written requests.
+    fn forget_finished(&self, draining: &mut Vec<Connection>) {
+        draining.retain(|c| {
+            let finished = has_finished(c);
+            if finished {
+                self.retired_written.fetch_add(c.stats().written, Relaxed);
+            }
+            !finished
+        });
     }
 
     fn all_busy(&self) -> bool {
@@ -237,9 +273,22 @@ impl Endpoint {
             .push(conn);
     }
 
-    fn take_all(&self) -> Vec<Connection> {
-        std::mem::take(&mut *self.conns.write().unwrap_or_else(|p| p.into_inner()))
+    /// Moves every live connection to the draining list; returns them all.
+    fn drain_all(&self) -> Vec<Connection> {
+        let live = std::mem::take(&mut *self.conns.write().unwrap_or_else(|p| p.into_inner()));
+        let mut draining = self.draining();
+        draining.extend(live);
+        draining.clone()
     }
+}
+
+/// Whether `conn` has finished (every request answered or failed, the transport
+/// dropped): its `closed` would not wait.
+fn has_finished(conn: &Connection) -> bool {
+    let closed = std::pin::pin!(conn.closed());
+    closed
+        .poll(&mut Context::from_waker(Waker::noop()))
+        .is_ready()
 }
 
 /// Counts of failed requests by [`Kind`].
@@ -274,10 +323,11 @@ pub struct EndpointStats {
     pub addr: SocketAddr,
     /// Whether requests are routed to it now.
     pub up: bool,
-    /// Live connections.
+    /// Open connections: live ones, and those draining (closing, with requests
+    /// still in flight) until they have closed.
     pub connections: usize,
-    /// Window slots in use on its connections: requests in flight, plus tags
-    /// quarantined after their callers gave up.
+    /// Window slots in use on its connections (draining ones included):
+    /// requests in flight, plus tags quarantined after their callers gave up.
     pub in_flight: usize,
     /// Requests written to its connections.
     pub requests: u64,
@@ -389,13 +439,16 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
     set_up(&endpoint, &cx, false);
     endpoint.set(PENDING, false);
     cx.changed.notify_waiters();
-    let conns = endpoint.take_all();
+    // They stay in the stats until they have finished.
+    let conns = endpoint.drain_all();
     for conn in &conns {
         conn.close();
     }
     for conn in &conns {
         conn.closed().await;
     }
+    endpoint.forget_finished(&mut endpoint.draining());
+    endpoint.stopped.store(true, Release);
     tracing::debug!("endpoint stopped");
 }
 
