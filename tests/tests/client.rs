@@ -1043,3 +1043,330 @@ async fn unbounded_timeouts_work() {
         );
     }
 }
+
+/// Sends two requests and checks that each ends (a response or a typed error)
+/// within the test's wait; then closes the client, which must finish too.
+async fn two_requests_end_and_the_client_closes(client: Client, case: &str) {
+    for payload in [&b"first"[..], b"second"] {
+        let payload = Bytes::from_static(payload);
+        match tokio::time::timeout(WAIT, client.call(payload.clone())).await {
+            Err(_) => panic!("{case}: request did not end"),
+            Ok(Ok(reply)) => assert_eq!(reply, payload, "{case}"),
+            Ok(Err(_typed)) => {}
+        }
+    }
+    client.close();
+    tokio::time::timeout(WAIT, client.closed())
+        .await
+        .unwrap_or_else(|_| panic!("{case}: client did not close"));
+}
+
+/// Every public setter that takes a `Duration`, on the client and on the server,
+/// given `Duration::ZERO` and `Duration::MAX`: requests still end with a response
+/// or a typed error, shutdown still finishes, and nothing panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_duration_setter_takes_zero_and_max_and_requests_still_end() {
+    use anet::client::{ClientBuilder, Connector, RetryBudget};
+
+    type ClientSetter = fn(ClientBuilder, Duration, SocketAddr) -> ClientBuilder;
+    let client_setters: [(&str, ClientSetter); 12] = [
+        ("request_timeout", |b, d, _| b.request_timeout(d)),
+        ("connect_timeout", |b, d, _| b.connect_timeout(d)),
+        ("keepalive", |b, d, _| b.keepalive(Some(d))),
+        ("dns interval", |b, d, addr| {
+            b.dns("backend.test:1500", d)
+                .resolver(move |_: &str| -> anet::client::ResolveFuture {
+                    Box::pin(async move { Ok(vec![addr]) })
+                })
+        }),
+        // A zero period is a documented panic (no rate is "1 per 0 s"); the
+        // smallest valid one stands in for it.
+        ("rate_limit", |b, d, _| {
+            b.rate_limit(1, d.max(Duration::from_nanos(1)))
+        }),
+        ("backoff", |b, d, _| b.backoff(Backoff { base: d, max: d })),
+        ("pool probation and backoff", |b, d, _| {
+            b.pool(PoolConfig {
+                probation: d,
+                backoff: Backoff { base: d, max: d },
+                ..PoolConfig::new()
+            })
+        }),
+        ("quarantine", |b, d, _| {
+            b.connection(ConnectionConfig::new().quarantine(d))
+        }),
+        ("close_grace", |b, d, _| {
+            b.connection(ConnectionConfig::new().close_grace(d))
+        }),
+        ("connection read_timeout", |b, d, _| {
+            b.connection(ConnectionConfig::new().read_timeout(Some(d)))
+        }),
+        ("retry budget ttl", |b, d, _| {
+            b.retry(RetryPolicy::default().budget(Arc::new(RetryBudget::new(d, 10, 0.2))))
+        }),
+        ("request_timeout with a limit", |b, d, _| {
+            b.request_timeout(d).concurrency_limit(Some(4))
+        }),
+    ];
+    type ServerSetter = fn(anet::server::Builder, Duration) -> anet::server::Builder;
+    let server_setters: [(&str, ServerSetter); 4] = [
+        ("idle_timeout", |b, d| b.idle_timeout(Some(d))),
+        ("read_timeout", |b, d| b.read_timeout(Some(d))),
+        ("write_timeout", |b, d| b.write_timeout(Some(d))),
+        ("shutdown_grace", |b, d| b.shutdown_grace(d)),
+    ];
+
+    let echo = service_fn(|r: Request| async move { Ok::<_, Infallible>(r.into_payload()) });
+    let server = start_server(Server::builder(), echo).await;
+    for d in [Duration::ZERO, Duration::MAX] {
+        for (name, set) in client_setters {
+            let case = format!("client {name} = {d:?}");
+            let builder = Client::builder();
+            let builder = if name == "dns interval" {
+                builder
+            } else {
+                builder.endpoint(server.addr)
+            };
+            let client = set(builder, d, server.addr).build();
+            two_requests_end_and_the_client_closes(client, &case).await;
+        }
+        let connector = Connector::new().connect_timeout(d).keepalive(Some(d));
+        let connected = tokio::time::timeout(WAIT, connector.connect(server.addr)).await;
+        assert!(connected.is_ok(), "connector {d:?}: connect did not end");
+
+        for (name, set) in server_setters {
+            let case = format!("server {name} = {d:?}");
+            let mut server = start_server(set(Server::builder(), d), echo).await;
+            let client = Client::builder().endpoint(server.addr).build();
+            two_requests_end_and_the_client_closes(client, &case).await;
+            let stopped = tokio::time::timeout(WAIT, server.shutdown()).await;
+            assert!(
+                matches!(stopped, Ok(Ok(Ok(())))),
+                "{case}: server did not shut down: {stopped:?}"
+            );
+        }
+    }
+}
+
+/// A resolver that never answers must not keep a closed client open.
+#[tokio::test(start_paused = true)]
+async fn close_finishes_while_a_dns_resolution_hangs() {
+    let resolver = |_: &str| -> anet::client::ResolveFuture { Box::pin(std::future::pending()) };
+    let client = Client::builder()
+        .dns("backend.test:1500", Duration::from_secs(1))
+        .resolver(resolver)
+        .build();
+    // The request waits for the first answer, up to the connect timeout.
+    let err = client
+        .call(Bytes::from_static(b"x"))
+        .await
+        .expect_err("nothing resolved");
+    assert_eq!(err.kind(), Kind::Unavailable);
+    client.close();
+    tokio::time::timeout(Duration::from_secs(10), client.closed())
+        .await
+        .expect("closed while the resolver hangs");
+}
+
+/// While an endpoint's only connection is being replaced, requests wait for the
+/// new one: none fails `Unavailable` (the pool announces the redial before it
+/// withdraws the endpoint, and the balancer must read the two flags so that it
+/// never sees neither).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_during_a_redial_wait_for_it_and_never_fail_unavailable() {
+    const PER_CONNECTION: usize = 20;
+    const REDIALS: usize = 1000;
+    let server = start_scripted(|n, _| {
+        if n % PER_CONNECTION == PER_CONNECTION - 1 {
+            Action::Close
+        } else {
+            Action::Echo(Duration::ZERO)
+        }
+    })
+    .await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .connections_per_endpoint(1, 1)
+        .request_timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(10))
+        .pool(PoolConfig {
+            min_connections: 1,
+            max_connections: 1,
+            // Every close counts as a failure; the endpoint must not be marked
+            // down for them (that would be a fair `Unavailable`).
+            failure_threshold: u32::MAX,
+            backoff: fast_backoff(),
+            ..PoolConfig::new()
+        })
+        .build();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..16 {
+        let (client, counters) = (client.clone(), server.counters.clone());
+        tasks.spawn(async move {
+            let mut unavailable = 0;
+            let mut n = 0u64;
+            while counters.connections.load(Ordering::SeqCst) < REDIALS {
+                let payload = Bytes::from(format!("w{w}-{n}"));
+                n += 1;
+                match client.call(payload.clone()).await {
+                    Ok(reply) => assert_eq!(reply, payload),
+                    Err(e) if e.kind() == Kind::Unavailable => unavailable += 1,
+                    Err(_) => {} // lost with its connection: not the point here
+                }
+            }
+            unavailable
+        });
+    }
+    let unavailable: usize = tokio::time::timeout(Duration::from_secs(120), tasks.join_all())
+        .await
+        .expect("the load ends")
+        .into_iter()
+        .sum();
+    assert_eq!(unavailable, 0, "requests failed Unavailable during redials");
+}
+
+/// An address wanted by several owners (the static list or the `Endpoints`
+/// handle, a DNS source, each key of a `Discover`) stays an endpoint until the
+/// last of them lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_stays_until_every_source_that_lists_it_lets_go() {
+    use tower::discover::Change;
+    let [fixed, dns_only, shared, keyed, sentinel] = std::array::from_fn(|_| closed_port());
+    let answer = Arc::new(Mutex::new(vec![fixed, dns_only, shared]));
+    let resolver = {
+        let answer = answer.clone();
+        move |_: &str| -> anet::client::ResolveFuture {
+            let addrs = answer.lock().expect("lock").clone();
+            Box::pin(async move { Ok(addrs) })
+        }
+    };
+    let (tx, rx) =
+        tokio::sync::mpsc::unbounded_channel::<Result<Change<u32, SocketAddr>, Infallible>>();
+    let discover =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let client = Client::builder()
+        .endpoint(fixed)
+        .dns("backend.test:1500", Duration::from_millis(10))
+        .resolver(resolver)
+        .build_with_discover(Box::pin(discover));
+    let endpoints = client.endpoints();
+    let listed = |addr| endpoints.list().contains(&addr);
+    assert!(eventually(WAIT, || listed(shared)).await, "resolved");
+
+    // Changes are applied in order: a sentinel inserted (or resolved) after a
+    // change, once listed, shows that the change has been applied.
+    let discover_sync = async |tx: &tokio::sync::mpsc::UnboundedSender<_>| {
+        tx.send(Ok(Change::Insert(100, sentinel))).expect("send");
+        assert!(eventually(WAIT, || endpoints.list().contains(&sentinel)).await);
+        tx.send(Ok(Change::Remove(100))).expect("send");
+        assert!(eventually(WAIT, || !endpoints.list().contains(&sentinel)).await);
+    };
+
+    // Two Discover keys on one address: removing one key keeps it.
+    tx.send(Ok(Change::Insert(1, keyed))).expect("send");
+    tx.send(Ok(Change::Insert(2, keyed))).expect("send");
+    tx.send(Ok(Change::Remove(1))).expect("send");
+    discover_sync(&tx).await;
+    assert!(listed(keyed), "key 2 still lists it");
+    tx.send(Ok(Change::Remove(2))).expect("send");
+    assert!(eventually(WAIT, || !listed(keyed)).await, "last key gone");
+
+    // A Discover key and DNS on one address: the key's removal keeps it.
+    tx.send(Ok(Change::Insert(3, shared))).expect("send");
+    tx.send(Ok(Change::Remove(3))).expect("send");
+    discover_sync(&tx).await;
+    assert!(listed(shared), "DNS still lists it");
+
+    // The handle's remove of an address only DNS added: not its to remove.
+    assert!(!endpoints.remove(dns_only), "the handle never added it");
+    assert!(listed(dns_only));
+    // The handle adds it too; then DNS drops it (and `fixed`, also static).
+    assert!(endpoints.add(dns_only));
+    assert!(!endpoints.add(dns_only), "already the handle's");
+    *answer.lock().expect("lock") = vec![shared, sentinel];
+    assert!(eventually(WAIT, || listed(sentinel)).await);
+    // The next answer is applied only after the previous one was, entirely.
+    *answer.lock().expect("lock") = vec![shared];
+    assert!(eventually(WAIT, || !listed(sentinel)).await);
+    assert!(listed(fixed), "static: stays when DNS drops it");
+    assert!(
+        listed(dns_only),
+        "added by the handle: stays when DNS drops it"
+    );
+
+    // Once the last owner lets go, the endpoint goes.
+    assert!(endpoints.remove(fixed));
+    assert!(endpoints.remove(dns_only));
+    assert!(!listed(fixed) && !listed(dns_only));
+    // DNS still lists `shared`; a key on it and the handle come and go.
+    tx.send(Ok(Change::Insert(4, shared))).expect("send");
+    assert!(endpoints.add(shared));
+    assert!(endpoints.remove(shared));
+    tx.send(Ok(Change::Remove(4))).expect("send");
+    discover_sync(&tx).await;
+    assert!(listed(shared), "DNS still lists it");
+    *answer.lock().expect("lock") = vec![sentinel];
+    assert!(
+        eventually(WAIT, || !listed(shared)).await,
+        "DNS let go last"
+    );
+    assert_eq!(endpoints.list(), vec![sentinel]);
+}
+
+/// A connection that drains (its endpoint removed, or the client closing) is
+/// still counted, with its request in flight, until it has closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_connection_stays_in_the_stats_until_it_has_closed() {
+    for close_client in [false, true] {
+        let mut server = anet_tests::ManualServer::bind().await;
+        let addr = server.addr;
+        let client = Client::builder()
+            .endpoint(addr)
+            .request_timeout(WAIT)
+            .connection(ConnectionConfig::new().close_grace(WAIT))
+            .build();
+        let call = tokio::spawn({
+            let client = client.clone();
+            async move { client.call(Bytes::from_static(b"held")).await }
+        });
+        let mut conn = server.accept().await;
+        let held = conn.recv().await;
+        let counted = |connections, in_flight| {
+            client
+                .stats()
+                .endpoint(addr)
+                .is_some_and(|e| e.connections == connections && e.in_flight == in_flight)
+        };
+        assert!(
+            eventually(WAIT, || counted(1, 1)).await,
+            "{:?}",
+            client.stats()
+        );
+        if close_client {
+            client.close();
+        } else {
+            assert!(client.endpoints().remove(addr));
+        }
+        // Draining: the request is still in flight, on a connection still open.
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert!(
+                counted(1, 1),
+                "close_client={close_client}: {:?}",
+                client.stats()
+            );
+        }
+        conn.reply(&held, b"released").await;
+        assert_eq!(call.await.expect("join").expect("answered"), "released");
+        assert!(
+            eventually(WAIT, || client
+                .stats()
+                .endpoint(addr)
+                .is_none_or(|e| e.connections == 0 && e.in_flight == 0))
+            .await,
+            "close_client={close_client}: {:?}",
+            client.stats()
+        );
+        assert!(conn.client_closed(WAIT).await);
+    }
+}

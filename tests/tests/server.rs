@@ -537,3 +537,69 @@ async fn a_client_that_half_closes_after_its_requests_gets_every_answer() {
     };
     assert_eq!(frames(&received), frames(&sent));
 }
+
+/// A MakeService that makes one service and is never ready again.
+#[derive(Clone, Default)]
+struct ReadyOnce {
+    made: Arc<AtomicUsize>,
+}
+
+impl tower::Service<std::net::SocketAddr> for ReadyOnce {
+    type Response = tower::util::BoxCloneSyncService<Request, Bytes, Infallible>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        if self.made.load(Ordering::SeqCst) == 0 {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            std::task::Poll::Pending // and never woken
+        }
+    }
+
+    fn call(&mut self, _peer: std::net::SocketAddr) -> Self::Future {
+        self.made.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(tower::util::BoxCloneSyncService::new(echo())))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_within_its_grace_while_the_make_service_is_never_ready() {
+    let server = Server::builder()
+        .shutdown_grace(Duration::from_millis(500))
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(
+        server.serve_make_with_shutdown(ReadyOnce::default(), async {
+            let _ = stopped.await;
+        }),
+    );
+    let mut served = RawClient::connect(addr).await;
+    served.send(1, b"first").await;
+    assert_eq!(served.recv(WAIT).await.expect("answer").payload, "first");
+    // The next connection finds the make service not ready, for good.
+    let _waiting = RawClient::connect(addr).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Connections already made are still served meanwhile.
+    served.send(2, b"second").await;
+    assert_eq!(served.recv(WAIT).await.expect("answer").payload, "second");
+    let _ = stop.send(());
+    let started = tokio::time::Instant::now();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), serving).await;
+    assert!(
+        matches!(stopped, Ok(Ok(Ok(())))),
+        "serve returned after the shutdown signal: {stopped:?}"
+    );
+    // The grace (0.5 s) plus a wide margin for a loaded machine.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

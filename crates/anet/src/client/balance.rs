@@ -8,11 +8,12 @@
 //! task does the routing.
 
 use std::{
+    collections::{HashMap, HashSet},
     future::Future,
     net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
     },
     task::{Context, Poll, ready},
@@ -43,6 +44,12 @@ use crate::{Error, Kind};
 pub(crate) struct Registry {
     /// The routable set, replaced whole on every change (changes are rare).
     endpoints: RwLock<Arc<[Arc<Endpoint>]>>,
+    /// Removed endpoints whose connections are still draining: in the stats
+    /// until they have finished.
+    retired: Mutex<Vec<Arc<Endpoint>>>,
+    /// Who wants each address; an endpoint lives while anyone does. Taken
+    /// before `endpoints` when both are.
+    owners: Mutex<Owners>,
     pub(crate) pool: PoolContext,
     pub(crate) tracker: TaskTracker,
     closed: AtomicBool,
@@ -53,10 +60,22 @@ pub(crate) struct Registry {
     pending_wait: Duration,
 }
 
+/// The owners of each address: the user (the static list and the [`Endpoints`]
+/// handle, together one owner), each DNS source and each `Discover` key.
+#[derive(Debug, Default)]
+struct Owners {
+    /// Owners per address present; an address leaves when its count reaches 0.
+    count: HashMap<SocketAddr, usize>,
+    /// The addresses the user owns.
+    user: HashSet<SocketAddr>,
+}
+
 impl Registry {
     pub(crate) fn new(pool: PoolContext, pending_wait: Duration) -> Arc<Registry> {
         Arc::new(Registry {
             endpoints: RwLock::new(Arc::from(Vec::new())),
+            owners: Mutex::default(),
+            retired: Mutex::default(),
             pool,
             tracker: TaskTracker::new(),
             closed: AtomicBool::new(false),
@@ -69,8 +88,67 @@ impl Registry {
         self.endpoints.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn owners(&self) -> std::sync::MutexGuard<'_, Owners> {
+        self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One more owner (a DNS source, a `Discover` key) wants `addr`: the first
+    /// one adds the endpoint. False if the client is closed.
+    pub(crate) fn acquire(&self, addr: SocketAddr) -> bool {
+        Self::acquire_in(&mut self.owners(), self, addr)
+    }
+
+    /// An owner of `addr` lets go: the last one removes the endpoint.
+    pub(crate) fn release(&self, addr: SocketAddr) {
+        Self::release_in(&mut self.owners(), self, addr);
+    }
+
+    /// The user wants `addr` (a static endpoint, [`Endpoints::add`]); false if
+    /// they already did or the client is closed.
+    pub(crate) fn add_by_user(&self, addr: SocketAddr) -> bool {
+        let mut owners = self.owners();
+        if owners.user.contains(&addr) || !Self::acquire_in(&mut owners, self, addr) {
+            return false;
+        }
+        owners.user.insert(addr)
+    }
+
+    /// The user lets go of `addr` ([`Endpoints::remove`]); false if they did
+    /// not want it.
+    pub(crate) fn remove_by_user(&self, addr: SocketAddr) -> bool {
+        let mut owners = self.owners();
+        if !owners.user.remove(&addr) {
+            return false;
+        }
+        Self::release_in(&mut owners, self, addr);
+        true
+    }
+
+    fn acquire_in(owners: &mut Owners, registry: &Registry, addr: SocketAddr) -> bool {
+        if registry.is_closed() {
+            return false;
+        }
+        let count = owners.count.entry(addr).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            registry.add(addr);
+        }
+        true
+    }
+
+    fn release_in(owners: &mut Owners, registry: &Registry, addr: SocketAddr) {
+        let Some(count) = owners.count.get_mut(&addr) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            owners.count.remove(&addr);
+            registry.remove(addr);
+        }
+    }
+
     /// Adds an endpoint and starts its pool; false if it is already present.
-    pub(crate) fn add(&self, addr: SocketAddr) -> bool {
+    fn add(&self, addr: SocketAddr) -> bool {
         if self.closed.load(Relaxed) {
             return false;
         }
@@ -93,7 +171,7 @@ impl Registry {
 
     /// Removes an endpoint: no new requests go to it, its connections drain and
     /// close. False if it was not present.
-    pub(crate) fn remove(&self, addr: SocketAddr) -> bool {
+    fn remove(&self, addr: SocketAddr) -> bool {
         let mut guard = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
         let Some(endpoint) = guard.iter().find(|e| e.addr == addr).cloned() else {
             return false;
@@ -102,6 +180,9 @@ impl Registry {
         *guard = Arc::from(next);
         drop(guard);
         endpoint.remove();
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|e| !e.is_stopped());
+        retired.push(endpoint);
         tracing::info!(%addr, "endpoint removed");
         true
     }
@@ -110,8 +191,13 @@ impl Registry {
         self.read().iter().map(|e| e.addr).collect()
     }
 
+    /// The endpoints, then the removed ones still draining.
     pub(crate) fn stats(&self) -> Vec<EndpointStats> {
-        self.read().iter().map(|e| e.stats()).collect()
+        let mut stats: Vec<_> = self.read().iter().map(|e| e.stats()).collect();
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|e| !e.is_stopped());
+        stats.extend(retired.iter().map(|e| e.stats()));
+        stats
     }
 
     pub(crate) fn close(&self) {
@@ -197,8 +283,7 @@ impl Registry {
         // Worth waiting when a discovery or a dial is under way, or when an
         // endpoint marked up has just lost its connections (its pool is about to
         // redial or mark it down).
-        let wait = self.discovering.load(Relaxed) > 0
-            || endpoints.iter().any(|e| e.is_pending() || e.is_up());
+        let wait = self.discovering.load(Relaxed) > 0 || endpoints.iter().any(|e| e.may_come_up());
         Routed::Nowhere(payload, wait)
     }
 }
@@ -556,21 +641,30 @@ impl Wait {
 ///
 /// A removed endpoint gets no new requests; the requests in flight on it finish
 /// (within the connection close grace) and its connections close.
+///
+/// An address can have several owners: this handle together with the builder's
+/// static endpoints, each DNS source, each key of a `Discover`. It stays an
+/// endpoint until the last of them lets go: removing here an address that DNS
+/// still resolves to keeps it (and the handle cannot remove what only a
+/// discovery source added).
 #[derive(Clone, Debug)]
 pub struct Endpoints {
     pub(crate) registry: Arc<Registry>,
 }
 
 impl Endpoints {
-    /// Adds an endpoint and starts connecting to it. Returns false if it was
-    /// already present or the client is closed.
+    /// Adds an endpoint and starts connecting to it (if no discovery source has
+    /// already). Returns false if this handle or the builder had already added
+    /// it, or the client is closed.
     pub fn add(&self, addr: SocketAddr) -> bool {
-        self.registry.add(addr)
+        self.registry.add_by_user(addr)
     }
 
-    /// Removes an endpoint and drains it. Returns false if it was not present.
+    /// Removes an endpoint added by this handle or the builder, and drains it
+    /// unless a discovery source still lists it. Returns false if neither had
+    /// added it.
     pub fn remove(&self, addr: SocketAddr) -> bool {
-        self.registry.remove(addr)
+        self.registry.remove_by_user(addr)
     }
 
     /// The endpoints now.

@@ -135,7 +135,8 @@ impl ClientBuilder {
     }
 
     /// Resolves `target` (`host:port`) now and every `every`, and follows the
-    /// answer: new addresses become endpoints, vanished ones are drained. A failed
+    /// answer: new addresses become endpoints, vanished ones are drained (unless
+    /// the static list or another source still lists them). A failed
     /// resolution keeps the current endpoints. Scales past one backend machine (a
     /// headless service, a DNS round robin).
     pub fn dns(mut self, target: impl Into<String>, every: Duration) -> Self {
@@ -280,7 +281,8 @@ impl ClientBuilder {
 
     /// Builds the client with endpoints coming from a tower `Discover` of
     /// addresses (besides any static ones): `Insert(key, addr)` adds, `Remove(key)`
-    /// drains.
+    /// drains, unless another key, the static list or a DNS source still lists
+    /// the address.
     ///
     /// # Panics
     ///
@@ -315,7 +317,7 @@ impl ClientBuilder {
         };
         let registry = Registry::new(pool, self.connect_timeout);
         for addr in self.endpoints {
-            registry.add(addr);
+            registry.add_by_user(addr);
         }
         if let Some((target, every)) = self.dns {
             let resolver = self.resolver.unwrap_or_else(|| Arc::new(SystemResolver));

@@ -188,12 +188,14 @@ const _: fn() = || {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ClientStats {
-    /// One entry per endpoint.
+    /// One entry per endpoint, then one per removed endpoint whose connections
+    /// are still draining (`up: false`), until they have closed.
     pub endpoints: Vec<EndpointStats>,
 }
 
 impl ClientStats {
-    /// The entry of `addr`.
+    /// The entry of `addr` (the current endpoint's, if it was removed and added
+    /// again while draining).
     pub fn endpoint(&self, addr: SocketAddr) -> Option<&EndpointStats> {
         self.endpoints.iter().find(|e| e.addr == addr)
     }

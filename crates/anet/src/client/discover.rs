@@ -77,17 +77,23 @@ pub(crate) fn spawn_dns(registry: &Arc<Registry>, source: DnsSource) {
         let mut current: HashSet<SocketAddr> = HashSet::new();
         let mut first = true;
         loop {
+            // A resolver that never answers must not hold up shutdown, nor keep
+            // the registry alive (its last handle's drop is what closes it).
+            let resolved = tokio::select! {
+                r = source.resolver.resolve(&source.target) => r,
+                () = shutdown.cancelled() => return,
+            };
             let Some(registry) = registry_ref.upgrade() else {
                 return;
             };
-            match source.resolver.resolve(&source.target).await {
+            match resolved {
                 Ok(addrs) if !addrs.is_empty() => {
                     let next: HashSet<SocketAddr> = addrs.into_iter().collect();
                     for addr in next.difference(&current) {
-                        registry.add(*addr);
+                        registry.acquire(*addr);
                     }
                     for addr in current.difference(&next) {
-                        registry.remove(*addr);
+                        registry.release(*addr);
                     }
                     current = next;
                 }
@@ -135,18 +141,24 @@ where
                 return;
             };
             match change {
+                // Each key owns its address (another key, a DNS source or the
+                // static list may own the same one).
                 Some(Ok(Change::Insert(key, addr))) => {
-                    if let Some(old) = keys.insert(key, addr) {
-                        if old != addr {
-                            registry.remove(old);
+                    match keys.insert(key, addr) {
+                        Some(old) if old == addr => {}
+                        Some(old) => {
+                            registry.acquire(addr);
+                            registry.release(old);
+                        }
+                        None => {
+                            registry.acquire(addr);
                         }
                     }
-                    registry.add(addr);
                     answered.answer();
                 }
                 Some(Ok(Change::Remove(key))) => {
                     if let Some(addr) = keys.remove(&key) {
-                        registry.remove(addr);
+                        registry.release(addr);
                     }
                 }
                 Some(Err(error)) => {

@@ -2,14 +2,18 @@
 //!
 //! Each endpoint has a maintenance task that owns the decisions (dial, replace,
 //! back off, mark down, probation) and publishes a few atomics that the balancer
-//! reads on the request path (`up`, `pending`) plus the list of live connections
-//! behind a read-mostly lock (whose windows give the endpoint's load).
+//! reads on the request path (one state word: `up`, `pending`) plus the list of
+//! live connections behind a read-mostly lock (whose windows give the endpoint's
+//! load).
 
 use std::{
     net::SocketAddr,
     sync::{
-        Arc, RwLock,
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, RwLock,
+        atomic::{
+            AtomicBool, AtomicU8, AtomicU64,
+            Ordering::{AcqRel, Acquire, Relaxed, Release},
+        },
     },
     time::Duration,
 };
@@ -64,17 +68,28 @@ impl Default for PoolConfig {
     }
 }
 
+/// Endpoint state bit: routable (has a live connection and is not marked down).
+const UP: u8 = 1;
+/// Endpoint state bit: a dial is under way while the endpoint is not in
+/// penalty; requests with nowhere else to go may wait for it (up to the connect
+/// timeout).
+const PENDING: u8 = 2;
+
 /// What the balancer and the maintenance task share about one endpoint.
 #[derive(Debug)]
 pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
     /// Live connections; written by the maintenance task, read per request.
     conns: RwLock<Vec<Connection>>,
-    /// Routable: has a live connection and is not marked down.
-    up: AtomicBool,
-    /// A dial is under way while the endpoint is not in penalty: requests with
-    /// nowhere else to go may wait for it (up to the connect timeout).
-    pending: AtomicBool,
+    /// Connections that refuse new requests but have not finished (requests
+    /// still in flight): off the request path, still in the stats.
+    draining: Mutex<Vec<Connection>>,
+    /// The maintenance task has ended: every connection has finished.
+    stopped: AtomicBool,
+    /// [`UP`] and [`PENDING`], in one word: a request deciding whether to wait
+    /// reads both at once, so it never sees the moment between the pool
+    /// announcing a redial and withdrawing `up` (or the reverse) as "neither".
+    state: AtomicU8,
     /// Removed from the client: drain and stop.
     removed: AtomicBool,
     /// A request found every connection full.
@@ -94,8 +109,9 @@ impl Endpoint {
         Endpoint {
             addr,
             conns: RwLock::new(Vec::new()),
-            up: AtomicBool::new(false),
-            pending: AtomicBool::new(true), // the first dial starts at once
+            draining: Mutex::new(Vec::new()),
+            stopped: AtomicBool::new(false),
+            state: AtomicU8::new(PENDING), // the first dial starts at once
             removed: AtomicBool::new(false),
             demand: AtomicBool::new(false),
             wake: Notify::new(),
@@ -107,11 +123,23 @@ impl Endpoint {
     }
 
     pub(crate) fn is_up(&self) -> bool {
-        self.up.load(Relaxed)
+        self.state.load(Acquire) & UP != 0
     }
 
-    pub(crate) fn is_pending(&self) -> bool {
-        self.pending.load(Relaxed)
+    /// Up, or about to be (a dial is under way): a request with nowhere else to
+    /// go may wait for it. One read of both bits (see `state`).
+    pub(crate) fn may_come_up(&self) -> bool {
+        self.state.load(Acquire) & (UP | PENDING) != 0
+    }
+
+    /// Sets or clears `bit`; true if that changed it.
+    fn set(&self, bit: u8, on: bool) -> bool {
+        let before = if on {
+            self.state.fetch_or(bit, AcqRel)
+        } else {
+            self.state.fetch_and(!bit, AcqRel)
+        };
+        (before & bit != 0) != on
     }
 
     /// Window slots in use over its live connections: requests in flight and
@@ -156,7 +184,7 @@ impl Endpoint {
 
     pub(crate) fn remove(&self) {
         self.removed.store(true, Relaxed);
-        self.up.store(false, Relaxed);
+        self.set(UP, false);
         self.wake.notify_one();
     }
 
@@ -168,37 +196,64 @@ impl Endpoint {
         }
     }
 
+    /// Whether its maintenance task has ended (after its connections finished).
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Acquire)
+    }
+
     pub(crate) fn stats(&self) -> EndpointStats {
         let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        let draining = self.draining();
+        // Live or draining: every connection that has not finished.
+        let all = || conns.iter().chain(draining.iter());
         EndpointStats {
             addr: self.addr,
             up: self.is_up(),
-            connections: conns.iter().filter(|c| !c.is_closed()).count(),
-            in_flight: conns.iter().map(tower::load::Load::load).sum(),
+            connections: all().filter(|c| !has_finished(c)).count(),
+            in_flight: all().map(tower::load::Load::load).sum(),
             requests: self.retired_written.load(Relaxed)
-                + conns.iter().map(|c| c.stats().written).sum::<u64>(),
+                + all().map(|c| c.stats().written).sum::<u64>(),
             errors: ErrorCounts(std::array::from_fn(|i| self.errors[i].load(Relaxed))),
             reconnects: self.reconnects.load(Relaxed),
             connect_failures: self.connect_failures.load(Relaxed),
         }
     }
 
-    /// Drops closed connections from the list; returns how many stay live, how
-    /// many were dropped, and whether any of those had failed (rather than closed
+    fn draining(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        self.draining.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves closed connections from the live list to the draining one, and
+    /// forgets draining ones that have finished; returns how many stay live, how
+    /// many were moved, and whether any of those had failed (rather than closed
     /// cleanly).
     fn prune(&self) -> (usize, usize, bool) {
         let mut conns = self.conns.write().unwrap_or_else(|p| p.into_inner());
+        let mut draining = self.draining();
         let before = conns.len();
         let mut failed = false;
         conns.retain(|c| match c.close_reason() {
             None => true,
             Some(reason) => {
                 failed |= reason.kind() != Kind::Closed;
-                self.retired_written.fetch_add(c.stats().written, Relaxed);
+                draining.push(c.clone());
                 false
             }
         });
+        self.forget_finished(&mut draining);
         (conns.len(), before - conns.len(), failed)
+    }
+
+    /// Drops finished connections from `draining`, keeping their count of
+    /// written requests.
+    fn forget_finished(&self, draining: &mut Vec<Connection>) {
+        draining.retain(|c| {
+            let finished = has_finished(c);
+            if finished {
+                self.retired_written.fetch_add(c.stats().written, Relaxed);
+            }
+            !finished
+        });
     }
 
     fn all_busy(&self) -> bool {
@@ -216,9 +271,19 @@ impl Endpoint {
             .push(conn);
     }
 
-    fn take_all(&self) -> Vec<Connection> {
-        std::mem::take(&mut *self.conns.write().unwrap_or_else(|p| p.into_inner()))
+    /// Moves every live connection to the draining list; returns them all.
+    fn drain_all(&self) -> Vec<Connection> {
+        let live = std::mem::take(&mut *self.conns.write().unwrap_or_else(|p| p.into_inner()));
+        let mut draining = self.draining();
+        draining.extend(live);
+        draining.clone()
     }
+}
+
+/// Whether `conn` has finished (every request answered or failed, the transport
+/// dropped): its `closed` would not wait.
+fn has_finished(conn: &Connection) -> bool {
+    conn.is_finished()
 }
 
 /// Counts of failed requests by [`Kind`].
@@ -253,10 +318,11 @@ pub struct EndpointStats {
     pub addr: SocketAddr,
     /// Whether requests are routed to it now.
     pub up: bool,
-    /// Live connections.
+    /// Open connections: live ones, and those draining (closing, with requests
+    /// still in flight) until they have closed.
     pub connections: usize,
-    /// Window slots in use on its connections: requests in flight, plus tags
-    /// quarantined after their callers gave up.
+    /// Window slots in use on its connections (draining ones included):
+    /// requests in flight, plus tags quarantined after their callers gave up.
     pub in_flight: usize,
     /// Requests written to its connections.
     pub requests: u64,
@@ -366,26 +432,29 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
 
     // Removed or shutting down: stop routing here, let in-flight requests finish.
     set_up(&endpoint, &cx, false);
-    endpoint.pending.store(false, Relaxed);
+    endpoint.set(PENDING, false);
     cx.changed.notify_waiters();
-    let conns = endpoint.take_all();
+    // They stay in the stats until they have finished.
+    let conns = endpoint.drain_all();
     for conn in &conns {
         conn.close();
     }
     for conn in &conns {
         conn.closed().await;
     }
+    endpoint.forget_finished(&mut endpoint.draining());
+    endpoint.stopped.store(true, Release);
     tracing::debug!("endpoint stopped");
 }
 
 fn set_pending(endpoint: &Endpoint, cx: &PoolContext, pending: bool) {
-    if endpoint.pending.swap(pending, Relaxed) != pending {
+    if endpoint.set(PENDING, pending) {
         cx.changed.notify_waiters();
     }
 }
 
 fn set_up(endpoint: &Endpoint, cx: &PoolContext, up: bool) {
-    if endpoint.up.swap(up, Relaxed) != up {
+    if endpoint.set(UP, up) {
         cx.changed.notify_waiters();
     }
 }
@@ -394,5 +463,54 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::client::Connector;
+
+    /// The maintenance task moves "up" to "pending" when it redials a lost
+    /// connection, and back when the dial succeeds; a request reading the two
+    /// flags meanwhile must never see neither (it would fail `Unavailable`
+    /// instead of waiting for the dial).
+    #[test]
+    fn a_redialing_endpoint_is_never_seen_neither_up_nor_pending() {
+        let cx = PoolContext {
+            config: PoolConfig::new(),
+            dialer: Dialer::tcp(Connector::new()),
+            changed: Arc::default(),
+            shutdown: CancellationToken::new(),
+        };
+        let endpoint = Arc::new(Endpoint::new("127.0.0.1:9".parse().expect("addr")));
+        set_up(&endpoint, &cx, true);
+        set_pending(&endpoint, &cx, false);
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = std::thread::spawn({
+            let (endpoint, stop) = (endpoint.clone(), stop.clone());
+            move || {
+                let mut reads = 0u64;
+                while !stop.load(Relaxed) {
+                    assert!(endpoint.may_come_up(), "seen neither after {reads} reads");
+                    reads += 1;
+                }
+            }
+        });
+        for _ in 0..2_000_000 {
+            // A connection lost: announce the redial, then withdraw `up`.
+            set_pending(&endpoint, &cx, true);
+            set_up(&endpoint, &cx, false);
+            // The dial succeeded: `up` again, then no longer pending.
+            set_up(&endpoint, &cx, true);
+            set_pending(&endpoint, &cx, false);
+            if reader.is_finished() {
+                break;
+            }
+        }
+        stop.store(true, Relaxed);
+        reader.join().expect("never neither");
     }
 }

@@ -16,6 +16,8 @@ use std::{
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
+use crate::time::later;
+
 /// A token bucket: `num` requests per `per`, with bursts up to `num`.
 #[derive(Debug)]
 struct Bucket {
@@ -36,8 +38,11 @@ impl Bucket {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            let wait = (1.0 - self.tokens) / self.rate;
-            Err(now + Duration::from_secs_f64(wait))
+            // A rate of `num` per `Duration::MAX` waits longer than a `Duration`
+            // holds: saturate (about thirty years) instead of panicking.
+            let wait = Duration::try_from_secs_f64((1.0 - self.tokens) / self.rate)
+                .unwrap_or(Duration::MAX);
+            Err(later(now, wait))
         }
     }
 }
@@ -184,6 +189,15 @@ mod tests {
     use tower::{ServiceExt, service_fn};
 
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_per_duration_max_waits_instead_of_panicking() {
+        let layer = RateLimitLayer::new(1, Duration::MAX);
+        let mut service = layer.layer(service_fn(|x: u32| async move { Ok::<_, Infallible>(x) }));
+        assert_eq!(service.ready().await.expect("ready").call(1).await, Ok(1));
+        let second = tokio::time::timeout(Duration::from_secs(3600), service.ready()).await;
+        assert!(second.is_err(), "the second request waits for its token");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn clones_share_one_budget() {

@@ -112,7 +112,9 @@ impl Server {
     /// Like [`serve_with_shutdown`](Self::serve_with_shutdown), but makes a service
     /// for each connection from `make` (a MakeService given the peer address), for
     /// per-connection state. A connection whose service cannot be made is closed
-    /// and the error logged.
+    /// and the error logged. New connections are accepted only while `make` is
+    /// ready (they wait in the listen backlog meanwhile); the shutdown signal is
+    /// heard even while it is not.
     ///
     /// # Errors
     ///
@@ -141,7 +143,14 @@ impl Server {
         loop {
             tokio::select! {
                 () = &mut signal => break,
-                accepted = listener.accept() => {
+                // Accept only once the MakeService is ready (backpressure: the
+                // backlog holds new connections meanwhile), and wait for it here,
+                // where the shutdown signal and finished connections still get
+                // their turn.
+                (ready, accepted) = async {
+                    let ready = std::future::poll_fn(|cx| make.poll_ready(cx)).await;
+                    (ready, listener.accept().await)
+                } => {
                     let (stream, peer) = match accepted {
                         Ok(accepted) => accepted,
                         Err(e) => {
@@ -160,7 +169,7 @@ impl Server {
                     if config.nodelay {
                         let _ = stream.set_nodelay(true);
                     }
-                    let making = match std::future::poll_fn(|cx| make.poll_ready(cx)).await {
+                    let making = match ready {
                         Ok(()) => make.call(peer),
                         Err(e) => {
                             let e: BoxError = e.into();

@@ -113,6 +113,12 @@ impl Connection {
         self.shared.wait_done().await
     }
 
+    /// Whether the driver has finished: every request answered or failed, the
+    /// transport dropped (`closed` would not wait).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.shared.is_done()
+    }
+
     /// Whether the connection refuses new requests (closing, closed or broken).
     pub fn is_closed(&self) -> bool {
         self.shared.is_refusing()
