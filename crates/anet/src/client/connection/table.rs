@@ -194,6 +194,7 @@ impl Table {
 
     /// Reserves a slot for a request holding `unit` and returns its id (to
     /// encode as the tag), or gives both back when no slot is free.
+    #[inline]
     pub(crate) fn insert(&mut self, reply: Reply, unit: Unit) -> Result<u64, (Reply, Unit)> {
         let Some(index) = self.free.pop_front() else {
             return Err((reply, unit));
@@ -223,6 +224,7 @@ impl Table {
     }
 
     /// Finds and frees the slot a response's id names.
+    #[inline]
     pub(crate) fn take(&mut self, id: u64) -> Matched {
         let (index, generation) = self.ids.split(id);
         let Some(slot) = self.slots.get_mut(index) else {
