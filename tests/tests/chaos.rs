@@ -2,7 +2,10 @@
 //! tags, duplicate responses, malformed frames, drop connections and restart,
 //! while 64 callers verify every response through the full client stack.
 //!
-//! Runs 20 s by default; set `ANET_SOAK_SECS` for longer. At the end:
+//! Runs twice, with Go anet's 4-byte binary tags and with 2-digit ASCII tags
+//! (100 values: tags wrap constantly, and the held late answers retire
+//! connections often). Each runs 20 s by default; set `ANET_SOAK_SECS` for
+//! longer. At the end:
 //! misdelivered = 0, every request ended within its deadline plus slack, nothing
 //! is left in flight, and every endpoint serves again once the chaos stops.
 
@@ -16,9 +19,9 @@ use std::{
     time::Duration,
 };
 
-use anet::client::{Backoff, Client};
-use anet_proto::{FrameCodec, Tag};
-use anet_tests::{Rng, encode, eventually};
+use anet::client::{Backoff, Client, ConnectionConfig};
+use anet_proto::{Builder, FrameCodec, Tag, TagFormat};
+use anet_tests::{Rng, encode_with, eventually};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::{net::TcpListener, task::JoinSet, time::Instant};
@@ -30,17 +33,19 @@ const SLACK: Duration = Duration::from_secs(1);
 /// One chaos server, restartable on the same port.
 struct ChaosServer {
     addr: SocketAddr,
+    frame: Builder,
     calm: Arc<AtomicBool>,
     seed: Arc<AtomicU64>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ChaosServer {
-    async fn start(calm: Arc<AtomicBool>, seed: u64) -> ChaosServer {
+    async fn start(frame: Builder, calm: Arc<AtomicBool>, seed: u64) -> ChaosServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let mut server = ChaosServer {
             addr,
+            frame,
             calm,
             seed: Arc::new(AtomicU64::new(seed)),
             task: None,
@@ -68,12 +73,17 @@ impl ChaosServer {
     }
 
     fn serve(&self, listener: TcpListener) -> tokio::task::JoinHandle<()> {
-        let (calm, seed) = (self.calm.clone(), self.seed.clone());
+        let (calm, seed, frame) = (self.calm.clone(), self.seed.clone(), self.frame);
         tokio::spawn(async move {
             let mut conns = JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
                 let rng = Rng::new(seed.fetch_add(1, Ordering::Relaxed));
-                conns.spawn(chaos_connection(stream, rng, calm.clone()));
+                conns.spawn(chaos_connection(
+                    stream,
+                    frame.new_codec(),
+                    rng,
+                    calm.clone(),
+                ));
             }
         })
     }
@@ -85,14 +95,20 @@ impl Drop for ChaosServer {
     }
 }
 
-async fn chaos_connection(stream: tokio::net::TcpStream, mut rng: Rng, calm: Arc<AtomicBool>) {
+async fn chaos_connection(
+    stream: tokio::net::TcpStream,
+    codec: FrameCodec,
+    mut rng: Rng,
+    calm: Arc<AtomicBool>,
+) {
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
     let (tx, writer) = anet_tests::spawn_writer(write);
-    let mut frames = FramedRead::new(read, FrameCodec::new());
+    let mut frames = FramedRead::new(read, codec.clone());
     let mut delayed = JoinSet::new();
+    let width = codec.config().get_tag_format().width();
     while let Some(Ok(frame)) = frames.next().await {
-        let echo = encode(&frame.tag, &frame.payload);
+        let echo = encode_with(&codec, &frame.tag, &frame.payload);
         let roll = if calm.load(Ordering::Relaxed) {
             0
         } else {
@@ -103,7 +119,19 @@ async fn chaos_connection(stream: tokio::net::TcpStream, mut rng: Rng, calm: Arc
             800..850 => (TIMEOUT + Duration::from_millis(100), echo),
             850..880 => continue, // never answered
             880..930 => {
-                let forged = encode(&Tag::from_u32(rng.next_u64() as u32), b"forged");
+                // A tag the client cannot have issued: random bytes for a
+                // binary tag (a 1 in 2^32 chance of naming one in use), letters
+                // for an ASCII tag. A forged tag that names a request in flight
+                // is indistinguishable from its answer, for any client.
+                let ascii = codec.config().get_tag_format().is_ascii();
+                let bytes: Vec<u8> = (0..width)
+                    .map(|_| {
+                        let r = rng.next_u64() as u8;
+                        if ascii { b'a' + r % 26 } else { r }
+                    })
+                    .collect();
+                let tag = Tag::from_slice(&bytes).expect("tag width");
+                let forged = encode_with(&codec, &tag, b"forged");
                 (
                     Duration::ZERO,
                     Bytes::from([&forged[..], &echo[..]].concat()),
@@ -112,7 +140,8 @@ async fn chaos_connection(stream: tokio::net::TcpStream, mut rng: Rng, calm: Arc
             930..990 => (Duration::ZERO, Bytes::from([&echo[..], &echo[..]].concat())),
             990..993 => (
                 Duration::ZERO,
-                Bytes::from_static(&[0x00, 0x02, 0xde, 0xad]),
+                // A body shorter than any tag: a protocol error.
+                Bytes::from_static(&[0x00, 0x01, 0xde]),
             ),
             993..995 => break, // drop the connection
             _ => (Duration::ZERO, echo),
@@ -142,17 +171,28 @@ struct Counts {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_soak_never_misdelivers_and_never_hangs() {
+    soak(TagFormat::BINARY_U32).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_soak_with_two_digit_ascii_tags_never_misdelivers_and_never_hangs() {
+    soak(TagFormat::ascii(2)).await;
+}
+
+async fn soak(format: TagFormat) {
     let secs: u64 = std::env::var("ANET_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
+    let frame = Builder::new().tag_format(format);
     let calm = Arc::new(AtomicBool::new(false));
     let mut servers = Vec::new();
     for seed in [11, 22, 33] {
-        servers.push(ChaosServer::start(calm.clone(), seed).await);
+        servers.push(ChaosServer::start(frame, calm.clone(), seed).await);
     }
     let client = Client::builder()
         .endpoints(servers.iter().map(|s| s.addr))
+        .connection(ConnectionConfig::new().frame(frame))
         .request_timeout(TIMEOUT)
         .connect_timeout(Duration::from_millis(200))
         .backoff(Backoff {
@@ -219,7 +259,7 @@ async fn chaos_soak_never_misdelivers_and_never_hangs() {
     }
     let stats = client.stats();
     println!(
-        "chaos soak {secs} s: ok {}, misdelivered {}, over deadline {}, errors {:?}, restarts {restarts}, endpoints {:?}",
+        "chaos soak {format:?} {secs} s: ok {}, misdelivered {}, over deadline {}, errors {:?}, restarts {restarts}, endpoints {:?}",
         total.ok,
         total.misdelivered,
         total.over_deadline,

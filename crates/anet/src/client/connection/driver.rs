@@ -262,7 +262,7 @@ where
                 Poll::Ready(None) => {
                     self.rx_open = false;
                     // Every handle is gone (or the queue was closed for draining).
-                    self.begin_drain(Error::new(Kind::Closed));
+                    self.close_requested();
                     return Ok(());
                 }
                 Poll::Pending => return Ok(()),
@@ -270,7 +270,7 @@ where
             *progress = true;
             match message {
                 Message::Request(request) => self.write_request(request),
-                Message::Close => self.begin_drain(Error::new(Kind::Closed)),
+                Message::Close => self.close_requested(),
             }
         }
         Ok(())
@@ -303,11 +303,11 @@ where
                 }
                 Poll::Ready(Some(Message::Close)) => {
                     *progress = true;
-                    self.begin_drain(Error::new(Kind::Closed));
+                    self.close_requested();
                 }
                 Poll::Ready(None) => {
                     self.rx_open = false;
-                    self.begin_drain(Error::new(Kind::Closed));
+                    self.close_requested();
                 }
                 Poll::Pending => return,
             }
@@ -573,19 +573,28 @@ where
             held,
             "tags held for requests never answered reached the limit; retiring connection"
         );
-        let error = Error::with_source(
-            Kind::ConnectionLost,
-            format!("connection retired: {held} requests written and never answered"),
+        let why = format!("connection retired: {held} requests written and never answered");
+        // New requests are refused as `Closed` (a planned close, not a failure of
+        // the peer's connection); requests still unanswered when the grace ends
+        // may have reached the server: `ConnectionLost`.
+        self.begin_drain(
+            Error::with_source(Kind::Closed, why.clone()),
+            Error::with_source(Kind::ConnectionLost, why),
         );
-        self.begin_drain(error);
     }
 
-    /// Stops taking requests and starts the close grace.
-    fn begin_drain(&mut self, leftover: Error) {
+    /// A close asked for by a handle (or by the last handle going away).
+    fn close_requested(&mut self) {
+        self.begin_drain(Error::new(Kind::Closed), Error::new(Kind::Closed));
+    }
+
+    /// Stops taking requests (refusing them with `reason`) and starts the close
+    /// grace; `leftover` fails what is still waiting when it ends.
+    fn begin_drain(&mut self, reason: Error, leftover: Error) {
         if self.drain.is_some() {
             return;
         }
-        self.shared.refuse(leftover.clone());
+        self.shared.refuse(reason);
         self.rx.close();
         self.drain = Some(Drain {
             deadline: later(Instant::now(), self.close_grace),
