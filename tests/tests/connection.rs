@@ -1,5 +1,6 @@
-//! The multiplexed connection over real loopback TCP: correctness under
-//! reordering, failure, cancellation, quarantine, hostile frames and backpressure.
+//! The multiplexed connection over real loopback TCP (and, for the timing
+//! tests, in-memory pipes on paused time): correctness under reordering,
+//! failure, cancellation, quarantine, hostile frames and backpressure.
 
 use std::{sync::atomic::Ordering, time::Duration};
 
