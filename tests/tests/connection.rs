@@ -215,7 +215,7 @@ async fn assert_full_capacity(conn: &Connection) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn late_response_after_slot_reuse_is_dropped_not_delivered() {
+async fn a_late_response_after_its_quarantine_is_dropped_not_delivered() {
     let mut server = ManualServer::bind().await;
     // A window of one request; the first one's tag stays held after its
     // quarantine, so the second request gets another.
@@ -310,7 +310,11 @@ async fn a_whole_window_abandoned_unanswered_retires_the_connection() {
     // failure of the peer), never written.
     assert_eq!(err.kind(), Kind::Closed);
     assert!(err.is_unsent());
-    assert_eq!(conn.stats().held_tags, 4);
+    let why = std::error::Error::source(&err).map(ToString::to_string);
+    assert!(
+        why.as_deref().is_some_and(|w| w.contains("retired")),
+        "{why:?}"
+    );
     tokio::time::timeout(Duration::from_secs(5), conn.closed())
         .await
         .expect("driver finishes");

@@ -209,7 +209,18 @@ async fn run_case(case: Case, plans: Vec<Plan>) -> Result<(), TestCaseError> {
         }
     }
     prop_assert!(idle, "capacity leaked: {:?}", conn.stats());
-    if !conn.is_closed() {
+    if conn.is_closed() {
+        // Only retirement closes it here (the server never breaks the framing
+        // or the connection), and a retired connection gave its units back by
+        // closing; check it retired for the reason it should have.
+        let reason = conn.close_reason().expect("closed");
+        let why = std::error::Error::source(&reason).map(ToString::to_string);
+        prop_assert!(
+            why.as_deref()
+                .is_some_and(|w| w.starts_with("connection retired")),
+            "closed for another reason: {reason:?} {why:?}"
+        );
+    } else {
         let mut all = Vec::new();
         for _ in 0..case.window {
             let mut c = conn.clone();

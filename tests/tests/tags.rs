@@ -10,8 +10,9 @@ use anet::{
     client::{Client, Connection, ConnectionConfig, Connector, RetryPolicy},
 };
 use anet_proto::{Builder, TagFormat};
-use anet_tests::{Action, ManualServer, eventually, start_scripted};
+use anet_tests::{Action, ManualServer, encode_with, eventually, start_scripted};
 use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
 use tower::{Service, ServiceExt};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -226,4 +227,109 @@ async fn held_tags_reaching_their_limit_retire_the_connection_and_nothing_else_f
         }
     }
     assert!(failures.is_empty(), "requests failed: {failures:?}");
+}
+
+/// A server repeats its answer to the first request before answering each of
+/// the next ones: every repeat is dropped (no slot holds that value: the slot
+/// was freed, then reused with a new generation) until the value itself comes
+/// back, after about as many requests as the 2-digit tag space holds.
+#[tokio::test(start_paused = true)]
+async fn a_repeated_answer_is_dropped_until_its_tag_value_comes_back() {
+    let frame = Builder::new().tag_format(TagFormat::ascii(2));
+    let (client_io, mut server_io) = tokio::io::duplex(1 << 16);
+    let mut conn = Connection::new(client_io, ConnectionConfig::new().frame(frame));
+    let codec = frame.new_codec();
+    let mut first = None;
+    let mut repeats = 0;
+    for i in 0u64.. {
+        let payload = Bytes::from(format!("request-{i}"));
+        let fut = conn.ready().await.expect("ready").call(payload.clone());
+        let request = anet_proto::read_frame(&mut server_io, &codec)
+            .await
+            .expect("read")
+            .expect("frame");
+        let first = first.get_or_insert_with(|| request.clone());
+        if i > 0 {
+            if request.tag == first.tag {
+                break; // the value came back: a repeat now would look like its answer
+            }
+            server_io
+                .write_all(&encode_with(&codec, &first.tag, &first.payload))
+                .await
+                .expect("write");
+            repeats += 1;
+        }
+        server_io
+            .write_all(&encode_with(&codec, &request.tag, &request.payload))
+            .await
+            .expect("write");
+        assert_eq!(fut.await.expect("answered"), payload, "request {i}");
+    }
+    assert!(
+        repeats >= 90,
+        "the value came back after {repeats} requests"
+    );
+    assert!(
+        eventually(LIMIT, || conn.stats().unknown_tags == repeats).await,
+        "{:?}",
+        conn.stats()
+    );
+}
+
+/// A window smaller than the held-tag limit, filled with abandoned requests
+/// under an endless quarantine: the connection could never take another
+/// request, so it retires (and its owner replaces it) instead of waiting
+/// forever.
+#[tokio::test(start_paused = true)]
+async fn a_window_full_of_quarantined_requests_retires_below_the_held_limit() {
+    let config = ConnectionConfig::new()
+        .max_in_flight(2)
+        .held_tag_limit(8)
+        .quarantine(Duration::MAX);
+    let (client_io, mut server_io) = tokio::io::duplex(1 << 16);
+    let mut conn = Connection::new(client_io, config);
+    let codec = anet_proto::FrameCodec::new();
+    for _ in 0..2 {
+        let fut = conn
+            .ready()
+            .await
+            .expect("ready")
+            .call(Bytes::from_static(b"x"));
+        anet_proto::read_frame(&mut server_io, &codec)
+            .await
+            .expect("read")
+            .expect("frame");
+        drop(fut); // abandoned, never answered
+    }
+    let err = tokio::time::timeout(Duration::from_secs(3600), conn.ready())
+        .await
+        .expect("refused instead of waiting forever")
+        .expect_err("retired");
+    assert_eq!(err.kind(), Kind::Closed);
+    tokio::time::timeout(Duration::from_secs(60), conn.closed())
+        .await
+        .expect("closes within its grace");
+}
+
+#[tokio::test]
+async fn windows_and_held_limits_past_two_to_the_twenty_are_refused_before_allocating() {
+    for config in [
+        ConnectionConfig::new().max_in_flight(1 << 31),
+        ConnectionConfig::new().max_in_flight((1 << 20) + 1),
+        ConnectionConfig::new().held_tag_limit((1 << 20) + 1),
+    ] {
+        assert_eq!(
+            config.validate().expect_err("refused").kind(),
+            Kind::InvalidConfig
+        );
+        let (io, _peer) = tokio::io::duplex(64);
+        let err = Connection::try_new(io, config).expect_err("refused");
+        assert_eq!(err.kind(), Kind::InvalidConfig);
+    }
+    assert!(
+        ConnectionConfig::new()
+            .max_in_flight(1 << 20)
+            .validate()
+            .is_ok()
+    );
 }

@@ -48,8 +48,10 @@ pub struct ConnectionConfig {
 /// The default window when the tag space allows it.
 const DEFAULT_MAX_IN_FLIGHT: usize = 512;
 
-/// The largest window (slot indices are `u32`; half of them for held tags).
-const MAX_WINDOW: usize = 1 << 31;
+/// The largest window, and the largest held-tag limit: far beyond what one
+/// connection needs, and small enough that the table (allocated up front)
+/// stays within a few hundred MiB.
+const MAX_WINDOW: usize = 1 << 20;
 
 /// A configuration resolved against its tag space: how many requests may be in
 /// flight, how many tags may be held, and how many tag-table slots hold both.
@@ -90,7 +92,7 @@ impl ConnectionConfig {
     /// The most requests in flight on the connection at once, quarantined tags
     /// included. Default: 512, or half the tag format's space when that is
     /// smaller (an ASCII tag of 2 digits: 50). While the window is full,
-    /// `poll_ready` is pending.
+    /// `poll_ready` is pending. At most 2^20.
     ///
     /// The window plus the [held-tag limit](Self::held_tag_limit) must fit in
     /// the tag space (an ASCII tag of 4 digits has 10,000 values); otherwise
@@ -117,10 +119,15 @@ impl ConnectionConfig {
     /// How many tag values the connection may hold for abandoned requests that
     /// were written and never answered (quarantined or past their quarantine).
     /// When this many are held, the connection retires: it refuses new requests
-    /// (`poll_ready` fails with `ConnectionLost`, so its owner replaces it),
+    /// (`poll_ready` fails with `Closed`, so its owner replaces it),
     /// writes what it already accepted, waits for answers within the close
     /// grace, and closes, which ends every hold. Default: the window, or what
-    /// the tag space leaves beside it when that is less. At least 1.
+    /// the tag space leaves beside it when that is less. At least 1, at most
+    /// 2^20.
+    ///
+    /// With an endless [quarantine](Self::quarantine) (a year or more, e.g.
+    /// `Duration::MAX`) the connection also retires when its whole window is
+    /// quarantined, since it could never take another request.
     pub const fn held_tag_limit(mut self, limit: usize) -> Self {
         self.held_tag_limit = Some(limit);
         self
@@ -180,7 +187,15 @@ impl ConnectionConfig {
     }
 
     /// Checks that the configuration can keep its promises: a window and a
-    /// held-tag limit of at least 1 whose sum fits in the tag space.
+    /// held-tag limit between 1 and 2^20 whose sum fits in the tag space.
+    ///
+    /// What no configuration can do: tell a server's *repeat* of an answer
+    /// (sent again after the request was answered) from the answer to a later
+    /// request that carries the same tag value. Free tags are reused oldest
+    /// first, each time with the slot's next generation, so a value comes back
+    /// only after about as many requests as the tag space holds, less the
+    /// held tags (some 10,000 for a 4-digit ASCII tag, 4 billion for the
+    /// default binary tag); a repeat that arrives before then is dropped.
     ///
     /// # Errors
     ///

@@ -44,6 +44,9 @@ const BUFFER_CAPACITY: usize = 64 * 1024;
 /// Room made in the read buffer before a read, so reads are never tiny.
 const MIN_READ: usize = 4 * 1024;
 
+/// A quarantine at least this long never ends in practice.
+const ENDLESS_QUARANTINE: Duration = Duration::from_secs(365 * 86_400);
+
 /// Bounds on how often waiting requests are checked for abandonment (a quarter
 /// of the quarantine in between).
 const MIN_SWEEP: Duration = Duration::from_millis(1);
@@ -198,6 +201,19 @@ where
         tracing::debug!("connection driver started");
         let exit = std::future::poll_fn(|cx| self.poll_drive(cx)).await;
         self.finish(exit);
+        // The transport and the table go now; the queue is closed. A handle
+        // may be inside `send` (its message counted, not yet pushed): `recv`
+        // waits for such a message and returns `None` only once none is left,
+        // so every request ever queued is answered.
+        let Driver { mut rx, shared, .. } = self;
+        while let Some(message) = rx.recv().await {
+            if let Message::Request(mut request) = message {
+                // Fixed, so that a retry keeps the call's deadline.
+                request.reply.deadline.fix(Instant::now);
+                request.reply.fail(not_sent(&shared));
+            }
+        }
+        shared.mark_done();
     }
 
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
@@ -564,9 +580,14 @@ where
     /// requests, writes and answers what it accepted within the close grace,
     /// and closes, which is what makes those late answers impossible. Its owner
     /// replaces it.
+    /// With an endless quarantine it retires too when its whole window is
+    /// quarantined: it could never take another request. (With a finite one,
+    /// a full window waits for the quarantine: that is the backpressure.)
     fn retire_if_held_too_many(&mut self) {
         let held = self.table.held_tags();
-        if held < self.held_limit || self.drain.is_some() {
+        let stuck = self.quarantine >= ENDLESS_QUARANTINE
+            && self.table.quarantined() >= self.shared.window;
+        if (held < self.held_limit && !stuck) || self.drain.is_some() {
             return;
         }
         tracing::warn!(
@@ -616,8 +637,9 @@ where
         c.held.store(self.table.held_tags(), Relaxed);
     }
 
-    /// Fails whatever is left and marks the connection done.
-    fn finish(mut self, exit: Exit) {
+    /// Fails whatever is left and closes the queue (`run` then fails what is
+    /// still in it and marks the connection done).
+    fn finish(&mut self, exit: Exit) {
         let error = match exit {
             Exit::Drained => {
                 tracing::info!("connection closed");
@@ -649,14 +671,7 @@ where
         for request in std::mem::take(&mut self.backlog) {
             request.reply.fail(not_sent(&self.shared));
         }
-        while let Ok(message) = self.rx.try_recv() {
-            if let Message::Request(mut request) = message {
-                self.fix_deadline(&mut request);
-                request.reply.fail(not_sent(&self.shared));
-            }
-        }
         self.publish();
-        self.shared.mark_done();
     }
 }
 

@@ -11,10 +11,13 @@
 //! keeps its slot — and so its tag value — until its late response arrives or
 //! the connection closes. Its quarantine only decides how long it also keeps its
 //! unit of the window. So no tag value is ever issued while an earlier request
-//! that carried it may still be answered, however small the tag space; the
-//! generation, which advances on every reuse, additionally keeps a duplicate or
-//! stale response for an answered request from reaching the slot's next occupant.
-//! Free slots are reused oldest-freed first.
+//! that carried it may still be answered, however small the tag space.
+//!
+//! Free slots are reused oldest-freed first, each time with the slot's next
+//! generation, so a tag value comes back only after about as many requests as
+//! the tag space holds: a server's stale repeat of an answer it already gave is
+//! dropped (no slot holds that value) unless it comes later than that, when no
+//! client could tell it from the answer to the value's new request.
 //!
 //! Held slots are bounded: the driver retires the connection when
 //! [`held_tags`](Table::held_tags) reaches the held-tag limit, and the table has
