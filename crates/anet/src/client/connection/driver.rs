@@ -580,6 +580,7 @@ where
     /// requests, writes and answers what it accepted within the close grace,
     /// and closes, which is what makes those late answers impossible. Its owner
     /// replaces it.
+    ///
     /// With an endless quarantine it retires too when its whole window is
     /// quarantined: it could never take another request. (With a finite one,
     /// a full window waits for the quarantine: that is the backpressure.)
