@@ -52,6 +52,7 @@
 //! # }
 //! ```
 
+mod admission;
 mod call;
 mod config;
 mod connection;
