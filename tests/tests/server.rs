@@ -238,7 +238,9 @@ async fn a_busy_connection_is_not_closed_by_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_holds_under_200_attempts() {
-    let config = Server::builder().max_connections(10);
+    // The refusal path: no eviction, however long 200 connects take on a loaded
+    // machine (eviction has its own tests in `admission.rs`).
+    let config = Server::builder().max_connections(10).evict_idle_after(None);
     let server = start_server(config, echo()).await;
     let mut clients = Vec::new();
     for _ in 0..200 {

@@ -14,6 +14,9 @@ fn optional(ms: u64) -> Option<Duration> {
 pub(crate) async fn run(args: EchoArgs) -> anyhow::Result<ExitCode> {
     let server = Server::builder()
         .max_connections(args.max_connections)
+        .first_frame_timeout(args.first_frame_timeout.0.filter(|t| !t.is_zero()))
+        .evict_idle_after(args.evict_idle_after.0)
+        .max_connections_per_peer(args.max_connections_per_peer)
         .max_in_flight_per_connection(args.max_in_flight)
         .frame(anet_proto::FrameCodec::builder().max_frame_length(args.max_frame))
         .idle_timeout(optional(args.idle_timeout_ms))

@@ -2,7 +2,9 @@
 //! protocol (2-byte length, 4-byte tag, Go anet compatible).
 //!
 //! ```text
-//! anet echo  [--listen 127.0.0.1:7878]
+//! anet echo  [--listen 127.0.0.1:7878] [--max-connections 1024]
+//!            [--first-frame-timeout 10s] [--evict-idle-after 1s]
+//!            [--max-connections-per-peer N]
 //! anet send  --connect ADDR [--timeout-ms 1000] [--hex] PAYLOAD
 //! anet bench [--connect ADDR]... [-c 256] [-d 10s] [--size 64] [--json]
 //! ```
@@ -39,9 +41,23 @@ struct EchoArgs {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
-    /// Most connections open at once; more are closed on accept.
+    /// Most connections open at once. At the limit a newcomer takes the place of
+    /// the longest-idle connection (see --evict-idle-after); when none can make
+    /// room, it is closed on accept.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
+    /// Close a connection that has not sent a complete first frame within this
+    /// long, e.g. `10s`, `500ms` (`off` or `0s` = never).
+    #[arg(long, default_value = "10s", value_parser = optional_duration)]
+    first_frame_timeout: OptionalDuration,
+    /// At --max-connections, evict the longest-idle connection (nothing in
+    /// flight) once it has been idle this long, e.g. `1s` (`off` = never evict:
+    /// refuse the newcomer).
+    #[arg(long, default_value = "1s", value_parser = optional_duration)]
+    evict_idle_after: OptionalDuration,
+    /// Most connections open at once from one IP address (default: no limit).
+    #[arg(long)]
+    max_connections_per_peer: Option<usize>,
     /// Most requests served at once per connection.
     #[arg(long, default_value_t = 256)]
     max_in_flight: usize,
@@ -100,6 +116,18 @@ struct BenchArgs {
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// A duration flag that can be switched off (`None`).
+#[derive(Clone, Copy, Debug)]
+struct OptionalDuration(Option<Duration>);
+
+/// A duration such as `10s` or `500ms`, or `off`.
+fn optional_duration(text: &str) -> Result<OptionalDuration, humantime::DurationError> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(OptionalDuration(None));
+    }
+    humantime::parse_duration(text).map(|d| OptionalDuration(Some(d)))
 }
 
 fn main() -> ExitCode {

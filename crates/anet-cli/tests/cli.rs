@@ -23,8 +23,13 @@ struct Echo {
 
 impl Echo {
     fn start() -> Echo {
+        Echo::start_with(&[])
+    }
+
+    fn start_with(flags: &[&str]) -> Echo {
         let mut child = anet()
             .args(["echo", "--listen", "127.0.0.1:0"])
+            .args(flags)
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn anet echo");
@@ -83,6 +88,43 @@ fn echo_and_send_round_trip() {
         String::from_utf8_lossy(&out.stdout).trim_end(),
         "68656c6c6f"
     );
+}
+
+/// The reproduction: a full limit of connections that send nothing.
+#[test]
+fn echo_serves_send_while_silent_connections_fill_its_limit_and_closes_them_at_the_first_frame_timeout()
+ {
+    let echo = Echo::start_with(&[
+        "--max-connections",
+        "4",
+        "--first-frame-timeout",
+        "2s",
+        "--evict-idle-after",
+        "200ms",
+    ]);
+    let started = Instant::now();
+    let mut silent: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(echo.addr).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    let out = anet()
+        .args(["send", "--connect", &echo.addr.to_string(), "let me in"])
+        .output()
+        .expect("run anet send");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "let me in");
+    for conn in silent.iter_mut() {
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("read timeout");
+        let mut buf = [0u8; 16];
+        // Closed by the server: end of stream (or a reset for the evicted one).
+        assert!(matches!(conn.read(&mut buf), Ok(0) | Err(_)));
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
 }
 
 #[test]

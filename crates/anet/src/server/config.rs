@@ -29,6 +29,9 @@ pub struct Builder {
     pub(crate) max_connections: usize,
     pub(crate) max_in_flight_per_connection: usize,
     pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) first_frame_timeout: Option<Duration>,
+    pub(crate) evict_idle_after: Option<Duration>,
+    pub(crate) max_connections_per_peer: Option<usize>,
     pub(crate) read_timeout: Option<Duration>,
     pub(crate) write_timeout: Option<Duration>,
     pub(crate) shutdown_grace: Duration,
@@ -37,15 +40,31 @@ pub struct Builder {
 }
 
 impl Builder {
-    /// The defaults: Go anet framing, 1024 connections, 256 requests in flight per
-    /// connection, 5 min idle timeout, 10 s read and write timeouts, 10 s shutdown
-    /// grace, [`OnError::NoResponse`], `TCP_NODELAY` on.
+    /// The defaults:
+    ///
+    /// | setting | default |
+    /// |---|---|
+    /// | [`frame`](Builder::frame) | Go anet framing (2-byte length, 4-byte tag, 65535-byte body) |
+    /// | [`max_connections`](Builder::max_connections) | 1024 |
+    /// | [`evict_idle_after`](Builder::evict_idle_after) | 1 s (at the limit, an idle connection older than this makes room) |
+    /// | [`max_connections_per_peer`](Builder::max_connections_per_peer) | none |
+    /// | [`max_in_flight_per_connection`](Builder::max_in_flight_per_connection) | 256 |
+    /// | [`first_frame_timeout`](Builder::first_frame_timeout) | 10 s |
+    /// | [`idle_timeout`](Builder::idle_timeout) | 5 min |
+    /// | [`read_timeout`](Builder::read_timeout) | 10 s |
+    /// | [`write_timeout`](Builder::write_timeout) | 10 s |
+    /// | [`shutdown_grace`](Builder::shutdown_grace) | 10 s |
+    /// | [`on_error`](Builder::on_error) | [`OnError::NoResponse`] |
+    /// | [`nodelay`](Builder::nodelay) | on |
     pub const fn new() -> Builder {
         Builder {
             frame: FrameBuilder::new(),
             max_connections: 1024,
             max_in_flight_per_connection: 256,
             idle_timeout: Some(Duration::from_secs(300)),
+            first_frame_timeout: Some(Duration::from_secs(10)),
+            evict_idle_after: Some(Duration::from_secs(1)),
+            max_connections_per_peer: None,
             read_timeout: Some(Duration::from_secs(10)),
             write_timeout: Some(Duration::from_secs(10)),
             shutdown_grace: Duration::from_secs(10),
@@ -62,11 +81,37 @@ impl Builder {
         self
     }
 
-    /// Most connections open at once. Default: 1024. A connection accepted past the
-    /// limit is closed at once (the client sees the connection closed) and counted
-    /// as rejected.
+    /// Most connections open at once. Default: 1024. A connection accepted at the
+    /// limit first tries to take the place of an idle one (see
+    /// [`evict_idle_after`](Builder::evict_idle_after)); when no connection can
+    /// make room (every one has requests in flight or was active too recently),
+    /// the new connection is closed at once (the client sees the connection
+    /// closed) and counted as rejected.
     pub const fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
+        self
+    }
+
+    /// Reclaiming idle slots at the connection limit. Default: 1 s. When a
+    /// connection arrives while `max_connections` are open, the server closes the
+    /// connection that has been idle longest (nothing in flight, no response
+    /// waiting to be written) provided it has been idle for at least this long,
+    /// and admits the newcomer in its place; the eviction is counted and logged.
+    /// A connection that has not completed a frame yet is idle since it was
+    /// accepted, so silent connections are the first to go; a frame still
+    /// arriving is not activity. An evicted connection that turns out to have
+    /// just started a request answers it before it closes. `None` never evicts:
+    /// at the limit new connections are refused.
+    pub const fn evict_idle_after(mut self, min_idle: Option<Duration>) -> Self {
+        self.evict_idle_after = min_idle;
+        self
+    }
+
+    /// Most connections open at once from one remote IP address. Default: none
+    /// (no per-peer limit). A connection past it is closed at once and counted
+    /// as rejected (and as rejected per peer); it does not evict anything.
+    pub const fn max_connections_per_peer(mut self, n: Option<usize>) -> Self {
+        self.max_connections_per_peer = n;
         self
     }
 
@@ -83,6 +128,15 @@ impl Builder {
     /// long. Default: 5 min. `None` keeps idle connections forever.
     pub const fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.idle_timeout = timeout;
+        self
+    }
+
+    /// Close a connection that has not delivered a complete first frame within
+    /// this long of being admitted (silent or trickling newcomers), whatever the
+    /// idle and read timeouts say. Default: 10 s. Counted as a timeout and as a
+    /// first-frame timeout. `None` disables the check.
+    pub const fn first_frame_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.first_frame_timeout = timeout;
         self
     }
 

@@ -23,6 +23,7 @@ use tower::Service;
 
 use super::{
     Builder, OnError, Request,
+    admission::Activity,
     call::{Call, Outcome},
     stats::Counters,
 };
@@ -31,6 +32,9 @@ use crate::time::later;
 
 /// Unflushed response bytes past which a connection stops reading requests.
 const WRITE_BUFFER_LIMIT: usize = 256 * 1024;
+
+/// The name of the first-frame timeout in logs.
+const FIRST_FRAME: &str = "first frame";
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -80,6 +84,14 @@ where
     unpublished: Unpublished,
     partial_since: Option<Instant>,
     write_blocked_since: Option<Instant>,
+    /// When the handler started: the first-frame timeout counts from here.
+    started: Instant,
+    /// A complete frame has been read (the first-frame timeout no longer applies).
+    framed_once: bool,
+    /// Shared with the accept loop, which evicts idle connections at the limit.
+    activity: Arc<Activity>,
+    /// The word last stored in `activity`, so it is stored only when it changes.
+    published_activity: u64,
 }
 
 impl<T, S> Handler<T, S>
@@ -94,6 +106,7 @@ where
         service: S,
         config: Builder,
         counters: Arc<Counters>,
+        activity: Arc<Activity>,
         shutdown: WaitForCancellationFutureOwned,
     ) -> Self {
         let encoder = config.frame.new_codec();
@@ -118,6 +131,14 @@ where
             unpublished: Unpublished::default(),
             partial_since: None,
             write_blocked_since: None,
+            started: now,
+            framed_once: false,
+            published_activity: {
+                let word = activity.encode(false, false, now);
+                activity.store(word);
+                word
+            },
+            activity,
         }
     }
 
@@ -134,6 +155,9 @@ where
             }
             Exit::Timeout(which) => {
                 Counters::add(&self.counters.timeouts, 1);
+                if *which == FIRST_FRAME {
+                    Counters::add(&self.counters.first_frame_timeouts, 1);
+                }
                 tracing::info!(?peer, timeout = which, "closing connection");
             }
             Exit::ServiceFailed(e) => {
@@ -150,6 +174,7 @@ where
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
         let poll = self.poll_work(cx);
         self.publish();
+        self.publish_activity();
         poll
     }
 
@@ -160,6 +185,19 @@ where
         let counts = std::mem::take(&mut self.unpublished);
         Counters::add(&self.counters.requests, counts.requests);
         Counters::add(&self.counters.responses, counts.responses);
+    }
+
+    /// Tells the accept loop whether this connection is busy and when it was
+    /// last active: one relaxed store per wake-up at most, none when unchanged.
+    fn publish_activity(&mut self) {
+        let busy = !self.calls.is_empty() || self.dirty;
+        let word = self
+            .activity
+            .encode(busy, self.framed_once, self.last_active);
+        if word != self.published_activity {
+            self.activity.store(word);
+            self.published_activity = word;
+        }
     }
 
     fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
@@ -284,6 +322,7 @@ where
                 Poll::Ready(Some(Ok(frame))) => {
                     *progress = true;
                     completed = true;
+                    self.framed_once = true;
                     self.service_ready = false;
                     self.unpublished.requests += 1;
                     let request = Request::new(frame.payload, self.peer);
@@ -326,9 +365,14 @@ where
         !self.framed.read_buffer().is_empty() || self.framed.codec().is_mid_frame()
     }
 
-    /// Runs the idle, read and write timeouts.
+    /// Runs the first-frame, idle, read and write timeouts.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Option<Exit> {
         loop {
+            let first = self
+                .config
+                .first_frame_timeout
+                .filter(|_| !self.framed_once)
+                .map(|t| (later(self.started, t), FIRST_FRAME));
             let idle = self
                 .config
                 .idle_timeout
@@ -344,7 +388,7 @@ where
                 .write_timeout
                 .zip(self.write_blocked_since)
                 .map(|(t, since)| (later(since, t), "write"));
-            let (deadline, which) = [idle, read, write].into_iter().flatten().min()?;
+            let (deadline, which) = [first, idle, read, write].into_iter().flatten().min()?;
             // A timer armed no later than needed stays: when it fires, the real
             // deadline is checked again. This keeps activity from resetting it.
             if self.timer_deadline.is_none_or(|armed| armed > deadline) {

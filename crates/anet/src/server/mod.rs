@@ -6,9 +6,17 @@
 //!                     responses in completion order, tag echoed ◄──┘
 //! ```
 //!
-//! * **Limits**: `max_connections` (past it a new connection is closed at once and
-//!   counted as rejected), `max_in_flight_per_connection` (backpressure through
-//!   TCP), maximum frame length, idle / read (slowloris) / write timeouts.
+//! * **Limits**: `max_connections`, `max_in_flight_per_connection` (backpressure
+//!   through TCP), maximum frame length, first-frame / idle / read (slowloris) /
+//!   write timeouts, and optionally `max_connections_per_peer`.
+//! * **Admission**: connections that send nothing cannot lock others out. A
+//!   connection must deliver a complete first frame within the first-frame
+//!   timeout (10 s). At `max_connections` a newcomer evicts the connection idle
+//!   longest (nothing in flight, idle at least
+//!   [`evict_idle_after`](Builder::evict_idle_after), 1 s; never-framed
+//!   connections are idle since they started) instead of being refused; it is
+//!   refused (closed at once, counted) only when every connection is busy or
+//!   too recent. See the defaults table on [`Builder::new`].
 //! * **Errors**: a service error or a handler panic affects only its own request;
 //!   the wire behaviour is [`OnError`]: no response (default) or close the
 //!   connection. A protocol violation (short frame, oversize length) closes only
@@ -16,7 +24,8 @@
 //! * **Shutdown**: [`Server::serve_with_shutdown`] stops accepting, answers the
 //!   requests in flight within the grace period, then closes.
 //! * **Stats**: [`Server::stats`] gives a [`StatsHandle`] to read
-//!   [`ServerStats`] at any time.
+//!   [`ServerStats`] at any time: connections by state (new, active, idle),
+//!   evictions, refusals, first-frame and other timeouts, requests, errors.
 //!
 //! # Example
 //!
@@ -52,6 +61,7 @@
 //! # }
 //! ```
 
+mod admission;
 mod call;
 mod config;
 mod connection;

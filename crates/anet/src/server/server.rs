@@ -5,13 +5,19 @@ use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpListener,
-    sync::Semaphore,
+    sync::{OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
+    time::Instant,
 };
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 
-use super::{Builder, Request, StatsHandle, connection::Handler, stats::Counters};
+use super::{
+    Builder, Request, StatsHandle,
+    admission::{Activity, Registry},
+    connection::Handler,
+    stats::Counters,
+};
 use crate::BoxError;
 
 /// An anet server: accepts connections and serves a tower `Service` on each.
@@ -138,6 +144,18 @@ impl Server {
         let shutdown = CancellationToken::new();
         let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
         let mut connections = JoinSet::new();
+        let epoch = {
+            let registry = Registry::new(config.max_connections_per_peer);
+            let epoch = registry.epoch();
+            *counters.registry() = Some(registry);
+            epoch
+        };
+        // How long a newcomer that evicted an idle connection waits for its slot
+        // (an evicted connection that had just started a request answers it
+        // first).
+        let admit_wait = config
+            .first_frame_timeout
+            .unwrap_or(Duration::from_secs(10));
         tracing::info!(%local_addr, "serving");
         tokio::pin!(signal);
         loop {
@@ -160,9 +178,7 @@ impl Server {
                             continue;
                         }
                     };
-                    let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        Counters::add(&counters.rejected, 1);
-                        tracing::debug!(%peer, "connection limit reached; closing new connection");
+                    let Some(slot) = admit(&config, &counters, &slots, peer) else {
                         drop(stream);
                         continue;
                     };
@@ -177,28 +193,68 @@ impl Server {
                             continue;
                         }
                     };
-                    let (counters, cancelled) = (counters.clone(), shutdown.clone().cancelled_owned());
-                    let open = OpenGuard::new(counters.clone());
-                    connections.spawn(async move {
-                        let made: Result<S, BoxError> = making.await.map_err(Into::into);
-                        match made {
-                            Ok(service) => {
-                                Handler::new(stream, Some(peer), service, config, counters, cancelled)
+                    let close = shutdown.child_token();
+                    let activity = Arc::new(Activity::new(epoch));
+                    let task = {
+                        let (counters, activity, close, slots) =
+                            (counters.clone(), activity.clone(), close.clone(), slots.clone());
+                        async move {
+                            let slot = match slot {
+                                Slot::Held(slot) => slot,
+                                // Room is being made: wait for the evicted
+                                // connection to close.
+                                Slot::Evicting => tokio::select! {
+                                    () = close.cancelled() => return,
+                                    acquired = tokio::time::timeout(admit_wait, slots.acquire_owned()) => {
+                                        let Ok(Ok(slot)) = acquired else {
+                                            Counters::add(&counters.rejected, 1);
+                                            tracing::info!(%peer, "no room made in time; closing new connection");
+                                            return;
+                                        };
+                                        slot
+                                    }
+                                },
+                            };
+                            let open = OpenGuard::new(counters.clone());
+                            let made: Result<S, BoxError> = making.await.map_err(Into::into);
+                            match made {
+                                Ok(service) => {
+                                    Handler::new(
+                                        stream,
+                                        Some(peer),
+                                        service,
+                                        config,
+                                        counters,
+                                        activity,
+                                        close.cancelled_owned(),
+                                    )
                                     .run()
                                     .await;
+                                }
+                                Err(e) => {
+                                    tracing::error!(%peer, error = %e, "making the connection's service failed");
+                                }
                             }
-                            Err(e) => {
-                                tracing::error!(%peer, error = %e, "making the connection's service failed");
-                            }
+                            drop((slot, open));
                         }
-                        drop((slot, open));
-                    });
+                    };
+                    let id = connections.spawn(task).id();
+                    if let Some(registry) = counters.registry().as_mut() {
+                        registry.insert(id, activity, close, peer.ip());
+                    }
                 }
-                Some(joined) = connections.join_next(), if !connections.is_empty() => {
-                    if let Err(e) = joined {
-                        if e.is_panic() {
-                            tracing::error!("connection task panicked");
+                Some(joined) = connections.join_next_with_id(), if !connections.is_empty() => {
+                    let id = match joined {
+                        Ok((id, ())) => id,
+                        Err(e) => {
+                            if e.is_panic() {
+                                tracing::error!("connection task panicked");
+                            }
+                            e.id()
                         }
+                    };
+                    if let Some(registry) = counters.registry().as_mut() {
+                        registry.remove(id);
                     }
                 }
             }
@@ -220,6 +276,7 @@ impl Server {
             );
             connections.shutdown().await;
         }
+        *counters.registry() = None;
         tracing::info!("server stopped");
         Ok(())
     }
@@ -254,9 +311,60 @@ impl Builder {
         S::Error: Into<BoxError>,
     {
         let never = CancellationToken::new().cancelled_owned();
-        Handler::new(io, peer, service, *self, Arc::default(), never)
+        let activity = Arc::new(Activity::new(Instant::now()));
+        Handler::new(io, peer, service, *self, Arc::default(), activity, never)
             .run()
             .await
+    }
+}
+
+/// A new connection's claim to a slot.
+enum Slot {
+    /// A free slot, taken.
+    Held(OwnedSemaphorePermit),
+    /// None was free; an idle connection was asked to close to free one.
+    Evicting,
+}
+
+/// Decides whether a new connection from `peer` is served: takes a free slot,
+/// or evicts the longest-idle connection to make one, or refuses (counted).
+fn admit(
+    config: &Builder,
+    counters: &Counters,
+    slots: &Arc<Semaphore>,
+    peer: SocketAddr,
+) -> Option<Slot> {
+    let mut registry = counters.registry();
+    let registry = registry.as_mut()?;
+    if registry.peer_full(peer.ip()) {
+        Counters::add(&counters.rejected, 1);
+        Counters::add(&counters.rejected_per_peer, 1);
+        tracing::info!(%peer, "per-peer connection limit reached; closing new connection");
+        return None;
+    }
+    if let Ok(slot) = slots.clone().try_acquire_owned() {
+        return Some(Slot::Held(slot));
+    }
+    let evicted = config
+        .evict_idle_after
+        .and_then(|min_idle| registry.evict_longest_idle(min_idle));
+    match evicted {
+        Some(evicted) => {
+            Counters::add(&counters.evicted, 1);
+            tracing::info!(
+                %peer,
+                evicted_peer = %evicted.peer,
+                idle_ms = evicted.idle.as_millis() as u64,
+                never_framed = !evicted.framed,
+                "connection limit reached; evicting the longest-idle connection"
+            );
+            Some(Slot::Evicting)
+        }
+        None => {
+            Counters::add(&counters.rejected, 1);
+            tracing::debug!(%peer, "connection limit reached and every connection busy or recent; closing new connection");
+            None
+        }
     }
 }
 

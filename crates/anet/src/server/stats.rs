@@ -1,9 +1,11 @@
 //! Server counters and their snapshot.
 
 use std::sync::{
-    Arc,
+    Arc, Mutex, MutexGuard, PoisonError,
     atomic::{AtomicU64, Ordering::Relaxed},
 };
+
+use super::admission::Registry;
 
 /// Counters shared by the accept loop and the connection handlers.
 #[derive(Debug, Default)]
@@ -11,6 +13,13 @@ pub(crate) struct Counters {
     pub(crate) open: AtomicU64,
     pub(crate) accepted: AtomicU64,
     pub(crate) rejected: AtomicU64,
+    pub(crate) rejected_per_peer: AtomicU64,
+    pub(crate) evicted: AtomicU64,
+    pub(crate) first_frame_timeouts: AtomicU64,
+    /// The connections of a serving server (none for `serve_connection`): read
+    /// for the counts by state. Locked on accept, on close and by snapshots,
+    /// never per request.
+    pub(crate) registry: Mutex<Option<Registry>>,
     pub(crate) requests: AtomicU64,
     pub(crate) responses: AtomicU64,
     pub(crate) service_errors: AtomicU64,
@@ -25,6 +34,12 @@ impl Counters {
             counter.fetch_add(n, Relaxed);
         }
     }
+
+    /// The registry, also after a panic elsewhere while it was locked (its
+    /// counts stay usable).
+    pub(crate) fn registry(&self) -> MutexGuard<'_, Option<Registry>> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// A handle to read a server's counters at any time, also while it serves.
@@ -34,13 +49,25 @@ pub struct StatsHandle {
 }
 
 impl StatsHandle {
-    /// The counters now.
+    /// The counters now. The counts by state walk the open connections under a
+    /// short lock the accept loop also takes: cheap for a dashboard, not meant
+    /// for every request.
     pub fn snapshot(&self) -> ServerStats {
         let c = &self.counters;
+        let (new, active, idle) = c
+            .registry()
+            .as_ref()
+            .map_or((0, 0, 0), Registry::count_states);
         ServerStats {
             connections_open: c.open.load(Relaxed),
             connections_accepted: c.accepted.load(Relaxed),
             connections_rejected: c.rejected.load(Relaxed),
+            connections_rejected_per_peer: c.rejected_per_peer.load(Relaxed),
+            connections_evicted: c.evicted.load(Relaxed),
+            connections_new: new,
+            connections_active: active,
+            connections_idle: idle,
+            first_frame_timeouts: c.first_frame_timeouts.load(Relaxed),
             requests: c.requests.load(Relaxed),
             responses: c.responses.load(Relaxed),
             service_errors: c.service_errors.load(Relaxed),
@@ -59,8 +86,23 @@ pub struct ServerStats {
     pub connections_open: u64,
     /// Connections accepted and served, in total.
     pub connections_accepted: u64,
-    /// Connections closed at once because `max_connections` were open.
+    /// Connections closed at once on accept: `max_connections` were open and none
+    /// could be evicted, or the peer was at its per-peer limit.
     pub connections_rejected: u64,
+    /// Of `connections_rejected`, those refused by the per-peer limit.
+    pub connections_rejected_per_peer: u64,
+    /// Idle connections closed to make room for a new one at `max_connections`.
+    pub connections_evicted: u64,
+    /// Connections open now that have not completed a frame yet.
+    pub connections_new: u64,
+    /// Connections open now with requests in flight (or responses being
+    /// written).
+    pub connections_active: u64,
+    /// Connections open now, past their first frame, with nothing in flight.
+    pub connections_idle: u64,
+    /// Connections closed because no complete first frame arrived within the
+    /// first-frame timeout (also counted in `timeouts`).
+    pub first_frame_timeouts: u64,
     /// Requests read.
     pub requests: u64,
     /// Responses written (buffered for writing).
@@ -71,6 +113,6 @@ pub struct ServerStats {
     pub panics: u64,
     /// Connections closed for a protocol violation (bad length, short frame).
     pub protocol_errors: u64,
-    /// Connections closed by the idle, read or write timeout.
+    /// Connections closed by the first-frame, idle, read or write timeout.
     pub timeouts: u64,
 }

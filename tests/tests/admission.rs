@@ -1,0 +1,300 @@
+//! Server admission over real loopback TCP: connections that send nothing, or
+//! stopped sending, must not lock other clients out. Covers the first-frame
+//! timeout, eviction of idle connections at `max_connections`, and the
+//! per-peer limit.
+//!
+//! Real time with short settings and generous margins (a loaded 2-core machine):
+//! each bound below is several times what an idle machine needs.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use anet::{
+    client::Connector,
+    server::{Request, Server},
+};
+use anet_tests::{RawClient, eventually, start_server};
+use bytes::Bytes;
+use tokio::{net::TcpSocket, sync::Semaphore, time::Instant};
+use tower::{Service, ServiceExt, service_fn};
+
+const WAIT: Duration = Duration::from_secs(10);
+const LIMIT: usize = 32;
+
+fn echo() -> impl tower::Service<
+    Request,
+    Response = Bytes,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Bytes, Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    service_fn(|req: Request| async move { Ok::<_, Infallible>(req.into_payload()) })
+}
+
+/// Echoes, except that a request `hold` waits until `gate` gives it a permit.
+fn echo_or_hold(
+    gate: Arc<Semaphore>,
+) -> impl tower::Service<
+    Request,
+    Response = Bytes,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Bytes, Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |req: Request| {
+        let gate = gate.clone();
+        async move {
+            if req.payload() == "hold" {
+                let _permit = gate.acquire().await;
+            }
+            Ok::<_, Infallible>(req.into_payload())
+        }
+    })
+}
+
+/// Sends one request with the anet client (a fresh connection); the reply or
+/// the error's text.
+async fn call_once(addr: SocketAddr, payload: &'static [u8]) -> Result<Bytes, String> {
+    let mut conn = Connector::new()
+        .connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ready = conn.ready().await.map_err(|e| e.to_string())?;
+    ready
+        .call(Bytes::from_static(payload))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_full_of_silent_connections_serves_a_real_client_within_a_second_and_closes_them_at_the_first_frame_timeout()
+ {
+    let first_frame = Duration::from_secs(3);
+    let config = Server::builder()
+        .max_connections(LIMIT)
+        .first_frame_timeout(Some(first_frame));
+    let server = start_server(config, echo()).await;
+    let filled = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..LIMIT {
+        silent.push(RawClient::connect(server.addr).await);
+    }
+    assert!(
+        eventually(WAIT, || server.stats.snapshot().connections_open
+            == LIMIT as u64)
+        .await,
+        "{:?}",
+        server.stats.snapshot()
+    );
+    assert_eq!(server.stats.snapshot().connections_new, LIMIT as u64);
+    // Past the default minimum idle age (1 s), a silent connection makes room.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let asked = Instant::now();
+    let reply = tokio::time::timeout(Duration::from_secs(1), call_once(server.addr, b"hello"))
+        .await
+        .expect("served within a second");
+    assert_eq!(reply.as_deref(), Ok(&b"hello"[..]));
+    assert!(asked.elapsed() < Duration::from_secs(1));
+    let stats = server.stats.snapshot();
+    assert_eq!(stats.connections_evicted, 1, "{stats:?}");
+    assert_eq!(stats.connections_rejected, 0, "{stats:?}");
+    // The others are closed by the first-frame timeout: not before it, and well
+    // before the idle (5 min) or read timeouts.
+    for conn in silent.iter_mut() {
+        assert!(conn.closed_within(WAIT).await, "silent connection closed");
+    }
+    let closed_after = filled.elapsed();
+    assert!(
+        closed_after >= first_frame - Duration::from_millis(100),
+        "{closed_after:?}"
+    );
+    assert!(closed_after < first_frame + WAIT, "{closed_after:?}");
+    let stats = server.stats.snapshot();
+    assert_eq!(stats.first_frame_timeouts, LIMIT as u64 - 1, "{stats:?}");
+    assert_eq!(stats.timeouts, LIMIT as u64 - 1, "{stats:?}");
+    assert!(eventually(WAIT, || server.stats.snapshot().connections_new == 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_limit_a_newcomer_evicts_the_longest_idle_connection_and_busy_ones_are_never_evicted()
+ {
+    let min_idle = Duration::from_millis(300);
+    let gate = Arc::new(Semaphore::new(0));
+    let config = Server::builder()
+        .max_connections(LIMIT)
+        .evict_idle_after(Some(min_idle));
+    let server = start_server(config, echo_or_hold(gate.clone())).await;
+    // 8 busy connections (a request held by the service), then 24 that each
+    // completed one request, a few milliseconds apart so their idle ages differ.
+    let mut busy = Vec::new();
+    for i in 0..8 {
+        let mut conn = RawClient::connect(server.addr).await;
+        conn.send(i, b"hold").await;
+        busy.push(conn);
+    }
+    let mut idle = Vec::new();
+    for i in 0..(LIMIT as u32 - 8) {
+        let mut conn = RawClient::connect(server.addr).await;
+        conn.send(i, b"once").await;
+        assert_eq!(conn.recv(WAIT).await.expect("answered").payload, "once");
+        idle.push(conn);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        eventually(WAIT, || {
+            let s = server.stats.snapshot();
+            s.connections_active == 8 && s.connections_idle == LIMIT as u64 - 8
+        })
+        .await,
+        "{:?}",
+        server.stats.snapshot()
+    );
+    tokio::time::sleep(min_idle + Duration::from_millis(100)).await;
+
+    // The first newcomer takes the place of the longest-idle connection.
+    let mut newcomers = Vec::new();
+    let mut first = RawClient::connect(server.addr).await;
+    first.send(1, b"new").await;
+    assert_eq!(first.recv(WAIT).await.expect("served").payload, "new");
+    newcomers.push(first);
+    assert!(idle[0].closed_within(WAIT).await, "longest idle evicted");
+    for conn in idle[1..].iter_mut() {
+        assert!(
+            !conn.closed_within(Duration::from_millis(5)).await,
+            "only one evicted"
+        );
+    }
+    // Every further newcomer evicts the next idle one, never a busy one.
+    for i in 1..(LIMIT as u32 - 8) {
+        let mut conn = RawClient::connect(server.addr).await;
+        conn.send(i, b"new").await;
+        assert_eq!(conn.recv(WAIT).await.expect("served").payload, "new");
+        newcomers.push(conn);
+        assert!(
+            idle[i as usize].closed_within(WAIT).await,
+            "idle {i} evicted"
+        );
+    }
+    let stats = server.stats.snapshot();
+    assert_eq!(stats.connections_evicted, LIMIT as u64 - 8, "{stats:?}");
+    assert_eq!(stats.connections_rejected, 0, "{stats:?}");
+    assert_eq!(stats.connections_open, LIMIT as u64, "{stats:?}");
+    // The busy connections were never touched: released, each gets its answer.
+    gate.add_permits(8);
+    for conn in busy.iter_mut() {
+        assert_eq!(conn.recv(WAIT).await.expect("answered").payload, "hold");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_full_of_busy_connections_refuses_the_newcomer_and_evicts_none() {
+    let gate = Arc::new(Semaphore::new(0));
+    let config = Server::builder()
+        .max_connections(LIMIT)
+        .evict_idle_after(Some(Duration::from_millis(100)));
+    let server = start_server(config, echo_or_hold(gate.clone())).await;
+    let mut busy = Vec::new();
+    for i in 0..LIMIT as u32 {
+        let mut conn = RawClient::connect(server.addr).await;
+        conn.send(i, b"hold").await;
+        busy.push(conn);
+    }
+    assert!(
+        eventually(WAIT, || server.stats.snapshot().connections_active
+            == LIMIT as u64)
+        .await,
+        "{:?}",
+        server.stats.snapshot()
+    );
+    // Busy for longer than the minimum idle age: still not evictable.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut late = RawClient::connect(server.addr).await;
+    assert!(late.closed_within(WAIT).await, "refused");
+    let stats = server.stats.snapshot();
+    assert_eq!(stats.connections_rejected, 1, "{stats:?}");
+    assert_eq!(stats.connections_evicted, 0, "{stats:?}");
+    gate.add_permits(LIMIT);
+    for conn in busy.iter_mut() {
+        assert_eq!(conn.recv(WAIT).await.expect("answered").payload, "hold");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_first_frame_is_closed_at_the_first_frame_timeout_not_the_idle_timeout() {
+    let first_frame = Duration::from_secs(3);
+    let config = Server::builder()
+        .first_frame_timeout(Some(first_frame))
+        .read_timeout(Some(Duration::from_secs(60)))
+        .idle_timeout(Some(Duration::from_secs(60)));
+    let server = start_server(config, echo()).await;
+    let mut slow = RawClient::connect(server.addr).await;
+    let started = Instant::now();
+    slow.send_raw(&[0x00, 0x40]).await; // announces 64 bytes
+    // One byte a second: never silent for long, never finishing the frame.
+    let mut closed = false;
+    while started.elapsed() < first_frame + WAIT {
+        if slow.framed.get_mut().try_write(&[0]).is_err()
+            || slow.closed_within(Duration::from_secs(1)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    assert!(closed, "trickle closed");
+    assert!(
+        elapsed >= first_frame - Duration::from_millis(100),
+        "{elapsed:?}"
+    );
+    let stats = server.stats.snapshot();
+    assert_eq!(stats.first_frame_timeouts, 1, "{stats:?}");
+    assert_eq!(stats.timeouts, 1, "{stats:?}");
+}
+
+/// Connects to `addr` from the loopback address `from` (any 127.x.y.z).
+async fn connect_from(from: [u8; 4], addr: SocketAddr) -> RawClient {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from((from, 0)))
+        .expect("bind loopback alias");
+    let stream = socket.connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    RawClient {
+        framed: tokio_util::codec::Framed::new(stream, anet_proto::FrameCodec::new()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_peer_limit_refuses_connections_past_it_from_one_address_only() {
+    let config = Server::builder()
+        .max_connections(LIMIT)
+        .max_connections_per_peer(Some(4));
+    let server = start_server(config, echo()).await;
+    let mut first = Vec::new();
+    for i in 0..4 {
+        let mut conn = connect_from([127, 0, 0, 1], server.addr).await;
+        conn.send(i, b"one").await;
+        assert_eq!(conn.recv(WAIT).await.expect("served").payload, "one");
+        first.push(conn);
+    }
+    let mut fifth = connect_from([127, 0, 0, 1], server.addr).await;
+    assert!(
+        fifth.closed_within(WAIT).await,
+        "fifth from one address refused"
+    );
+    let stats = server.stats.snapshot();
+    assert_eq!(stats.connections_rejected, 1, "{stats:?}");
+    assert_eq!(stats.connections_rejected_per_peer, 1, "{stats:?}");
+    assert_eq!(stats.connections_evicted, 0, "{stats:?}");
+    // Another address has its own allowance.
+    let mut other = connect_from([127, 0, 0, 2], server.addr).await;
+    other.send(9, b"other").await;
+    assert_eq!(other.recv(WAIT).await.expect("served").payload, "other");
+    // Once one of the four leaves, the address may connect again.
+    drop(first.pop());
+    assert!(eventually(WAIT, || server.stats.snapshot().connections_open == 4).await);
+    let mut again = connect_from([127, 0, 0, 1], server.addr).await;
+    again.send(10, b"again").await;
+    assert_eq!(again.recv(WAIT).await.expect("served").payload, "again");
+}
