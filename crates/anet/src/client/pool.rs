@@ -57,6 +57,14 @@ use crate::time::later;
 use crate::{Error, Kind};
 
 /// How each endpoint's pool behaves.
+///
+/// Reconnect discipline: a connection is proven once it answers a request, or
+/// once it stays open for [`settle`](Self::settle) with nothing written. One
+/// that ends before that (closed or reset by the peer, a protocol error, or
+/// retired by the client) is a failed dial, like a refused connect: the next
+/// dial waits [`Backoff::delay`] of the consecutive failures, and requests
+/// fail at once meanwhile ([`Kind::Unavailable`], or [`Kind::NotSent`], which
+/// is retried). A proven connection that ends is replaced at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
     /// Connections kept open even when idle. Default: 1.
@@ -65,7 +73,7 @@ pub struct PoolConfig {
     /// least three-quarters full. Default: 4.
     pub max_connections: usize,
     /// Consecutive failed dials (refused, timed out, or connections that ended
-    /// before they were proven; see the [module docs](self)) that mark an
+    /// before they were proven; see [`settle`](Self::settle)) that mark an
     /// endpoint down even while it has live connections. Default: 3. An
     /// endpoint with no live connection is never routed to, whatever this says.
     pub failure_threshold: u32,
