@@ -64,6 +64,12 @@ async fn bind_retry(addr: SocketAddr) -> tokio::net::TcpListener {
     panic!("could not rebind {addr}");
 }
 
+/// Redial at once, even after a connection that never answered.
+const NO_BACKOFF: Backoff = Backoff {
+    base: Duration::ZERO,
+    max: Duration::ZERO,
+};
+
 fn fast_backoff() -> Backoff {
     Backoff {
         base: Duration::from_millis(50),
@@ -523,6 +529,9 @@ async fn a_not_sent_failure_is_retried_transparently() {
         .connections_per_endpoint(1, 1)
         .connection(ConnectionConfig::new().write_buffer(1))
         .connector(stall_first_connector(Arc::default()))
+        // The stalled connection never answered: a failed dial, which would
+        // back off; no backoff here, so the retry finds the replacement.
+        .backoff(NO_BACKOFF)
         .build();
     let (first, second) = first_and_second(&client).await;
     assert_eq!(first.kind(), Kind::ConnectionLost);
@@ -983,7 +992,9 @@ async fn a_retried_request_keeps_the_deadline_of_its_call() {
         .connector(server.clone())
         .request_timeout(Duration::from_millis(1500))
         .retry(RetryPolicy::new(5).idempotent(true))
-        .backoff(fast_backoff())
+        // Each connection ends unanswered (a failed dial); without a backoff
+        // the retries redial at once instead of failing `Unavailable`.
+        .backoff(NO_BACKOFF)
         .build();
     let start = tokio::time::Instant::now();
     let error = client

@@ -40,6 +40,8 @@ use crate::BoxError;
 /// | retry | [`RetryPolicy::default`]: 2 retries of unsent requests, within a budget |
 /// | TCP | `TCP_NODELAY` on, keepalive off |
 /// | reconnect backoff | 100 ms doubling to 10 s, jittered |
+/// | failed dial | refused or timed out, or a connection that ended before it answered a request (or, idle, within 1 s): backs off ([`PoolConfig::settle`]) |
+/// | failure threshold / probation | 3 consecutive failed dials mark an endpoint down; 10 s probation |
 ///
 /// ```no_run
 /// use std::time::Duration;

@@ -5,6 +5,32 @@
 //! reads on the request path (one state word: `up`, `pending`) plus the list of
 //! live connections behind a read-mostly lock (whose windows give the endpoint's
 //! load).
+//!
+//! # Reconnect discipline
+//!
+//! A connection must prove itself before the pool trusts the backend again: it
+//! is *proven* once it has answered a request (a late answer counts), or once it
+//! has stayed open for the [settle time](PoolConfig::settle) without a request
+//! written to it. A connection that ends before it is proven — closed or reset
+//! by the peer, a protocol error, or retired by the client — counts as a
+//! **failed dial**, exactly like a refused connect: the next dial waits
+//! [`Backoff::delay`] of the consecutive failures (jittered, capped at
+//! [`Backoff::max`]), and no connection is dialled meanwhile. So a backend that
+//! accepts every connection and drops it at once gets a few connections a
+//! second at first and one per `Backoff::max` after that, not thousands.
+//! A proven connection that ends (the server closes it after answering, or
+//! retires it after tags were held) is healthy: it is replaced at once and
+//! ends the streak of failures. A retirement needs callers to have given up
+//! on requests (their deadline), so it cannot come faster than the request
+//! deadline; it backs off only when the retired connection never answered.
+//!
+//! An endpoint is marked down (not routed to until its backoff ends) when it
+//! has no live connection, when the failures reach
+//! [`failure_threshold`](PoolConfig::failure_threshold), or at the first
+//! failure of its probation; a failed dial beside live, answering connections
+//! only puts off growth. Requests never wait for a backoff: with nowhere to go
+//! they fail at once, [`Kind::Unavailable`] (or [`Kind::NotSent`] when their
+//! connection ended before writing them, which the retry layer retries).
 
 use std::{
     net::SocketAddr,
@@ -31,6 +57,14 @@ use crate::time::later;
 use crate::{Error, Kind};
 
 /// How each endpoint's pool behaves.
+///
+/// Reconnect discipline: a connection is proven once it answers a request, or
+/// once it stays open for [`settle`](Self::settle) with nothing written. One
+/// that ends before that (closed or reset by the peer, a protocol error, or
+/// retired by the client) is a failed dial, like a refused connect: the next
+/// dial waits [`Backoff::delay`] of the consecutive failures, and requests
+/// fail at once meanwhile ([`Kind::Unavailable`], or [`Kind::NotSent`], which
+/// is retried). A proven connection that ends is replaced at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
     /// Connections kept open even when idle. Default: 1.
@@ -38,15 +72,21 @@ pub struct PoolConfig {
     /// Most connections per endpoint; another is added when every open one is at
     /// least three-quarters full. Default: 4.
     pub max_connections: usize,
-    /// Consecutive failures (failed dials, connections lost) that mark an endpoint
-    /// down even while it has live connections. Default: 3. An endpoint with no
-    /// live connection is never routed to, whatever this says.
+    /// Consecutive failed dials (refused, timed out, or connections that ended
+    /// before they were proven; see [`settle`](Self::settle)) that mark an
+    /// endpoint down even while it has live connections. Default: 3. An
+    /// endpoint with no live connection is never routed to, whatever this says.
     pub failure_threshold: u32,
     /// Waits between reconnect attempts. Default: [`Backoff::new`].
     pub backoff: Backoff,
     /// After coming back, how long an endpoint stays on probation, during which a
     /// single failure marks it down again. Default: 10 s.
     pub probation: Duration,
+    /// How long a connection must stay open, with no request written to it,
+    /// to count as proven without answering one. A connection that ends
+    /// before it answered anything counts as a failed dial if it ended within
+    /// this time or had requests written to it. Default: 1 s.
+    pub settle: Duration,
 }
 
 impl PoolConfig {
@@ -58,6 +98,7 @@ impl PoolConfig {
             failure_threshold: 3,
             backoff: Backoff::new(),
             probation: Duration::from_secs(10),
+            settle: Duration::from_secs(1),
         }
     }
 }
@@ -102,6 +143,10 @@ pub(crate) struct Endpoint {
     pub(crate) errors: [AtomicU64; Kind::ALL.len()],
     reconnects: AtomicU64,
     connect_failures: AtomicU64,
+    dials: AtomicU64,
+    failed_dials: AtomicU64,
+    /// The current backoff delay in nanoseconds; 0 when not backing off.
+    backoff_nanos: AtomicU64,
 }
 
 impl Endpoint {
@@ -119,6 +164,9 @@ impl Endpoint {
             errors: Default::default(),
             reconnects: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
+            dials: AtomicU64::new(0),
+            failed_dials: AtomicU64::new(0),
+            backoff_nanos: AtomicU64::new(0),
         }
     }
 
@@ -216,6 +264,9 @@ impl Endpoint {
             errors: ErrorCounts(std::array::from_fn(|i| self.errors[i].load(Relaxed))),
             reconnects: self.reconnects.load(Relaxed),
             connect_failures: self.connect_failures.load(Relaxed),
+            dials: self.dials.load(Relaxed),
+            failed_dials: self.failed_dials.load(Relaxed),
+            backoff: Duration::from_nanos(self.backoff_nanos.load(Relaxed)),
         }
     }
 
@@ -224,24 +275,36 @@ impl Endpoint {
     }
 
     /// Moves closed connections from the live list to the draining one, and
-    /// forgets draining ones that have finished; returns how many stay live, how
-    /// many were moved, and whether any of those had failed (rather than closed
-    /// cleanly).
-    fn prune(&self) -> (usize, usize, bool) {
+    /// forgets draining ones that have finished; returns how many stay live and
+    /// the ones moved.
+    fn prune(&self) -> (usize, Vec<Connection>) {
         let mut conns = self.conns.write().unwrap_or_else(|p| p.into_inner());
         let mut draining = self.draining();
-        let before = conns.len();
-        let mut failed = false;
-        conns.retain(|c| match c.close_reason() {
-            None => true,
-            Some(reason) => {
-                failed |= reason.kind() != Kind::Closed;
+        let mut ended = Vec::new();
+        conns.retain(|c| {
+            if c.is_closed() {
                 draining.push(c.clone());
+                ended.push(c.clone());
                 false
+            } else {
+                true
             }
         });
         self.forget_finished(&mut draining);
-        (conns.len(), before - conns.len(), failed)
+        (conns.len(), ended)
+    }
+
+    /// Whether a live connection opened after `since` has proven itself.
+    fn proven_since(&self, since: Instant, now: Instant, settle: Duration) -> bool {
+        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        conns
+            .iter()
+            .any(|c| c.opened_at() > since && is_proven(c, now, settle))
+    }
+
+    fn set_backoff(&self, delay: Duration) {
+        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        self.backoff_nanos.store(nanos, Relaxed);
     }
 
     /// Drops finished connections from `draining`, keeping their count of
@@ -254,6 +317,12 @@ impl Endpoint {
             }
             !finished
         });
+    }
+
+    /// Live connections (not refusing requests).
+    fn live(&self) -> usize {
+        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        conns.iter().filter(|c| !c.is_closed()).count()
     }
 
     fn all_busy(&self) -> bool {
@@ -284,6 +353,14 @@ impl Endpoint {
 /// dropped): its `closed` would not wait.
 fn has_finished(conn: &Connection) -> bool {
     conn.is_finished()
+}
+
+/// Whether `conn` has proven itself (see the module docs): it answered a
+/// request, or it has stayed open for `settle` with no request written.
+fn is_proven(conn: &Connection, now: Instant, settle: Duration) -> bool {
+    let stats = conn.stats();
+    stats.responses + stats.late > 0
+        || (stats.written == 0 && now.saturating_duration_since(conn.opened_at()) >= settle)
 }
 
 /// Counts of failed requests by [`Kind`].
@@ -330,8 +407,17 @@ pub struct EndpointStats {
     pub errors: ErrorCounts,
     /// Connections re-established after one was lost.
     pub reconnects: u64,
-    /// Dial attempts that failed.
+    /// Dial attempts that failed to connect.
     pub connect_failures: u64,
+    /// Dial attempts, successful or not.
+    pub dials: u64,
+    /// Failed dials: those that failed to connect, plus connections that
+    /// ended before they were proven (see [`PoolConfig::settle`]). Each one
+    /// backs the endpoint off.
+    pub failed_dials: u64,
+    /// The current backoff: the wait chosen after the latest failed dial, or
+    /// zero once a connection has proven itself again.
+    pub backoff: Duration,
 }
 
 /// What the maintenance task needs from the client.
@@ -345,15 +431,24 @@ pub(crate) struct PoolContext {
 }
 
 /// Keeps one endpoint's pool: dials up to `min` (and up to `max` under demand),
-/// replaces lost connections with backoff, marks the endpoint down and up.
+/// replaces lost connections, backs off after failed dials (refused, or ended
+/// before proven), marks the endpoint down and up.
 pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
     let config = cx.config;
     let min = config.min_connections.max(1);
     let max = config.max_connections.max(min);
     let mut watchers: JoinSet<()> = JoinSet::new();
+    // Consecutive failed dials, and when the latest was.
     let mut failures: u32 = 0;
-    let mut penalty_until: Option<Instant> = None;
+    let mut last_failure = Instant::now();
+    // No dial before this instant.
+    let mut backoff_until: Option<Instant> = None;
+    // Not routed to until the backoff ends.
+    let mut down = false;
     let mut probation_until: Option<Instant> = None;
+    // While failures are counted: when the newest connection will have settled
+    // (a wake-up to see whether it proved itself).
+    let mut settle_at: Option<Instant> = None;
     // Connections lost and not yet replaced (for the reconnect count).
     let mut to_replace: usize = 0;
 
@@ -362,32 +457,69 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
             break;
         }
         let now = Instant::now();
-        if penalty_until.is_some_and(|t| now >= t) {
-            penalty_until = None;
-            probation_until = Some(later(now, config.probation));
-        }
-        let (live, dropped, failed) = endpoint.prune();
-        to_replace += dropped;
-        if failed {
-            failures += 1;
-            let on_probation = probation_until.is_some_and(|t| now < t);
-            if on_probation || failures >= config.failure_threshold.max(1) {
-                penalty_until = Some(later(now, config.backoff.delay(failures)));
-                tracing::warn!(failures, "endpoint marked down");
+        if backoff_until.is_some_and(|t| now >= t) {
+            backoff_until = None;
+            if std::mem::take(&mut down) {
+                probation_until = Some(later(now, config.probation));
             }
         }
-        let in_penalty = penalty_until.is_some_and(|t| now < t);
+        if settle_at.is_some_and(|t| now >= t) {
+            settle_at = None;
+        }
+        let (live, ended) = endpoint.prune();
+        to_replace += ended.len();
+        // A connection made since the latest failure proved itself: the
+        // streak is over.
+        if failures > 0 && endpoint.proven_since(last_failure, now, config.settle) {
+            tracing::info!(failures, "endpoint answering again; backoff reset");
+            failures = 0;
+            settle_at = None;
+            endpoint.set_backoff(Duration::ZERO);
+        }
+        for conn in &ended {
+            let reason = conn
+                .close_reason()
+                .unwrap_or_else(|| Error::new(Kind::Closed));
+            if is_proven(conn, now, config.settle) {
+                if failures > 0 {
+                    failures = 0;
+                    endpoint.set_backoff(Duration::ZERO);
+                }
+                tracing::debug!(%reason, "connection ended; replacing it");
+                continue;
+            }
+            // Ended before it answered anything: a failed dial.
+            failures = failures.saturating_add(1);
+            last_failure = now;
+            endpoint.failed_dials.fetch_add(1, Relaxed);
+            let delay = config.backoff.delay(failures);
+            backoff_until = Some(later(now, delay));
+            endpoint.set_backoff(delay);
+            let on_probation = probation_until.is_some_and(|t| now < t);
+            down |= live == 0 || on_probation || failures >= config.failure_threshold.max(1);
+            tracing::warn!(
+                %reason,
+                source = ?std::error::Error::source(&reason).map(ToString::to_string),
+                age = ?now.saturating_duration_since(conn.opened_at()),
+                failures,
+                ?delay,
+                down,
+                "connection ended before it answered a request; counted as a failed dial, backing off"
+            );
+        }
+        let in_backoff = backoff_until.is_some_and(|t| now < t);
         let demand = endpoint.demand.swap(false, Relaxed);
         let want = live < min || (demand && live < max && endpoint.all_busy());
-        let dial_now = want && !in_penalty;
+        let dial_now = want && !in_backoff;
         // Announce the dial before withdrawing `up`, so that a request never sees
         // "down and not dialing" while a replacement is about to be dialed.
         if dial_now {
             set_pending(&endpoint, &cx, true);
         }
-        set_up(&endpoint, &cx, live > 0 && !in_penalty);
+        set_up(&endpoint, &cx, live > 0 && !down);
 
         if dial_now {
+            endpoint.dials.fetch_add(1, Relaxed);
             let dialed = tokio::select! {
                 r = cx.dialer.dial(endpoint.addr) => r,
                 () = cx.shutdown.cancelled() => break,
@@ -404,24 +536,39 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
                     if probation_until.is_some_and(|t| Instant::now() < t) {
                         tracing::info!("endpoint reconnected, on probation");
                     }
-                    failures = 0;
+                    // The failures stop counting once this connection proves
+                    // itself, not now: a backend may accept and drop at once.
+                    if failures > 0 {
+                        settle_at = Some(later(Instant::now(), config.settle));
+                    }
                     set_up(&endpoint, &cx, true);
                     set_pending(&endpoint, &cx, false);
                 }
                 Err(error) => {
                     endpoint.connect_failures.fetch_add(1, Relaxed);
-                    failures += 1;
+                    endpoint.failed_dials.fetch_add(1, Relaxed);
+                    failures = failures.saturating_add(1);
+                    let now = Instant::now();
+                    last_failure = now;
                     let delay = config.backoff.delay(failures);
-                    penalty_until = Some(later(Instant::now(), delay));
-                    tracing::warn!(%error, ?delay, "dial failed; backing off");
-                    set_up(&endpoint, &cx, false);
+                    backoff_until = Some(later(now, delay));
+                    endpoint.set_backoff(delay);
+                    let on_probation = probation_until.is_some_and(|t| now < t);
+                    let live = endpoint.live();
+                    down |=
+                        live == 0 || on_probation || failures >= config.failure_threshold.max(1);
+                    tracing::warn!(%error, failures, ?delay, down, "dial failed; backing off");
+                    set_up(&endpoint, &cx, live > 0 && !down);
                     set_pending(&endpoint, &cx, false);
                 }
             }
             continue;
         }
 
-        let wake_at = penalty_until.filter(|_| want);
+        let wake_at = [backoff_until.filter(|_| want || down), settle_at]
+            .into_iter()
+            .flatten()
+            .min();
         tokio::select! {
             () = endpoint.wake.notified() => {}
             Some(_) = watchers.join_next(), if !watchers.is_empty() => {}

@@ -616,6 +616,8 @@ where
         if self.drain.is_some() {
             return;
         }
+        // Counters first: whoever sees the refusal sees what it answered.
+        self.publish();
         self.shared.refuse(reason);
         self.rx.close();
         self.drain = Some(Drain {
@@ -663,6 +665,8 @@ where
                 error
             }
         };
+        // Counters first: whoever sees the refusal sees what it answered.
+        self.publish();
         self.shared.refuse(error.clone());
         for reply in self.table.drain_waiting() {
             reply.fail(error.clone());

@@ -130,6 +130,11 @@ impl Connection {
         self.shared.is_refusing().then(|| self.shared.reason())
     }
 
+    /// When the connection was made.
+    pub(crate) fn opened_at(&self) -> tokio::time::Instant {
+        self.shared.opened
+    }
+
     /// The window in use (`max_in_flight`).
     pub fn max_in_flight(&self) -> usize {
         self.shared.window

@@ -5,7 +5,10 @@ use std::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
 };
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::{
+    sync::{Notify, Semaphore},
+    time::Instant,
+};
 
 use super::unit::Unit;
 use crate::{Error, Kind};
@@ -25,6 +28,8 @@ pub(crate) struct Shared {
     done_notify: Notify,
     /// Counters the driver publishes (it is their only writer).
     pub(crate) counters: Counters,
+    /// When the connection was made (its owner judges a short-lived one).
+    pub(crate) opened: Instant,
 }
 
 /// Counters the driver publishes for [`ConnectionStats`](super::ConnectionStats).
@@ -48,6 +53,7 @@ impl Shared {
             done: AtomicBool::new(false),
             done_notify: Notify::new(),
             counters: Counters::default(),
+            opened: Instant::now(),
         }
     }
 
