@@ -586,8 +586,8 @@ where
     /// a full window waits for the quarantine: that is the backpressure.)
     fn retire_if_held_too_many(&mut self) {
         let held = self.table.held_tags();
-        let stuck = self.quarantine >= ENDLESS_QUARANTINE
-            && self.table.quarantined() >= self.shared.window;
+        let stuck =
+            self.quarantine >= ENDLESS_QUARANTINE && self.table.quarantined() >= self.shared.window;
         if (held < self.held_limit && !stuck) || self.drain.is_some() {
             return;
         }
