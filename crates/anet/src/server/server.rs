@@ -235,7 +235,10 @@ impl Server {
                                     tracing::error!(%peer, error = %e, "making the connection's service failed");
                                 }
                             }
-                            drop((slot, open));
+                            // Uncounted before the slot frees, so `open` never
+                            // exceeds the limit while a waiting newcomer takes it.
+                            drop(open);
+                            drop(slot);
                         }
                     };
                     let id = connections.spawn(task).id();
