@@ -6,14 +6,22 @@
 //! Real time with short settings and generous margins (a loaded 2-core machine):
 //! each bound below is several times what an idle machine needs.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    task::{Context, Poll, Waker},
+    time::Duration,
+};
 
 use anet::{
     client::Connector,
     server::{Request, Server},
 };
+use anet_proto::{Frame, Tag};
 use anet_tests::{RawClient, eventually, start_server};
 use bytes::Bytes;
+use futures_util::SinkExt;
 use tokio::{net::TcpSocket, sync::Semaphore, time::Instant};
 use tower::{Service, ServiceExt, service_fn};
 
@@ -311,4 +319,136 @@ async fn the_per_peer_limit_refuses_connections_past_it_from_one_address_only() 
     let mut again = connect_from([127, 0, 0, 1], server.addr).await;
     again.send(10, b"again").await;
     assert_eq!(again.recv(WAIT).await.expect("served").payload, "again");
+}
+
+/// Echo whose readiness a test can pause, as a limit shared by every
+/// connection would.
+#[derive(Clone, Debug, Default)]
+struct Gated(Arc<Mutex<(bool, Vec<Waker>)>>);
+
+impl Gated {
+    fn pause(&self, paused: bool) {
+        let mut state = self.0.lock().expect("gate lock");
+        state.0 = paused;
+        if !paused {
+            for waker in state.1.drain(..) {
+                waker.wake();
+            }
+        }
+    }
+}
+
+impl Service<Request> for Gated {
+    type Response = Bytes;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Bytes, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        let mut state = self.0.lock().expect("gate lock");
+        if state.0 {
+            state.1.push(cx.waker().clone());
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        std::future::ready(Ok(req.into_payload()))
+    }
+}
+
+/// Sends two frames in one write.
+async fn send_two(conn: &mut RawClient, first: (u32, &'static [u8]), second: (u32, &'static [u8])) {
+    for (tag, payload) in [first, second] {
+        conn.framed
+            .feed(Frame::new(Tag::from_u32(tag), Bytes::from_static(payload)))
+            .await
+            .expect("feed");
+    }
+    SinkExt::<Frame>::flush(&mut conn.framed)
+        .await
+        .expect("flush");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_holding_a_received_request_is_busy_not_evicted_and_the_request_is_answered() {
+    let gate = Gated::default();
+    let config = Server::builder()
+        .max_connections(1)
+        .evict_idle_after(Some(Duration::from_millis(100)));
+    let server = start_server(config, gate.clone()).await;
+    let mut conn = RawClient::connect(server.addr).await;
+    conn.send(1, b"one").await;
+    assert_eq!(conn.recv(WAIT).await.expect("one").payload, "one");
+    gate.pause(true);
+    // Both arrive in one read: `two` uses the readiness already granted,
+    // `three` waits in the server's read buffer for the service.
+    send_two(&mut conn, (2, b"two"), (3, b"three")).await;
+    assert_eq!(conn.recv(WAIT).await.expect("two").payload, "two");
+    assert!(
+        eventually(WAIT, || server.stats.snapshot().connections_active == 1).await,
+        "{:?}",
+        server.stats.snapshot()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut newcomer = RawClient::connect(server.addr).await;
+    assert!(newcomer.closed_within(WAIT).await, "newcomer refused");
+    let stats = server.stats.snapshot();
+    assert_eq!(stats.connections_evicted, 0, "{stats:?}");
+    assert_eq!(stats.connections_rejected, 1, "{stats:?}");
+    gate.pause(false);
+    assert_eq!(conn.recv(WAIT).await.expect("three").payload, "three");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_connection_answers_the_request_waiting_in_its_socket_before_it_closes() {
+    let gate = Gated::default();
+    let config = Server::builder()
+        .max_connections(1)
+        .evict_idle_after(Some(Duration::from_millis(100)));
+    let server = start_server(config, gate.clone()).await;
+    let mut conn = RawClient::connect(server.addr).await;
+    conn.send(1, b"one").await;
+    assert_eq!(conn.recv(WAIT).await.expect("one").payload, "one");
+    gate.pause(true);
+    // `two` uses the readiness already granted; then the server waits for
+    // the service and reads nothing, so `three` stays in the socket.
+    conn.send(2, b"two").await;
+    assert_eq!(conn.recv(WAIT).await.expect("two").payload, "two");
+    conn.send(3, b"three").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _newcomer = RawClient::connect(server.addr).await;
+    assert!(
+        eventually(WAIT, || server.stats.snapshot().connections_evicted == 1).await,
+        "{:?}",
+        server.stats.snapshot()
+    );
+    gate.pause(false);
+    assert_eq!(conn.recv(WAIT).await.expect("three").payload, "three");
+    assert!(conn.closed_within(WAIT).await, "evicted connection closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_the_requests_already_received_while_the_service_was_not_ready() {
+    let gate = Gated::default();
+    let mut server = start_server(Server::builder(), gate.clone()).await;
+    let mut conn = RawClient::connect(server.addr).await;
+    conn.send(1, b"one").await;
+    assert_eq!(conn.recv(WAIT).await.expect("one").payload, "one");
+    gate.pause(true);
+    send_two(&mut conn, (2, b"two"), (3, b"three")).await;
+    assert_eq!(conn.recv(WAIT).await.expect("two").payload, "two");
+    // `three` came in the same read as `two`.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let serving = server.shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gate.pause(false);
+    assert_eq!(conn.recv(WAIT).await.expect("three").payload, "three");
+    assert!(conn.closed_within(WAIT).await, "closed after the drain");
+    tokio::time::timeout(WAIT, serving)
+        .await
+        .expect("server future completes")
+        .expect("join")
+        .expect("serve");
 }

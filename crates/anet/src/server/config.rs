@@ -99,9 +99,16 @@ impl Builder {
     /// and admits the newcomer in its place; the eviction is counted and logged.
     /// A connection that has not completed a frame yet is idle since it was
     /// accepted, so silent connections are the first to go; a frame still
-    /// arriving is not activity. An evicted connection that turns out to have
-    /// just started a request answers it before it closes. `None` never evicts:
-    /// at the limit new connections are refused.
+    /// arriving is not activity. A connection holding received bytes that wait
+    /// for the service's readiness counts as busy.
+    ///
+    /// An evicted connection reads nothing new but answers what it already
+    /// received (requests in flight, frames in its read buffer, and what one
+    /// last read of its socket finds) before it closes. A request still in
+    /// transit when an idle connection is evicted (its client had not seen the
+    /// close yet) can fail with `ConnectionLost`, as with the idle timeout: a
+    /// client retries it only if it is idempotent. `None` never evicts: at the
+    /// limit new connections are refused.
     pub const fn evict_idle_after(mut self, min_idle: Option<Duration>) -> Self {
         self.evict_idle_after = min_idle;
         self

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use anet_proto::{FrameCodec, FrameError, FrameRef, Tag};
+use anet_proto::{Frame, FrameCodec, FrameError, FrameRef, Tag};
 use futures_core::Stream;
 use futures_sink::Sink;
 use futures_util::stream::FuturesUnordered;
@@ -18,7 +18,10 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     time::{Instant, Sleep},
 };
-use tokio_util::{codec::Framed, sync::WaitForCancellationFutureOwned};
+use tokio_util::{
+    codec::{Decoder, Framed},
+    sync::WaitForCancellationFutureOwned,
+};
 use tower::Service;
 
 use super::{
@@ -39,12 +42,22 @@ const FIRST_FRAME: &str = "first frame";
 /// Why a connection ended.
 #[derive(Debug)]
 enum Exit {
-    /// Finished cleanly: peer done, draining done, or closed on a service error.
+    /// Finished cleanly: input done and answered, or closed on a service error.
     Done,
     Io(FrameError),
     Protocol(FrameError),
     Timeout(&'static str),
     ServiceFailed(BoxError),
+}
+
+impl Exit {
+    fn from_frame_error(e: FrameError) -> Exit {
+        if e.is_protocol() {
+            Exit::Protocol(e)
+        } else {
+            Exit::Io(e)
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -68,11 +81,19 @@ where
     peer: Option<SocketAddr>,
     config: Builder,
     counters: Arc<Counters>,
+    /// Completes when the server shuts down or the accept loop evicts this
+    /// connection.
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// Shutdown began: read no more, finish what is in flight.
+    /// A close was asked (shutdown or eviction): read nothing more from the
+    /// socket, start the requests already received, finish what is in flight.
     draining: bool,
-    /// The peer closed its sending side: finish what is in flight.
-    peer_done: bool,
+    /// While draining: a request read but not started yet (the service was not
+    /// ready). Unused otherwise.
+    received: Option<Frame>,
+    /// No more requests will be started (the peer closed its sending side, or
+    /// draining started every request it had received): finish what is in
+    /// flight.
+    input_done: bool,
     /// A service error asked for the connection to close after flushing.
     closing: bool,
     dirty: bool,
@@ -122,7 +143,8 @@ where
             counters,
             shutdown: Box::pin(shutdown),
             draining: false,
-            peer_done: false,
+            received: None,
+            input_done: false,
             closing: false,
             dirty: false,
             timer: Box::pin(tokio::time::sleep_until(now)),
@@ -189,8 +211,12 @@ where
 
     /// Tells the accept loop whether this connection is busy and when it was
     /// last active: one relaxed store per wake-up at most, none when unchanged.
+    ///
+    /// Busy means requests in flight, responses not yet written, or bytes
+    /// received that wait for the service's readiness (perhaps a whole request:
+    /// evicting the connection would drop it).
     fn publish_activity(&mut self) {
-        let busy = !self.calls.is_empty() || self.dirty;
+        let busy = !self.calls.is_empty() || self.dirty || self.holds_input();
         let word = self
             .activity
             .encode(busy, self.framed_once, self.last_active);
@@ -200,11 +226,20 @@ where
         }
     }
 
+    /// Received bytes wait while the service is not ready (the reading stopped
+    /// at the readiness check, not at the end of what was received).
+    fn holds_input(&self) -> bool {
+        !self.service_ready && !self.framed.read_buffer().is_empty()
+    }
+
     fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
         loop {
             let mut progress = false;
             if !self.draining && self.shutdown.as_mut().poll(cx).is_ready() {
                 self.draining = true;
+                if let Err(exit) = self.read_last(cx) {
+                    return Poll::Ready(exit);
+                }
             }
             self.poll_calls(cx, &mut progress);
             if self.dirty {
@@ -226,7 +261,7 @@ where
             if let Err(exit) = self.poll_requests(cx, &mut progress) {
                 return Poll::Ready(exit);
             }
-            if (self.peer_done || self.draining) && self.calls.is_empty() && !self.dirty {
+            if self.input_done && self.calls.is_empty() && !self.dirty {
                 return Poll::Ready(Exit::Done);
             }
             if progress {
@@ -293,9 +328,13 @@ where
     /// Reads requests and starts their calls while the window and the service
     /// allow.
     fn poll_requests(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Result<(), Exit> {
-        if self.draining || self.peer_done || self.closing {
+        if self.input_done || self.closing {
             self.partial_since = None;
             return Ok(());
+        }
+        if self.draining {
+            self.partial_since = None;
+            return self.poll_received(cx, progress);
         }
         let mut completed = false;
         let mut paused = false;
@@ -322,28 +361,14 @@ where
                 Poll::Ready(Some(Ok(frame))) => {
                     *progress = true;
                     completed = true;
-                    self.framed_once = true;
-                    self.service_ready = false;
-                    self.unpublished.requests += 1;
-                    let request = Request::new(frame.payload, self.peer);
-                    let service = &mut self.service;
-                    let mut call = Box::pin(Call::start(frame.tag, || service.call(request)));
-                    // Poll once here: a handler that answers at once (the common
-                    // case) never enters the set of pending calls.
-                    match call.as_mut().poll(cx) {
-                        Poll::Ready((tag, outcome)) => {
-                            self.complete(tag, outcome);
-                            if self.closing {
-                                return Ok(());
-                            }
-                        }
-                        Poll::Pending => self.calls.push(call),
+                    self.start(frame, cx);
+                    if self.closing {
+                        return Ok(());
                     }
                 }
-                Poll::Ready(Some(Err(e))) if e.is_protocol() => return Err(Exit::Protocol(e)),
-                Poll::Ready(Some(Err(e))) => return Err(Exit::Io(e)),
+                Poll::Ready(Some(Err(e))) => return Err(Exit::from_frame_error(e)),
                 Poll::Ready(None) => {
-                    self.peer_done = true;
+                    self.input_done = true;
                     break;
                 }
                 Poll::Pending => break,
@@ -357,6 +382,85 @@ where
             self.partial_since = Some(Instant::now());
         }
         Ok(())
+    }
+
+    /// Calls the service (which said it is ready) with one request.
+    #[inline]
+    fn start(&mut self, frame: Frame, cx: &mut Context<'_>) {
+        self.framed_once = true;
+        self.service_ready = false;
+        self.unpublished.requests += 1;
+        let request = Request::new(frame.payload, self.peer);
+        let service = &mut self.service;
+        let mut call = Box::pin(Call::start(frame.tag, || service.call(request)));
+        // Poll once here: a handler that answers at once (the common case) never
+        // enters the set of pending calls.
+        match call.as_mut().poll(cx) {
+            Poll::Ready((tag, outcome)) => self.complete(tag, outcome),
+            Poll::Pending => self.calls.push(call),
+        }
+    }
+
+    /// When a close is asked: one last read, whatever the service's readiness,
+    /// so that a request that reached the socket before the close is answered
+    /// rather than lost. What it reads waits in `received` and the read buffer.
+    fn read_last(&mut self, cx: &mut Context<'_>) -> Result<(), Exit> {
+        if self.input_done || self.closing {
+            return Ok(());
+        }
+        match Pin::new(&mut self.framed).poll_next(cx) {
+            Poll::Ready(Some(Ok(frame))) => self.received = Some(frame),
+            Poll::Ready(Some(Err(e))) => return Err(Exit::from_frame_error(e)),
+            Poll::Ready(None) => self.input_done = true,
+            Poll::Pending => {}
+        }
+        Ok(())
+    }
+
+    /// While draining: starts the requests already received (read by
+    /// [`read_last`](Self::read_last) or complete in the read buffer) as the
+    /// window and the service allow, reading nothing more from the socket.
+    /// Input is done once none is left.
+    fn poll_received(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Result<(), Exit> {
+        loop {
+            if self.calls.len() >= self.config.max_in_flight_per_connection.max(1)
+                || self.framed.write_buffer().len() >= WRITE_BUFFER_LIMIT
+            {
+                return Ok(());
+            }
+            let frame = match self.received.take() {
+                Some(frame) => frame,
+                None => {
+                    // Decode from the buffer only (`poll_next` would read the
+                    // socket when no whole frame is left).
+                    let mut codec = self.framed.codec().clone();
+                    let decoded = codec.decode(self.framed.read_buffer_mut());
+                    *self.framed.codec_mut() = codec;
+                    match decoded.map_err(Exit::from_frame_error)? {
+                        Some(frame) => frame,
+                        None => {
+                            self.input_done = true;
+                            return Ok(());
+                        }
+                    }
+                }
+            };
+            if !self.service_ready {
+                match self.service.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => self.service_ready = true,
+                    Poll::Ready(Err(e)) => return Err(Exit::ServiceFailed(e.into())),
+                    Poll::Pending => {
+                        self.received = Some(frame);
+                        return Ok(());
+                    }
+                }
+            }
+            *progress = true;
+            self.start(frame, cx);
+            if self.closing {
+                return Ok(());
+            }
+        }
     }
 
     /// A frame has started arriving and is not complete (its length may already

@@ -97,7 +97,8 @@ impl Server {
 
     /// Serves `service` until `signal` completes, then shuts down gracefully: stops
     /// accepting (new connections are refused), stops reading new requests,
-    /// answers the requests in flight, and closes; connections still busy after the
+    /// answers the requests in flight and those already received (in a read
+    /// buffer, or in the socket for one last read), and closes; connections still busy after the
     /// shutdown grace are closed with their requests unanswered. Returns when every
     /// connection is closed.
     ///
