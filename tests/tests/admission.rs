@@ -327,6 +327,12 @@ async fn the_per_peer_limit_refuses_connections_past_it_from_one_address_only() 
 struct Gated(Arc<Mutex<(bool, Vec<Waker>)>>);
 
 impl Gated {
+    fn paused() -> Gated {
+        let gated = Gated::default();
+        gated.pause(true);
+        gated
+    }
+
     fn pause(&self, paused: bool) {
         let mut state = self.0.lock().expect("gate lock");
         state.0 = paused;
@@ -451,4 +457,24 @@ async fn shutdown_answers_the_requests_already_received_while_the_service_was_no
         .expect("server future completes")
         .expect("join")
         .expect("serve");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_frame_waiting_for_the_service_is_not_closed_by_the_first_frame_timeout() {
+    let gate = Gated::paused();
+    let first_frame = Duration::from_millis(300);
+    let config = Server::builder().first_frame_timeout(Some(first_frame));
+    let server = start_server(config, gate.clone()).await;
+    let mut conn = RawClient::connect(server.addr).await;
+    conn.send(1, b"one").await;
+    // Three first-frame timeouts while the server, not the client, waits.
+    assert!(
+        !conn.closed_within(first_frame * 3).await,
+        "closed as if silent: {:?}",
+        server.stats.snapshot()
+    );
+    gate.pause(false);
+    assert_eq!(conn.recv(WAIT).await.expect("one").payload, "one");
+    let stats = server.stats.snapshot();
+    assert_eq!(stats.first_frame_timeouts, 0, "{stats:?}");
 }

@@ -141,7 +141,10 @@ impl Builder {
     /// Close a connection that has not delivered a complete first frame within
     /// this long of being admitted (silent or trickling newcomers), whatever the
     /// idle and read timeouts say. Default: 10 s. Counted as a timeout and as a
-    /// first-frame timeout. `None` disables the check.
+    /// first-frame timeout. It does not fire while the service is not ready (the
+    /// server is not reading then, and the first frame may be waiting for it);
+    /// a connection that has not framed when readiness returns is closed at once
+    /// if the timeout has passed meanwhile. `None` disables the check.
     pub const fn first_frame_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.first_frame_timeout = timeout;
         self

@@ -472,10 +472,12 @@ where
     /// Runs the first-frame, idle, read and write timeouts.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Option<Exit> {
         loop {
+            // Not while the service is not ready: the server is not reading
+            // then, and a first frame may be waiting in the buffer or socket.
             let first = self
                 .config
                 .first_frame_timeout
-                .filter(|_| !self.framed_once)
+                .filter(|_| !self.framed_once && self.service_ready)
                 .map(|t| (later(self.started, t), FIRST_FRAME));
             let idle = self
                 .config
