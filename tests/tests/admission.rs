@@ -478,3 +478,26 @@ async fn a_first_frame_waiting_for_the_service_is_not_closed_by_the_first_frame_
     let stats = server.stats.snapshot();
     assert_eq!(stats.first_frame_timeouts, 0, "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_limit_a_silent_connection_is_evicted_before_a_longer_idle_real_one() {
+    let config = Server::builder()
+        .max_connections(2)
+        .evict_idle_after(Some(Duration::from_millis(100)));
+    let server = start_server(config, echo()).await;
+    let mut real = RawClient::connect(server.addr).await;
+    real.send(1, b"hi").await;
+    assert_eq!(real.recv(WAIT).await.expect("hi").payload, "hi");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Idle for less time than `real`, but it never sent a frame.
+    let mut silent = RawClient::connect(server.addr).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut newcomer = RawClient::connect(server.addr).await;
+    assert!(silent.closed_within(WAIT).await, "silent evicted");
+    newcomer.send(2, b"new").await;
+    assert_eq!(newcomer.recv(WAIT).await.expect("new").payload, "new");
+    real.send(3, b"still").await;
+    assert_eq!(real.recv(WAIT).await.expect("kept").payload, "still");
+    let stats = server.stats.snapshot();
+    assert_eq!(stats.connections_evicted, 1, "{stats:?}");
+}

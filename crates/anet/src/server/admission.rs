@@ -183,9 +183,11 @@ impl Registry {
         }
     }
 
-    /// Asks the connection idle longest (admitted, nothing in flight, idle for
-    /// at least `min_idle`, not already evicted) to close, and says which.
-    pub(crate) fn evict_longest_idle(&mut self, min_idle: Duration) -> Option<Evicted> {
+    /// Asks one connection that can make room (admitted, nothing in flight,
+    /// idle for at least `min_idle`, not already evicted) to close, and says
+    /// which: a silent one (never completed a frame) first, open longest; else
+    /// the one idle longest.
+    pub(crate) fn evict_idle(&mut self, min_idle: Duration) -> Option<Evicted> {
         let now = Instant::now();
         let min_idle = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
         let now_ms = now
@@ -200,9 +202,10 @@ impl Registry {
                 let word = e.activity.load();
                 let idle = word & ADMITTED != 0 && word & BUSY == 0;
                 let age = now_ms.saturating_sub(word & MILLIS);
-                (idle && age >= min_idle).then_some((age, id, e, word))
+                let silent = word & FRAMED == 0;
+                (idle && age >= min_idle).then_some(((silent, age), id, e, word))
             })
-            .max_by_key(|(age, _, _, _)| *age)
+            .max_by_key(|(rank, _, _, _)| *rank)
             .map(|(_, id, e, word)| (id, e, word))?;
         entry.evicted = true;
         entry.close.cancel();

@@ -93,13 +93,13 @@ impl Builder {
     }
 
     /// Reclaiming idle slots at the connection limit. Default: 1 s. When a
-    /// connection arrives while `max_connections` are open, the server closes the
-    /// connection that has been idle longest (nothing in flight, no response
-    /// waiting to be written) provided it has been idle for at least this long,
-    /// and admits the newcomer in its place; the eviction is counted and logged.
-    /// A connection that has not completed a frame yet is idle since it was
-    /// accepted, so silent connections are the first to go; a frame still
-    /// arriving is not activity. A connection holding received bytes that wait
+    /// connection arrives while `max_connections` are open, the server closes
+    /// one idle connection (nothing in flight, no response waiting to be
+    /// written, idle for at least this long) and admits the newcomer in its
+    /// place; the eviction is counted and logged. Silent connections (that have
+    /// not completed a frame yet; idle since they were accepted, a frame still
+    /// arriving is not activity) go first, the one open longest first; then the
+    /// connection idle longest. A connection holding received bytes that wait
     /// for the service's readiness counts as busy.
     ///
     /// An evicted connection reads nothing new but answers what it already

@@ -11,12 +11,12 @@
 //!   write timeouts, and optionally `max_connections_per_peer`.
 //! * **Admission**: connections that send nothing cannot lock others out. A
 //!   connection must deliver a complete first frame within the first-frame
-//!   timeout (10 s). At `max_connections` a newcomer evicts the connection idle
-//!   longest (nothing in flight, idle at least
-//!   [`evict_idle_after`](Builder::evict_idle_after), 1 s; never-framed
-//!   connections are idle since they started) instead of being refused; it is
+//!   timeout (10 s). At `max_connections` a newcomer evicts an idle connection
+//!   (nothing in flight, idle at least
+//!   [`evict_idle_after`](Builder::evict_idle_after), 1 s; silent connections
+//!   first, then the one idle longest) instead of being refused; it is
 //!   refused (closed at once, counted) only when every connection is busy or
-//!   too recent. See the defaults table on [`Builder::new`].
+//!   too recent. An evicted connection answers what it already received. See the defaults table on [`Builder::new`].
 //! * **Errors**: a service error or a handler panic affects only its own request;
 //!   the wire behaviour is [`OnError`]: no response (default) or close the
 //!   connection. A protocol violation (short frame, oversize length) closes only

@@ -331,7 +331,7 @@ enum Slot {
 }
 
 /// Decides whether a new connection from `peer` is served: takes a free slot,
-/// or evicts the longest-idle connection to make one, or refuses (counted).
+/// or evicts an idle connection to make one, or refuses (counted).
 fn admit(
     config: &Builder,
     counters: &Counters,
@@ -351,7 +351,7 @@ fn admit(
     }
     let evicted = config
         .evict_idle_after
-        .and_then(|min_idle| registry.evict_longest_idle(min_idle));
+        .and_then(|min_idle| registry.evict_idle(min_idle));
     match evicted {
         Some(evicted) => {
             Counters::add(&counters.evicted, 1);
@@ -360,7 +360,7 @@ fn admit(
                 evicted_peer = %evicted.peer,
                 idle_ms = evicted.idle.as_millis() as u64,
                 never_framed = !evicted.framed,
-                "connection limit reached; evicting the longest-idle connection"
+                "connection limit reached; evicting an idle connection"
             );
             Some(Slot::Evicting)
         }
