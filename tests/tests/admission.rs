@@ -501,3 +501,76 @@ async fn at_the_limit_a_silent_connection_is_evicted_before_a_longer_idle_real_o
     let stats = server.stats.snapshot();
     assert_eq!(stats.connections_evicted, 1, "{stats:?}");
 }
+
+/// The counts by state add up to the open connections.
+fn states_add_up(stats: &anet::server::ServerStats) -> bool {
+    stats.connections_new + stats.connections_active + stats.connections_idle
+        == stats.connections_open
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_counts_by_state_follow_connections_that_close_during_the_shutdown_drain() {
+    let gate = Arc::new(Semaphore::new(0));
+    let config = Server::builder().shutdown_grace(Duration::from_secs(60));
+    let mut server = start_server(config, echo_or_hold(gate.clone())).await;
+    let mut busy = RawClient::connect(server.addr).await;
+    busy.send(1, b"hold").await;
+    let mut idle = Vec::new();
+    for i in 0..5 {
+        let mut conn = RawClient::connect(server.addr).await;
+        conn.send(i, b"x").await;
+        assert_eq!(conn.recv(WAIT).await.expect("x").payload, "x");
+        idle.push(conn);
+    }
+    assert!(eventually(WAIT, || server.stats.snapshot().connections_idle == 5).await);
+    let serving = server.shutdown();
+    for conn in idle.iter_mut() {
+        assert!(
+            conn.closed_within(WAIT).await,
+            "idle closed by the shutdown"
+        );
+    }
+    assert!(
+        eventually(WAIT, || {
+            let s = server.stats.snapshot();
+            s.connections_open == 1 && s.connections_active == 1 && states_add_up(&s)
+        })
+        .await,
+        "{:?}",
+        server.stats.snapshot()
+    );
+    gate.add_permits(1);
+    assert_eq!(busy.recv(WAIT).await.expect("answered").payload, "hold");
+    tokio::time::timeout(WAIT, serving)
+        .await
+        .expect("server future completes")
+        .expect("join")
+        .expect("serve");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_counts_by_state_are_zero_once_the_serve_future_is_dropped() {
+    let mut server = start_server(Server::builder(), echo()).await;
+    let mut conns = Vec::new();
+    for i in 0..3 {
+        let mut conn = RawClient::connect(server.addr).await;
+        conn.send(i, b"x").await;
+        assert_eq!(conn.recv(WAIT).await.expect("x").payload, "x");
+        conns.push(conn);
+    }
+    conns.push(RawClient::connect(server.addr).await);
+    assert!(eventually(WAIT, || server.stats.snapshot().connections_open == 4).await);
+    server.task.take().expect("serving").abort();
+    for conn in conns.iter_mut() {
+        assert!(conn.closed_within(WAIT).await, "closed with the server");
+    }
+    assert!(
+        eventually(WAIT, || {
+            let s = server.stats.snapshot();
+            s.connections_open == 0 && states_add_up(&s)
+        })
+        .await,
+        "{:?}",
+        server.stats.snapshot()
+    );
+}

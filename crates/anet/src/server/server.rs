@@ -6,7 +6,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpListener,
     sync::{OwnedSemaphorePermit, Semaphore},
-    task::JoinSet,
+    task::{self, JoinSet},
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
@@ -151,6 +151,8 @@ impl Server {
             *counters.registry() = Some(registry);
             epoch
         };
+        // Also when this future is dropped: no stale counts by state.
+        let _registry = RegistryGuard(counters.clone());
         // How long a newcomer that evicted an idle connection waits for its slot
         // (an evicted connection that had just started a request answers it
         // first).
@@ -248,18 +250,7 @@ impl Server {
                     }
                 }
                 Some(joined) = connections.join_next_with_id(), if !connections.is_empty() => {
-                    let id = match joined {
-                        Ok((id, ())) => id,
-                        Err(e) => {
-                            if e.is_panic() {
-                                tracing::error!("connection task panicked");
-                            }
-                            e.id()
-                        }
-                    };
-                    if let Some(registry) = counters.registry().as_mut() {
-                        registry.remove(id);
-                    }
+                    forget(&counters, joined);
                 }
             }
         }
@@ -270,7 +261,9 @@ impl Server {
         );
         shutdown.cancel();
         let drained = tokio::time::timeout(config.shutdown_grace, async {
-            while connections.join_next().await.is_some() {}
+            while let Some(joined) = connections.join_next_with_id().await {
+                forget(&counters, joined);
+            }
         })
         .await;
         if drained.is_err() {
@@ -280,7 +273,6 @@ impl Server {
             );
             connections.shutdown().await;
         }
-        *counters.registry() = None;
         tracing::info!("server stopped");
         Ok(())
     }
@@ -369,6 +361,33 @@ fn admit(
             tracing::debug!(%peer, "connection limit reached and every connection busy or recent; closing new connection");
             None
         }
+    }
+}
+
+/// Removes a finished connection task from the registry.
+fn forget(counters: &Counters, joined: Result<(task::Id, ()), task::JoinError>) {
+    let id = match joined {
+        Ok((id, ())) => id,
+        Err(e) => {
+            if e.is_panic() {
+                tracing::error!("connection task panicked");
+            }
+            e.id()
+        }
+    };
+    if let Some(registry) = counters.registry().as_mut() {
+        registry.remove(id);
+    }
+}
+
+/// Clears the registry when serving ends, also when the serve future is
+/// dropped (its connection tasks are aborted with it): the counts by state
+/// then read zero.
+struct RegistryGuard(Arc<Counters>);
+
+impl Drop for RegistryGuard {
+    fn drop(&mut self) {
+        *self.0.registry() = None;
     }
 }
 
