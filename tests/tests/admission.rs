@@ -574,3 +574,102 @@ async fn the_counts_by_state_are_zero_once_the_serve_future_is_dropped() {
         server.stats.snapshot()
     );
 }
+
+/// Makes a [`Gated`] (open) service per connection; its readiness fails once,
+/// on its `fail_on`-th check.
+#[derive(Clone, Debug)]
+struct FailsOnce {
+    checks: Arc<std::sync::atomic::AtomicUsize>,
+    fail_on: usize,
+}
+
+impl Service<SocketAddr> for FailsOnce {
+    type Response = Gated;
+    type Error = anet::BoxError;
+    type Future = std::future::Ready<Result<Gated, anet::BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), anet::BoxError>> {
+        let check = self
+            .checks
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        if check == self.fail_on {
+            Poll::Ready(Err("make-service not ready".into()))
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn call(&mut self, _peer: SocketAddr) -> Self::Future {
+        std::future::ready(Ok(Gated::default()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_make_service_error_at_the_limit_evicts_nothing() {
+    let config = Server::builder()
+        .max_connections(1)
+        .evict_idle_after(Some(Duration::from_millis(100)));
+    let server = config
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let addr = server.local_addr();
+    let stats = server.stats();
+    // The accept loop checks readiness once before each accept: the first
+    // connection is made, the second meets the error.
+    let make = FailsOnce {
+        checks: Arc::default(),
+        fail_on: 2,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve_make_with_shutdown(make, async {
+        let _ = stopped.await;
+    }));
+    let mut idle = RawClient::connect(addr).await;
+    idle.send(1, b"one").await;
+    assert_eq!(idle.recv(WAIT).await.expect("one").payload, "one");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut unlucky = RawClient::connect(addr).await;
+    assert!(unlucky.closed_within(WAIT).await, "no service for it");
+    assert!(
+        !idle.closed_within(Duration::from_millis(200)).await,
+        "idle connection evicted for nothing: {:?}",
+        stats.snapshot()
+    );
+    assert_eq!(stats.snapshot().connections_evicted, 0);
+    idle.send(2, b"two").await;
+    assert_eq!(idle.recv(WAIT).await.expect("two").payload, "two");
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(WAIT, serving).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_that_evicted_but_got_no_slot_within_the_wait_is_closed_and_counted() {
+    let gate = Gated::default();
+    // The wait for a slot is bounded by the first-frame timeout.
+    let config = Server::builder()
+        .max_connections(1)
+        .evict_idle_after(Some(Duration::from_millis(100)))
+        .first_frame_timeout(Some(Duration::from_millis(300)));
+    let server = start_server(config, gate.clone()).await;
+    let mut conn = RawClient::connect(server.addr).await;
+    conn.send(1, b"one").await;
+    assert_eq!(conn.recv(WAIT).await.expect("one").payload, "one");
+    gate.pause(true);
+    conn.send(2, b"two").await;
+    assert_eq!(conn.recv(WAIT).await.expect("two").payload, "two");
+    // Waits in the socket; the evicted connection will answer it once the
+    // service is ready, which takes longer than the newcomer's wait.
+    conn.send(3, b"three").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut newcomer = RawClient::connect(server.addr).await;
+    assert!(newcomer.closed_within(WAIT).await, "no slot in time");
+    let stats = server.stats.snapshot();
+    assert_eq!(stats.connections_evicted, 1, "{stats:?}");
+    assert_eq!(stats.connections_rejected, 1, "{stats:?}");
+    assert_eq!(stats.connections_rejected_after_wait, 1, "{stats:?}");
+    gate.pause(false);
+    assert_eq!(conn.recv(WAIT).await.expect("three").payload, "three");
+    assert!(conn.closed_within(WAIT).await, "evicted connection closed");
+}

@@ -42,17 +42,17 @@ struct EchoArgs {
     #[arg(long, default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
     /// Most connections open at once. At the limit a newcomer takes the place of
-    /// the longest-idle connection (see --evict-idle-after); when none can make
-    /// room, it is closed on accept.
+    /// an idle connection (see --evict-idle-after); when none can make room, it
+    /// is closed on accept.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
     /// Close a connection that has not sent a complete first frame within this
     /// long, e.g. `10s`, `500ms` (`off` or `0s` = never).
     #[arg(long, default_value = "10s", value_parser = optional_duration)]
     first_frame_timeout: OptionalDuration,
-    /// At --max-connections, evict the longest-idle connection (nothing in
-    /// flight) once it has been idle this long, e.g. `1s` (`off` = never evict:
-    /// refuse the newcomer).
+    /// At --max-connections, evict an idle connection (nothing in flight; silent
+    /// ones first, then the longest idle) once it has been idle this long, e.g.
+    /// `1s` (`off` = never evict: refuse the newcomer).
     #[arg(long, default_value = "1s", value_parser = optional_duration)]
     evict_idle_after: OptionalDuration,
     /// Most connections open at once from one IP address (default: no limit).

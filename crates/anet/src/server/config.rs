@@ -87,6 +87,15 @@ impl Builder {
     /// make room (every one has requests in flight or was active too recently),
     /// the new connection is closed at once (the client sees the connection
     /// closed) and counted as rejected.
+    ///
+    /// A newcomer that evicted a connection waits for its slot while the
+    /// evicted connection answers what it had received and closes: at most the
+    /// [`first_frame_timeout`](Builder::first_frame_timeout) (10 s when that is
+    /// off). A newcomer still without a slot then is closed and counted as
+    /// rejected (and as rejected after the wait; its eviction stays counted).
+    /// Meanwhile the open sockets (served connections plus waiting newcomers)
+    /// can briefly reach up to twice `max_connections`; the connections served
+    /// at once never exceed it.
     pub const fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
         self

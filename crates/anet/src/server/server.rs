@@ -154,11 +154,12 @@ impl Server {
         // Also when this future is dropped: no stale counts by state.
         let _registry = RegistryGuard(counters.clone());
         // How long a newcomer that evicted an idle connection waits for its slot
-        // (an evicted connection that had just started a request answers it
-        // first).
+        // (the evicted connection first answers what it had received). See
+        // `Builder::max_connections`.
         let admit_wait = config
             .first_frame_timeout
             .unwrap_or(Duration::from_secs(10));
+        let mut pressure = Pressure::default();
         tracing::info!(%local_addr, "serving");
         tokio::pin!(signal);
         loop {
@@ -181,21 +182,21 @@ impl Server {
                             continue;
                         }
                     };
-                    let Some(slot) = admit(&config, &counters, &slots, peer) else {
+                    // Before admission: a connection that gets no service
+                    // must not evict anyone.
+                    if let Err(e) = ready {
+                        let e: BoxError = e.into();
+                        tracing::error!(error = %e, "make-service failed; closing connection");
+                        continue;
+                    }
+                    let Some(slot) = admit(&config, &counters, &slots, peer, &mut pressure) else {
                         drop(stream);
                         continue;
                     };
                     if config.nodelay {
                         let _ = stream.set_nodelay(true);
                     }
-                    let making = match ready {
-                        Ok(()) => make.call(peer),
-                        Err(e) => {
-                            let e: BoxError = e.into();
-                            tracing::error!(error = %e, "make-service failed; closing connection");
-                            continue;
-                        }
-                    };
+                    let making = make.call(peer);
                     let close = shutdown.child_token();
                     let activity = Arc::new(Activity::new(epoch));
                     let task = {
@@ -210,8 +211,11 @@ impl Server {
                                     () = close.cancelled() => return,
                                     acquired = tokio::time::timeout(admit_wait, slots.acquire_owned()) => {
                                         let Ok(Ok(slot)) = acquired else {
+                                            // Counted as evicted (by admit) and
+                                            // as rejected.
                                             Counters::add(&counters.rejected, 1);
-                                            tracing::info!(%peer, "no room made in time; closing new connection");
+                                            Counters::add(&counters.rejected_after_wait, 1);
+                                            tracing::debug!(%peer, "no room made in time; closing new connection");
                                             return;
                                         };
                                         slot
@@ -324,18 +328,24 @@ enum Slot {
 
 /// Decides whether a new connection from `peer` is served: takes a free slot,
 /// or evicts an idle connection to make one, or refuses (counted).
+///
+/// Each eviction or refusal is logged at debug (a flood would otherwise log
+/// a line per connection); `pressure` adds a warning with the totals at most
+/// every [`PRESSURE_LOG_EVERY`].
 fn admit(
     config: &Builder,
     counters: &Counters,
     slots: &Arc<Semaphore>,
     peer: SocketAddr,
+    pressure: &mut Pressure,
 ) -> Option<Slot> {
     let mut registry = counters.registry();
     let registry = registry.as_mut()?;
     if registry.peer_full(peer.ip()) {
         Counters::add(&counters.rejected, 1);
         Counters::add(&counters.rejected_per_peer, 1);
-        tracing::info!(%peer, "per-peer connection limit reached; closing new connection");
+        tracing::debug!(%peer, "per-peer connection limit reached; closing new connection");
+        pressure.log(counters);
         return None;
     }
     if let Ok(slot) = slots.clone().try_acquire_owned() {
@@ -347,20 +357,53 @@ fn admit(
     match evicted {
         Some(evicted) => {
             Counters::add(&counters.evicted, 1);
-            tracing::info!(
+            tracing::debug!(
                 %peer,
                 evicted_peer = %evicted.peer,
                 idle_ms = evicted.idle.as_millis() as u64,
                 never_framed = !evicted.framed,
                 "connection limit reached; evicting an idle connection"
             );
+            pressure.log(counters);
             Some(Slot::Evicting)
         }
         None => {
             Counters::add(&counters.rejected, 1);
             tracing::debug!(%peer, "connection limit reached and every connection busy or recent; closing new connection");
+            pressure.log(counters);
             None
         }
+    }
+}
+
+/// The shortest time between two warnings about admission pressure.
+const PRESSURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Rate-limits the warning about evictions and refusals (the accept loop's).
+#[derive(Debug, Default)]
+struct Pressure {
+    /// No warning before this instant.
+    quiet_until: Option<Instant>,
+}
+
+impl Pressure {
+    /// Warns with the totals so far, unless a warning went out less than
+    /// [`PRESSURE_LOG_EVERY`] ago.
+    fn log(&mut self, counters: &Counters) {
+        let now = Instant::now();
+        if self.quiet_until.is_some_and(|until| now < until) {
+            return;
+        }
+        self.quiet_until = Some(now + PRESSURE_LOG_EVERY);
+        let total = |counter: &std::sync::atomic::AtomicU64| {
+            counter.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        tracing::warn!(
+            evicted = total(&counters.evicted),
+            rejected = total(&counters.rejected),
+            rejected_per_peer = total(&counters.rejected_per_peer),
+            "connection limits reached: evicting idle connections or refusing new ones (totals; logged at most every 10 s, each event at debug)"
+        );
     }
 }
 

@@ -14,6 +14,7 @@ pub(crate) struct Counters {
     pub(crate) accepted: AtomicU64,
     pub(crate) rejected: AtomicU64,
     pub(crate) rejected_per_peer: AtomicU64,
+    pub(crate) rejected_after_wait: AtomicU64,
     pub(crate) evicted: AtomicU64,
     pub(crate) first_frame_timeouts: AtomicU64,
     /// The connections of a serving server (none for `serve_connection`): read
@@ -63,6 +64,7 @@ impl StatsHandle {
             connections_accepted: c.accepted.load(Relaxed),
             connections_rejected: c.rejected.load(Relaxed),
             connections_rejected_per_peer: c.rejected_per_peer.load(Relaxed),
+            connections_rejected_after_wait: c.rejected_after_wait.load(Relaxed),
             connections_evicted: c.evicted.load(Relaxed),
             connections_new: new,
             connections_active: active,
@@ -86,12 +88,18 @@ pub struct ServerStats {
     pub connections_open: u64,
     /// Connections accepted and served, in total.
     pub connections_accepted: u64,
-    /// Connections closed at once on accept: `max_connections` were open and none
-    /// could be evicted, or the peer was at its per-peer limit.
+    /// Connections closed without being served: at once on accept, because
+    /// `max_connections` were open and none could be evicted, or the peer was at
+    /// its per-peer limit; or after evicting a connection, when no slot freed
+    /// within the wait (see `Builder::max_connections`).
     pub connections_rejected: u64,
     /// Of `connections_rejected`, those refused by the per-peer limit.
     pub connections_rejected_per_peer: u64,
-    /// Idle connections closed to make room for a new one at `max_connections`.
+    /// Of `connections_rejected`, those that evicted a connection but got no
+    /// slot within the wait (also counted in `connections_evicted`).
+    pub connections_rejected_after_wait: u64,
+    /// Idle connections asked to close to make room for a new one at
+    /// `max_connections`.
     pub connections_evicted: u64,
     /// Connections open now that have not completed a frame yet.
     pub connections_new: u64,
