@@ -449,6 +449,20 @@ impl Drop for RunningServer {
     }
 }
 
+/// An echo service for an anet server: each request's payload is its answer.
+pub fn echo() -> impl tower::Service<
+    anet::server::Request,
+    Response = Bytes,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<Output = Result<Bytes, std::convert::Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(|req: anet::server::Request| async move {
+        Ok::<_, std::convert::Infallible>(req.into_payload())
+    })
+}
+
 /// Starts an anet server on `127.0.0.1:0` with `config`, serving `service`.
 pub async fn start_server<S>(config: anet::server::Builder, service: S) -> RunningServer
 where

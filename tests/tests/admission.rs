@@ -19,7 +19,7 @@ use anet::{
     server::{Request, Server},
 };
 use anet_proto::{Frame, Tag};
-use anet_tests::{RawClient, eventually, start_server};
+use anet_tests::{RawClient, echo, eventually, start_server};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio::{net::TcpSocket, sync::Semaphore, time::Instant};
@@ -27,17 +27,6 @@ use tower::{Service, ServiceExt, service_fn};
 
 const WAIT: Duration = Duration::from_secs(10);
 const LIMIT: usize = 32;
-
-fn echo() -> impl tower::Service<
-    Request,
-    Response = Bytes,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Bytes, Infallible>> + Send,
-> + Clone
-+ Send
-+ 'static {
-    service_fn(|req: Request| async move { Ok::<_, Infallible>(req.into_payload()) })
-}
 
 /// Echoes, except that a request `hold` waits until `gate` gives it a permit.
 fn echo_or_hold(
@@ -377,6 +366,38 @@ async fn send_two(conn: &mut RawClient, first: (u32, &'static [u8]), second: (u3
         .expect("flush");
 }
 
+/// Where the third request of [`leave_a_request_waiting`] waits for the service.
+#[derive(Clone, Copy, Debug)]
+enum Waiting {
+    /// Sent with the second in one write: the server has read it into its buffer.
+    InBuffer,
+    /// Sent once the second was answered: the server, waiting for the service,
+    /// reads nothing more, so it stays in the socket.
+    InSocket,
+}
+
+/// Connects and has `one` answered; pauses the service; has `two` answered
+/// (it uses the readiness already granted); leaves `three` waiting for the
+/// service, where `waiting` says.
+async fn leave_a_request_waiting(addr: SocketAddr, gate: &Gated, waiting: Waiting) -> RawClient {
+    let mut conn = RawClient::connect(addr).await;
+    conn.send(1, b"one").await;
+    assert_eq!(conn.recv(WAIT).await.expect("one").payload, "one");
+    gate.pause(true);
+    match waiting {
+        Waiting::InBuffer => {
+            send_two(&mut conn, (2, b"two"), (3, b"three")).await;
+            assert_eq!(conn.recv(WAIT).await.expect("two").payload, "two");
+        }
+        Waiting::InSocket => {
+            conn.send(2, b"two").await;
+            assert_eq!(conn.recv(WAIT).await.expect("two").payload, "two");
+            conn.send(3, b"three").await;
+        }
+    }
+    conn
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_holding_a_received_request_is_busy_not_evicted_and_the_request_is_answered() {
     let gate = Gated::default();
@@ -384,14 +405,7 @@ async fn a_connection_holding_a_received_request_is_busy_not_evicted_and_the_req
         .max_connections(1)
         .evict_idle_after(Some(Duration::from_millis(100)));
     let server = start_server(config, gate.clone()).await;
-    let mut conn = RawClient::connect(server.addr).await;
-    conn.send(1, b"one").await;
-    assert_eq!(conn.recv(WAIT).await.expect("one").payload, "one");
-    gate.pause(true);
-    // Both arrive in one read: `two` uses the readiness already granted,
-    // `three` waits in the server's read buffer for the service.
-    send_two(&mut conn, (2, b"two"), (3, b"three")).await;
-    assert_eq!(conn.recv(WAIT).await.expect("two").payload, "two");
+    let mut conn = leave_a_request_waiting(server.addr, &gate, Waiting::InBuffer).await;
     assert!(
         eventually(WAIT, || server.stats.snapshot().connections_active == 1).await,
         "{:?}",
@@ -414,15 +428,7 @@ async fn an_evicted_connection_answers_the_request_waiting_in_its_socket_before_
         .max_connections(1)
         .evict_idle_after(Some(Duration::from_millis(100)));
     let server = start_server(config, gate.clone()).await;
-    let mut conn = RawClient::connect(server.addr).await;
-    conn.send(1, b"one").await;
-    assert_eq!(conn.recv(WAIT).await.expect("one").payload, "one");
-    gate.pause(true);
-    // `two` uses the readiness already granted; then the server waits for
-    // the service and reads nothing, so `three` stays in the socket.
-    conn.send(2, b"two").await;
-    assert_eq!(conn.recv(WAIT).await.expect("two").payload, "two");
-    conn.send(3, b"three").await;
+    let mut conn = leave_a_request_waiting(server.addr, &gate, Waiting::InSocket).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _newcomer = RawClient::connect(server.addr).await;
     assert!(
@@ -439,13 +445,7 @@ async fn an_evicted_connection_answers_the_request_waiting_in_its_socket_before_
 async fn shutdown_answers_the_requests_already_received_while_the_service_was_not_ready() {
     let gate = Gated::default();
     let mut server = start_server(Server::builder(), gate.clone()).await;
-    let mut conn = RawClient::connect(server.addr).await;
-    conn.send(1, b"one").await;
-    assert_eq!(conn.recv(WAIT).await.expect("one").payload, "one");
-    gate.pause(true);
-    send_two(&mut conn, (2, b"two"), (3, b"three")).await;
-    assert_eq!(conn.recv(WAIT).await.expect("two").payload, "two");
-    // `three` came in the same read as `two`.
+    let mut conn = leave_a_request_waiting(server.addr, &gate, Waiting::InBuffer).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let serving = server.shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -653,15 +653,9 @@ async fn a_newcomer_that_evicted_but_got_no_slot_within_the_wait_is_closed_and_c
         .evict_idle_after(Some(Duration::from_millis(100)))
         .first_frame_timeout(Some(Duration::from_millis(300)));
     let server = start_server(config, gate.clone()).await;
-    let mut conn = RawClient::connect(server.addr).await;
-    conn.send(1, b"one").await;
-    assert_eq!(conn.recv(WAIT).await.expect("one").payload, "one");
-    gate.pause(true);
-    conn.send(2, b"two").await;
-    assert_eq!(conn.recv(WAIT).await.expect("two").payload, "two");
-    // Waits in the socket; the evicted connection will answer it once the
-    // service is ready, which takes longer than the newcomer's wait.
-    conn.send(3, b"three").await;
+    // `three` waits in the socket; the evicted connection will answer it once
+    // the service is ready, which takes longer than the newcomer's wait.
+    let mut conn = leave_a_request_waiting(server.addr, &gate, Waiting::InSocket).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut newcomer = RawClient::connect(server.addr).await;
     assert!(newcomer.closed_within(WAIT).await, "no slot in time");

@@ -11,20 +11,9 @@ use std::{
 };
 
 use anet::server::{Builder, OnError, Request, Server};
-use anet_tests::{RawClient, Rng, start_server};
+use anet_tests::{RawClient, Rng, echo, start_server};
 use bytes::Bytes;
 use tower::service_fn;
-
-fn echo() -> impl tower::Service<
-    Request,
-    Response = Bytes,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Bytes, Infallible>> + Send,
-> + Clone
-+ Send
-+ 'static {
-    service_fn(|req: Request| async move { Ok::<_, Infallible>(req.into_payload()) })
-}
 
 /// A handler that sleeps 0..2 ms at random (seeded by the payload) and answers
 /// "re:" + payload.
