@@ -46,6 +46,9 @@ enum Mode {
     Silent,
     /// Echoes every request but one in `n` (that one is never answered).
     DropOneIn(u64),
+    /// Echoes every request on the first connection; closes every later one
+    /// at once (a backend at its connection limit).
+    EchoFirstOnly,
 }
 
 /// A backend whose mode the test can switch; counts connections.
@@ -81,7 +84,11 @@ impl Backend {
     {
         let n = self.connections.fetch_add(1, Ordering::SeqCst) + 1;
         self.accepted.send_replace(n);
-        let mode = *self.mode.lock().expect("mode");
+        let mode = match *self.mode.lock().expect("mode") {
+            Mode::EchoFirstOnly if n == 1 => Mode::Echo,
+            Mode::EchoFirstOnly => Mode::CloseAtOnce,
+            mode => mode,
+        };
         if mode == Mode::CloseAtOnce {
             // Paused time only moves while every task is idle; a client that
             // redials at once would keep it still for ever. Past this many
@@ -520,5 +527,37 @@ async fn frequent_retirements_of_connections_that_answer_never_mark_the_endpoint
             .expect("endpoint")
             .failed_dials,
         0
+    );
+}
+
+/// Over loopback TCP: a backend at its connection limit serves the first
+/// connection and closes every later one at once. The pool's extra dials fail
+/// (and back off), but the endpoint keeps serving through its answering
+/// connection: it is never taken out of routing, and no request fails
+/// `Unavailable`. (Before, three refused extra dials marked it down.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_dials_refused_beside_an_answering_connection_never_mark_the_endpoint_down() {
+    let backend = Backend::new(Mode::EchoFirstOnly);
+    let (addr, _server) = backend.tcp().await;
+    // A small window, so that the pool wants more connections under load.
+    let client = Client::builder().endpoint(addr).max_in_flight(2).build();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = callers(&client, 16, stop.clone());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::SeqCst);
+    let seen = join(tasks).await;
+    let stats = client.stats();
+    let endpoint = stats.endpoint(addr).expect("endpoint");
+    assert!(
+        endpoint.failed_dials > 0,
+        "extra dials were refused: {endpoint:?}"
+    );
+    assert_eq!(count(&seen.errors, Kind::Unavailable), 0, "{endpoint:?}");
+    assert!(endpoint.up, "{endpoint:?}");
+    assert!(seen.ok > 1000, "{} answers; {endpoint:?}", seen.ok);
+    assert!(
+        backend.connections() < 40,
+        "extra dials backed off: {} connections",
+        backend.connections()
     );
 }

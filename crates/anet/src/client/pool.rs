@@ -27,8 +27,9 @@
 //! An endpoint is marked down (not routed to until its backoff ends) when it
 //! has no live connection, when the failures reach
 //! [`failure_threshold`](PoolConfig::failure_threshold), or at the first
-//! failure of its probation; a failed dial beside live, answering connections
-//! only puts off growth. Requests never wait for a backoff: with nowhere to go
+//! failure of its probation — but never while one of its live connections has
+//! proven itself: beside an answering connection a failed dial only puts off
+//! growth (a backend at its connection limit refuses the extra ones). Requests never wait for a backoff: with nowhere to go
 //! they fail at once, [`Kind::Unavailable`] (or [`Kind::NotSent`] when their
 //! connection ended before writing them, which the retry layer retries).
 
@@ -74,8 +75,10 @@ pub struct PoolConfig {
     pub max_connections: usize,
     /// Consecutive failed dials (refused, timed out, or connections that ended
     /// before they were proven; see [`settle`](Self::settle)) that mark an
-    /// endpoint down even while it has live connections. Default: 3. An
-    /// endpoint with no live connection is never routed to, whatever this says.
+    /// endpoint down even while it has live connections, as long as none of
+    /// them has proven itself (beside one that is answering, failed dials only
+    /// put off growth). Default: 3. An endpoint with no live connection is
+    /// never routed to, whatever this says.
     pub failure_threshold: u32,
     /// Waits between reconnect attempts. Default: [`Backoff::new`].
     pub backoff: Backoff,
@@ -302,6 +305,14 @@ impl Endpoint {
             .any(|c| c.opened_at() > since && is_proven(c, now, settle))
     }
 
+    /// Whether a live connection has proven itself (it is serving).
+    fn serving(&self, now: Instant, settle: Duration) -> bool {
+        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        conns
+            .iter()
+            .any(|c| !c.is_closed() && is_proven(c, now, settle))
+    }
+
     fn set_backoff(&self, delay: Duration) {
         let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
         self.backoff_nanos.store(nanos, Relaxed);
@@ -496,7 +507,11 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
             backoff_until = Some(later(now, delay));
             endpoint.set_backoff(delay);
             let on_probation = probation_until.is_some_and(|t| now < t);
-            down |= live == 0 || on_probation || failures >= config.failure_threshold.max(1);
+            // Beside a live connection that is answering, a failed dial only
+            // puts off growth (a backend at its connection limit refuses the
+            // extra ones); it never takes the endpoint out of routing.
+            down |= !endpoint.serving(now, config.settle)
+                && (live == 0 || on_probation || failures >= config.failure_threshold.max(1));
             tracing::warn!(
                 %reason,
                 source = ?std::error::Error::source(&reason).map(ToString::to_string),
@@ -555,8 +570,10 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
                     endpoint.set_backoff(delay);
                     let on_probation = probation_until.is_some_and(|t| now < t);
                     let live = endpoint.live();
-                    down |=
-                        live == 0 || on_probation || failures >= config.failure_threshold.max(1);
+                    down |= !endpoint.serving(now, config.settle)
+                        && (live == 0
+                            || on_probation
+                            || failures >= config.failure_threshold.max(1));
                     tracing::warn!(%error, failures, ?delay, down, "dial failed; backing off");
                     set_up(&endpoint, &cx, live > 0 && !down);
                     set_pending(&endpoint, &cx, false);
