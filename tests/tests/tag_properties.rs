@@ -4,7 +4,8 @@
 //! that answers late, never (until the end) or twice. The server checks on the
 //! wire that no tag is issued while a request that carried it is unanswered;
 //! callers check that every response is their own; once everything is answered,
-//! the connection's whole window is free again.
+//! the connection's whole window is free again (or it retired, for its
+//! held-tag limit).
 //!
 //! An in-memory pipe and paused time make each case deterministic and fast; the
 //! socket paths are covered over loopback TCP in `tags.rs`.

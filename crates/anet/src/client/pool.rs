@@ -260,7 +260,7 @@ impl Endpoint {
         EndpointStats {
             addr: self.addr,
             up: self.is_up(),
-            connections: all().filter(|c| !has_finished(c)).count(),
+            connections: all().filter(|c| !c.is_finished()).count(),
             in_flight: all().map(tower::load::Load::load).sum(),
             requests: self.retired_written.load(Relaxed)
                 + all().map(|c| c.stats().written).sum::<u64>(),
@@ -322,7 +322,7 @@ impl Endpoint {
     /// written requests.
     fn forget_finished(&self, draining: &mut Vec<Connection>) {
         draining.retain(|c| {
-            let finished = has_finished(c);
+            let finished = c.is_finished();
             if finished {
                 self.retired_written.fetch_add(c.stats().written, Relaxed);
             }
@@ -358,12 +358,6 @@ impl Endpoint {
         draining.extend(live);
         draining.clone()
     }
-}
-
-/// Whether `conn` has finished (every request answered or failed, the transport
-/// dropped): its `closed` would not wait.
-fn has_finished(conn: &Connection) -> bool {
-    conn.is_finished()
 }
 
 /// Whether `conn` has proven itself (see the module docs): it answered a

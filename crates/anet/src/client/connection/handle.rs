@@ -65,10 +65,7 @@ impl Connection {
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         config.assert_valid();
-        match Connection::try_new(io, config) {
-            Ok(connection) => connection,
-            Err(e) => panic!("{e}"),
-        }
+        Connection::try_new(io, config).expect("configuration validated above")
     }
 
     /// Like [`new`](Connection::new), but an invalid `config` is an error.
