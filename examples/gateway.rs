@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anet::{Error, Kind, client::Balancer};
+use anet::{Error, client::Balancer};
 use axum::{Router, body::Bytes, extract::State, http::StatusCode, routing::post};
 use tower::{ServiceBuilder, ServiceExt, limit::ConcurrencyLimit, timeout::Timeout};
 
@@ -29,17 +29,19 @@ pub fn router(backend: Backend) -> Router {
 async fn forward(State(backend): State<Backend>, body: Bytes) -> (StatusCode, Bytes) {
     match backend.oneshot(body).await {
         Ok(response) => (StatusCode::OK, response),
-        Err(e) => {
-            let e = Error::from_boxed(e);
-            let status = match e.kind() {
-                Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-                Kind::Unavailable | Kind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-                Kind::InvalidRequest => StatusCode::PAYLOAD_TOO_LARGE,
-                _ => StatusCode::BAD_GATEWAY,
-            };
-            (status, Bytes::from(format!("{}: {e}\n", e.kind())))
-        }
+        Err(e) => error_response(Error::from_boxed(e)),
     }
+}
+
+/// The HTTP answer for a failed backend request: the status of anet's one
+/// mapping ([`anet::status`]: 504 for a timeout, 503 when no backend can take
+/// it, 502 when the backend failed, ...) and `KIND: error` as the body.
+pub fn error_response(e: Error) -> (StatusCode, Bytes) {
+    let body = match std::error::Error::source(&e) {
+        Some(cause) => format!("{}: {e}: {cause}\n", e.kind()),
+        None => format!("{}: {e}\n", e.kind()),
+    };
+    (e.http_status(), Bytes::from(body))
 }
 
 /// Sends `POST /forward` with `body` to `addr` over a plain TCP socket (HTTP/1.1,

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `echo` | server + client, five concurrent requests (Go anet's README example) |
 //! | `axum_gateway` | an axum handler forwarding HTTP bodies through a `ServiceBuilder` stack |
+//! | `tonic_gateway` | a gRPC method forwarding commands through a shared `Client`, errors as gRPC statuses |
 //! | `custom_retry` | a user-written retry `Policy` layered on the balancer |
 //! | `balance` | three backends, one removed at run time, traffic per backend |
 //! | `hsm_header` | payShield-style ASCII header tags on both sides |
@@ -12,3 +13,4 @@
 //! This library holds the pieces of the examples that tests call too.
 
 pub mod gateway;
+pub mod grpc;

@@ -3,6 +3,7 @@
 use std::{convert::Infallible, time::Duration};
 
 use anet::{
+    Error, Kind,
     client::Client,
     server::{Request, Server},
 };
@@ -58,4 +59,67 @@ async fn an_unreachable_backend_is_a_503_not_a_hang() {
     .expect("answers before the deadline")
     .expect("http");
     assert_eq!(status, 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_maximum_frame_is_a_400() {
+    let backend = Server::builder()
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let backend_addr = backend.local_addr();
+    tokio::spawn(backend.serve(service_fn(|req: Request| async move {
+        Ok::<_, Infallible>(req.into_payload())
+    })));
+    let addr = serve_gateway(backend_addr, Duration::from_secs(2)).await;
+    let (status, body) = gateway::post_forward(addr, &vec![b'x'; 70_000])
+        .await
+        .expect("http");
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(body.starts_with(b"invalid_request: "), "{body:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_stops_answering_is_a_504_at_the_deadline() {
+    let backend = Server::builder()
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let backend_addr = backend.local_addr();
+    tokio::spawn(backend.serve(service_fn(|_: Request| {
+        std::future::pending::<Result<Bytes, Infallible>>()
+    })));
+    let addr = serve_gateway(backend_addr, Duration::from_millis(300)).await;
+    let (status, _) =
+        tokio::time::timeout(Duration::from_secs(10), gateway::post_forward(addr, b"x"))
+            .await
+            .expect("answers")
+            .expect("http");
+    assert_eq!(status, 504);
+}
+
+/// The gateway answers every kind with anet's one mapping, whose statuses are
+/// the documented ones.
+#[test]
+fn every_error_kind_has_its_documented_http_status() {
+    let documented = [
+        (Kind::Timeout, 504),
+        (Kind::ConnectionLost, 502),
+        (Kind::NotSent, 503),
+        (Kind::Connect, 502),
+        (Kind::Protocol, 502),
+        (Kind::Overloaded, 429),
+        (Kind::Unavailable, 503),
+        (Kind::Closed, 503),
+        (Kind::InvalidRequest, 400),
+        (Kind::InvalidConfig, 500),
+        (Kind::Other, 500),
+    ];
+    assert_eq!(documented.len(), Kind::ALL.len(), "a kind is missing here");
+    for (kind, code) in documented {
+        let (status, body) = gateway::error_response(Error::with_source(kind, "why"));
+        assert_eq!(status.as_u16(), code, "{kind}");
+        assert!(body.starts_with(format!("{kind}: ").as_bytes()), "{body:?}");
+        assert!(body.ends_with(b": why\n"), "{body:?}");
+    }
 }

@@ -13,6 +13,8 @@
 //!   protocol, with limits, backpressure and graceful shutdown.
 //! * [`Error`]: one error type with a [`Kind`] to match on, and
 //!   [`is_unsent`](Error::is_unsent) to tell whether a retry is safe.
+//! * `status` (features `http`, `tonic`): error kinds as the HTTP statuses and
+//!   gRPC codes a gateway answers its own callers with.
 //!
 //! # Example
 //!
@@ -50,6 +52,8 @@ pub mod client;
 mod error;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(any(feature = "http", feature = "tonic"))]
+pub mod status;
 #[cfg(any(feature = "client", feature = "server"))]
 mod time;
 
