@@ -7,6 +7,7 @@
 //! | `tonic_gateway` | a gRPC method forwarding commands through a shared `Client`, errors as gRPC statuses |
 //! | `custom_retry` | a user-written retry `Policy` layered on the balancer |
 //! | `balance` | three backends, one removed at run time, traffic per backend |
+//! | `tls` | server and client over TLS (rustls, a certificate made at run time) |
 //! | `hsm_header` | payShield-style ASCII header tags on both sides |
 //! | `frames` | the wire format by hand with `read_frame` / `write_frame` |
 //!
