@@ -562,7 +562,7 @@ async fn dns_discovery_follows_a_changing_answer() {
     let answer = Arc::new(Mutex::new(vec![a.addr]));
     let resolver = {
         let answer = answer.clone();
-        move |_target: &str| -> anet::client::ResolveFuture {
+        move |_target: &str| -> anet::client::future::ResolveFuture {
             let addrs = answer.lock().expect("lock").clone();
             Box::pin(async move { Ok(addrs) })
         }
@@ -1086,7 +1086,7 @@ async fn every_duration_setter_takes_zero_and_max_and_requests_still_end() {
         ("keepalive", |b, d, _| b.keepalive(Some(d))),
         ("dns interval", |b, d, addr| {
             b.dns("backend.test:1500", d)
-                .resolver(move |_: &str| -> anet::client::ResolveFuture {
+                .resolver(move |_: &str| -> anet::client::future::ResolveFuture {
                     Box::pin(async move { Ok(vec![addr]) })
                 })
         }),
@@ -1162,7 +1162,7 @@ async fn every_duration_setter_takes_zero_and_max_and_requests_still_end() {
 /// A resolver that never answers must not keep a closed client open.
 #[tokio::test(start_paused = true)]
 async fn close_finishes_while_a_dns_resolution_hangs() {
-    let resolver = |_: &str| -> anet::client::ResolveFuture { Box::pin(std::future::pending()) };
+    let resolver = |_: &str| -> anet::client::future::ResolveFuture { Box::pin(std::future::pending()) };
     let client = Client::builder()
         .dns("backend.test:1500", Duration::from_secs(1))
         .resolver(resolver)
@@ -1246,7 +1246,7 @@ async fn an_endpoint_stays_until_every_source_that_lists_it_lets_go() {
     let answer = Arc::new(Mutex::new(vec![fixed, dns_only, shared]));
     let resolver = {
         let answer = answer.clone();
-        move |_: &str| -> anet::client::ResolveFuture {
+        move |_: &str| -> anet::client::future::ResolveFuture {
             let addrs = answer.lock().expect("lock").clone();
             Box::pin(async move { Ok(addrs) })
         }

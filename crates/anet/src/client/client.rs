@@ -21,7 +21,7 @@ use tower::{
 };
 
 use super::{
-    BalanceFuture, Balancer, ClientBuilder, EndpointStats, Endpoints, RateLimit, RetryPolicy,
+    Balancer, ClientBuilder, future::BalanceFuture, EndpointStats, Endpoints, RateLimit, RetryPolicy,
     balance::Registry,
     deadline::{self, Deadline},
 };

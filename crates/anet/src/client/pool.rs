@@ -51,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 use bytes::Bytes;
 
 use super::{
-    Backoff, Connection, connection::ResponseFuture as ConnectionFuture, deadline::Deadline,
+    Backoff, Connection, connection::ConnectionFuture, deadline::Deadline,
     dial::Dialer,
 };
 use crate::time::later;

@@ -15,7 +15,7 @@ use tokio_util::sync::PollSemaphore;
 use tower::{Service, load::Load};
 
 use super::{
-    ConnectionConfig, ConnectionStats, ResponseFuture,
+    ConnectionConfig, ConnectionStats, ConnectionFuture,
     driver::{Driver, Message, Request},
     reply::Reply,
     shared::Shared,
@@ -169,7 +169,7 @@ impl fmt::Debug for Connection {
 impl Service<Bytes> for Connection {
     type Response = Bytes;
     type Error = Error;
-    type Future = ResponseFuture;
+    type Future = ConnectionFuture;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -201,7 +201,7 @@ impl Service<Bytes> for Connection {
     }
 
     #[inline]
-    fn call(&mut self, payload: Bytes) -> ResponseFuture {
+    fn call(&mut self, payload: Bytes) -> ConnectionFuture {
         self.call_until(payload, Deadline::Never)
     }
 }
@@ -215,9 +215,9 @@ impl Connection {
         &self,
         payload: Bytes,
         deadline: Deadline,
-    ) -> Result<ResponseFuture, Bytes> {
+    ) -> Result<ConnectionFuture, Bytes> {
         if let Some(error) = self.oversize(&payload) {
-            return Ok(ResponseFuture::failed(error));
+            return Ok(ConnectionFuture::failed(error));
         }
         match self.shared.try_take_unit() {
             Some(unit) => Ok(self.send(payload, deadline, unit)),
@@ -227,13 +227,13 @@ impl Connection {
 
     /// `call` with a deadline, after `poll_ready` reported ready.
     #[inline]
-    pub(crate) fn call_until(&mut self, payload: Bytes, deadline: Deadline) -> ResponseFuture {
+    pub(crate) fn call_until(&mut self, payload: Bytes, deadline: Deadline) -> ConnectionFuture {
         let unit = self
             .reserved
             .take()
             .expect("Connection::call without poll_ready reporting ready");
         if let Some(error) = self.oversize(&payload) {
-            return ResponseFuture::failed(error);
+            return ConnectionFuture::failed(error);
         }
         self.send(payload, deadline, unit)
     }
@@ -252,7 +252,7 @@ impl Connection {
     }
 
     /// Queues a request holding one unit of the window.
-    fn send(&self, payload: Bytes, deadline: Deadline, unit: Unit) -> ResponseFuture {
+    fn send(&self, payload: Bytes, deadline: Deadline, unit: Unit) -> ConnectionFuture {
         let (reply, rx) = Reply::channel(deadline);
         let request = Request {
             payload,
@@ -260,9 +260,9 @@ impl Connection {
             unit,
         };
         match self.tx.send(Message::Request(request)) {
-            Ok(()) => ResponseFuture::waiting(rx),
+            Ok(()) => ConnectionFuture::waiting(rx),
             // The driver has finished (the window is closed): never written.
-            Err(_) => ResponseFuture::failed(not_sent(&self.shared)),
+            Err(_) => ConnectionFuture::failed(not_sent(&self.shared)),
         }
     }
 }

@@ -66,7 +66,7 @@ mod table;
 mod unit;
 
 pub use config::ConnectionConfig;
-pub use future::ResponseFuture;
+pub use future::ConnectionFuture;
 pub use handle::Connection;
 pub use stats::ConnectionStats;
 
