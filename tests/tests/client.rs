@@ -1085,10 +1085,11 @@ async fn every_duration_setter_takes_zero_and_max_and_requests_still_end() {
         ("connect_timeout", |b, d, _| b.connect_timeout(d)),
         ("keepalive", |b, d, _| b.keepalive(Some(d))),
         ("dns interval", |b, d, addr| {
-            b.dns("backend.test:1500", d)
-                .resolver(move |_: &str| -> anet::client::future::ResolveFuture {
+            b.dns("backend.test:1500", d).resolver(
+                move |_: &str| -> anet::client::future::ResolveFuture {
                     Box::pin(async move { Ok(vec![addr]) })
-                })
+                },
+            )
         }),
         // A zero period is a documented panic (no rate is "1 per 0 s"); the
         // smallest valid one stands in for it.
@@ -1162,7 +1163,8 @@ async fn every_duration_setter_takes_zero_and_max_and_requests_still_end() {
 /// A resolver that never answers must not keep a closed client open.
 #[tokio::test(start_paused = true)]
 async fn close_finishes_while_a_dns_resolution_hangs() {
-    let resolver = |_: &str| -> anet::client::future::ResolveFuture { Box::pin(std::future::pending()) };
+    let resolver =
+        |_: &str| -> anet::client::future::ResolveFuture { Box::pin(std::future::pending()) };
     let client = Client::builder()
         .dns("backend.test:1500", Duration::from_secs(1))
         .resolver(resolver)

@@ -156,6 +156,46 @@ impl Error {
         }
     }
 
+    /// A failure of `kind`, caused by `source`, of a request that was **never
+    /// written** to any connection: retrying it cannot make the server see it
+    /// twice, whatever the kind ([`is_unsent`](Self::is_unsent) is `true`).
+    ///
+    /// For custom layers and connectors that refuse a request before it reaches
+    /// the wire, so that [`RetryPolicy`](crate::client::RetryPolicy) (or your own
+    /// policy) may retry it.
+    ///
+    /// ```
+    /// use anet::{Error, Kind};
+    ///
+    /// // A layer refusing a request while its circuit is open: nothing was written.
+    /// let err = Error::not_sent(Kind::Unavailable, "circuit open");
+    /// assert!(err.is_unsent());
+    /// assert_eq!(err.kind(), Kind::Unavailable);
+    /// ```
+    pub fn not_sent(kind: Kind, source: impl Into<BoxError>) -> Error {
+        Error::with_source(kind, source).unsent()
+    }
+
+    /// A failure of `kind`, caused by `source`, of a request that **may have been
+    /// written**: the server may have seen it ([`is_unsent`](Self::is_unsent) is
+    /// `false`, whatever the kind), so only idempotent requests may be retried.
+    ///
+    /// For custom layers and transports that fail after handing the request on.
+    ///
+    /// ```
+    /// use anet::{Error, Kind};
+    ///
+    /// // Even a kind that is unsent by default is not, when the request went out.
+    /// let err = Error::maybe_sent(Kind::Overloaded, "peer refused after reading it");
+    /// assert!(!err.is_unsent());
+    /// ```
+    pub fn maybe_sent(kind: Kind, source: impl Into<BoxError>) -> Error {
+        Error {
+            unsent: false,
+            ..Error::with_source(kind, source)
+        }
+    }
+
     /// Marks the error as one whose request was never written, whatever its kind
     /// (e.g. `Closed` before the request reached a connection).
     #[cfg_attr(not(feature = "client"), allow(dead_code))]
@@ -199,6 +239,29 @@ impl Error {
         }
         Error::with_source(Kind::Other, err)
     }
+}
+
+/// What a retry policy needs to know about an error: its kind and whether the
+/// request was unsent. Looks through the source chain for an anet [`Error`]
+/// (layers such as `Buffer` wrap it) and classifies tower's `Elapsed` (a timeout:
+/// the request may have been written) and `Overloaded` (shed before it was
+/// sent); `None` for anything else.
+#[cfg(feature = "client")]
+pub(crate) fn classify(err: &(dyn StdError + 'static)) -> Option<(Kind, bool)> {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        return Some((Kind::Timeout, false));
+    }
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        return Some((Kind::Overloaded, true));
+    }
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(ours) = e.downcast_ref::<Error>() {
+            return Some((ours.kind, ours.unsent));
+        }
+        next = e.source();
+    }
+    None
 }
 
 impl fmt::Debug for Error {

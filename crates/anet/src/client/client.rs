@@ -21,9 +21,10 @@ use tower::{
 };
 
 use super::{
-    Balancer, ClientBuilder, future::BalanceFuture, EndpointStats, Endpoints, RateLimit, RetryPolicy,
+    Balancer, ClientBuilder, EndpointStats, Endpoints, RateLimit, RetryPolicy,
     balance::Registry,
     deadline::{self, Deadline},
+    future::BalanceFuture,
 };
 use crate::time::later;
 use crate::{BoxError, Error, Kind};

@@ -50,10 +50,7 @@ use tokio_util::sync::CancellationToken;
 
 use bytes::Bytes;
 
-use super::{
-    Backoff, Connection, connection::ConnectionFuture, deadline::Deadline,
-    dial::Dialer,
-};
+use super::{Backoff, Connection, connection::ConnectionFuture, deadline::Deadline, dial::Dialer};
 use crate::time::later;
 use crate::{Error, Kind};
 

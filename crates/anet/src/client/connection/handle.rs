@@ -15,7 +15,7 @@ use tokio_util::sync::PollSemaphore;
 use tower::{Service, load::Load};
 
 use super::{
-    ConnectionConfig, ConnectionStats, ConnectionFuture,
+    ConnectionConfig, ConnectionFuture, ConnectionStats,
     driver::{Driver, Message, Request},
     reply::Reply,
     shared::Shared,
