@@ -58,22 +58,25 @@ impl Kind {
         }
     }
 
-    /// Every kind, in declaration order.
-    pub const ALL: [Kind; 11] = [
-        Kind::Timeout,
-        Kind::ConnectionLost,
-        Kind::NotSent,
-        Kind::Connect,
-        Kind::Protocol,
-        Kind::Overloaded,
-        Kind::Unavailable,
-        Kind::Closed,
-        Kind::InvalidRequest,
-        Kind::InvalidConfig,
-        Kind::Other,
-    ];
+    /// Every kind, in declaration order. A slice, not an array: later versions
+    /// may add kinds (the enum is `#[non_exhaustive]`).
+    ///
+    /// ```
+    /// use anet::Kind;
+    ///
+    /// assert!(Kind::all().contains(&Kind::NotSent));
+    /// let names: Vec<&str> = Kind::all().iter().map(Kind::as_str).collect();
+    /// assert_eq!(names[0], "timeout");
+    /// ```
+    pub const fn all() -> &'static [Kind] {
+        &KINDS
+    }
 
-    /// The kind's position in [`Kind::ALL`] (the client's per-kind counters).
+    /// The number of kinds (the length of per-kind counters).
+    #[cfg(feature = "client")]
+    pub(crate) const COUNT: usize = KINDS.len();
+
+    /// The kind's position in [`Kind::all`] (the per-kind counters).
     #[cfg(feature = "client")]
     pub(crate) const fn index(&self) -> usize {
         *self as usize
@@ -109,6 +112,21 @@ impl Kind {
         }
     }
 }
+
+/// Every kind, in declaration order (so `kind as usize` is its index).
+const KINDS: [Kind; 11] = [
+    Kind::Timeout,
+    Kind::ConnectionLost,
+    Kind::NotSent,
+    Kind::Connect,
+    Kind::Protocol,
+    Kind::Overloaded,
+    Kind::Unavailable,
+    Kind::Closed,
+    Kind::InvalidRequest,
+    Kind::InvalidConfig,
+    Kind::Other,
+];
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -323,5 +341,12 @@ mod tests {
         assert!(Error::new(Kind::Closed).unsent().is_unsent());
         assert_eq!(Error::new(Kind::Timeout).to_string(), "request timed out");
         assert_eq!(Kind::ConnectionLost.as_str(), "connection_lost");
+    }
+
+    #[test]
+    fn every_kind_is_listed_at_its_index() {
+        for (i, kind) in Kind::all().iter().enumerate() {
+            assert_eq!(*kind as usize, i, "{kind}");
+        }
     }
 }

@@ -140,7 +140,7 @@ pub(crate) struct Endpoint {
     /// Requests written on connections that have since closed (live ones report
     /// their own count).
     retired_written: AtomicU64,
-    pub(crate) errors: [AtomicU64; Kind::ALL.len()],
+    pub(crate) errors: [AtomicU64; Kind::COUNT],
     reconnects: AtomicU64,
     connect_failures: AtomicU64,
     dials: AtomicU64,
@@ -365,9 +365,20 @@ fn is_proven(conn: &Connection, now: Instant, settle: Duration) -> bool {
         || (stats.written == 0 && now.saturating_duration_since(conn.opened_at()) >= settle)
 }
 
-/// Counts of failed requests by [`Kind`].
+/// Counts of failed requests by [`Kind`]: an endpoint's in its stats, or your
+/// own tally.
+///
+/// ```
+/// use anet::{Kind, client::ErrorCounts};
+///
+/// let mut counts = ErrorCounts::default();
+/// counts.record(Kind::Timeout);
+/// counts.merge(&counts.clone());
+/// assert_eq!(counts.get(Kind::Timeout), 2);
+/// assert_eq!(counts.total(), 2);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ErrorCounts([u64; Kind::ALL.len()]);
+pub struct ErrorCounts([u64; Kind::COUNT]);
 
 impl ErrorCounts {
     /// Failures of this kind.
@@ -382,10 +393,22 @@ impl ErrorCounts {
 
     /// The non-zero counts, by kind.
     pub fn iter(&self) -> impl Iterator<Item = (Kind, u64)> + '_ {
-        Kind::ALL
+        Kind::all()
             .iter()
             .map(|k| (*k, self.get(*k)))
             .filter(|(_, n)| *n > 0)
+    }
+
+    /// Counts one failure of `kind`.
+    pub fn record(&mut self, kind: Kind) {
+        self.0[kind.index()] += 1;
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn merge(&mut self, other: &ErrorCounts) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
     }
 }
 
