@@ -123,6 +123,7 @@ use crate::{BoxError, Error, Kind, error::classify};
 /// }
 /// ```
 #[derive(Clone, Debug)]
+#[must_use = "a policy does nothing until it is given to a client or a `Retry` layer"]
 pub struct RetryPolicy {
     attempts_left: usize,
     idempotent: bool,
