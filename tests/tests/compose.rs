@@ -68,26 +68,23 @@ where
     }
 }
 
+/// Calls `svc` once with `payload`.
+async fn call_once<S>(mut svc: S, payload: &'static [u8]) -> Result<Bytes, S::Error>
+where
+    S: Service<Bytes, Response = Bytes>,
+{
+    svc.ready().await?.call(Bytes::from_static(payload)).await
+}
+
 #[tokio::test]
 async fn retry_policy_sits_directly_on_the_balancer_and_retries_an_unsent_failure() {
     let server = server().await;
     let client = Client::builder().endpoint(server.addr).build();
-    let failing = FailFirst::new(
-        client.balancer(),
-        2,
-        Error::not_sent(Kind::Other, "circuit open"),
-    );
+    let unsent = Error::not_sent(Kind::Other, "circuit open");
+    let failing = FailFirst::new(client.balancer(), 2, unsent);
     let calls = failing.calls.clone();
-    let mut svc = ServiceBuilder::new()
-        .retry(RetryPolicy::new(2))
-        .service(failing);
-    let reply = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Bytes::from_static(b"a"))
-        .await;
-    assert_eq!(reply.unwrap(), "a");
+    let retry = ServiceBuilder::new().retry(RetryPolicy::new(2));
+    assert_eq!(call_once(retry.service(failing), b"a").await.unwrap(), "a");
     assert_eq!(
         calls.load(SeqCst),
         3,
@@ -100,138 +97,87 @@ async fn retry_policy_does_not_retry_a_maybe_sent_failure_unless_idempotent() {
     let server = server().await;
     let client = Client::builder().endpoint(server.addr).build();
     let lost = Error::maybe_sent(Kind::ConnectionLost, "reset after write");
-
-    let failing = FailFirst::new(client.clone(), 1, lost.clone());
-    let calls = failing.calls.clone();
-    let mut svc = ServiceBuilder::new()
-        .retry(RetryPolicy::new(2))
-        .service(failing);
-    let err = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Bytes::from_static(b"a"))
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), Kind::ConnectionLost);
-    assert_eq!(calls.load(SeqCst), 1, "a maybe-sent request is not retried");
-
-    let failing = FailFirst::new(client, 1, lost);
-    let calls = failing.calls.clone();
-    let mut svc = ServiceBuilder::new()
-        .retry(RetryPolicy::new(2).idempotent(true))
-        .service(failing);
-    let reply = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Bytes::from_static(b"b"))
-        .await;
-    assert_eq!(reply.unwrap(), "b");
-    assert_eq!(calls.load(SeqCst), 2, "idempotent: retried once");
+    for (policy, calls_made, answered) in [
+        (RetryPolicy::new(2), 1, false),
+        (RetryPolicy::new(2).idempotent(true), 2, true),
+    ] {
+        let failing = FailFirst::new(client.clone(), 1, lost.clone());
+        let calls = failing.calls.clone();
+        let svc = ServiceBuilder::new().retry(policy).service(failing);
+        let result = call_once(svc, b"b").await;
+        assert_eq!(
+            calls.load(SeqCst),
+            calls_made,
+            "retried only when idempotent"
+        );
+        match result {
+            Ok(reply) => assert!(answered && reply == "b"),
+            Err(e) => assert!(!answered && e.kind() == Kind::ConnectionLost),
+        }
+    }
 }
 
 #[tokio::test]
 async fn retry_policy_classifies_boxed_errors_under_a_timeout_in_either_order() {
     let server = server().await;
     let client = Client::builder().endpoint(server.addr).build();
+    let unsent = || FailFirst::new(client.balancer(), 1, Error::new(Kind::NotSent));
+    let timeout = Duration::from_secs(2);
 
     // Retry over Timeout: the policy sees a `BoxError` holding an anet `Error`.
-    let failing = FailFirst::new(
-        client.balancer(),
-        1,
-        Error::not_sent(Kind::NotSent, "not written"),
-    );
+    let failing = unsent();
     let calls = failing.calls.clone();
-    let mut svc = ServiceBuilder::new()
+    let svc = ServiceBuilder::new()
         .retry(RetryPolicy::new(1))
-        .timeout(Duration::from_secs(2))
+        .timeout(timeout)
         .service(failing);
-    let reply = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Bytes::from_static(b"c"))
-        .await;
-    assert_eq!(reply.unwrap(), "c");
+    assert_eq!(call_once(svc, b"c").await.unwrap(), "c");
     assert_eq!(calls.load(SeqCst), 2);
 
-    // Timeout over Retry.
-    let failing = FailFirst::new(client.balancer(), 1, Error::new(Kind::NotSent));
+    // Timeout over Retry: the policy sees the anet `Error` itself.
+    let failing = unsent();
     let calls = failing.calls.clone();
-    let mut svc = ServiceBuilder::new()
-        .timeout(Duration::from_secs(2))
+    let svc = ServiceBuilder::new()
+        .timeout(timeout)
         .retry(RetryPolicy::new(1))
         .service(failing);
-    let reply = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Bytes::from_static(b"d"))
-        .await;
-    assert_eq!(reply.unwrap(), "d");
+    assert_eq!(call_once(svc, b"d").await.unwrap(), "d");
     assert_eq!(calls.load(SeqCst), 2);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_elapsed_attempt_is_retried_only_when_idempotent() {
-    // A service that never answers: every attempt ends in tower's `Elapsed`.
-    let never = tower::service_fn(|_: Bytes| std::future::pending::<Result<Bytes, Error>>());
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counted = {
-        let calls = calls.clone();
-        tower::util::MapRequestLayer::new(move |req: Bytes| {
-            calls.fetch_add(1, SeqCst);
-            req
-        })
-    };
-    let mut svc = ServiceBuilder::new()
-        .retry(RetryPolicy::new(2))
-        .timeout(Duration::from_millis(10))
-        .layer(counted.clone())
-        .service(never);
-    let err = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Bytes::new())
-        .await
-        .unwrap_err();
-    assert_eq!(Error::from_boxed(err).kind(), Kind::Timeout);
-    assert_eq!(
-        calls.load(SeqCst),
-        1,
-        "a timed-out request may have been sent"
-    );
-
-    calls.store(0, SeqCst);
-    let mut svc = ServiceBuilder::new()
-        .retry(RetryPolicy::new(2).idempotent(true))
-        .timeout(Duration::from_millis(10))
-        .layer(counted)
-        .service(never);
-    let _ = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Bytes::new())
-        .await
-        .unwrap_err();
-    assert_eq!(calls.load(SeqCst), 3, "idempotent: two retries");
+    for (policy, attempts) in [
+        (RetryPolicy::new(2), 1),
+        (RetryPolicy::new(2).idempotent(true), 3),
+    ] {
+        // A service that never answers: every attempt ends in tower's `Elapsed`.
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let never = tower::service_fn(move |_: Bytes| {
+            counted.fetch_add(1, SeqCst);
+            std::future::pending::<Result<Bytes, Error>>()
+        });
+        let svc = ServiceBuilder::new()
+            .retry(policy)
+            .timeout(Duration::from_millis(10))
+            .service(never);
+        let err = call_once(svc, b"").await.unwrap_err();
+        assert_eq!(Error::from_boxed(err).kind(), Kind::Timeout);
+        assert_eq!(
+            calls.load(SeqCst),
+            attempts,
+            "a timed-out request may have been sent: retried only when idempotent"
+        );
+    }
 }
 
 #[tokio::test]
 async fn retry_policy_sits_directly_on_one_connection() {
     let server = server().await;
     let connection = Connector::new().connect(server.addr).await.unwrap();
-    let mut svc = ServiceBuilder::new()
+    let svc = ServiceBuilder::new()
         .retry(RetryPolicy::default())
         .service(connection);
-    let reply = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Bytes::from_static(b"e"))
-        .await;
-    assert_eq!(reply.unwrap(), "e");
+    assert_eq!(call_once(svc, b"e").await.unwrap(), "e");
 }

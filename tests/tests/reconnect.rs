@@ -239,6 +239,20 @@ fn count(errors: &[Kind], kind: Kind) -> usize {
     errors.iter().filter(|k| **k == kind).count()
 }
 
+/// Fails unless every error is one a caller gets at once while its backend is
+/// backing off (never a timeout).
+fn assert_fail_fast_kinds(errors: &[Kind]) {
+    for kind in errors {
+        assert!(
+            matches!(
+                kind,
+                Kind::Unavailable | Kind::NotSent | Kind::ConnectionLost
+            ),
+            "{kind:?}"
+        );
+    }
+}
+
 /// [`PoolConfig::settle`](anet::client::PoolConfig::settle)'s default.
 const SETTLE: Duration = Duration::from_secs(1);
 
@@ -309,15 +323,7 @@ async fn a_backend_that_accepts_and_closes_at_once_is_redialled_with_backoff_not
     assert_eq!(endpoint.backoff, Duration::ZERO);
     // Typed errors throughout, each at once: never a wait for the backoff.
     assert!(!seen.errors.is_empty());
-    for kind in &seen.errors {
-        assert!(
-            matches!(
-                kind,
-                Kind::Unavailable | Kind::NotSent | Kind::ConnectionLost
-            ),
-            "{kind:?}"
-        );
-    }
+    assert_fail_fast_kinds(&seen.errors);
     assert!(
         seen.slowest_error < Duration::from_millis(5),
         "a failed call took {:?}",
@@ -353,15 +359,7 @@ async fn a_tcp_backend_that_accepts_and_closes_at_once_gets_a_few_dozen_connecti
     let seen = join(tasks).await;
     assert!(seen.ok > 0);
     assert!(!seen.errors.is_empty());
-    for kind in &seen.errors {
-        assert!(
-            matches!(
-                kind,
-                Kind::Unavailable | Kind::NotSent | Kind::ConnectionLost
-            ),
-            "{kind:?}"
-        );
-    }
+    assert_fail_fast_kinds(&seen.errors);
 }
 
 /// Paused time: each connection answers five requests and then closes. Those

@@ -3,6 +3,14 @@
 //! task that is. A change that makes one of them `!Send` fails the build here,
 //! not in a user's application.
 
+/// `T` can be sent to another thread.
+#[cfg(any(feature = "client", feature = "server"))]
+fn send<T: Send>(_: &T) {}
+
+/// `T` can be sent to and shared between threads.
+#[cfg(any(feature = "client", feature = "server"))]
+fn send_sync<T: Send + Sync>() {}
+
 #[cfg(feature = "client")]
 const _: fn() = || {
     use crate::client::{
@@ -11,49 +19,51 @@ const _: fn() = || {
         RateLimitLayer, RetryBudget, RetryPolicy, SystemResolver, future,
     };
 
-    fn send<T: Send>(_: &T) {}
-    fn send_sync<T: Send + Sync>() {}
-
-    // Services, handles, configuration.
-    send_sync::<Client>();
-    send_sync::<Balancer>();
-    send_sync::<Connection>();
-    send_sync::<Connector>();
-    send_sync::<Endpoints>();
-    send_sync::<ClientBuilder>();
-    send_sync::<RetryPolicy>();
-    send_sync::<RetryBudget>();
-    send_sync::<RateLimitLayer>();
-    send_sync::<RateLimit<Balancer>>();
-    send_sync::<ConnectionConfig>();
-    send_sync::<PoolConfig>();
-    send_sync::<Backoff>();
-    send_sync::<SystemResolver>();
-    send_sync::<ClientStats>();
-    send_sync::<EndpointStats>();
-    send_sync::<ErrorCounts>();
-    send_sync::<ConnectionStats>();
-    send_sync::<crate::Error>();
+    // Services, handles, configuration, stats.
+    send_sync::<(
+        Client,
+        Balancer,
+        Connection,
+        Connector,
+        Endpoints,
+        ClientBuilder,
+    )>();
+    send_sync::<(
+        RetryPolicy,
+        RetryBudget,
+        RateLimitLayer,
+        RateLimit<Balancer>,
+    )>();
+    send_sync::<(ConnectionConfig, PoolConfig, Backoff, SystemResolver)>();
+    send_sync::<(
+        ClientStats,
+        EndpointStats,
+        ErrorCounts,
+        ConnectionStats,
+        crate::Error,
+    )>();
 
     // Futures: `Send`; `Sync` where nothing inside is `!Sync` (a boxed
     // `dyn Future + Send` is not).
-    fn futures_are_send() {
-        fn send_only<T: Send>() {}
-        send_only::<future::CallFuture>();
-        send_only::<future::BalanceFuture>();
-        send_only::<future::ConnectFuture>();
-        send_only::<future::ResolveFuture>();
+    fn futures(
+        call: future::CallFuture,
+        balance: future::BalanceFuture,
+        connect: future::ConnectFuture,
+        resolve: future::ResolveFuture,
+    ) {
+        send(&(call, balance, connect, resolve));
         send_sync::<future::ConnectionFuture>();
     }
-    futures_are_send();
 
     // `async fn`s: their futures, as returned.
     fn async_fns(client: &Client, connection: &Connection, connector: &Connector) {
-        send(&client.closed());
-        send(&connection.closed());
-        send(&connector.connect(([127, 0, 0, 1], 0).into()));
+        send(&(
+            client.closed(),
+            connection.closed(),
+            connector.connect(([127, 0, 0, 1], 0).into()),
+        ));
     }
-    let _ = async_fns;
+    let _ = (futures, async_fns);
 };
 
 #[cfg(feature = "server")]
@@ -64,23 +74,18 @@ const _: fn() = || {
 
     use crate::server::{Builder, Request, Server, ServerStats, StatsHandle};
 
-    fn send<T: Send>(_: &T) {}
-    fn send_sync<T: Send + Sync>() {}
-
-    send_sync::<Server>();
-    send_sync::<Builder>();
-    send_sync::<StatsHandle>();
-    send_sync::<ServerStats>();
-    send_sync::<Request>();
+    send_sync::<(Server, Builder, StatsHandle, ServerStats, Request)>();
 
     fn async_fns(server: Server, builder: Builder, io: tokio::io::DuplexStream) {
         let echo =
             tower::service_fn(
                 |req: Request| async move { Ok::<Bytes, Infallible>(req.into_payload()) },
             );
-        send(&builder.bind(([127, 0, 0, 1], 0).into()));
-        send(&builder.serve_connection(io, None, echo));
-        send(&server.serve(echo));
+        send(&(
+            builder.bind(([127, 0, 0, 1], 0).into()),
+            builder.serve_connection(io, None, echo),
+            server.serve(echo),
+        ));
     }
     let _ = async_fns;
 };

@@ -13,7 +13,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tower::retry::{Policy, budget::Budget};
 
-use crate::{BoxError, Error, Kind, error::classify};
+use crate::{Error, Kind};
+use sealed::Classify;
 
 /// Retries a request only when doing so cannot make the server see it twice —
 /// unless the caller declares requests idempotent.
@@ -34,7 +35,7 @@ use crate::{BoxError, Error, Kind, error::classify};
 ///
 /// It is a `tower::retry::Policy` over anet's [`Error`] (what [`Balancer`](super::Balancer),
 /// [`Client`](super::Client) and [`Connection`](super::Connection) return) and over
-/// [`BoxError`] (what tower's `Timeout`, `Buffer` and `LoadShed` return), so it
+/// [`BoxError`](crate::BoxError) (what tower's `Timeout`, `Buffer` and `LoadShed` return), so it
 /// sits directly on any of them, with or without a timeout on either side:
 ///
 /// ```
@@ -219,18 +220,18 @@ impl Default for RetryPolicy {
 }
 
 /// Over anet's own services ([`Balancer`](super::Balancer), [`Client`](super::Client),
-/// [`Connection`](super::Connection)) and any stack that keeps their error.
-impl<Res> Policy<Bytes, Res, Error> for RetryPolicy {
+/// [`Connection`](super::Connection)), whose error is an [`Error`], and over stacks
+/// that box their errors (tower's `Timeout`, `Buffer`, `LoadShed`, ...), whose error
+/// is a [`BoxError`](crate::BoxError): there an anet [`Error`] anywhere in the source chain is
+/// classified as above, tower's `Elapsed` as [`Kind::Timeout`] and `Overloaded` as
+/// [`Kind::Overloaded`]; any other error is not retried.
+impl<Res, E: Classify> Policy<Bytes, Res, E> for RetryPolicy {
     type Future = future::Ready<()>;
 
-    fn retry(
-        &mut self,
-        _request: &mut Bytes,
-        result: &mut Result<Res, Error>,
-    ) -> Option<Self::Future> {
+    fn retry(&mut self, _request: &mut Bytes, result: &mut Result<Res, E>) -> Option<Self::Future> {
         self.decide(match result {
             Ok(_) => Ok(()),
-            Err(error) => Err(Some((error.kind(), error.is_unsent()))),
+            Err(error) => Err(error.classify()),
         })
     }
 
@@ -239,26 +240,27 @@ impl<Res> Policy<Bytes, Res, Error> for RetryPolicy {
     }
 }
 
-/// Over stacks that box their errors (tower's `Timeout`, `Buffer`, `LoadShed`,
-/// `MapErr(Into::into)`...): an anet [`Error`] anywhere in the source chain is
-/// classified as above, tower's `Elapsed` as [`Kind::Timeout`] and `Overloaded`
-/// as [`Kind::Overloaded`]; any other error is not retried.
-impl<Res> Policy<Bytes, Res, BoxError> for RetryPolicy {
-    type Future = future::Ready<()>;
+/// The errors [`RetryPolicy`] can judge; sealed: implemented for
+/// [`Error`](crate::Error) and [`BoxError`](crate::BoxError) only.
+mod sealed {
+    use crate::{BoxError, Error, Kind, error::classify};
 
-    fn retry(
-        &mut self,
-        _request: &mut Bytes,
-        result: &mut Result<Res, BoxError>,
-    ) -> Option<Self::Future> {
-        self.decide(match result {
-            Ok(_) => Ok(()),
-            Err(error) => Err(classify(error.as_ref())),
-        })
+    /// An error's kind and whether its request was unsent, if it can tell.
+    pub trait Classify {
+        /// `None`: not an error anet knows (never retried).
+        fn classify(&self) -> Option<(Kind, bool)>;
     }
 
-    fn clone_request(&mut self, request: &Bytes) -> Option<Bytes> {
-        Some(request.clone())
+    impl Classify for Error {
+        fn classify(&self) -> Option<(Kind, bool)> {
+            Some((self.kind(), self.is_unsent()))
+        }
+    }
+
+    impl Classify for BoxError {
+        fn classify(&self) -> Option<(Kind, bool)> {
+            classify(self.as_ref())
+        }
     }
 }
 
