@@ -343,6 +343,32 @@ mod tests {
         assert_eq!(Kind::ConnectionLost.as_str(), "connection_lost");
     }
 
+    #[cfg(feature = "client")]
+    #[test]
+    fn classify_finds_an_anet_error_wrapped_by_a_layer() {
+        /// A layer's wrapper (as tower's `Buffer` wraps its inner error).
+        #[derive(Debug)]
+        struct Wrapped(Error);
+        impl fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("wrapped")
+            }
+        }
+        impl StdError for Wrapped {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let inner = Error::not_sent(Kind::ConnectionLost, "reset before write");
+        assert_eq!(
+            classify(&Wrapped(inner)),
+            Some((Kind::ConnectionLost, true))
+        );
+        let elapsed = tower::timeout::error::Elapsed::new();
+        assert_eq!(classify(&elapsed), Some((Kind::Timeout, false)));
+        assert_eq!(classify(&std::io::Error::other("boom")), None);
+    }
+
     #[test]
     fn every_kind_is_listed_at_its_index() {
         for (i, kind) in Kind::all().iter().enumerate() {
