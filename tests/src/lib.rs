@@ -9,6 +9,8 @@
 //!   pipes, for tests of timeouts and backoff on paused time
 //!   (`#[tokio::test(start_paused = true)]`), where real sockets would race the
 //!   auto-advancing clock.
+//! * [`servers`]: echo servers on their own thread, for benchmarks and the
+//!   allocation test.
 
 use std::{
     net::SocketAddr,
@@ -28,6 +30,8 @@ use tokio::{
     sync::mpsc,
 };
 use tokio_util::codec::{Encoder, FramedRead};
+
+pub mod servers;
 
 /// What a scripted server does with one request.
 #[derive(Clone, Debug)]

@@ -6,9 +6,10 @@
 //! count belongs to anet (plus the test's own loop, which allocates nothing per
 //! request).
 
-use std::{future::Future, time::Duration};
+use std::future::Future;
 
 use anet::client::{Client, ClientBuilder, ConnectionConfig, Connector};
+use anet_tests::servers::raw_echo_on_own_thread;
 use bytes::Bytes;
 use tokio::runtime::Runtime;
 use tower::{Service, ServiceExt};
@@ -17,20 +18,6 @@ const WARMUP: usize = 20_000;
 const MEASURED: usize = 50_000;
 const CONCURRENCY: usize = 16;
 const PAYLOAD: &[u8] = b"0123456789abcdef0123456789abcdef";
-
-/// Starts the echo server on its own thread and runtime, so that its allocations
-/// are not counted.
-fn echo_on_own_thread() -> std::net::SocketAddr {
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        current_thread().block_on(async {
-            let server = anet_tests::start_echo().await;
-            addr_tx.send(server.addr).expect("send addr");
-            tokio::time::sleep(Duration::from_secs(60)).await;
-        });
-    });
-    addr_rx.recv().expect("server address")
-}
 
 fn current_thread() -> Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -78,7 +65,7 @@ fn assert_within_budget(what: &str, per_request: f64, budget: f64) {
 
 #[test]
 fn connection_path_allocates_at_most_two_times_per_request() {
-    let addr = echo_on_own_thread();
+    let addr = raw_echo_on_own_thread();
     let rt = current_thread();
     let conn = rt.block_on(async {
         Connector::new()
@@ -104,7 +91,7 @@ fn connection_path_allocates_at_most_two_times_per_request() {
 /// Allocations per request through a client built by `builder` (plus the
 /// endpoint), on a current-thread runtime.
 fn client_allocations(builder: ClientBuilder) -> f64 {
-    let addr = echo_on_own_thread();
+    let addr = raw_echo_on_own_thread();
     let rt = current_thread();
     let client = rt.block_on(async {
         let client = builder.endpoint(addr).build();

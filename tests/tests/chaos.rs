@@ -195,10 +195,11 @@ async fn soak(format: TagFormat) {
         .connection(ConnectionConfig::new().frame(frame))
         .request_timeout(TIMEOUT)
         .connect_timeout(Duration::from_millis(200))
-        .backoff(Backoff {
-            base: Duration::from_millis(20),
-            max: Duration::from_millis(200),
-        })
+        .backoff(
+            Backoff::new()
+                .base(Duration::from_millis(20))
+                .max(Duration::from_millis(200)),
+        )
         .build();
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -65,16 +65,12 @@ async fn bind_retry(addr: SocketAddr) -> tokio::net::TcpListener {
 }
 
 /// Redial at once, even after a connection that never answered.
-const NO_BACKOFF: Backoff = Backoff {
-    base: Duration::ZERO,
-    max: Duration::ZERO,
-};
+const NO_BACKOFF: Backoff = Backoff::new().base(Duration::ZERO).max(Duration::ZERO);
 
 fn fast_backoff() -> Backoff {
-    Backoff {
-        base: Duration::from_millis(50),
-        max: Duration::from_millis(200),
-    }
+    Backoff::new()
+        .base(Duration::from_millis(50))
+        .max(Duration::from_millis(200))
 }
 
 /// Runs `workers` callers until `stop` is set; returns (ok, errors by kind,
@@ -562,7 +558,7 @@ async fn dns_discovery_follows_a_changing_answer() {
     let answer = Arc::new(Mutex::new(vec![a.addr]));
     let resolver = {
         let answer = answer.clone();
-        move |_target: &str| -> anet::client::ResolveFuture {
+        move |_target: &str| -> anet::client::future::ResolveFuture {
             let addrs = answer.lock().expect("lock").clone();
             Box::pin(async move { Ok(addrs) })
         }
@@ -661,11 +657,7 @@ async fn the_pool_grows_under_load_up_to_its_maximum() {
         .endpoint(server.addr)
         .connections_per_endpoint(1, 3)
         .connection(ConnectionConfig::new().max_in_flight(8))
-        .pool(PoolConfig {
-            min_connections: 1,
-            max_connections: 3,
-            ..PoolConfig::new()
-        })
+        .pool(PoolConfig::new().min_connections(1).max_connections(3))
         .build();
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..300 {
@@ -1085,23 +1077,26 @@ async fn every_duration_setter_takes_zero_and_max_and_requests_still_end() {
         ("connect_timeout", |b, d, _| b.connect_timeout(d)),
         ("keepalive", |b, d, _| b.keepalive(Some(d))),
         ("dns interval", |b, d, addr| {
-            b.dns("backend.test:1500", d)
-                .resolver(move |_: &str| -> anet::client::ResolveFuture {
+            b.dns("backend.test:1500", d).resolver(
+                move |_: &str| -> anet::client::future::ResolveFuture {
                     Box::pin(async move { Ok(vec![addr]) })
-                })
+                },
+            )
         }),
         // A zero period is a documented panic (no rate is "1 per 0 s"); the
         // smallest valid one stands in for it.
         ("rate_limit", |b, d, _| {
             b.rate_limit(1, d.max(Duration::from_nanos(1)))
         }),
-        ("backoff", |b, d, _| b.backoff(Backoff { base: d, max: d })),
+        ("backoff", |b, d, _| {
+            b.backoff(Backoff::new().base(d).max(d))
+        }),
         ("pool probation and backoff", |b, d, _| {
-            b.pool(PoolConfig {
-                probation: d,
-                backoff: Backoff { base: d, max: d },
-                ..PoolConfig::new()
-            })
+            b.pool(
+                PoolConfig::new()
+                    .probation(d)
+                    .backoff(Backoff::new().base(d).max(d)),
+            )
         }),
         ("quarantine", |b, d, _| {
             b.connection(ConnectionConfig::new().quarantine(d))
@@ -1162,7 +1157,8 @@ async fn every_duration_setter_takes_zero_and_max_and_requests_still_end() {
 /// A resolver that never answers must not keep a closed client open.
 #[tokio::test(start_paused = true)]
 async fn close_finishes_while_a_dns_resolution_hangs() {
-    let resolver = |_: &str| -> anet::client::ResolveFuture { Box::pin(std::future::pending()) };
+    let resolver =
+        |_: &str| -> anet::client::future::ResolveFuture { Box::pin(std::future::pending()) };
     let client = Client::builder()
         .dns("backend.test:1500", Duration::from_secs(1))
         .resolver(resolver)
@@ -1200,15 +1196,15 @@ async fn requests_during_a_redial_wait_for_it_and_never_fail_unavailable() {
         .connections_per_endpoint(1, 1)
         .request_timeout(Duration::from_secs(30))
         .connect_timeout(Duration::from_secs(10))
-        .pool(PoolConfig {
-            min_connections: 1,
-            max_connections: 1,
-            // Every close counts as a failure; the endpoint must not be marked
-            // down for them (that would be a fair `Unavailable`).
-            failure_threshold: u32::MAX,
-            backoff: fast_backoff(),
-            ..PoolConfig::new()
-        })
+        .pool(
+            PoolConfig::new()
+                .min_connections(1)
+                .max_connections(1)
+                // Every close counts as a failure; the endpoint must not be
+                // marked down for them (that would be a fair `Unavailable`).
+                .failure_threshold(u32::MAX)
+                .backoff(fast_backoff()),
+        )
         .build();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..16 {
@@ -1246,7 +1242,7 @@ async fn an_endpoint_stays_until_every_source_that_lists_it_lets_go() {
     let answer = Arc::new(Mutex::new(vec![fixed, dns_only, shared]));
     let resolver = {
         let answer = answer.clone();
-        move |_: &str| -> anet::client::ResolveFuture {
+        move |_: &str| -> anet::client::future::ResolveFuture {
             let addrs = answer.lock().expect("lock").clone();
             Box::pin(async move { Ok(addrs) })
         }

@@ -239,11 +239,30 @@ fn count(errors: &[Kind], kind: Kind) -> usize {
     errors.iter().filter(|k| **k == kind).count()
 }
 
+/// Fails unless every error is one a caller gets at once while its backend is
+/// backing off (never a timeout).
+fn assert_fail_fast_kinds(errors: &[Kind]) {
+    for kind in errors {
+        assert!(
+            matches!(
+                kind,
+                Kind::Unavailable | Kind::NotSent | Kind::ConnectionLost
+            ),
+            "{kind:?}"
+        );
+    }
+}
+
+/// [`PoolConfig::settle`](anet::client::PoolConfig::settle)'s default.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// The cap of [`BACKOFF`].
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// A backoff whose cap is reached within the test's five seconds.
-const BACKOFF: Backoff = Backoff {
-    base: Duration::from_millis(100),
-    max: Duration::from_secs(1),
-};
+const BACKOFF: Backoff = Backoff::new()
+    .base(Duration::from_millis(100))
+    .max(BACKOFF_MAX);
 
 /// Paused time: a backend that accepts every connection and closes it at once
 /// gets a few connections a second (the backoff grows to its cap), callers fail
@@ -275,7 +294,7 @@ async fn a_backend_that_accepts_and_closes_at_once_is_redialled_with_backoff_not
         endpoint.failed_dials, dials as u64,
         "each one a failed dial"
     );
-    assert!(endpoint.backoff >= BACKOFF.max / 2 && endpoint.backoff <= BACKOFF.max);
+    assert!(endpoint.backoff >= BACKOFF_MAX / 2 && endpoint.backoff <= BACKOFF_MAX);
 
     // The backend answers again: traffic resumes within the current backoff.
     let switched = Instant::now();
@@ -283,7 +302,7 @@ async fn a_backend_that_accepts_and_closes_at_once_is_redialled_with_backoff_not
     backend.set(Mode::Echo);
     // (Not a sleep: paused time stands still while the callers are answered.)
     tokio::time::timeout(
-        BACKOFF.max + Duration::from_millis(100),
+        BACKOFF_MAX + Duration::from_millis(100),
         answered.notified(),
     )
     .await
@@ -297,22 +316,14 @@ async fn a_backend_that_accepts_and_closes_at_once_is_redialled_with_backoff_not
     );
     // Proven again: the backoff is over (the pool looks once the new
     // connection has settled, at the latest).
-    tokio::time::sleep(anet::client::PoolConfig::new().settle + Duration::from_millis(10)).await;
+    tokio::time::sleep(SETTLE + Duration::from_millis(10)).await;
     let stats = client.stats();
     let endpoint = stats.endpoint(memory_addr()).expect("endpoint");
     assert!(endpoint.up);
     assert_eq!(endpoint.backoff, Duration::ZERO);
     // Typed errors throughout, each at once: never a wait for the backoff.
     assert!(!seen.errors.is_empty());
-    for kind in &seen.errors {
-        assert!(
-            matches!(
-                kind,
-                Kind::Unavailable | Kind::NotSent | Kind::ConnectionLost
-            ),
-            "{kind:?}"
-        );
-    }
+    assert_fail_fast_kinds(&seen.errors);
     assert!(
         seen.slowest_error < Duration::from_millis(5),
         "a failed call took {:?}",
@@ -343,20 +354,12 @@ async fn a_tcp_backend_that_accepts_and_closes_at_once_gets_a_few_dozen_connecti
     .await;
     assert!(resumed, "the endpoint came back");
     // Within the capped backoff, plus a generous margin for a loaded machine.
-    assert!(switched.elapsed() < BACKOFF.max + Duration::from_secs(3));
+    assert!(switched.elapsed() < BACKOFF_MAX + Duration::from_secs(3));
     stop.store(true, Ordering::SeqCst);
     let seen = join(tasks).await;
     assert!(seen.ok > 0);
     assert!(!seen.errors.is_empty());
-    for kind in &seen.errors {
-        assert!(
-            matches!(
-                kind,
-                Kind::Unavailable | Kind::NotSent | Kind::ConnectionLost
-            ),
-            "{kind:?}"
-        );
-    }
+    assert_fail_fast_kinds(&seen.errors);
 }
 
 /// Paused time: each connection answers five requests and then closes. Those

@@ -127,7 +127,7 @@ async fn a_held_one_byte_binary_tag_is_not_reissued_when_every_generation_wraps(
 async fn a_window_and_held_limit_beyond_the_tag_space_are_refused_not_clamped() {
     let two_digits = ConnectionConfig::new().frame(Builder::new().tag_format(TagFormat::ascii(2)));
     assert_eq!(
-        two_digits.get_max_in_flight(),
+        two_digits.effective_max_in_flight(),
         50,
         "the default fits the space"
     );

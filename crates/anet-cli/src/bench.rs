@@ -19,7 +19,7 @@ use std::{
 
 use anet::{
     Kind,
-    client::Client,
+    client::{Client, ErrorCounts},
     server::{Request, Server},
 };
 use bytes::Bytes;
@@ -40,7 +40,7 @@ struct Tally {
     latency_us: Histogram<u64>,
     ok: u64,
     mismatches: u64,
-    errors: [u64; Kind::ALL.len()],
+    errors: ErrorCounts,
 }
 
 impl Tally {
@@ -49,7 +49,7 @@ impl Tally {
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
             ok: 0,
             mismatches: 0,
-            errors: [0; Kind::ALL.len()],
+            errors: ErrorCounts::default(),
         }
     }
 
@@ -57,13 +57,11 @@ impl Tally {
         let _ = self.latency_us.add(&other.latency_us);
         self.ok += other.ok;
         self.mismatches += other.mismatches;
-        for (a, b) in self.errors.iter_mut().zip(other.errors) {
-            *a += b;
-        }
+        self.errors.merge(&other.errors);
     }
 
     fn requests(&self) -> u64 {
-        self.ok + self.mismatches + self.errors.iter().sum::<u64>()
+        self.ok + self.mismatches + self.errors.total()
     }
 }
 
@@ -135,7 +133,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                         let _ = tally.latency_us.record(us.min(60_000_000));
                     }
                     Ok(_) => tally.mismatches += 1,
-                    Err(e) => tally.errors[kind_index(e.kind())] += 1,
+                    Err(e) => tally.errors.record(e.kind()),
                 }
                 done.fetch_add(1, Relaxed);
             }
@@ -180,14 +178,6 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The position of `kind` in [`Kind::ALL`], where the tallies keep it.
-fn kind_index(kind: Kind) -> usize {
-    Kind::ALL
-        .iter()
-        .position(|k| *k == kind)
-        .unwrap_or(Kind::ALL.len() - 1)
-}
-
 /// Final numbers of a run.
 struct Report<'a> {
     tally: &'a Tally,
@@ -224,12 +214,9 @@ impl<'a> Report<'a> {
         println!("requests     {}", t.requests());
         println!("ok           {}", t.ok);
         println!("mismatches   {}", t.mismatches);
-        let errors: u64 = t.errors.iter().sum();
-        println!("errors       {errors}");
-        for (kind, n) in Kind::ALL.iter().zip(t.errors) {
-            if n > 0 {
-                println!("  {:<16} {n}", kind.as_str());
-            }
+        println!("errors       {}", t.errors.total());
+        for (kind, n) in t.errors.iter() {
+            println!("  {:<16} {n}", kind.as_str());
         }
         println!("throughput   {:.0} req/s", self.rps);
         println!(
@@ -245,7 +232,8 @@ impl<'a> Report<'a> {
     fn json(&self) -> serde_json::Value {
         let t = self.tally;
         let mut errors = serde_json::Map::new();
-        for (kind, n) in Kind::ALL.iter().zip(t.errors) {
+        for &kind in Kind::all() {
+            let n = t.errors.get(kind);
             let always = !matches!(
                 kind,
                 Kind::InvalidRequest | Kind::InvalidConfig | Kind::Other
@@ -336,7 +324,8 @@ mod tests {
     fn json_report_has_the_documented_keys() {
         let mut t = Tally::new();
         t.ok = 3;
-        t.errors[kind_index(Kind::Timeout)] = 2;
+        t.errors.record(Kind::Timeout);
+        t.errors.record(Kind::Timeout);
         let _ = t.latency_us.record(100);
         let report = Report::new(&t, Duration::from_secs(1));
         let json = report.json();

@@ -58,22 +58,25 @@ impl Kind {
         }
     }
 
-    /// Every kind, in declaration order.
-    pub const ALL: [Kind; 11] = [
-        Kind::Timeout,
-        Kind::ConnectionLost,
-        Kind::NotSent,
-        Kind::Connect,
-        Kind::Protocol,
-        Kind::Overloaded,
-        Kind::Unavailable,
-        Kind::Closed,
-        Kind::InvalidRequest,
-        Kind::InvalidConfig,
-        Kind::Other,
-    ];
+    /// Every kind, in declaration order. A slice, not an array: later versions
+    /// may add kinds (the enum is `#[non_exhaustive]`).
+    ///
+    /// ```
+    /// use anet::Kind;
+    ///
+    /// assert!(Kind::all().contains(&Kind::NotSent));
+    /// let names: Vec<&str> = Kind::all().iter().map(Kind::as_str).collect();
+    /// assert_eq!(names[0], "timeout");
+    /// ```
+    pub const fn all() -> &'static [Kind] {
+        &KINDS
+    }
 
-    /// The kind's position in [`Kind::ALL`] (the client's per-kind counters).
+    /// The number of kinds (the length of per-kind counters).
+    #[cfg(feature = "client")]
+    pub(crate) const COUNT: usize = KINDS.len();
+
+    /// The kind's position in [`Kind::all`] (the per-kind counters).
     #[cfg(feature = "client")]
     pub(crate) const fn index(&self) -> usize {
         *self as usize
@@ -109,6 +112,21 @@ impl Kind {
         }
     }
 }
+
+/// Every kind, in declaration order (so `kind as usize` is its index).
+const KINDS: [Kind; 11] = [
+    Kind::Timeout,
+    Kind::ConnectionLost,
+    Kind::NotSent,
+    Kind::Connect,
+    Kind::Protocol,
+    Kind::Overloaded,
+    Kind::Unavailable,
+    Kind::Closed,
+    Kind::InvalidRequest,
+    Kind::InvalidConfig,
+    Kind::Other,
+];
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -156,6 +174,46 @@ impl Error {
         }
     }
 
+    /// A failure of `kind`, caused by `source`, of a request that was **never
+    /// written** to any connection: retrying it cannot make the server see it
+    /// twice, whatever the kind ([`is_unsent`](Self::is_unsent) is `true`).
+    ///
+    /// For custom layers and connectors that refuse a request before it reaches
+    /// the wire, so that [`RetryPolicy`](crate::client::RetryPolicy) (or your own
+    /// policy) may retry it.
+    ///
+    /// ```
+    /// use anet::{Error, Kind};
+    ///
+    /// // A layer refusing a request while its circuit is open: nothing was written.
+    /// let err = Error::not_sent(Kind::Unavailable, "circuit open");
+    /// assert!(err.is_unsent());
+    /// assert_eq!(err.kind(), Kind::Unavailable);
+    /// ```
+    pub fn not_sent(kind: Kind, source: impl Into<BoxError>) -> Error {
+        Error::with_source(kind, source).unsent()
+    }
+
+    /// A failure of `kind`, caused by `source`, of a request that **may have been
+    /// written**: the server may have seen it ([`is_unsent`](Self::is_unsent) is
+    /// `false`, whatever the kind), so only idempotent requests may be retried.
+    ///
+    /// For custom layers and transports that fail after handing the request on.
+    ///
+    /// ```
+    /// use anet::{Error, Kind};
+    ///
+    /// // Even a kind that is unsent by default is not, when the request went out.
+    /// let err = Error::maybe_sent(Kind::Overloaded, "peer refused after reading it");
+    /// assert!(!err.is_unsent());
+    /// ```
+    pub fn maybe_sent(kind: Kind, source: impl Into<BoxError>) -> Error {
+        Error {
+            unsent: false,
+            ..Error::with_source(kind, source)
+        }
+    }
+
     /// Marks the error as one whose request was never written, whatever its kind
     /// (e.g. `Closed` before the request reached a connection).
     #[cfg_attr(not(feature = "client"), allow(dead_code))]
@@ -199,6 +257,29 @@ impl Error {
         }
         Error::with_source(Kind::Other, err)
     }
+}
+
+/// What a retry policy needs to know about an error: its kind and whether the
+/// request was unsent. Looks through the source chain for an anet [`Error`]
+/// (layers such as `Buffer` wrap it) and classifies tower's `Elapsed` (a timeout:
+/// the request may have been written) and `Overloaded` (shed before it was
+/// sent); `None` for anything else.
+#[cfg(feature = "client")]
+pub(crate) fn classify(err: &(dyn StdError + 'static)) -> Option<(Kind, bool)> {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        return Some((Kind::Timeout, false));
+    }
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        return Some((Kind::Overloaded, true));
+    }
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(ours) = e.downcast_ref::<Error>() {
+            return Some((ours.kind, ours.unsent));
+        }
+        next = e.source();
+    }
+    None
 }
 
 impl fmt::Debug for Error {
@@ -260,5 +341,38 @@ mod tests {
         assert!(Error::new(Kind::Closed).unsent().is_unsent());
         assert_eq!(Error::new(Kind::Timeout).to_string(), "request timed out");
         assert_eq!(Kind::ConnectionLost.as_str(), "connection_lost");
+    }
+
+    #[cfg(feature = "client")]
+    #[test]
+    fn classify_finds_an_anet_error_wrapped_by_a_layer() {
+        /// A layer's wrapper (as tower's `Buffer` wraps its inner error).
+        #[derive(Debug)]
+        struct Wrapped(Error);
+        impl fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("wrapped")
+            }
+        }
+        impl StdError for Wrapped {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let inner = Error::not_sent(Kind::ConnectionLost, "reset before write");
+        assert_eq!(
+            classify(&Wrapped(inner)),
+            Some((Kind::ConnectionLost, true))
+        );
+        let elapsed = tower::timeout::error::Elapsed::new();
+        assert_eq!(classify(&elapsed), Some((Kind::Timeout, false)));
+        assert_eq!(classify(&std::io::Error::other("boom")), None);
+    }
+
+    #[test]
+    fn every_kind_is_listed_at_its_index() {
+        for (i, kind) in Kind::all().iter().enumerate() {
+            assert_eq!(*kind as usize, i, "{kind}");
+        }
     }
 }

@@ -47,6 +47,7 @@
 
 #![forbid(unsafe_code)]
 
+mod assertions;
 #[cfg(feature = "client")]
 pub mod client;
 mod error;

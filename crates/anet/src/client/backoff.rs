@@ -3,13 +3,26 @@
 use std::time::Duration;
 
 /// Exponential backoff settings: the `n`-th consecutive failure waits a random
-/// time in `[base·2ⁿ / 2, base·2ⁿ]`, capped at `max`.
+/// time in `[base·2ⁿ / 2, base·2ⁿ]`, capped at `max`. `Copy`; setters take and
+/// return it by value.
+///
+/// ```
+/// use std::time::Duration;
+/// use anet::client::Backoff;
+///
+/// let backoff = Backoff::new()
+///     .base(Duration::from_millis(50))
+///     .max(Duration::from_secs(2));
+/// assert!(backoff.delay(1) <= Duration::from_millis(50));
+/// assert!(backoff.delay(30) <= Duration::from_secs(2));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a configuration does nothing until it is used"]
 pub struct Backoff {
-    /// The wait after the first failure (upper bound). Default: 100 ms.
-    pub base: Duration,
-    /// The longest wait. Default: 10 s.
-    pub max: Duration,
+    /// The wait after the first failure (upper bound).
+    base: Duration,
+    /// The longest wait.
+    max: Duration,
 }
 
 impl Backoff {
@@ -21,8 +34,22 @@ impl Backoff {
         }
     }
 
+    /// The wait after the first failure (the upper bound of its jitter); each
+    /// further failure doubles it. Default: 100 ms.
+    pub const fn base(mut self, base: Duration) -> Self {
+        self.base = base;
+        self
+    }
+
+    /// The longest wait. Default: 10 s.
+    pub const fn max(mut self, max: Duration) -> Self {
+        self.max = max;
+        self
+    }
+
     /// The wait after `failures` consecutive failures (1 for the first), jittered
     /// so that many clients do not reconnect in lockstep.
+    #[must_use]
     pub fn delay(&self, failures: u32) -> Duration {
         let exp = failures.saturating_sub(1).min(30);
         let ceiling = self.base.saturating_mul(1 << exp).min(self.max);
@@ -44,10 +71,9 @@ mod tests {
 
     #[test]
     fn delays_grow_exponentially_within_jitter_bounds_and_cap() {
-        let b = Backoff {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        };
+        let b = Backoff::new()
+            .base(Duration::from_millis(100))
+            .max(Duration::from_secs(1));
         for _ in 0..100 {
             let d1 = b.delay(1);
             assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100));

@@ -32,7 +32,7 @@ use tracing::Instrument;
 
 use super::{
     Connection,
-    connection::{Failure, ResponseFuture as ConnectionFuture},
+    connection::{ConnectionFuture, Failure},
     deadline::{self, Deadline},
     pool::{Endpoint, EndpointStats, PoolContext, maintain},
 };

@@ -60,15 +60,15 @@ use crate::BoxError;
 /// # }
 /// ```
 #[derive(Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct ClientBuilder {
     endpoints: Vec<SocketAddr>,
     dns: Option<(String, Duration)>,
     resolver: Option<Arc<dyn Resolve>>,
-    connection: ConnectionConfig,
+    /// Dials TCP endpoints, and holds the connect timeout and connection
+    /// settings a user connector's connections get too.
+    connector: Connector,
     pool: PoolConfig,
-    connect_timeout: Duration,
-    nodelay: bool,
-    keepalive: Option<Duration>,
     request_timeout: Duration,
     concurrency_limit: Option<usize>,
     rate_limit: Option<(u64, Duration)>,
@@ -78,16 +78,15 @@ pub struct ClientBuilder {
     custom_dialer: Option<MakeDialer>,
 }
 
-type MakeDialer = Arc<dyn Fn(ConnectionConfig, Duration) -> Dialer + Send + Sync>;
+type MakeDialer = Arc<dyn Fn(Connector) -> Dialer + Send + Sync>;
 
 impl fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientBuilder")
             .field("endpoints", &self.endpoints)
             .field("dns", &self.dns)
-            .field("connection", &self.connection)
+            .field("connector", &self.connector)
             .field("pool", &self.pool)
-            .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("concurrency_limit", &self.concurrency_limit)
             .field("rate_limit", &self.rate_limit)
@@ -110,11 +109,8 @@ impl ClientBuilder {
             endpoints: Vec::new(),
             dns: None,
             resolver: None,
-            connection: ConnectionConfig::new(),
+            connector: Connector::new(),
             pool: PoolConfig::new(),
-            connect_timeout: Duration::from_secs(1),
-            nodelay: true,
-            keepalive: None,
             request_timeout: Duration::from_secs(2),
             concurrency_limit: None,
             rate_limit: None,
@@ -155,13 +151,13 @@ impl ClientBuilder {
     /// Settings of every connection (window, quarantine, frame format).
     /// Default: [`ConnectionConfig::new`].
     pub fn connection(mut self, config: ConnectionConfig) -> Self {
-        self.connection = config;
+        self.connector = self.connector.connection_config(config);
         self
     }
 
     /// Requests in flight per connection. Default: 512.
     pub fn max_in_flight(mut self, n: usize) -> Self {
-        self.connection = self.connection.max_in_flight(n);
+        self.connector.config = self.connector.config.max_in_flight(n);
         self
     }
 
@@ -189,19 +185,19 @@ impl ClientBuilder {
     /// How long a connect may take; also how long a request waits for an endpoint
     /// that is making its first connection. Default: 1 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.connector = self.connector.connect_timeout(timeout);
         self
     }
 
     /// `TCP_NODELAY` on new connections. Default: true.
     pub fn nodelay(mut self, nodelay: bool) -> Self {
-        self.nodelay = nodelay;
+        self.connector = self.connector.nodelay(nodelay);
         self
     }
 
     /// TCP keepalive idle time. Default: `None` (off).
     pub fn keepalive(mut self, idle: Option<Duration>) -> Self {
-        self.keepalive = idle;
+        self.connector = self.connector.keepalive(idle);
         self
     }
 
@@ -263,8 +259,8 @@ impl ClientBuilder {
         M::Error: Into<BoxError>,
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        self.custom_dialer = Some(Arc::new(move |config, timeout| {
-            Dialer::custom(make.clone(), config, timeout)
+        self.custom_dialer = Some(Arc::new(move |connector| {
+            Dialer::custom(make.clone(), connector)
         }));
         self
     }
@@ -301,15 +297,10 @@ impl ClientBuilder {
     }
 
     fn build_registry(self) -> (Client, Arc<Registry>) {
-        self.connection.assert_valid();
-        let connector = Connector::new()
-            .connection_config(self.connection)
-            .connect_timeout(self.connect_timeout)
-            .nodelay(self.nodelay)
-            .keepalive(self.keepalive);
+        self.connector.config.assert_valid();
         let dialer = match &self.custom_dialer {
-            Some(make) => make(self.connection, self.connect_timeout),
-            None => Dialer::tcp(connector),
+            Some(make) => make(self.connector),
+            None => Dialer::tcp(self.connector),
         };
         let pool = PoolContext {
             config: self.pool,
@@ -317,7 +308,7 @@ impl ClientBuilder {
             changed: Arc::default(),
             shutdown: CancellationToken::new(),
         };
-        let registry = Registry::new(pool, self.connect_timeout);
+        let registry = Registry::new(pool, self.connector.connect_timeout);
         for addr in self.endpoints {
             registry.add_by_user(addr);
         }

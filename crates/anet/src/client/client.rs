@@ -21,9 +21,10 @@ use tower::{
 };
 
 use super::{
-    BalanceFuture, Balancer, ClientBuilder, EndpointStats, Endpoints, RateLimit, RetryPolicy,
+    Balancer, ClientBuilder, EndpointStats, Endpoints, RateLimit, RetryPolicy,
     balance::Registry,
     deadline::{self, Deadline},
+    future::BalanceFuture,
 };
 use crate::time::later;
 use crate::{BoxError, Error, Kind};

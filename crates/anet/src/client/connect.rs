@@ -9,11 +9,14 @@ use std::{
     time::Duration,
 };
 
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
 use tower::Service;
 
 use super::{Connection, ConnectionConfig};
-use crate::{Error, Kind};
+use crate::{BoxError, Error, Kind};
 
 /// A `Service<SocketAddr>` that dials TCP and returns a ready [`Connection`]: the
 /// MakeService for one address.
@@ -34,9 +37,10 @@ use crate::{Error, Kind};
 /// # }
 /// ```
 #[derive(Clone, Copy, Debug)]
+#[must_use = "a connector does nothing until it dials"]
 pub struct Connector {
-    config: ConnectionConfig,
-    connect_timeout: Duration,
+    pub(crate) config: ConnectionConfig,
+    pub(crate) connect_timeout: Duration,
     nodelay: bool,
     keepalive: Option<Duration>,
 }
@@ -78,11 +82,6 @@ impl Connector {
         self
     }
 
-    /// The settings of the connections it makes.
-    pub const fn get_connection_config(&self) -> ConnectionConfig {
-        self.config
-    }
-
     /// Dials `addr` and returns a connection.
     ///
     /// # Errors
@@ -92,28 +91,54 @@ impl Connector {
     /// [`ConnectionConfig::validate`]), before dialing.
     pub async fn connect(&self, addr: SocketAddr) -> Result<Connection, Error> {
         self.config.validate()?;
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::warn!(%addr, error = %e, "connect failed");
-                    return Err(Error::with_source(Kind::Connect, e));
-                }
-                Err(_) => {
-                    tracing::warn!(%addr, timeout = ?self.connect_timeout, "connect timed out");
-                    return Err(Error::with_source(
-                        Kind::Connect,
-                        format!(
-                            "connect to {addr} timed out after {:?}",
-                            self.connect_timeout
-                        ),
-                    ));
-                }
-            };
+        let stream = self.within_timeout(addr, TcpStream::connect(addr)).await?;
         self.configure(&stream)
             .map_err(|e| Error::with_source(Kind::Connect, e))?;
         tracing::info!(%addr, "connected");
         Connection::try_new(stream, self.config)
+    }
+
+    /// Makes a connection over whatever `dial` (a user's connect to `addr`)
+    /// returns, within the connect timeout and with these connection settings.
+    pub(crate) async fn connect_over<T, E>(
+        &self,
+        addr: SocketAddr,
+        dial: impl Future<Output = Result<T, E>>,
+    ) -> Result<Connection, Error>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        E: Into<BoxError>,
+    {
+        let io = self.within_timeout(addr, dial).await?;
+        tracing::info!(%addr, "connected");
+        Connection::try_new(io, self.config)
+    }
+
+    /// Awaits `dial`, a connect to `addr`, within the connect timeout: the one
+    /// place a connect is timed. Failures are [`Kind::Connect`] errors.
+    async fn within_timeout<T, E: Into<BoxError>>(
+        &self,
+        addr: SocketAddr,
+        dial: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(self.connect_timeout, dial).await {
+            Ok(Ok(io)) => Ok(io),
+            Ok(Err(e)) => {
+                let e: BoxError = e.into();
+                tracing::warn!(%addr, error = %e, "connect failed");
+                Err(Error::with_source(Kind::Connect, e))
+            }
+            Err(_) => {
+                tracing::warn!(%addr, timeout = ?self.connect_timeout, "connect timed out");
+                Err(Error::with_source(
+                    Kind::Connect,
+                    format!(
+                        "connect to {addr} timed out after {:?}",
+                        self.connect_timeout
+                    ),
+                ))
+            }
+        }
     }
 
     fn configure(&self, stream: &TcpStream) -> std::io::Result<()> {

@@ -1,13 +1,13 @@
 //! Turning an address into a [`Connection`]: TCP by default, or any transport a
 //! user's connector makes (TLS, Unix socket, a proxy hop).
 
-use std::{fmt, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
+use std::{fmt, future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::{Service, ServiceExt};
 
-use super::{Connection, ConnectionConfig, Connector};
-use crate::{BoxError, Error, Kind};
+use super::{Connection, Connector};
+use crate::{BoxError, Error};
 
 type DialFuture = Pin<Box<dyn Future<Output = Result<Connection, Error>> + Send>>;
 
@@ -32,9 +32,9 @@ impl Dialer {
         }
     }
 
-    /// Dials with a user connector: any `Service<SocketAddr>` returning a byte
-    /// stream, wrapped with the connect timeout and the connection settings.
-    pub(crate) fn custom<M, T>(make: M, config: ConnectionConfig, timeout: Duration) -> Dialer
+    /// Dials with a user connector: any `Service<SocketAddr>` that returns a byte
+    /// stream, within `connector`'s timeout and with its connection settings.
+    pub(crate) fn custom<M, T>(make: M, connector: Connector) -> Dialer
     where
         M: Service<SocketAddr, Response = T> + Clone + Send + Sync + 'static,
         M::Future: Send + 'static,
@@ -44,19 +44,7 @@ impl Dialer {
         Dialer {
             dial: Arc::new(move |addr| {
                 let make = make.clone();
-                Box::pin(async move {
-                    let io = tokio::time::timeout(timeout, make.oneshot(addr))
-                        .await
-                        .map_err(|_| {
-                            Error::with_source(
-                                Kind::Connect,
-                                format!("connect to {addr} timed out after {timeout:?}"),
-                            )
-                        })?
-                        .map_err(|e| Error::with_source(Kind::Connect, e))?;
-                    tracing::info!(%addr, "connected");
-                    Connection::try_new(io, config)
-                })
+                Box::pin(async move { connector.connect_over(addr, make.oneshot(addr)).await })
             }),
         }
     }

@@ -13,6 +13,10 @@
 //!   own stack on; [`Endpoints`] adds and removes endpoints at run time.
 //! * [`Connection`]: one multiplexed connection; [`Connector`] dials one over TCP.
 //! * [`RetryPolicy`]: retries only what is safe to retry.
+//! * [`future`]: the futures the services above return.
+//!
+//! Every type has one path: `anet::client::Name`, or `anet::client::future::Name`
+//! for futures.
 
 mod backoff;
 mod balance;
@@ -20,21 +24,22 @@ mod builder;
 #[allow(clippy::module_inception)]
 mod client;
 mod connect;
-pub mod connection;
+mod connection;
 mod deadline;
 mod dial;
 mod discover;
+pub mod future;
 mod pool;
-pub mod rate_limit;
+mod rate_limit;
 mod retry;
 
 pub use backoff::Backoff;
-pub use balance::{Balancer, Endpoints, ResponseFuture as BalanceFuture};
+pub use balance::{Balancer, Endpoints};
 pub use builder::ClientBuilder;
-pub use client::{CallFuture, Client, ClientStats};
-pub use connect::{ConnectFuture, Connector};
+pub use client::{Client, ClientStats};
+pub use connect::Connector;
 pub use connection::{Connection, ConnectionConfig, ConnectionStats};
-pub use discover::{Resolve, ResolveFuture, SystemResolver};
+pub use discover::{Resolve, SystemResolver};
 pub use pool::{EndpointStats, ErrorCounts, PoolConfig};
 pub use rate_limit::{RateLimit, RateLimitLayer};
 pub use retry::{RetryBudget, RetryPolicy};

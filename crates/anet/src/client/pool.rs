@@ -50,14 +50,12 @@ use tokio_util::sync::CancellationToken;
 
 use bytes::Bytes;
 
-use super::{
-    Backoff, Connection, connection::ResponseFuture as ConnectionFuture, deadline::Deadline,
-    dial::Dialer,
-};
+use super::{Backoff, Connection, connection::ConnectionFuture, deadline::Deadline, dial::Dialer};
 use crate::time::later;
 use crate::{Error, Kind};
 
-/// How each endpoint's pool behaves.
+/// How each endpoint's pool behaves. `Copy`; setters take and return it by
+/// value.
 ///
 /// Reconnect discipline: a connection is proven once it answers a request, or
 /// once it stays open for [`settle`](Self::settle) with nothing written. One
@@ -66,34 +64,36 @@ use crate::{Error, Kind};
 /// dial waits [`Backoff::delay`] of the consecutive failures, and requests
 /// fail at once meanwhile ([`Kind::Unavailable`], or [`Kind::NotSent`], which
 /// is retried). A proven connection that ends is replaced at once.
+///
+/// ```
+/// use std::time::Duration;
+/// use anet::client::{Backoff, PoolConfig};
+///
+/// let pool = PoolConfig::new()
+///     .max_connections(8)
+///     .backoff(Backoff::new().max(Duration::from_secs(2)))
+///     .probation(Duration::from_secs(5));
+/// # let _ = pool;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a configuration does nothing until it is used"]
 pub struct PoolConfig {
-    /// Connections kept open even when idle. Default: 1.
-    pub min_connections: usize,
-    /// Most connections per endpoint; another is added when every open one is at
-    /// least three-quarters full. Default: 4.
-    pub max_connections: usize,
-    /// Consecutive failed dials (refused, timed out, or connections that ended
-    /// before they were proven; see [`settle`](Self::settle)) that mark an
-    /// endpoint down even while it has live connections, as long as none of
-    /// them has proven itself (beside one that is answering, failed dials only
-    /// put off growth). Default: 3. An endpoint with no live connection is
-    /// never routed to, whatever this says.
-    pub failure_threshold: u32,
-    /// Waits between reconnect attempts. Default: [`Backoff::new`].
-    pub backoff: Backoff,
-    /// After coming back, how long an endpoint stays on probation, during which a
-    /// single failure marks it down again. Default: 10 s.
-    pub probation: Duration,
-    /// How long a connection must stay open, with no request written to it,
-    /// to count as proven without answering one. A connection that ends
-    /// before it answered anything counts as a failed dial if it ended within
-    /// this time or had requests written to it. Default: 1 s.
-    pub settle: Duration,
+    /// Connections kept open even when idle.
+    pub(crate) min_connections: usize,
+    /// Most connections per endpoint.
+    pub(crate) max_connections: usize,
+    /// Consecutive failed dials that mark an endpoint down.
+    pub(crate) failure_threshold: u32,
+    /// Waits between reconnect attempts.
+    pub(crate) backoff: Backoff,
+    /// How long a returning endpoint stays on probation.
+    pub(crate) probation: Duration,
+    /// How long an idle connection must stay open to count as proven.
+    pub(crate) settle: Duration,
 }
 
 impl PoolConfig {
-    /// The defaults listed on each field.
+    /// The defaults listed on each setter.
     pub const fn new() -> PoolConfig {
         PoolConfig {
             min_connections: 1,
@@ -103,6 +103,53 @@ impl PoolConfig {
             probation: Duration::from_secs(10),
             settle: Duration::from_secs(1),
         }
+    }
+
+    /// Connections kept open even when idle (at least 1). Default: 1.
+    pub const fn min_connections(mut self, n: usize) -> Self {
+        self.min_connections = if n == 0 { 1 } else { n };
+        self
+    }
+
+    /// Most connections per endpoint; another is added when every open one is
+    /// at least three-quarters full. Never below
+    /// [`min_connections`](Self::min_connections) when the pool runs. Default: 4.
+    pub const fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Consecutive failed dials (refused, timed out, or connections that ended
+    /// before they were proven; see [`settle`](Self::settle)) that mark an
+    /// endpoint down even while it has live connections, as long as none of
+    /// them has proven itself (beside one that is answering, failed dials only
+    /// put off growth). Default: 3. An endpoint with no live connection is
+    /// never routed to, whatever this says.
+    pub const fn failure_threshold(mut self, n: u32) -> Self {
+        self.failure_threshold = n;
+        self
+    }
+
+    /// Waits between reconnect attempts. Default: [`Backoff::new`].
+    pub const fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// After coming back, how long an endpoint stays on probation, during which
+    /// a single failure marks it down again. Default: 10 s.
+    pub const fn probation(mut self, period: Duration) -> Self {
+        self.probation = period;
+        self
+    }
+
+    /// How long a connection must stay open, with no request written to it,
+    /// to count as proven without answering one. A connection that ends
+    /// before it answered anything counts as a failed dial if it ended within
+    /// this time or had requests written to it. Default: 1 s.
+    pub const fn settle(mut self, period: Duration) -> Self {
+        self.settle = period;
+        self
     }
 }
 
@@ -143,7 +190,7 @@ pub(crate) struct Endpoint {
     /// Requests written on connections that have since closed (live ones report
     /// their own count).
     retired_written: AtomicU64,
-    pub(crate) errors: [AtomicU64; Kind::ALL.len()],
+    pub(crate) errors: [AtomicU64; Kind::COUNT],
     reconnects: AtomicU64,
     connect_failures: AtomicU64,
     dials: AtomicU64,
@@ -368,9 +415,20 @@ fn is_proven(conn: &Connection, now: Instant, settle: Duration) -> bool {
         || (stats.written == 0 && now.saturating_duration_since(conn.opened_at()) >= settle)
 }
 
-/// Counts of failed requests by [`Kind`].
+/// Counts of failed requests by [`Kind`]: an endpoint's in its stats, or your
+/// own tally.
+///
+/// ```
+/// use anet::{Kind, client::ErrorCounts};
+///
+/// let mut counts = ErrorCounts::default();
+/// counts.record(Kind::Timeout);
+/// counts.merge(&counts.clone());
+/// assert_eq!(counts.get(Kind::Timeout), 2);
+/// assert_eq!(counts.total(), 2);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ErrorCounts([u64; Kind::ALL.len()]);
+pub struct ErrorCounts([u64; Kind::COUNT]);
 
 impl ErrorCounts {
     /// Failures of this kind.
@@ -385,10 +443,22 @@ impl ErrorCounts {
 
     /// The non-zero counts, by kind.
     pub fn iter(&self) -> impl Iterator<Item = (Kind, u64)> + '_ {
-        Kind::ALL
+        Kind::all()
             .iter()
             .map(|k| (*k, self.get(*k)))
             .filter(|(_, n)| *n > 0)
+    }
+
+    /// Counts one failure of `kind`.
+    pub fn record(&mut self, kind: Kind) {
+        self.0[kind.index()] += 1;
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn merge(&mut self, other: &ErrorCounts) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
     }
 }
 

@@ -93,6 +93,10 @@ impl<S> Layer<S> for RateLimitLayer {
 }
 
 /// Holds requests back (in `poll_ready`) beyond a rate shared by all clones.
+///
+/// tower's `RateLimit` keeps its budget in each service value, so every clone of
+/// a cloned-per-request client would get a fresh budget; this one keeps a token
+/// bucket behind an `Arc`, shared by all clones (made by [`RateLimitLayer`]).
 pub struct RateLimit<S> {
     inner: S,
     bucket: Arc<Mutex<Bucket>>,

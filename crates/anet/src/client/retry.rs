@@ -13,13 +13,16 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tower::retry::{Policy, budget::Budget};
 
-use crate::{BoxError, Error, Kind};
+use crate::{Error, Kind};
+use sealed::Classify;
 
 /// Retries a request only when doing so cannot make the server see it twice —
 /// unless the caller declares requests idempotent.
 ///
 /// * Always retried (the request was never written): [`Kind::NotSent`],
-///   [`Kind::Connect`].
+///   [`Kind::Connect`]; and [`Kind::ConnectionLost`], [`Kind::Protocol`] or
+///   [`Kind::Other`] errors that say they were never written
+///   ([`Error::not_sent`], for custom layers and connectors).
 /// * Retried only when [`idempotent`](RetryPolicy::idempotent): [`Kind::ConnectionLost`],
 ///   [`Kind::Protocol`] and [`Kind::Timeout`] (the request may have been executed).
 /// * Never retried: everything else (a retry cannot help an `Unavailable` that
@@ -28,11 +31,73 @@ use crate::{BoxError, Error, Kind};
 /// Retries draw on a [`RetryBudget`] (by default: retries may add 20% to the
 /// successful requests, plus 10 per second), so a failing backend is not hammered.
 ///
+/// # In your own stack
+///
+/// It is a `tower::retry::Policy` over anet's [`Error`] (what [`Balancer`](super::Balancer),
+/// [`Client`](super::Client) and [`Connection`](super::Connection) return) and over
+/// [`BoxError`](crate::BoxError) (what tower's `Timeout`, `Buffer` and `LoadShed` return), so it
+/// sits directly on any of them, with or without a timeout on either side:
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use anet::client::{Client, Connector, RetryPolicy};
+/// use anet::server::{Request, Server};
+/// use bytes::Bytes;
+/// use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// # let server = Server::builder().bind("127.0.0.1:0".parse()?).await?;
+/// # let addr = server.local_addr();
+/// # tokio::spawn(server.serve(service_fn(|req: Request| async move {
+/// #     Ok::<_, std::convert::Infallible>(req.into_payload())
+/// # })));
+/// let client = Client::builder().endpoint(addr).build();
+/// let ping = Bytes::from_static(b"ping");
+///
+/// // Over the balancer, the client, or one connection (errors: `anet::Error`).
+/// let mut balanced = ServiceBuilder::new()
+///     .retry(RetryPolicy::default())
+///     .service(client.balancer());
+/// assert_eq!(balanced.ready().await?.call(ping.clone()).await?, "ping");
+///
+/// let mut whole = ServiceBuilder::new()
+///     .retry(RetryPolicy::default().idempotent(true))
+///     .service(client.clone());
+/// assert_eq!(whole.ready().await?.call(ping.clone()).await?, "ping");
+///
+/// let connection = Connector::new().connect(addr).await?;
+/// let mut single = ServiceBuilder::new()
+///     .retry(RetryPolicy::default())
+///     .service(connection);
+/// assert_eq!(single.ready().await?.call(ping.clone()).await?, "ping");
+///
+/// // With a timeout per attempt (errors: `BoxError`), or over the retries.
+/// let mut per_attempt = ServiceBuilder::new()
+///     .retry(RetryPolicy::default())
+///     .timeout(Duration::from_millis(500))
+///     .service(client.balancer());
+/// assert_eq!(per_attempt.ready().await?.call(ping.clone()).await?, "ping");
+///
+/// let mut overall = ServiceBuilder::new()
+///     .timeout(Duration::from_secs(1))
+///     .retry(RetryPolicy::default())
+///     .service(client.balancer());
+/// assert_eq!(overall.ready().await?.call(ping).await?, "ping");
+/// # Ok(())
+/// # }
+/// ```
+///
+/// A [`Client`](super::Client) retries with its own policy already
+/// ([`ClientBuilder::retry`](super::ClientBuilder::retry)); a `Retry` over it adds
+/// attempts on top, each under a fresh deadline.
+///
 /// # Writing your own
 ///
-/// Any `tower::retry::Policy<Bytes, Bytes, BoxError>` can sit on a
-/// [`Balancer`](super::Balancer); classify the error with
-/// [`Error::from_boxed`] or by downcasting to [`Error`]:
+/// Any `tower::retry::Policy` can sit on a [`Balancer`](super::Balancer); over a
+/// boxed error, classify it with [`Error::from_boxed`] or by downcasting to
+/// [`Error`]:
 ///
 /// ```
 /// use anet::{BoxError, Error, Kind};
@@ -59,6 +124,7 @@ use crate::{BoxError, Error, Kind};
 /// }
 /// ```
 #[derive(Clone, Debug)]
+#[must_use = "a policy does nothing until it is given to a client or a `Retry` layer"]
 pub struct RetryPolicy {
     attempts_left: usize,
     idempotent: bool,
@@ -106,10 +172,42 @@ impl RetryPolicy {
     /// Whether a request failing with `error` should be retried by this policy
     /// (attempts and budget aside).
     pub fn is_retryable(&self, error: &Error) -> bool {
-        match error.kind() {
+        self.retries(error.kind(), error.is_unsent())
+    }
+
+    /// The rule, on an error's kind and whether its request was unsent.
+    fn retries(&self, kind: Kind, unsent: bool) -> bool {
+        match kind {
             Kind::NotSent | Kind::Connect => true,
-            Kind::ConnectionLost | Kind::Protocol | Kind::Timeout => self.idempotent,
+            // The deadline spans every retry: only a new request could help.
+            Kind::Timeout => self.idempotent,
+            // Unsent when a custom transport says so (`Error::not_sent`).
+            Kind::ConnectionLost | Kind::Protocol => self.idempotent || unsent,
+            // A custom layer's failure: retried when it says the request was
+            // never written.
+            Kind::Other => unsent,
+            // A retry cannot help these (or a kind added later).
             _ => false,
+        }
+    }
+
+    /// The decision of [`Policy::retry`] once the error is classified.
+    fn decide(&mut self, outcome: Result<(), Option<(Kind, bool)>>) -> Option<future::Ready<()>> {
+        match outcome {
+            Ok(()) => {
+                self.budget.deposit();
+                None
+            }
+            Err(class) => {
+                let retryable = class.is_some_and(|(kind, unsent)| self.retries(kind, unsent));
+                if retryable && self.attempts_left > 0 && self.budget.withdraw() {
+                    self.attempts_left -= 1;
+                    tracing::debug!(kind = ?class.map(|c| c.0), left = self.attempts_left, "retrying request");
+                    Some(future::ready(()))
+                } else {
+                    None
+                }
+            }
         }
     }
 }
@@ -121,36 +219,48 @@ impl Default for RetryPolicy {
     }
 }
 
-impl Policy<Bytes, Bytes, BoxError> for RetryPolicy {
+/// Over anet's own services ([`Balancer`](super::Balancer), [`Client`](super::Client),
+/// [`Connection`](super::Connection)), whose error is an [`Error`], and over stacks
+/// that box their errors (tower's `Timeout`, `Buffer`, `LoadShed`, ...), whose error
+/// is a [`BoxError`](crate::BoxError): there an anet [`Error`] anywhere in the source chain is
+/// classified as above, tower's `Elapsed` as [`Kind::Timeout`] and `Overloaded` as
+/// [`Kind::Overloaded`]; any other error is not retried.
+impl<Res, E: Classify> Policy<Bytes, Res, E> for RetryPolicy {
     type Future = future::Ready<()>;
 
-    fn retry(
-        &mut self,
-        _request: &mut Bytes,
-        result: &mut Result<Bytes, BoxError>,
-    ) -> Option<Self::Future> {
-        match result {
-            Ok(_) => {
-                self.budget.deposit();
-                None
-            }
-            Err(error) => {
-                let retryable = error
-                    .downcast_ref::<Error>()
-                    .is_some_and(|e| self.is_retryable(e));
-                if retryable && self.attempts_left > 0 && self.budget.withdraw() {
-                    self.attempts_left -= 1;
-                    tracing::debug!(error = %error, left = self.attempts_left, "retrying request");
-                    Some(future::ready(()))
-                } else {
-                    None
-                }
-            }
-        }
+    fn retry(&mut self, _request: &mut Bytes, result: &mut Result<Res, E>) -> Option<Self::Future> {
+        self.decide(match result {
+            Ok(_) => Ok(()),
+            Err(error) => Err(error.classify()),
+        })
     }
 
     fn clone_request(&mut self, request: &Bytes) -> Option<Bytes> {
         Some(request.clone())
+    }
+}
+
+/// The errors [`RetryPolicy`] can judge; sealed: implemented for
+/// [`Error`](crate::Error) and [`BoxError`](crate::BoxError) only.
+mod sealed {
+    use crate::{BoxError, Error, Kind, error::classify};
+
+    /// An error's kind and whether its request was unsent, if it can tell.
+    pub trait Classify {
+        /// `None`: not an error anet knows (never retried).
+        fn classify(&self) -> Option<(Kind, bool)>;
+    }
+
+    impl Classify for Error {
+        fn classify(&self) -> Option<(Kind, bool)> {
+            Some((self.kind(), self.is_unsent()))
+        }
+    }
+
+    impl Classify for BoxError {
+        fn classify(&self) -> Option<(Kind, bool)> {
+            classify(self.as_ref())
+        }
     }
 }
 

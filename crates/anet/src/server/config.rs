@@ -24,6 +24,7 @@ pub enum OnError {
 /// Settings of a [`Server`](super::Server), and the way to start one: `Copy`,
 /// setters by value, then [`bind`](Builder::bind) or [`listener`](Builder::listener).
 #[derive(Clone, Copy, Debug)]
+#[must_use = "a builder does nothing until a server is bound"]
 pub struct Builder {
     pub(crate) frame: FrameBuilder,
     pub(crate) max_connections: usize,

@@ -16,7 +16,7 @@ use crate::{Error, Kind};
 /// let config = ConnectionConfig::new()
 ///     .max_in_flight(128)
 ///     .quarantine(Duration::from_secs(5));
-/// assert_eq!(config.get_max_in_flight(), 128);
+/// assert_eq!(config.effective_max_in_flight(), 128);
 /// assert!(config.validate().is_ok());
 /// ```
 ///
@@ -33,6 +33,7 @@ use crate::{Error, Kind};
 /// [`validate`](Self::validate) (and by everything that builds connections from
 /// it) instead of being clamped.
 #[derive(Clone, Copy, Debug)]
+#[must_use = "a configuration does nothing until it is used"]
 pub struct ConnectionConfig {
     pub(crate) frame: FrameBuilder,
     /// `None`: the default, 512 or half the tag space when that is smaller.
@@ -157,28 +158,26 @@ impl ConnectionConfig {
         self
     }
 
-    /// The frame format.
-    pub const fn get_frame(&self) -> FrameBuilder {
-        self.frame
-    }
-
-    /// The window: the configured `max_in_flight`, or the default for the tag
-    /// format.
-    pub const fn get_max_in_flight(&self) -> usize {
+    /// The window in effect: the configured
+    /// [`max_in_flight`](Self::max_in_flight), or the default for the tag format.
+    /// (Setters are named after the setting; what a configuration resolves to
+    /// is read with `effective_*`.)
+    pub const fn effective_max_in_flight(&self) -> usize {
         match self.max_in_flight {
             Some(n) => n,
             None => default_window(self.frame.get_tag_format().id_space()),
         }
     }
 
-    /// The held-tag limit: the configured one, or the default for the window
-    /// and tag format.
-    pub const fn get_held_tag_limit(&self) -> usize {
+    /// The held-tag limit in effect: the configured
+    /// [`held_tag_limit`](Self::held_tag_limit), or the default for the window and
+    /// tag format.
+    pub const fn effective_held_tag_limit(&self) -> usize {
         match self.held_tag_limit {
             Some(n) => n,
             None => {
                 let space = self.frame.get_tag_format().id_space();
-                let window = self.get_max_in_flight() as u64;
+                let window = self.effective_max_in_flight() as u64;
                 let left = space.saturating_sub(window);
                 let limit = if left < window { left } else { window };
                 if limit == 0 { 1 } else { limit as usize }
@@ -231,8 +230,8 @@ impl ConnectionConfig {
     pub(crate) fn layout(&self) -> Result<Layout, Error> {
         let format = self.frame.get_tag_format();
         let space = format.id_space();
-        let window = self.get_max_in_flight();
-        let held_limit = self.get_held_tag_limit();
+        let window = self.effective_max_in_flight();
+        let held_limit = self.effective_held_tag_limit();
         let invalid = |why: String| Err(Error::with_source(Kind::InvalidConfig, why));
         if window == 0 {
             return invalid("max_in_flight must be at least 1".into());

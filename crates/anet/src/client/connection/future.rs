@@ -23,7 +23,7 @@ use crate::{Error, Kind};
 /// never delivered elsewhere.
 #[derive(Debug)]
 #[must_use = "futures do nothing unless polled"]
-pub struct ResponseFuture {
+pub struct ConnectionFuture {
     state: State,
 }
 
@@ -33,15 +33,15 @@ enum State {
     Failed(Option<Error>),
 }
 
-impl ResponseFuture {
-    pub(crate) fn waiting(rx: oneshot::Receiver<Answer>) -> ResponseFuture {
-        ResponseFuture {
+impl ConnectionFuture {
+    pub(crate) fn waiting(rx: oneshot::Receiver<Answer>) -> ConnectionFuture {
+        ConnectionFuture {
             state: State::Waiting(rx),
         }
     }
 
-    pub(crate) fn failed(error: Error) -> ResponseFuture {
-        ResponseFuture {
+    pub(crate) fn failed(error: Error) -> ConnectionFuture {
+        ConnectionFuture {
             state: State::Failed(Some(error)),
         }
     }
@@ -63,14 +63,14 @@ impl ResponseFuture {
             State::Failed(error) => Poll::Ready(Err(Failure {
                 error: error
                     .take()
-                    .expect("ResponseFuture polled after completion"),
+                    .expect("ConnectionFuture polled after completion"),
                 deadline: None,
             })),
         }
     }
 }
 
-impl Future for ResponseFuture {
+impl Future for ConnectionFuture {
     type Output = Result<Bytes, Error>;
 
     #[inline]

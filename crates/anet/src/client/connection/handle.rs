@@ -15,7 +15,7 @@ use tokio_util::sync::PollSemaphore;
 use tower::{Service, load::Load};
 
 use super::{
-    ConnectionConfig, ConnectionStats, ResponseFuture,
+    ConnectionConfig, ConnectionFuture, ConnectionStats,
     driver::{Driver, Message, Request},
     reply::Reply,
     shared::Shared,
@@ -34,6 +34,56 @@ use crate::{Error, Kind, client::deadline::Deadline};
 /// The connection closes gracefully when [`close`](Connection::close) is called or
 /// the last handle is dropped: requests already accepted are written, responses are
 /// awaited for the close grace, the rest fail with [`Kind::Closed`].
+///
+/// ```text
+///  callers ──call──► handle ──queue──► driver ──frames──► socket
+///     ▲                                  │  tag = slot + generation
+///     └──────── response future ◄────────┘◄──frames── socket (any order)
+/// ```
+///
+/// * `poll_ready` reserves a slot of the window (`max_in_flight`); it is pending
+///   while the window is full and fails once the connection is broken or closed.
+/// * The driver tags each request with its slot and the slot's generation, encodes
+///   queued requests into one buffer and flushes when the queue is empty, and
+///   completes each response's request in O(1).
+/// * A dropped or timed-out request returns at once. Its unit of the window stays
+///   taken until its late response arrives or its quarantine ends; its **tag value**
+///   stays held until the late response arrives or the connection closes, so it is
+///   never issued to another request meanwhile, whatever the tag format. A late
+///   response is dropped, never delivered to anyone. When the held tags reach the
+///   [held-tag limit](super::ConnectionConfig::held_tag_limit) the connection retires:
+///   it refuses new requests, finishes the rest within its close grace and closes.
+/// * Every request carries its unit of the window as a value; wherever the request
+///   ends, dropping the value gives the unit back.
+/// * A transport failure fails every waiting request at once with
+///   [`Kind::ConnectionLost`](crate::Kind::ConnectionLost); requests not yet written
+///   fail with [`Kind::NotSent`](crate::Kind::NotSent), safe to retry.
+///
+/// # Example
+///
+/// ```
+/// use anet::client::{Connection, ConnectionConfig};
+/// use anet_proto::{FrameCodec, read_frame, write_frame};
+/// use bytes::Bytes;
+/// use tower::{Service, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), anet::Error> {
+/// // An in-memory echo server on the other end of a duplex pipe.
+/// let (client_io, mut server_io) = tokio::io::duplex(4096);
+/// tokio::spawn(async move {
+///     let codec = FrameCodec::new();
+///     while let Ok(Some(frame)) = read_frame(&mut server_io, &codec).await {
+///         write_frame(&mut server_io, &codec, frame.as_ref()).await.unwrap();
+///     }
+/// });
+///
+/// let mut conn = Connection::new(client_io, ConnectionConfig::new());
+/// let response = conn.ready().await?.call(Bytes::from_static(b"ping")).await?;
+/// assert_eq!(response, "ping");
+/// # Ok(())
+/// # }
+/// ```
 pub struct Connection {
     tx: mpsc::UnboundedSender<Message>,
     /// Waits for room when the window is full.
@@ -169,7 +219,7 @@ impl fmt::Debug for Connection {
 impl Service<Bytes> for Connection {
     type Response = Bytes;
     type Error = Error;
-    type Future = ResponseFuture;
+    type Future = ConnectionFuture;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -201,7 +251,7 @@ impl Service<Bytes> for Connection {
     }
 
     #[inline]
-    fn call(&mut self, payload: Bytes) -> ResponseFuture {
+    fn call(&mut self, payload: Bytes) -> ConnectionFuture {
         self.call_until(payload, Deadline::Never)
     }
 }
@@ -215,9 +265,9 @@ impl Connection {
         &self,
         payload: Bytes,
         deadline: Deadline,
-    ) -> Result<ResponseFuture, Bytes> {
+    ) -> Result<ConnectionFuture, Bytes> {
         if let Some(error) = self.oversize(&payload) {
-            return Ok(ResponseFuture::failed(error));
+            return Ok(ConnectionFuture::failed(error));
         }
         match self.shared.try_take_unit() {
             Some(unit) => Ok(self.send(payload, deadline, unit)),
@@ -227,13 +277,13 @@ impl Connection {
 
     /// `call` with a deadline, after `poll_ready` reported ready.
     #[inline]
-    pub(crate) fn call_until(&mut self, payload: Bytes, deadline: Deadline) -> ResponseFuture {
+    pub(crate) fn call_until(&mut self, payload: Bytes, deadline: Deadline) -> ConnectionFuture {
         let unit = self
             .reserved
             .take()
             .expect("Connection::call without poll_ready reporting ready");
         if let Some(error) = self.oversize(&payload) {
-            return ResponseFuture::failed(error);
+            return ConnectionFuture::failed(error);
         }
         self.send(payload, deadline, unit)
     }
@@ -252,7 +302,7 @@ impl Connection {
     }
 
     /// Queues a request holding one unit of the window.
-    fn send(&self, payload: Bytes, deadline: Deadline, unit: Unit) -> ResponseFuture {
+    fn send(&self, payload: Bytes, deadline: Deadline, unit: Unit) -> ConnectionFuture {
         let (reply, rx) = Reply::channel(deadline);
         let request = Request {
             payload,
@@ -260,9 +310,9 @@ impl Connection {
             unit,
         };
         match self.tx.send(Message::Request(request)) {
-            Ok(()) => ResponseFuture::waiting(rx),
+            Ok(()) => ConnectionFuture::waiting(rx),
             // The driver has finished (the window is closed): never written.
-            Err(_) => ResponseFuture::failed(not_sent(&self.shared)),
+            Err(_) => ConnectionFuture::failed(not_sent(&self.shared)),
         }
     }
 }

@@ -413,7 +413,7 @@ mod tests {
     impl Fixture {
         fn new(config: ConnectionConfig) -> Fixture {
             let layout = config.layout().expect("valid configuration");
-            let space = config.get_frame().get_tag_format().id_space();
+            let space = config.frame.get_tag_format().id_space();
             Fixture {
                 table: Table::new(layout, space),
                 window: Arc::new(Semaphore::new(layout.window)),

@@ -4,26 +4,27 @@
 //! encode it into the write buffer; flush once the queue is empty (or the buffer
 //! is full); read every response that is ready and complete its request; run the
 //! timers (abandoned-request sweep, quarantine, close grace).
+//!
+//! * [`wire`]: the transport, its read and write buffers, and framing.
+//! * [`timers`]: the clock and the one timer every deadline shares.
+//! * here: the loop, the queue of requests, closing and failing.
+
+mod timers;
+mod wire;
 
 use std::{
     collections::VecDeque,
-    future::Future,
-    pin::Pin,
     sync::{Arc, atomic::Ordering::Relaxed},
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
     time::Duration,
 };
 
-use anet_proto::{Frame, FrameCodec, FrameError, TagFormat};
-use bytes::{Bytes, BytesMut};
+use anet_proto::Frame;
+use bytes::Bytes;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::mpsc,
-    time::{Instant, Sleep},
-};
-use tokio_util::{
-    codec::Decoder,
-    io::{poll_read_buf, poll_write_buf},
+    time::Instant,
 };
 
 use super::{
@@ -37,20 +38,11 @@ use super::{
 };
 use crate::time::later;
 use crate::{Error, Kind};
-
-/// Initial capacity of the read and write buffers.
-const BUFFER_CAPACITY: usize = 64 * 1024;
-
-/// Room made in the read buffer before a read, so reads are never tiny.
-const MIN_READ: usize = 4 * 1024;
+use timers::Timers;
+use wire::{Wire, lost};
 
 /// A quarantine at least this long never ends in practice.
 const ENDLESS_QUARANTINE: Duration = Duration::from_secs(365 * 86_400);
-
-/// Bounds on how often waiting requests are checked for abandonment (a quarter
-/// of the quarantine in between).
-const MIN_SWEEP: Duration = Duration::from_millis(1);
-const MAX_SWEEP: Duration = Duration::from_secs(1);
 
 /// What a handle sends the driver.
 #[derive(Debug)]
@@ -97,16 +89,8 @@ struct Drain {
 }
 
 pub(super) struct Driver<T> {
-    io: T,
-    /// Bytes read and not yet decoded; decoded payloads are split off it (no copy).
-    read_buf: BytesMut,
-    /// Encoded requests not yet written.
-    write_buf: BytesMut,
-    /// Encodes requests straight into the write buffer.
-    encoder: FrameCodec,
-    /// Decodes responses (it keeps the state of a frame in progress).
-    decoder: FrameCodec,
-    tags: TagFormat,
+    /// The transport, its buffers and framing.
+    wire: Wire<T>,
     rx: mpsc::UnboundedReceiver<Message>,
     /// False once the queue has ended (closed and emptied).
     rx_open: bool,
@@ -116,19 +100,9 @@ pub(super) struct Driver<T> {
     /// Held tags at which the connection retires.
     held_limit: usize,
     close_grace: Duration,
-    write_limit: usize,
-    /// How often waiting requests are checked for abandonment.
-    sweep_every: Duration,
-    /// The one timer, set to the earliest of the deadlines below.
-    timer: Pin<Box<Sleep>>,
-    timer_deadline: Option<Instant>,
-    next_sweep: Option<Instant>,
+    /// The clock, the sweep and the one timer.
+    timers: Timers,
     drain: Option<Drain>,
-    /// How long a started response frame may take to complete.
-    read_timeout: Option<Duration>,
-    /// When the incomplete frame at the end of the read buffer started (reset
-    /// whenever a frame completes).
-    partial_since: Option<Instant>,
     /// Requests taken out of the channel while writes were blocked, so that their
     /// deadlines are seen; written before the channel's next ones.
     backlog: VecDeque<Request>,
@@ -136,10 +110,6 @@ pub(super) struct Driver<T> {
     /// the check then finds nothing and moves it on). Written requests' deadlines
     /// are the table's.
     backlog_earliest: Option<Instant>,
-    /// The clock read once per pass, when a deadline needs it.
-    now: Option<Instant>,
-    /// The write buffer holds frames not yet flushed.
-    dirty: bool,
     counts: LocalCounts,
 }
 
@@ -164,34 +134,20 @@ where
         shared: Arc<Shared>,
         layout: Layout,
     ) -> Driver<T> {
-        let encoder = config.frame.new_codec();
-        let tags = config.frame.get_tag_format();
+        let wire = Wire::new(io, &config);
         Driver {
-            io,
-            read_buf: BytesMut::with_capacity(BUFFER_CAPACITY),
-            write_buf: BytesMut::with_capacity(BUFFER_CAPACITY),
-            decoder: encoder.clone(),
-            encoder,
-            tags,
+            table: Table::new(layout, wire.tags().id_space()),
+            wire,
             rx,
             rx_open: true,
-            table: Table::new(layout, tags.id_space()),
             shared,
             quarantine: config.quarantine,
             held_limit: layout.held_limit,
             close_grace: config.close_grace,
-            write_limit: config.write_buffer.max(1),
-            sweep_every: (config.quarantine / 4).clamp(MIN_SWEEP, MAX_SWEEP),
-            timer: Box::pin(tokio::time::sleep_until(Instant::now())),
-            timer_deadline: None,
-            next_sweep: None,
+            timers: Timers::new(config.quarantine),
             drain: None,
-            read_timeout: config.read_timeout,
-            partial_since: None,
             backlog: VecDeque::new(),
             backlog_earliest: None,
-            now: None,
-            dirty: false,
             counts: LocalCounts::default(),
         }
     }
@@ -217,21 +173,24 @@ where
     }
 
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
-        self.now = None;
+        self.timers.new_pass();
         loop {
             let mut progress = false;
             if let Err(exit) = self.poll_intake(cx, &mut progress) {
                 return Poll::Ready(exit);
             }
-            if self.dirty {
-                match self.poll_flush(cx) {
-                    Poll::Ready(Ok(())) => self.dirty = false,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Exit::Failed(lost(e))),
-                    Poll::Pending => {}
+            if self.wire.dirty {
+                if let Poll::Ready(Err(e)) = self.wire.poll_flush(cx) {
+                    return Poll::Ready(Exit::Failed(lost(e)));
                 }
             }
-            if let Err(exit) = self.poll_read(cx, &mut progress) {
-                return Poll::Ready(exit);
+            let (table, counts) = (&mut self.table, &mut self.counts);
+            match self
+                .wire
+                .poll_read(cx, |id, frame| dispatch(table, counts, id, frame))
+            {
+                Ok(read) => progress |= read,
+                Err(error) => return Poll::Ready(Exit::Failed(error)),
             }
             self.table.return_units();
             if let Some(exit) = self.poll_timer(cx) {
@@ -241,7 +200,7 @@ where
                 && !self.rx_open
                 && self.backlog.is_empty()
                 && self.table.waiting() == 0
-                && !self.dirty
+                && !self.wire.dirty
             {
                 return Poll::Ready(Exit::Drained);
             }
@@ -256,9 +215,9 @@ where
     /// buffer is full and cannot be flushed yet.
     fn poll_intake(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Result<(), Exit> {
         while self.rx_open || !self.backlog.is_empty() {
-            if self.write_buf.len() >= self.write_limit {
-                match self.poll_flush(cx) {
-                    Poll::Ready(Ok(())) => self.dirty = false,
+            if self.wire.is_full() {
+                match self.wire.poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return Err(Exit::Failed(lost(e))),
                     Poll::Pending => {
                         // Writes are blocked: keep taking requests from the queue
@@ -330,15 +289,11 @@ where
         }
     }
 
-    fn clock(&mut self) -> Instant {
-        *self.now.get_or_insert_with(Instant::now)
-    }
-
     /// Fixes a relative deadline of a request taken from the queue (the clock is
     /// read once per pass).
     #[inline]
     fn fix_deadline(&mut self, request: &mut Request) {
-        request.reply.deadline.fix(|| self.clock());
+        request.reply.deadline.fix(|| self.timers.clock());
     }
 
     /// Writes a request into the write buffer, or ends it unwritten (its unit
@@ -356,7 +311,11 @@ where
             self.counts.abandoned_unwritten += 1;
             return;
         }
-        if reply.deadline.instant().is_some_and(|d| d <= self.clock()) {
+        if reply
+            .deadline
+            .instant()
+            .is_some_and(|d| d <= self.timers.clock())
+        {
             // Its deadline passed while it queued: never written.
             reply.fail(overdue(true));
             return;
@@ -375,17 +334,10 @@ where
                 return;
             }
         };
-        let tag = self.tags.encode_id(id);
-        match self
-            .encoder
-            .encode_parts(&tag, &payload, &mut self.write_buf)
-        {
+        match self.wire.encode(id, &payload) {
             Ok(()) => {
-                self.dirty = true;
                 self.counts.written += 1;
-                if self.next_sweep.is_none() {
-                    self.next_sweep = Some(later(Instant::now(), self.sweep_every));
-                }
+                self.timers.request_written();
                 tracing::trace!(id, len = payload.len(), "request written");
             }
             Err(e) => {
@@ -396,124 +348,20 @@ where
         }
     }
 
-    /// Writes the whole write buffer, then flushes the transport.
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
-        while !self.write_buf.is_empty() {
-            let n = ready!(poll_write_buf(
-                Pin::new(&mut self.io),
-                cx,
-                &mut self.write_buf
-            ))?;
-            if n == 0 {
-                return Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::WriteZero,
-                    "transport accepted no bytes",
-                )
-                .into()));
-            }
-        }
-        Pin::new(&mut self.io).poll_flush(cx).map_err(Into::into)
-    }
-
-    /// Reads every response that is ready and completes its request.
-    fn poll_read(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Result<(), Exit> {
-        let mut completed = false;
-        let result = loop {
-            match self.decoder.decode(&mut self.read_buf) {
-                Ok(Some(frame)) => {
-                    *progress = true;
-                    completed = true;
-                    self.dispatch(frame);
-                    continue;
-                }
-                Ok(None) => {}
-                Err(e) if e.is_protocol() => {
-                    tracing::warn!(error = %e, "peer broke the protocol; closing connection");
-                    break Err(Exit::Failed(Error::with_source(Kind::Protocol, e)));
-                }
-                Err(e) => break Err(Exit::Failed(lost(e))),
-            }
-            if self.read_buf.capacity() - self.read_buf.len() < MIN_READ {
-                self.read_buf.reserve(MIN_READ);
-            }
-            match poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf) {
-                Poll::Ready(Ok(0)) => {
-                    let why = if self.mid_frame() {
-                        "connection closed by peer inside a response"
-                    } else {
-                        "connection closed by peer"
-                    };
-                    break Err(Exit::Failed(Error::with_source(Kind::ConnectionLost, why)));
-                }
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => break Err(Exit::Failed(lost(e.into()))),
-                Poll::Pending => break Ok(()),
-            }
-        };
-        if self.read_timeout.is_some() {
-            if !self.mid_frame() {
-                self.partial_since = None;
-            } else if completed || self.partial_since.is_none() {
-                self.partial_since = Some(Instant::now());
-            }
-        }
-        result
-    }
-
-    /// A response has started arriving and is not complete (its length may
-    /// already be consumed from the buffer).
-    fn mid_frame(&self) -> bool {
-        !self.read_buf.is_empty() || self.decoder.is_mid_frame()
-    }
-
-    fn dispatch(&mut self, frame: Frame) {
-        let matched = match self.tags.decode_id(&frame.tag) {
-            Some(id) => self.table.take(id),
-            None => Matched::Unknown,
-        };
-        match matched {
-            Matched::Waiting(reply) => {
-                if reply.succeed(frame.payload) {
-                    self.counts.responses += 1;
-                } else {
-                    // Abandoned after the last sweep: the late response is dropped.
-                    self.counts.late += 1;
-                }
-            }
-            Matched::Late => self.counts.late += 1,
-            Matched::Unknown => {
-                self.counts.unknown += 1;
-                tracing::trace!(tag = ?frame.tag, "response with unknown tag dropped");
-            }
-        }
-    }
-
     /// Runs the timers: abandoned-request sweep, request deadlines, quarantine
     /// expiry, close grace, read stall.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Option<Exit> {
         loop {
-            let stall = self
-                .read_timeout
-                .zip(self.partial_since)
-                .map(|(t, s)| later(s, t));
-            let deadline = [
-                self.next_sweep,
-                self.table.next_due(),
-                self.drain.as_ref().map(|d| d.deadline),
-                stall,
-                self.backlog_earliest,
-            ]
-            .into_iter()
-            .flatten()
-            .min()?;
-            if self.timer_deadline != Some(deadline) {
-                self.timer.as_mut().reset(deadline);
-                self.timer_deadline = Some(deadline);
-            }
-            if self.timer.as_mut().poll(cx).is_pending() {
-                return None;
-            }
-            let now = Instant::now();
+            let stall = self.wire.stall_deadline();
+            let now = self.timers.poll_fired(
+                cx,
+                [
+                    self.table.next_due(),
+                    self.drain.as_ref().map(|d| d.deadline),
+                    stall,
+                    self.backlog_earliest,
+                ],
+            )?;
             if stall.is_some_and(|t| t <= now) {
                 tracing::warn!("response frame stalled past the read timeout; closing connection");
                 return Some(Exit::Failed(Error::with_source(
@@ -526,7 +374,7 @@ where
                     return Some(Exit::GraceElapsed(drain.leftover.clone()));
                 }
             }
-            if self.next_sweep.is_some_and(|t| t <= now) {
+            if self.timers.sweep_due(now) {
                 self.sweep(now);
             }
             self.expire_deadlines(now);
@@ -572,7 +420,7 @@ where
         if moved > 0 {
             tracing::debug!(moved, "abandoned requests quarantined");
         }
-        self.next_sweep = (self.table.waiting() > 0).then(|| later(now, self.sweep_every));
+        self.timers.swept(now, self.table.waiting() > 0);
     }
 
     /// Retires the connection when it holds as many tags as its limit allows for
@@ -687,6 +535,27 @@ fn overdue(unwritten: bool) -> Error {
     if unwritten { error.unsent() } else { error }
 }
 
-fn lost(e: FrameError) -> Error {
-    Error::with_source(Kind::ConnectionLost, e)
+/// Completes the request a response answers (or counts it as late or
+/// unknown).
+#[inline]
+fn dispatch(table: &mut Table, counts: &mut LocalCounts, id: Option<u64>, frame: Frame) {
+    let matched = match id {
+        Some(id) => table.take(id),
+        None => Matched::Unknown,
+    };
+    match matched {
+        Matched::Waiting(reply) => {
+            if reply.succeed(frame.payload) {
+                counts.responses += 1;
+            } else {
+                // Abandoned after the last sweep: the late response is dropped.
+                counts.late += 1;
+            }
+        }
+        Matched::Late => counts.late += 1,
+        Matched::Unknown => {
+            counts.unknown += 1;
+            tracing::trace!(tag = ?frame.tag, "response with unknown tag dropped");
+        }
+    }
 }

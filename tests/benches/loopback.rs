@@ -6,8 +6,10 @@
 //! 2. the anet `Server` (echo service) beside `raw`, driven by the same client at
 //!    concurrency 256.
 //!
-//! Run: `cargo bench -p anet --bench loopback` (set `ANET_BENCH_SECS` to change
-//! the 2 s per point). The cross-peer comparison lives in `crates/anet-bench`.
+//! Run: `cargo bench -p anet-tests --bench loopback` (set `ANET_BENCH_SECS` to
+//! change the 2 s per point). It lives beside the tests so that it shares their
+//! echo servers ([`anet_tests::servers`]). The cross-peer comparison lives in
+//! `crates/anet-bench`.
 
 use std::{
     net::SocketAddr,
@@ -20,80 +22,18 @@ use std::{
 
 use anet::{
     client::{ConnectionConfig, Connector},
-    server::{Request, Server},
+    server::Server,
 };
+use anet_tests::servers::{anet_echo_on_own_thread, raw_echo_on_own_thread};
 use bytes::Bytes;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-};
-use tower::{Service, ServiceExt, service_fn};
-
-/// Runs a server on its own thread with a current-thread runtime; `start` sends
-/// back the address it listens on.
-fn on_own_thread<F, Fut>(start: F) -> SocketAddr
-where
-    F: FnOnce(std::sync::mpsc::Sender<SocketAddr>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(start(tx));
-    });
-    rx.recv().expect("addr")
-}
-
-/// A plain TCP echo: an echoed frame is byte-for-byte the request frame, so this
-/// is the least a server can do.
-fn start_raw_echo() -> SocketAddr {
-    on_own_thread(|tx| async move {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        tx.send(listener.local_addr().expect("addr")).expect("send");
-        loop {
-            let (mut stream, _) = listener.accept().await.expect("accept");
-            stream.set_nodelay(true).expect("nodelay");
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if stream.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    })
-}
-
-/// The anet `Server` with an echo service.
-fn start_anet_echo() -> SocketAddr {
-    on_own_thread(|tx| async move {
-        let server = Server::builder()
-            .bind("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("bind");
-        tx.send(server.local_addr()).expect("send");
-        let echo = service_fn(|req: Request| async move {
-            Ok::<_, std::convert::Infallible>(req.into_payload())
-        });
-        server.serve(echo).await.expect("serve");
-    })
-}
+use tower::{Service, ServiceExt};
 
 fn main() {
     let secs: f64 = std::env::var("ANET_BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
-    let addr = start_raw_echo();
+    let addr = raw_echo_on_own_thread();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -105,7 +45,7 @@ fn main() {
         println!("{concurrency:>12} {rps:>14.0}");
     }
 
-    let anet = start_anet_echo();
+    let anet = anet_echo_on_own_thread(Server::builder());
     println!();
     println!("servers at concurrency 256 (one anet connection as the client)");
     println!("{:>12} {:>14} {:>8}", "server", "req/s", "ratio");
