@@ -181,3 +181,46 @@ async fn retry_policy_sits_directly_on_one_connection() {
         .service(connection);
     assert_eq!(call_once(svc, b"e").await.unwrap(), "e");
 }
+
+/// Review (rev13b): invariant 5 and `Error::maybe_sent`'s contract: an error
+/// that says its request may have reached the server is retried only when the
+/// caller declared the request idempotent, **whatever its kind**. `RetryPolicy`
+/// matches `Kind::NotSent | Kind::Connect => true` before it looks at the flag,
+/// so `maybe_sent(Kind::Connect, ..)` (and `maybe_sent(Kind::NotSent, ..)`) are
+/// retried on a non-idempotent policy.
+#[test]
+fn a_maybe_sent_error_of_any_kind_is_not_retried_unless_idempotent() {
+    let policy = RetryPolicy::new(2);
+    let retried: Vec<Kind> = Kind::all()
+        .iter()
+        .copied()
+        .filter(|&kind| policy.is_retryable(&Error::maybe_sent(kind, "handed on")))
+        .collect();
+    assert!(
+        retried.is_empty(),
+        "maybe-sent errors retried without idempotency: {retried:?}"
+    );
+}
+
+/// Review (rev13b): the same through `tower::retry::Retry`: a custom layer
+/// that says its request may have been written (a proxy hop that forwarded
+/// the request and then failed to reach the upstream) must not be called again
+/// by a non-idempotent policy.
+#[tokio::test]
+async fn a_maybe_sent_connect_failure_from_a_layer_is_not_retried_unless_idempotent() {
+    let server = server().await;
+    let client = Client::builder().endpoint(server.addr).build();
+    let forwarded = Error::maybe_sent(Kind::Connect, "proxy forwarded it, upstream unreachable");
+    let failing = FailFirst::new(client.balancer(), 1, forwarded);
+    let calls = failing.calls.clone();
+    let svc = ServiceBuilder::new()
+        .retry(RetryPolicy::new(2))
+        .service(failing);
+    let result = call_once(svc, b"f").await;
+    assert_eq!(
+        calls.load(SeqCst),
+        1,
+        "a maybe-sent request was sent again by a non-idempotent policy"
+    );
+    assert_eq!(result.unwrap_err().kind(), Kind::Connect);
+}
