@@ -115,7 +115,11 @@ fn every_error_kind_has_its_documented_http_status() {
         (Kind::InvalidConfig, 500),
         (Kind::Other, 500),
     ];
-    assert_eq!(documented.len(), Kind::all().len(), "a kind is missing here");
+    assert_eq!(
+        documented.len(),
+        Kind::all().len(),
+        "a kind is missing here"
+    );
     for (kind, code) in documented {
         let (status, body) = gateway::error_response(Error::with_source(kind, "why"));
         assert_eq!(status.as_u16(), code, "{kind}");

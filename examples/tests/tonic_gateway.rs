@@ -141,7 +141,11 @@ fn every_error_kind_has_its_documented_grpc_code() {
         (Kind::InvalidConfig, Code::Internal),
         (Kind::Other, Code::Unknown),
     ];
-    assert_eq!(documented.len(), Kind::all().len(), "a kind is missing here");
+    assert_eq!(
+        documented.len(),
+        Kind::all().len(),
+        "a kind is missing here"
+    );
     for (kind, code) in documented {
         let status = tonic::Status::from(Error::with_source(kind, "why"));
         assert_eq!(status.code(), code, "{kind}");

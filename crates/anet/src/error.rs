@@ -178,17 +178,19 @@ impl Error {
     /// written** to any connection: retrying it cannot make the server see it
     /// twice, whatever the kind ([`is_unsent`](Self::is_unsent) is `true`).
     ///
-    /// For custom layers and connectors that refuse a request before it reaches
-    /// the wire, so that [`RetryPolicy`](crate::client::RetryPolicy) (or your own
-    /// policy) may retry it.
+    /// For custom layers that refuse a request before it reaches the wire, so
+    /// that a retry policy may retry it. [`RetryPolicy`](crate::client::RetryPolicy)
+    /// retries unsent `NotSent`, `Connect`, `ConnectionLost`, `Protocol` and
+    /// `Other` failures; never `Timeout`, `Unavailable`, `Overloaded`, `Closed`
+    /// or the invalid kinds, which a retry cannot help, unsent or not.
     ///
     /// ```
     /// use anet::{Error, Kind};
     ///
     /// // A layer refusing a request while its circuit is open: nothing was written.
-    /// let err = Error::not_sent(Kind::Unavailable, "circuit open");
+    /// let err = Error::not_sent(Kind::Other, "circuit open");
     /// assert!(err.is_unsent());
-    /// assert_eq!(err.kind(), Kind::Unavailable);
+    /// assert_eq!(err.kind(), Kind::Other);
     /// ```
     pub fn not_sent(kind: Kind, source: impl Into<BoxError>) -> Error {
         Error::with_source(kind, source).unsent()
@@ -198,7 +200,9 @@ impl Error {
     /// written**: the server may have seen it ([`is_unsent`](Self::is_unsent) is
     /// `false`, whatever the kind), so only idempotent requests may be retried.
     ///
-    /// For custom layers and transports that fail after handing the request on.
+    /// For custom layers that fail after handing the request on.
+    /// [`RetryPolicy`](crate::client::RetryPolicy) retries such a failure only
+    /// when the request is declared idempotent.
     ///
     /// ```
     /// use anet::{Error, Kind};
@@ -251,19 +255,25 @@ impl Error {
         if err.is::<tower::load_shed::error::Overloaded>() {
             return Error::with_source(Kind::Overloaded, err);
         }
-        // Layers such as `Buffer` wrap the inner error; look one level down.
-        if let Some(inner) = err.source().and_then(|s| s.downcast_ref::<Error>()) {
+        if let Some(inner) = wrapped(&*err) {
             return inner.clone();
         }
         Error::with_source(Kind::Other, err)
     }
 }
 
+/// An anet [`Error`] that a layer such as tower's `Buffer` wraps: the direct
+/// source of `err`. Only one level: a deeper anet error is a cause of something
+/// the layer decided, which may have reached the server whatever the cause says.
+fn wrapped<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a Error> {
+    err.source().and_then(|s| s.downcast_ref::<Error>())
+}
+
 /// What a retry policy needs to know about an error: its kind and whether the
-/// request was unsent. Looks through the source chain for an anet [`Error`]
-/// (layers such as `Buffer` wrap it) and classifies tower's `Elapsed` (a timeout:
-/// the request may have been written) and `Overloaded` (shed before it was
-/// sent); `None` for anything else.
+/// request was unsent. Reads the error as [`Error::from_boxed`] does: an anet
+/// [`Error`] itself or one level down (layers such as `Buffer` wrap it), tower's
+/// `Elapsed` (a timeout: the request may have been written) and `Overloaded`
+/// (shed before it was sent); `None` for anything else.
 #[cfg(feature = "client")]
 pub(crate) fn classify(err: &(dyn StdError + 'static)) -> Option<(Kind, bool)> {
     if err.is::<tower::timeout::error::Elapsed>() {
@@ -272,14 +282,9 @@ pub(crate) fn classify(err: &(dyn StdError + 'static)) -> Option<(Kind, bool)> {
     if err.is::<tower::load_shed::error::Overloaded>() {
         return Some((Kind::Overloaded, true));
     }
-    let mut next = Some(err);
-    while let Some(e) = next {
-        if let Some(ours) = e.downcast_ref::<Error>() {
-            return Some((ours.kind, ours.unsent));
-        }
-        next = e.source();
-    }
-    None
+    err.downcast_ref::<Error>()
+        .or_else(|| wrapped(err))
+        .map(|ours| (ours.kind, ours.unsent))
 }
 
 impl fmt::Debug for Error {
@@ -348,22 +353,28 @@ mod tests {
     fn classify_finds_an_anet_error_wrapped_by_a_layer() {
         /// A layer's wrapper (as tower's `Buffer` wraps its inner error).
         #[derive(Debug)]
-        struct Wrapped(Error);
-        impl fmt::Display for Wrapped {
+        struct Wrapped<E>(E);
+        impl<E> fmt::Display for Wrapped<E> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("wrapped")
             }
         }
-        impl StdError for Wrapped {
+        impl<E: StdError + 'static> StdError for Wrapped<E> {
             fn source(&self) -> Option<&(dyn StdError + 'static)> {
                 Some(&self.0)
             }
         }
         let inner = Error::not_sent(Kind::ConnectionLost, "reset before write");
         assert_eq!(
-            classify(&Wrapped(inner)),
+            classify(&Wrapped(inner.clone())),
             Some((Kind::ConnectionLost, true))
         );
+        // Two levels down it is a cause of the layer's own failure, which may
+        // have reached the server: neither reading trusts it, and both agree.
+        let deep = Wrapped(Wrapped(inner));
+        assert_eq!(classify(&deep), None);
+        let boxed = Error::from_boxed(Box::new(deep));
+        assert_eq!((boxed.kind(), boxed.is_unsent()), (Kind::Other, false));
         let elapsed = tower::timeout::error::Elapsed::new();
         assert_eq!(classify(&elapsed), Some((Kind::Timeout, false)));
         assert_eq!(classify(&std::io::Error::other("boom")), None);

@@ -175,14 +175,17 @@ impl RetryPolicy {
         self.retries(error.kind(), error.is_unsent())
     }
 
-    /// The rule, on an error's kind and whether its request was unsent.
+    /// The rule, on an error's kind and whether its request was unsent. A
+    /// request that may have reached the server is retried only when the caller
+    /// declared it idempotent, whatever the kind (`Error::maybe_sent`).
     fn retries(&self, kind: Kind, unsent: bool) -> bool {
         match kind {
-            Kind::NotSent | Kind::Connect => true,
+            // Unsent by default; a custom layer may say otherwise.
+            Kind::NotSent | Kind::Connect => unsent || self.idempotent,
+            // Maybe sent by default; a custom transport may say it was not.
+            Kind::ConnectionLost | Kind::Protocol => unsent || self.idempotent,
             // The deadline spans every retry: only a new request could help.
             Kind::Timeout => self.idempotent,
-            // Unsent when a custom transport says so (`Error::not_sent`).
-            Kind::ConnectionLost | Kind::Protocol => self.idempotent || unsent,
             // A custom layer's failure: retried when it says the request was
             // never written.
             Kind::Other => unsent,
