@@ -136,7 +136,7 @@ impl Call for anet::client::Balancer {
 
 /// tower's `Buffer` over the balanced pool: the sharing mechanism the client does
 /// not use (a worker task and a channel hop per request), for comparison.
-impl Call for tower::buffer::Buffer<Bytes, anet::client::BalanceFuture> {
+impl Call for tower::buffer::Buffer<Bytes, anet::client::future::BalanceFuture> {
     async fn call(&mut self, _worker: usize, payload: Bytes) -> Result<Bytes, String> {
         let ready = self.ready().await.map_err(|e| e.to_string())?;
         tower::Service::call(ready, payload)
@@ -160,7 +160,7 @@ impl Call for Client {
         &mut self,
         _worker: usize,
         payload: Bytes,
-    ) -> Mapped<anet::client::CallFuture, anet::Error> {
+    ) -> Mapped<anet::client::future::CallFuture, anet::Error> {
         use futures_util::FutureExt;
         Client::call(self, payload).map(stringify as fn(_) -> _)
     }

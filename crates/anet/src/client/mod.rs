@@ -11,12 +11,17 @@
 //! * [`Client`] and [`ClientBuilder`]: the whole stack with documented defaults.
 //! * [`Balancer`]: the balanced pools as a `tower::Service<Bytes>`, to build your
 //!   own stack on; [`Endpoints`] adds and removes endpoints at run time.
+//! * [`Pool`]: one address's pool as a `tower::Service<Bytes>` with `Load`, and
+//!   [`MakePool`], which makes one per address: tower's own balancers over
+//!   anet's pools.
+//! * [`future`]: the futures every client service returns.
 //! * [`Connection`]: one multiplexed connection; [`Connector`] dials one over TCP.
 //! * [`RetryPolicy`]: retries only what is safe to retry.
 
 mod backoff;
 mod balance;
 mod builder;
+mod call;
 #[allow(clippy::module_inception)]
 mod client;
 mod connect;
@@ -24,17 +29,23 @@ pub mod connection;
 mod deadline;
 mod dial;
 mod discover;
+pub mod future;
 mod pool;
+mod pool_service;
 pub mod rate_limit;
+mod readiness;
+mod registry;
 mod retry;
 
 pub use backoff::Backoff;
-pub use balance::{Balancer, Endpoints, ResponseFuture as BalanceFuture};
+pub use balance::Balancer;
 pub use builder::ClientBuilder;
-pub use client::{CallFuture, Client, ClientStats};
+pub use client::{Client, ClientStats};
 pub use connect::{ConnectFuture, Connector};
 pub use connection::{Connection, ConnectionConfig, ConnectionStats};
 pub use discover::{Resolve, ResolveFuture, SystemResolver};
 pub use pool::{EndpointStats, ErrorCounts, PoolConfig};
+pub use pool_service::{MakePool, Pool};
 pub use rate_limit::{RateLimit, RateLimitLayer};
+pub use registry::Endpoints;
 pub use retry::{RetryBudget, RetryPolicy};

@@ -221,6 +221,24 @@ impl Endpoint {
             .map_err(|payload| (payload, Some(conn.clone())))
     }
 
+    /// Takes a unit of the window on the live connection with the fewest
+    /// requests in flight (a handle holding it); or that connection, full, to
+    /// wait on; or nothing when there is no live connection.
+    pub(crate) fn reserve(&self) -> Reserve {
+        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        let Some(conn) = conns
+            .iter()
+            .filter(|c| !c.is_closed())
+            .min_by_key(|c| tower::load::Load::load(*c))
+        else {
+            return Reserve::Empty;
+        };
+        match conn.try_reserve() {
+            Some(reserved) => Reserve::Held(reserved),
+            None => Reserve::Full(conn.clone()),
+        }
+    }
+
     /// A request found its connection full: the pool may grow.
     pub(crate) fn signal_demand(&self) {
         if !self.demand.swap(true, Relaxed) {
@@ -358,6 +376,17 @@ impl Endpoint {
         draining.extend(live);
         draining.clone()
     }
+}
+
+/// What [`Endpoint::reserve`] found.
+#[derive(Debug)]
+pub(crate) enum Reserve {
+    /// A handle holding a unit of its connection's window.
+    Held(Connection),
+    /// Every live connection is full; this one has the fewest in flight.
+    Full(Connection),
+    /// No live connection.
+    Empty,
 }
 
 /// Whether `conn` has proven itself (see the module docs): it answered a
@@ -538,6 +567,8 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
                     let watched = conn.clone();
                     watchers.spawn(async move { watched.closed().await });
                     endpoint.push(conn);
+                    // Room for whoever waits on this endpoint's full windows.
+                    cx.changed.notify_waiters();
                     if to_replace > 0 {
                         to_replace -= 1;
                         endpoint.reconnects.fetch_add(1, Relaxed);

@@ -225,6 +225,17 @@ impl Connection {
         }
     }
 
+    /// A handle holding one unit of the window, taken now if the window has
+    /// room: its next `call` uses the unit, and dropping it unused gives the
+    /// unit back. `None` when the window is full or the connection refuses
+    /// requests.
+    pub(crate) fn try_reserve(&self) -> Option<Connection> {
+        let unit = self.shared.try_take_unit()?;
+        let mut reserved = self.clone();
+        reserved.reserved = Some(unit);
+        Some(reserved)
+    }
+
     /// `call` with a deadline, after `poll_ready` reported ready.
     #[inline]
     pub(crate) fn call_until(&mut self, payload: Bytes, deadline: Deadline) -> ResponseFuture {
