@@ -332,7 +332,7 @@ impl ClientBuilder {
                 },
             );
         }
-        let balancer = Balancer::new(registry.clone());
+        let balancer = Balancer::routing_in_call(registry.clone());
         // The deadline and the retries are done by the client's call future, not
         // by tower's `Timeout` and `Retry` layers: `Timeout` covers only the
         // response future (not a limit's wait in `poll_ready`), and `Retry` clones

@@ -121,7 +121,9 @@ impl Client {
     }
 
     /// The balanced pool without this client's layers, to build your own
-    /// `ServiceBuilder` stack on (your own retry policy, rate limit, ...).
+    /// `ServiceBuilder` stack on (your own retry policy, rate limit, ...). Its
+    /// `poll_ready` is honest: ready only when it holds room on a connection
+    /// (see [`Balancer`]).
     pub fn balancer(&self) -> Balancer {
         Balancer::new(self.shared.registry.clone())
     }
@@ -185,8 +187,15 @@ impl Service<Bytes> for Client {
     type Error = Error;
     type Future = CallFuture;
 
-    /// Ready while the client is open: waiting for a limit, an endpoint or room
-    /// on a connection happens inside the response future, under its deadline.
+    /// Ready while the client is open (`Err` with [`Kind::Closed`] once
+    /// closed); it reserves nothing. Waiting for a limit, an endpoint or room on
+    /// a connection happens inside the [`CallFuture`], under the request's
+    /// deadline: the deadline covers the whole path, which a wait in
+    /// `poll_ready` would escape (tower's `Timeout`, for one, covers only the
+    /// response future). A `LoadShed` over a `Client` therefore never sheds;
+    /// configure [`load_shed`](super::ClientBuilder::load_shed) (it sheds at the
+    /// client's limits), or build your stack on [`Client::balancer`], whose
+    /// `poll_ready` is pending while every connection window is full.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         if self.shared.registry.is_closed() {
             return Poll::Ready(Err(Error::new(Kind::Closed).unsent()));

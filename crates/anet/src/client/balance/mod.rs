@@ -68,13 +68,31 @@ pub struct Balancer {
     registry: Arc<Registry>,
     /// What this handle reserved for its next call.
     readiness: Readiness,
+    /// `poll_ready` reserves (the public balancer); otherwise it is ready while
+    /// the client is open and every call routes itself (under a client's
+    /// limit layers, whose wait the call's deadline covers, and whose load
+    /// shedding is documented to shed at the limits only).
+    reserve: bool,
 }
 
 impl Balancer {
+    /// The public balancer: `poll_ready` reserves.
     pub(crate) fn new(registry: Arc<Registry>) -> Balancer {
         Balancer {
             registry,
             readiness: Readiness::default(),
+            reserve: true,
+        }
+    }
+
+    /// The balancer under a client's limit layers: `poll_ready` is ready while
+    /// the client is open and every call routes itself, as
+    /// [`Client::poll_ready`](super::Client) documents.
+    pub(crate) fn routing_in_call(registry: Arc<Registry>) -> Balancer {
+        Balancer {
+            registry,
+            readiness: Readiness::default(),
+            reserve: false,
         }
     }
 }
@@ -82,7 +100,11 @@ impl Balancer {
 impl Clone for Balancer {
     /// Another handle on the same endpoints, holding no reservation.
     fn clone(&self) -> Self {
-        Balancer::new(self.registry.clone())
+        Balancer {
+            registry: self.registry.clone(),
+            readiness: Readiness::default(),
+            reserve: self.reserve,
+        }
     }
 }
 
@@ -95,6 +117,9 @@ impl Service<Bytes> for Balancer {
         let registry = &self.registry;
         if registry.is_closed() {
             return Poll::Ready(Err(Error::new(Kind::Closed).unsent()));
+        }
+        if !self.reserve {
+            return Poll::Ready(Ok(()));
         }
         ready!(
             self.readiness
