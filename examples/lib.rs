@@ -6,6 +6,7 @@
 //! | `axum_gateway` | an axum handler forwarding HTTP bodies through a `ServiceBuilder` stack |
 //! | `custom_retry` | a user-written retry `Policy` layered on the balancer |
 //! | `balance` | three backends, one removed at run time, traffic per backend |
+//! | `tower_balance` | tower's p2c `Balance` over anet's per-address pools: a backend killed and restarted |
 //! | `hsm_header` | payShield-style ASCII header tags on both sides |
 //! | `frames` | the wire format by hand with `read_frame` / `write_frame` |
 //!

@@ -51,7 +51,9 @@ use tokio_util::sync::CancellationToken;
 use bytes::Bytes;
 
 use super::{
-    Backoff, Connection, connection::ResponseFuture as ConnectionFuture, deadline::Deadline,
+    Backoff, Connection,
+    connection::{ResponseFuture as ConnectionFuture, Unit},
+    deadline::Deadline,
     dial::Dialer,
 };
 use crate::time::later;
@@ -221,9 +223,9 @@ impl Endpoint {
             .map_err(|payload| (payload, Some(conn.clone())))
     }
 
-    /// Takes a unit of the window on the live connection with the fewest
-    /// requests in flight (a handle holding it); or that connection, full, to
-    /// wait on; or nothing when there is no live connection.
+    /// Takes a unit of the window of the live connection with the fewest
+    /// requests in flight; or gives that connection, full, to wait on; or
+    /// nothing when there is no live connection.
     pub(crate) fn reserve(&self) -> Reserve {
         let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
         let Some(conn) = conns
@@ -233,9 +235,28 @@ impl Endpoint {
         else {
             return Reserve::Empty;
         };
-        match conn.try_reserve() {
-            Some(reserved) => Reserve::Held(reserved),
+        match conn.try_take_unit() {
+            Some(unit) => Reserve::Held(unit),
             None => Reserve::Full(conn.clone()),
+        }
+    }
+
+    /// Sends on the connection whose window `unit` belongs to (no handle is
+    /// cloned between the reservation and the call). A connection no longer
+    /// listed has closed: the request fails unsent.
+    pub(crate) fn send_reserved(
+        &self,
+        unit: Unit,
+        payload: Bytes,
+        deadline: Deadline,
+    ) -> ConnectionFuture {
+        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        match conns.iter().find(|c| c.owns(&unit)) {
+            Some(conn) => conn.send_reserved(unit, payload, deadline),
+            None => ConnectionFuture::failed(Error::with_source(
+                Kind::NotSent,
+                "the connection closed between poll_ready and call",
+            )),
         }
     }
 
@@ -381,8 +402,8 @@ impl Endpoint {
 /// What [`Endpoint::reserve`] found.
 #[derive(Debug)]
 pub(crate) enum Reserve {
-    /// A handle holding a unit of its connection's window.
-    Held(Connection),
+    /// A unit of the window of one of its connections.
+    Held(Unit),
     /// Every live connection is full; this one has the fewest in flight.
     Full(Connection),
     /// No live connection.

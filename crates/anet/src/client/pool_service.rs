@@ -205,7 +205,7 @@ fn pick(endpoint: &Arc<Endpoint>) -> Picked {
         return Picked::Nowhere(Absent::Wait);
     }
     match endpoint.reserve() {
-        Reserve::Held(conn) => Picked::Held(endpoint.clone(), conn),
+        Reserve::Held(unit) => Picked::Held(endpoint.clone(), unit),
         Reserve::Full(conn) => Picked::Full(endpoint.clone(), conn),
         Reserve::Empty => {
             // Marked up but no live connection: its task has not noticed yet.
@@ -236,8 +236,9 @@ impl Service<Bytes> for Pool {
         let deadline = deadline::current();
         let endpoint = &self.shared.endpoint;
         match self.readiness.take() {
-            Taken::Held(endpoint, mut conn) => {
-                PoolFuture::sent(endpoint, conn.call_until(request, deadline))
+            Taken::Held(endpoint, unit) => {
+                let future = endpoint.send_reserved(unit, request, deadline);
+                PoolFuture::sent(endpoint, future)
             }
             Taken::Unavailable(error) => PoolFuture::failed(error),
             Taken::Nothing if self.shared.shutdown.is_cancelled() => {

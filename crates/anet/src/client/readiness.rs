@@ -2,10 +2,9 @@
 //! between `poll_ready` and `call`: a unit of one connection's window, or the
 //! wait for one.
 //!
-//! `poll_ready` is ready only once the handle holds a unit (a [`Connection`]
-//! handle whose own `poll_ready` reserved it), so `call` sends at once and a
-//! handle dropped unused gives the unit back (by ownership, like every unit of
-//! the window). When every candidate window is full it waits in the
+//! `poll_ready` is ready only once the handle holds a unit of a connection's
+//! window (the value whose drop gives it back), so `call` sends at once on that
+//! connection and a handle dropped unused gives the unit back. When every candidate window is full it waits in the
 //! connection's queue for a unit, and at the same time for any change of the
 //! endpoints (one up or down, a new connection): whichever comes first wakes it.
 
@@ -24,15 +23,15 @@ use tokio::{
 };
 use tower::Service;
 
-use super::{Connection, pool::Endpoint};
+use super::{Connection, connection::Unit, pool::Endpoint};
 use crate::time::later;
 use crate::{Error, Kind};
 
 /// What a pick over one or more endpoints found.
 #[derive(Debug)]
 pub(crate) enum Picked {
-    /// A handle holding a unit of this endpoint's connection.
-    Held(Arc<Endpoint>, Connection),
+    /// A unit of the window of one of this endpoint's connections.
+    Held(Arc<Endpoint>, Unit),
     /// Every candidate window is full: wait for room on this connection.
     Full(Arc<Endpoint>, Connection),
     /// No endpoint can take a request now.
@@ -64,11 +63,9 @@ enum State {
     /// Nothing held: the next `poll_ready` picks.
     #[default]
     Idle,
-    /// A unit of `conn`'s window is held for the next call.
-    Held {
-        endpoint: Arc<Endpoint>,
-        conn: Connection,
-    },
+    /// A unit of the window of one of `endpoint`'s connections is held for
+    /// the next call.
+    Held { endpoint: Arc<Endpoint>, unit: Unit },
     /// Waiting for room or for an endpoint (the slow path, boxed).
     Waiting(Pin<Box<Waiting>>),
     /// No endpoint could take a request: the next call fails with this.
@@ -95,8 +92,8 @@ pin_project! {
 /// What `call` gets from [`Readiness::take`].
 #[derive(Debug)]
 pub(crate) enum Taken {
-    /// Send on this connection: it holds the unit.
-    Held(Arc<Endpoint>, Connection),
+    /// Send with this unit, on its connection.
+    Held(Arc<Endpoint>, Unit),
     /// Fail the call at once.
     Unavailable(Error),
     /// `poll_ready` was not called (or not ready): route the call itself.
@@ -116,9 +113,9 @@ impl Readiness {
     ) -> Poll<()> {
         loop {
             match &mut self.state {
-                State::Held { conn, .. } => {
+                State::Held { unit, .. } => {
                     // A connection that broke since: give the unit back, pick again.
-                    if conn.is_closed() {
+                    if unit.semaphore().is_closed() {
                         self.state = State::Idle;
                         continue;
                     }
@@ -127,7 +124,7 @@ impl Readiness {
                 State::Unavailable(_) => return Poll::Ready(()),
                 State::Idle => {
                     let picked = match pick() {
-                        Picked::Held(endpoint, conn) => Picked::Held(endpoint, conn),
+                        Picked::Held(endpoint, unit) => Picked::Held(endpoint, unit),
                         // Register for changes, then look once more, so that a
                         // change in between is not missed.
                         _ => {
@@ -135,9 +132,9 @@ impl Readiness {
                             self.wait_on(pick(), notified)
                         }
                     };
-                    if let Picked::Held(endpoint, conn) = picked {
+                    if let Picked::Held(endpoint, unit) = picked {
                         self.wait_until = None;
-                        self.state = State::Held { endpoint, conn };
+                        self.state = State::Held { endpoint, unit };
                         return Poll::Ready(());
                     }
                     if matches!(self.state, State::Unavailable(_)) {
@@ -153,9 +150,10 @@ impl Readiness {
                     if let Some((endpoint, conn)) = waiting.room {
                         match conn.poll_ready(cx) {
                             Poll::Ready(Ok(())) => {
-                                let (endpoint, conn) = waiting.room.take().expect("matched above");
+                                let unit = conn.take_reserved().expect("reserved when ready");
+                                let endpoint = endpoint.clone();
                                 self.wait_until = None;
-                                self.state = State::Held { endpoint, conn };
+                                self.state = State::Held { endpoint, unit };
                                 return Poll::Ready(());
                             }
                             Poll::Ready(Err(_)) => {
@@ -222,7 +220,7 @@ impl Readiness {
     /// What the next call uses; the handle is idle afterwards.
     pub(crate) fn take(&mut self) -> Taken {
         match std::mem::take(&mut self.state) {
-            State::Held { endpoint, conn } => Taken::Held(endpoint, conn),
+            State::Held { endpoint, unit } => Taken::Held(endpoint, unit),
             State::Unavailable(error) => Taken::Unavailable(error),
             State::Idle | State::Waiting(_) => Taken::Nothing,
         }

@@ -134,8 +134,8 @@ impl Service<Bytes> for Balancer {
     fn call(&mut self, request: Bytes) -> BalanceFuture {
         let deadline = deadline::current();
         match self.readiness.take() {
-            Taken::Held(endpoint, mut conn) => {
-                let future = conn.call_until(request, deadline);
+            Taken::Held(endpoint, unit) => {
+                let future = endpoint.send_reserved(unit, request, deadline);
                 BalanceFuture::sent(endpoint, future, deadline)
             }
             Taken::Unavailable(error) => BalanceFuture::failed(error, deadline),

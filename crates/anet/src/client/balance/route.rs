@@ -125,12 +125,12 @@ pub(super) fn route(registry: &Registry, payload: Bytes, deadline: Deadline) -> 
 /// Reserves a unit of the chosen endpoint's least-loaded connection.
 pub(super) fn pick(registry: &Registry) -> Picked {
     let choice = choose(registry, |endpoint| match endpoint.reserve() {
-        Reserve::Held(conn) => Attempt::Done(conn),
+        Reserve::Held(unit) => Attempt::Done(unit),
         Reserve::Full(conn) => Attempt::Full(conn),
         Reserve::Empty => Attempt::Empty,
     });
     match choice {
-        Choice::Done(endpoint, conn) => Picked::Held(endpoint, conn),
+        Choice::Done(endpoint, unit) => Picked::Held(endpoint, unit),
         Choice::Full(endpoint, conn) => Picked::Full(endpoint, conn),
         Choice::Nowhere(true) => Picked::Nowhere(Absent::WaitFor(registry.pending_wait)),
         Choice::Nowhere(false) => Picked::Nowhere(Absent::Fail),

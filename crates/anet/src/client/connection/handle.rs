@@ -225,15 +225,37 @@ impl Connection {
         }
     }
 
-    /// A handle holding one unit of the window, taken now if the window has
-    /// room: its next `call` uses the unit, and dropping it unused gives the
-    /// unit back. `None` when the window is full or the connection refuses
-    /// requests.
-    pub(crate) fn try_reserve(&self) -> Option<Connection> {
-        let unit = self.shared.try_take_unit()?;
-        let mut reserved = self.clone();
-        reserved.reserved = Some(unit);
-        Some(reserved)
+    /// A unit of the window, if one is free now (for a caller that reserves
+    /// before it has the request; see [`send_reserved`](Self::send_reserved)).
+    #[inline]
+    pub(crate) fn try_take_unit(&self) -> Option<Unit> {
+        self.shared.try_take_unit()
+    }
+
+    /// The unit `poll_ready` reserved, taken out of this handle.
+    pub(crate) fn take_reserved(&mut self) -> Option<Unit> {
+        self.reserved.take()
+    }
+
+    /// Whether `unit` is a unit of this connection's window.
+    #[inline]
+    pub(crate) fn owns(&self, unit: &Unit) -> bool {
+        Arc::ptr_eq(unit.semaphore(), &self.shared.semaphore)
+    }
+
+    /// Sends `payload` on a unit of this connection's window taken earlier.
+    #[inline]
+    pub(crate) fn send_reserved(
+        &self,
+        unit: Unit,
+        payload: Bytes,
+        deadline: Deadline,
+    ) -> ResponseFuture {
+        debug_assert!(self.owns(&unit), "a unit of another connection");
+        if let Some(error) = self.oversize(&payload) {
+            return ResponseFuture::failed(error);
+        }
+        self.send(payload, deadline, unit)
     }
 
     /// `call` with a deadline, after `poll_ready` reported ready.
