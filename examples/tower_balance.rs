@@ -62,7 +62,8 @@ impl Backend {
     }
 }
 
-type Shared = Buffer<Bytes, <Balance<ServiceList<Vec<Pool>>, Bytes> as tower::Service<Bytes>>::Future>;
+type Shared =
+    Buffer<Bytes, <Balance<ServiceList<Vec<Pool>>, Bytes> as tower::Service<Bytes>>::Future>;
 
 /// Sends `n` requests, 32 at a time; returns how many failed.
 async fn traffic(balance: &Shared, n: usize) -> usize {

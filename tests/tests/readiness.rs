@@ -3,10 +3,7 @@
 //! `ConcurrencyLimit` over it see backpressure; a reservation dropped unused
 //! gives its unit back; a waiting handle is woken when room appears.
 
-use std::{
-    sync::atomic::Ordering,
-    time::{Duration, Instant},
-};
+use std::{sync::atomic::Ordering, time::Duration};
 
 use anet::{
     BoxError, Kind,
@@ -47,7 +44,7 @@ async fn load_shed_over_the_balancer_sheds_at_once_when_every_window_is_full_and
     let held = conn.recv().await; // the only window is full now
 
     let mut shed = LoadShed::new(client.balancer());
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let error = tokio::time::timeout(WAIT, async {
         shed.ready()
             .await?
@@ -64,7 +61,10 @@ async fn load_shed_over_the_balancer_sheds_at_once_when_every_window_is_full_and
             .is_some(),
         "{error}"
     );
-    assert!(elapsed < Duration::from_millis(100), "shed after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(100),
+        "shed after {elapsed:?}"
+    );
 
     // Room returns: the next request goes through.
     conn.reply(&held, b"first").await;
@@ -75,10 +75,7 @@ async fn load_shed_over_the_balancer_sheds_at_once_when_every_window_is_full_and
         conn
     });
     let reply = tokio::time::timeout(WAIT, async {
-        shed.ready()
-            .await?
-            .call(Bytes::from_static(b"third"))
-            .await
+        shed.ready().await?.call(Bytes::from_static(b"third")).await
     })
     .await
     .expect("answered")
@@ -139,7 +136,11 @@ async fn a_reservation_dropped_without_a_call_gives_its_unit_back() {
         balancer.ready().await.expect("ready");
         holders.push(balancer);
     }
-    assert_eq!(client.stats().in_flight(), 4, "each ready handle holds a unit");
+    assert_eq!(
+        client.stats().in_flight(),
+        4,
+        "each ready handle holds a unit"
+    );
     let mut fifth = client.balancer();
     assert!(
         tokio::time::timeout(Duration::from_millis(100), fifth.ready())
@@ -204,7 +205,7 @@ async fn with_no_endpoint_up_the_balancer_is_ready_and_its_calls_fail_unavailabl
         .build();
     let buffered = tower::buffer::Buffer::new(client.balancer(), 8);
     for _ in 0..3 {
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
         let error = tokio::time::timeout(WAIT, buffered.clone().oneshot(Bytes::from_static(b"x")))
             .await
             .expect("fails, never hangs")

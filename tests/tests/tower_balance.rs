@@ -95,7 +95,10 @@ async fn towers_p2c_over_pools_moves_traffic_off_a_killed_endpoint_and_back_afte
         assert_eq!(burst(&balance, 100).await, 0);
         rounds += 1;
     }
-    assert!(requests(&b) > 0, "traffic came back to the restarted endpoint");
+    assert!(
+        requests(&b) > 0,
+        "traffic came back to the restarted endpoint"
+    );
     assert!(watch.stats().reconnects >= 1, "{:?}", watch.stats());
 }
 
@@ -125,7 +128,10 @@ async fn make_balance_over_make_pool_balances_a_set_of_addresses() {
     for result in results {
         result.expect("answered");
     }
-    assert!(requests(&a) > 0 && requests(&b) > 0, "both addresses served");
+    assert!(
+        requests(&a) > 0 && requests(&b) > 0,
+        "both addresses served"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

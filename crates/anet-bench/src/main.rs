@@ -271,7 +271,9 @@ fn measure(
                     .await?;
                 pool.ready().await?; // connected before the clock starts
                 let balance =
-                    tower::balance::p2c::Balance::new(tower::discover::ServiceList::new(vec![pool]));
+                    tower::balance::p2c::Balance::new(tower::discover::ServiceList::new(vec![
+                        pool,
+                    ]));
                 let shared: TowerP2c = tower::buffer::Buffer::new(balance, 1024);
                 run_callers(shared, concurrency, args.size, warmup, duration).await
             }

@@ -12,11 +12,11 @@ use tower::{
 use super::{
     Backoff, Balancer, Client, ConnectionConfig, Connector, PoolConfig, RateLimitLayer,
     RetryPolicy,
-    registry::Registry,
     client::{Shared, into_box},
     dial::Dialer,
     discover::{DnsSource, Resolve, SystemResolver, spawn_discover, spawn_dns},
     pool::PoolContext,
+    registry::Registry,
 };
 use crate::BoxError;
 

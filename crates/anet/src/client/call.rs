@@ -16,8 +16,8 @@ use tower::Service;
 
 use super::{
     client::{Shared, Stack},
-    future::BalanceFuture,
     deadline::{self, Deadline},
+    future::BalanceFuture,
 };
 use crate::time::later;
 use crate::{Error, Kind};
@@ -81,7 +81,11 @@ pin_project! {
 impl CallFuture {
     /// Starts a call: straight to the balancer without limits (routed now),
     /// through this call's copy of `layers` with them.
-    pub(crate) fn start(layers: Option<&Stack>, shared: &Arc<Shared>, request: Bytes) -> CallFuture {
+    pub(crate) fn start(
+        layers: Option<&Stack>,
+        shared: &Arc<Shared>,
+        request: Bytes,
+    ) -> CallFuture {
         let retries_left = shared.retry.max_retries();
         // Kept for a retry only when there may be one (a reference count).
         let retained = (retries_left > 0).then(|| request.clone());

@@ -88,6 +88,11 @@ use crate::{Error, Kind};
 /// * closed ([`close`](Pool::close)): `Err` with [`Kind::Closed`], the only
 ///   error.
 ///
+/// So a lone pool whose backend never comes back is pending for good: bound
+/// the wait yourself if you drive one directly (tower's `Timeout` covers the
+/// response future, not `poll_ready`). Under a balancer the other pools take
+/// the traffic meanwhile.
+///
 /// A unit reserved and not used goes back when the handle is dropped. A `call`
 /// without `poll_ready` sends at once when a connection has room, and
 /// otherwise fails unsent: [`Kind::Unavailable`] when the pool is down,
@@ -391,6 +396,9 @@ impl Future for MakePoolFuture {
     type Output = Result<Pool, Error>;
 
     fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(Ok(self.pool.take().expect("MakePoolFuture polled after completion")))
+        Poll::Ready(Ok(self
+            .pool
+            .take()
+            .expect("MakePoolFuture polled after completion")))
     }
 }

@@ -194,10 +194,8 @@ impl Readiness {
             Picked::Full(endpoint, conn) => (Some((endpoint, conn)), None),
             Picked::Nowhere(Absent::Fail) => {
                 self.wait_until = None;
-                self.state = State::Unavailable(Error::with_source(
-                    Kind::Unavailable,
-                    "no endpoint is up",
-                ));
+                self.state =
+                    State::Unavailable(Error::with_source(Kind::Unavailable, "no endpoint is up"));
                 return Picked::Nowhere(Absent::Fail);
             }
             Picked::Nowhere(Absent::WaitFor(wait)) => {

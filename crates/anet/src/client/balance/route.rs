@@ -105,7 +105,9 @@ pub(super) enum Routed {
 pub(super) fn route(registry: &Registry, payload: Bytes, deadline: Deadline) -> Routed {
     let mut payload = Some(payload);
     let choice = choose(registry, |endpoint| {
-        let request = payload.take().expect("the payload is given back on failure");
+        let request = payload
+            .take()
+            .expect("the payload is given back on failure");
         match endpoint.dispatch(request, deadline) {
             Ok(future) => Attempt::Done(future),
             Err((back, conn)) => {
