@@ -8,6 +8,7 @@
 //! | `custom_retry` | a user-written retry `Policy` layered on the balancer |
 //! | `balance` | three backends, one removed at run time, traffic per backend |
 //! | `tls` | server and client over TLS (rustls, a certificate made at run time) |
+//! | `tower_balance` | tower's p2c `Balance` over anet's per-address pools: a backend killed and restarted |
 //! | `hsm_header` | payShield-style ASCII header tags on both sides |
 //! | `frames` | the wire format by hand with `read_frame` / `write_frame` |
 //!

@@ -492,6 +492,34 @@ where
     }
 }
 
+/// Starts an anet server on `addr` again (a restarted backend on the same
+/// port), retrying the bind while the old socket lingers.
+pub async fn restart_server<S>(addr: SocketAddr, service: S) -> RunningServer
+where
+    S: tower::Service<anet::server::Request, Response = Bytes> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<anet::BoxError>,
+{
+    let mut listener = None;
+    for _ in 0..100 {
+        if let Ok(l) = TcpListener::bind(addr).await {
+            listener = Some(l);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listener = listener.unwrap_or_else(|| panic!("could not rebind {addr}"));
+    let server = anet::server::Server::builder()
+        .listener(listener)
+        .expect("server");
+    let stats = server.stats();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve_with_shutdown(service, async {
+        let _ = stopped.await;
+    }));
+    RunningServer::from_parts(addr, stats, stop, task)
+}
+
 /// A raw client socket speaking frames by hand (no anet client involved).
 #[derive(Debug)]
 pub struct RawClient {

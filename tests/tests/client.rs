@@ -22,7 +22,7 @@ use anet::{
 };
 use anet_tests::{
     Action, MemoryConnector, RunningServer, eventually, memory_addr, memory_scripted,
-    start_scripted, start_server,
+    restart_server, start_scripted, start_server,
 };
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -40,28 +40,9 @@ async fn echo_server(delay: Duration, addr: Option<SocketAddr>) -> RunningServer
     });
     match addr {
         None => start_server(Server::builder(), service).await,
-        Some(addr) => {
-            // Rebind the same port (a restarted backend).
-            let listener = bind_retry(addr).await;
-            let server = Server::builder().listener(listener).expect("server");
-            let stats = server.stats();
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(server.serve_with_shutdown(service, async {
-                let _ = stopped.await;
-            }));
-            anet_tests::RunningServer::from_parts(addr, stats, stop, task)
-        }
+        // Rebind the same port (a restarted backend).
+        Some(addr) => restart_server(addr, service).await,
     }
-}
-
-async fn bind_retry(addr: SocketAddr) -> tokio::net::TcpListener {
-    for _ in 0..100 {
-        if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
-            return l;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("could not rebind {addr}");
 }
 
 /// Redial at once, even after a connection that never answered.

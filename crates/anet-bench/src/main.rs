@@ -67,12 +67,13 @@ struct Args {
     json: bool,
 }
 
-const CLIENTS: [&str; 9] = [
+const CLIENTS: [&str; 10] = [
     "floor",
     "wire-floor",
     "anet-mux",
     "anet-balancer",
     "anet-buffer",
+    "tower-p2c",
     "anet-timeout",
     "anet-stack",
     "tokio-tower",
@@ -134,9 +135,15 @@ impl Call for anet::client::Balancer {
     }
 }
 
-/// tower's `Buffer` over the balanced pool: the sharing mechanism the client does
-/// not use (a worker task and a channel hop per request), for comparison.
-impl Call for tower::buffer::Buffer<Bytes, anet::client::future::BalanceFuture> {
+/// tower's `Buffer` over a service: over the balanced pool (`anet-buffer`, the
+/// sharing mechanism the client does not use: a worker task and a channel hop
+/// per request), and over tower's own p2c `Balance` of anet's per-address pools
+/// (`tower-p2c`, which needs it to be shared between tasks).
+impl<F, E> Call for tower::buffer::Buffer<Bytes, F>
+where
+    F: Future<Output = Result<Bytes, E>> + Send + 'static,
+    E: Into<anet::BoxError> + Send + Sync + 'static,
+{
     async fn call(&mut self, _worker: usize, payload: Bytes) -> Result<Bytes, String> {
         let ready = self.ready().await.map_err(|e| e.to_string())?;
         tower::Service::call(ready, payload)
@@ -144,6 +151,12 @@ impl Call for tower::buffer::Buffer<Bytes, anet::client::future::BalanceFuture> 
             .map_err(|e| e.to_string())
     }
 }
+
+/// The `tower-p2c` row's service.
+type TowerP2c = tower::buffer::Buffer<
+    Bytes,
+    <tower::balance::p2c::Balance<tower::discover::ServiceList<Vec<anet::client::Pool>>, Bytes> as tower::Service<Bytes>>::Future,
+>;
 
 /// tower's `Timeout` over the balanced pool: the cost of a per-request timer.
 impl Call for tower::timeout::Timeout<anet::client::Balancer> {
@@ -251,6 +264,18 @@ fn measure(
                         tower::timeout::Timeout::new(client.balancer(), Duration::from_secs(2));
                     run_callers(timed, concurrency, args.size, warmup, duration).await
                 }
+            }
+            "tower-p2c" => {
+                let mut pool = anet::client::MakePool::new(Connector::new())
+                    .oneshot(addr)
+                    .await?;
+                pool.ready().await?; // connected before the clock starts
+                let balance =
+                    tower::balance::p2c::Balance::new(tower::discover::ServiceList::new(vec![
+                        pool,
+                    ]));
+                let shared: TowerP2c = tower::buffer::Buffer::new(balance, 1024);
+                run_callers(shared, concurrency, args.size, warmup, duration).await
             }
             "anet-stack" => {
                 let client = Client::builder().endpoint(addr).build();

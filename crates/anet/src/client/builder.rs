@@ -12,11 +12,11 @@ use tower::{
 use super::{
     Backoff, Balancer, Client, ConnectionConfig, Connector, PoolConfig, RateLimitLayer,
     RetryPolicy,
-    balance::Registry,
     client::{Shared, into_box},
     dial::Dialer,
     discover::{DnsSource, Resolve, SystemResolver, spawn_discover, spawn_dns},
     pool::PoolContext,
+    registry::Registry,
 };
 use crate::BoxError;
 
@@ -323,9 +323,7 @@ impl ClientBuilder {
                 },
             );
         }
-        let balancer = Balancer {
-            registry: registry.clone(),
-        };
+        let balancer = Balancer::routing_in_call(registry.clone());
         // The deadline and the retries are done by the client's call future, not
         // by tower's `Timeout` and `Retry` layers: `Timeout` covers only the
         // response future (not a limit's wait in `poll_ready`), and `Retry` clones

@@ -2,17 +2,13 @@
 
 use std::{
     fmt,
-    future::Future,
     net::SocketAddr,
-    pin::Pin,
     sync::Arc,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
-use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
 use tower::{
     Service,
     limit::ConcurrencyLimit,
@@ -21,12 +17,9 @@ use tower::{
 };
 
 use super::{
-    Balancer, ClientBuilder, EndpointStats, Endpoints, RateLimit, RetryPolicy,
-    balance::Registry,
-    deadline::{self, Deadline},
-    future::BalanceFuture,
+    Balancer, ClientBuilder, EndpointStats, Endpoints, RateLimit, RetryPolicy, call::CallFuture,
+    registry::Registry,
 };
-use crate::time::later;
 use crate::{BoxError, Error, Kind};
 
 type Base = MapErr<Balancer, fn(Error) -> BoxError>;
@@ -117,30 +110,7 @@ impl Client {
     /// Dropping the future abandons the request: never written if it was not yet;
     /// otherwise its late response is dropped.
     pub fn call(&self, request: Bytes) -> CallFuture {
-        let shared = &self.shared;
-        let retries_left = shared.retry.max_retries();
-        // Kept for a retry only when there may be one (a reference count).
-        let retained = (retries_left > 0).then(|| request.clone());
-        let (attempt, deadline) = match &self.layers {
-            // The clock is read where it is read anyway (see `deadline`).
-            None => {
-                let deadline = Deadline::After(shared.timeout);
-                let future = BalanceFuture::start(&shared.registry, request, deadline);
-                (Attempt::Direct { future }, deadline)
-            }
-            Some(layers) => {
-                let at = later(Instant::now(), shared.timeout);
-                let layered = Layered::boxed(layers.clone(), request, at);
-                (Attempt::Layered { layered }, Deadline::At(at))
-            }
-        };
-        CallFuture {
-            attempt,
-            retained,
-            retries_left,
-            shared: shared.clone(),
-            deadline,
-        }
+        CallFuture::start(self.layers.as_ref(), &self.shared, request)
     }
 
     /// A handle to add and remove endpoints at run time.
@@ -151,11 +121,11 @@ impl Client {
     }
 
     /// The balanced pool without this client's layers, to build your own
-    /// `ServiceBuilder` stack on (your own retry policy, rate limit, ...).
+    /// `ServiceBuilder` stack on (your own retry policy, rate limit, ...). Its
+    /// `poll_ready` is honest: ready only when it holds room on a connection
+    /// (see [`Balancer`]).
     pub fn balancer(&self) -> Balancer {
-        Balancer {
-            registry: self.shared.registry.clone(),
-        }
+        Balancer::new(self.shared.registry.clone())
     }
 
     /// A snapshot of every endpoint.
@@ -217,8 +187,15 @@ impl Service<Bytes> for Client {
     type Error = Error;
     type Future = CallFuture;
 
-    /// Ready while the client is open: waiting for a limit, an endpoint or room
-    /// on a connection happens inside the response future, under its deadline.
+    /// Ready while the client is open (`Err` with [`Kind::Closed`] once
+    /// closed); it reserves nothing. Waiting for a limit, an endpoint or room on
+    /// a connection happens inside the [`CallFuture`], under the request's
+    /// deadline: the deadline covers the whole path, which a wait in
+    /// `poll_ready` would escape (tower's `Timeout`, for one, covers only the
+    /// response future). A `LoadShed` over a `Client` therefore never sheds;
+    /// configure [`load_shed`](super::ClientBuilder::load_shed) (it sheds at the
+    /// client's limits), or build your stack on [`Client::balancer`], whose
+    /// `poll_ready` is pending while every connection window is full.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         if self.shared.registry.is_closed() {
             return Poll::Ready(Err(Error::new(Kind::Closed).unsent()));
@@ -229,184 +206,4 @@ impl Service<Bytes> for Client {
     fn call(&mut self, request: Bytes) -> CallFuture {
         Client::call(self, request)
     }
-}
-
-pin_project! {
-    /// The future of a [`Client`] call: waits for the limits, routes, sends and
-    /// awaits the response, retrying what the policy allows, all under the
-    /// request's deadline.
-    ///
-    /// The deadline is enforced where the request waits: by the balancer while it
-    /// waits for an endpoint or for room, by the connection's driver once queued or
-    /// written (so the common path registers no timer per request), and by a timer
-    /// of the call's own only while it waits for a concurrency or rate limit.
-    ///
-    /// # Cancellation safety
-    ///
-    /// Dropping it abandons the request: never written if it was not yet;
-    /// otherwise its late response is dropped.
-    #[must_use = "futures do nothing unless polled"]
-    pub struct CallFuture {
-        #[pin]
-        attempt: Attempt,
-        // The request again, for a retry (a reference count, not a copy).
-        retained: Option<Bytes>,
-        retries_left: usize,
-        // The registry (for a retry), the retry policy, the timeout.
-        shared: Arc<Shared>,
-        // Relative until something on the path reads the clock; the instant a
-        // failed attempt reports is kept for the retries.
-        deadline: Deadline,
-    }
-}
-
-pin_project! {
-    /// The attempt under way.
-    #[project = AttemptProj]
-    enum Attempt {
-        /// No limit configured: straight to the balancer, with the deadline.
-        Direct { #[pin] future: BalanceFuture },
-        /// Through the limit layers (boxed: larger, and only with limits).
-        Layered { layered: Pin<Box<Layered>> },
-    }
-}
-
-pin_project! {
-    /// An attempt through this call's copy of the limit layers, which wait in
-    /// `poll_ready` where no lower layer sees the deadline: so it has a timer,
-    /// polled (registered) only while the layers are not ready.
-    struct Layered {
-        layers: Stack,
-        request: Option<Bytes>,
-        // `None` while waiting for the layers to be ready.
-        #[pin]
-        future: Option<<Stack as Service<Bytes>>::Future>,
-        // Set to the call's deadline.
-        #[pin]
-        timer: Sleep,
-    }
-}
-
-impl Layered {
-    fn boxed(layers: Stack, request: Bytes, deadline: Instant) -> Pin<Box<Layered>> {
-        Box::pin(Layered {
-            layers,
-            request: Some(request),
-            future: None,
-            timer: tokio::time::sleep_until(deadline),
-        })
-    }
-
-    /// Ready, then call (under the deadline, which the balancer takes from
-    /// there), then the response; or the deadline.
-    fn poll_attempt(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Bytes, Error>> {
-        let mut this = self.project();
-        if let Poll::Ready(result) = poll_layers(
-            this.layers,
-            this.request,
-            this.future.as_mut(),
-            this.timer.deadline(),
-            cx,
-        ) {
-            return Poll::Ready(result);
-        }
-        if this.future.is_some() {
-            // Past the layers: the balancer and the connection hold the
-            // deadline now, so the timer is never registered on this path.
-            return Poll::Pending;
-        }
-        ready!(this.timer.poll(cx));
-        Poll::Ready(Err(Error::with_source(
-            Kind::Timeout,
-            "request deadline passed",
-        )))
-    }
-
-    /// Another attempt of `request` through the same layers.
-    fn retry(self: Pin<&mut Self>, request: Bytes) {
-        let mut this = self.project();
-        *this.request = Some(request);
-        this.future.set(None);
-    }
-}
-
-impl fmt::Debug for CallFuture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CallFuture")
-            .field("deadline", &self.deadline)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Future for CallFuture {
-    type Output = Result<Bytes, Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            let result = match this.attempt.as_mut().project() {
-                AttemptProj::Direct { future } => match ready!(future.poll_answer(cx)) {
-                    Ok(response) => Ok(response),
-                    Err(failure) => {
-                        if let Some(at) = failure.deadline {
-                            *this.deadline = Deadline::At(at);
-                        }
-                        Err(failure.error)
-                    }
-                },
-                AttemptProj::Layered { layered } => ready!(layered.as_mut().poll_attempt(cx)),
-            };
-            let error = match result {
-                Ok(response) => {
-                    this.shared.retry.deposit();
-                    return Poll::Ready(Ok(response));
-                }
-                Err(error) => error,
-            };
-            if *this.retries_left == 0 || !this.shared.retry.allows(&error) {
-                return Poll::Ready(Err(error));
-            }
-            // No retry once the call's deadline has passed.
-            let now = Instant::now();
-            if this.deadline.fix(|| now).is_some_and(|at| at <= now) {
-                return Poll::Ready(Err(error));
-            }
-            *this.retries_left -= 1;
-            tracing::debug!(error = %error, left = *this.retries_left, "retrying request");
-            let request = if *this.retries_left > 0 {
-                this.retained.clone()
-            } else {
-                this.retained.take()
-            }
-            .expect("the request is retained while retries are left");
-            match this.attempt.as_mut().project() {
-                AttemptProj::Direct { .. } => {
-                    let future =
-                        BalanceFuture::start(&this.shared.registry, request, *this.deadline);
-                    this.attempt.set(Attempt::Direct { future });
-                }
-                AttemptProj::Layered { layered } => layered.as_mut().retry(request),
-            }
-        }
-    }
-}
-
-/// One poll of an attempt through the limit layers: ready, then call, then the
-/// response.
-fn poll_layers(
-    layers: &mut Stack,
-    request: &mut Option<Bytes>,
-    mut future: Pin<&mut Option<<Stack as Service<Bytes>>::Future>>,
-    deadline: Instant,
-    cx: &mut Context<'_>,
-) -> Poll<Result<Bytes, Error>> {
-    if future.is_none() {
-        if let Err(e) = ready!(layers.poll_ready(cx)) {
-            return Poll::Ready(Err(Error::from_boxed(e)));
-        }
-        let request = request.take().expect("request taken once per attempt");
-        future.set(Some(deadline::scope(deadline, || layers.call(request))));
-    }
-    let future = future.as_pin_mut().expect("set above");
-    future.poll(cx).map_err(Error::from_boxed)
 }

@@ -15,7 +15,7 @@ use std::{
 
 use tower::discover::{Change, Discover};
 
-use super::balance::Registry;
+use super::registry::Registry;
 use crate::BoxError;
 
 /// The future a [`Resolve`] returns.

@@ -5,6 +5,8 @@
 //! |---|---|
 //! | [`CallFuture`] | [`Client::call`](super::Client::call) and `Client`'s `Service::call` |
 //! | [`BalanceFuture`] | [`Balancer`](super::Balancer)'s `Service::call` |
+//! | [`PoolFuture`] | [`Pool`](super::Pool)'s `Service::call` |
+//! | [`MakePoolFuture`] | [`MakePool`](super::MakePool)'s `Service::call` |
 //! | [`ConnectionFuture`] | [`Connection`](super::Connection)'s `Service::call` |
 //! | [`ConnectFuture`] | [`Connector`](super::Connector)'s `Service::call` |
 //! | [`ResolveFuture`] | [`Resolve::resolve`](super::Resolve::resolve) |
@@ -12,8 +14,9 @@
 //! Every one of them is `Send` (and `Sync` where its contents allow), so it can
 //! be spawned or held across `.await` in a multi-threaded runtime.
 
-pub use super::balance::ResponseFuture as BalanceFuture;
-pub use super::client::CallFuture;
+pub use super::balance::BalanceFuture;
+pub use super::call::CallFuture;
 pub use super::connect::ConnectFuture;
 pub use super::connection::ConnectionFuture;
 pub use super::discover::ResolveFuture;
+pub use super::pool_service::{MakePoolFuture, PoolFuture};

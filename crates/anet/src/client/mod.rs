@@ -11,6 +11,9 @@
 //! * [`Client`] and [`ClientBuilder`]: the whole stack with documented defaults.
 //! * [`Balancer`]: the balanced pools as a `tower::Service<Bytes>`, to build your
 //!   own stack on; [`Endpoints`] adds and removes endpoints at run time.
+//! * [`Pool`]: one address's pool as a `tower::Service<Bytes>` with `Load`, and
+//!   [`MakePool`], which makes one per address: tower's own balancers over
+//!   anet's pools.
 //! * [`Connection`]: one multiplexed connection; [`Connector`] dials one over TCP.
 //! * [`RetryPolicy`]: retries only what is safe to retry.
 //! * [`future`]: the futures the services above return.
@@ -21,6 +24,7 @@
 mod backoff;
 mod balance;
 mod builder;
+mod call;
 #[allow(clippy::module_inception)]
 mod client;
 mod connect;
@@ -30,16 +34,21 @@ mod dial;
 mod discover;
 pub mod future;
 mod pool;
+mod pool_service;
 mod rate_limit;
+mod readiness;
+mod registry;
 mod retry;
 
 pub use backoff::Backoff;
-pub use balance::{Balancer, Endpoints};
+pub use balance::Balancer;
 pub use builder::ClientBuilder;
 pub use client::{Client, ClientStats};
 pub use connect::Connector;
 pub use connection::{Connection, ConnectionConfig, ConnectionStats};
 pub use discover::{Resolve, SystemResolver};
 pub use pool::{EndpointStats, ErrorCounts, PoolConfig};
+pub use pool_service::{MakePool, Pool};
 pub use rate_limit::{RateLimit, RateLimitLayer};
+pub use registry::Endpoints;
 pub use retry::{RetryBudget, RetryPolicy};

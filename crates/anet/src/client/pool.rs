@@ -50,7 +50,12 @@ use tokio_util::sync::CancellationToken;
 
 use bytes::Bytes;
 
-use super::{Backoff, Connection, connection::ConnectionFuture, deadline::Deadline, dial::Dialer};
+use super::{
+    Backoff, Connection,
+    connection::{ConnectionFuture, Unit},
+    deadline::Deadline,
+    dial::Dialer,
+};
 use crate::time::later;
 use crate::{Error, Kind};
 
@@ -268,6 +273,43 @@ impl Endpoint {
             .map_err(|payload| (payload, Some(conn.clone())))
     }
 
+    /// Takes a unit of the window of the live connection with the fewest
+    /// requests in flight; or gives that connection, full, to wait on; or
+    /// nothing when there is no live connection.
+    pub(crate) fn reserve(&self) -> Reserve {
+        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        let Some(conn) = conns
+            .iter()
+            .filter(|c| !c.is_closed())
+            .min_by_key(|c| tower::load::Load::load(*c))
+        else {
+            return Reserve::Empty;
+        };
+        match conn.try_take_unit() {
+            Some(unit) => Reserve::Held(unit),
+            None => Reserve::Full(conn.clone()),
+        }
+    }
+
+    /// Sends on the connection whose window `unit` belongs to (no handle is
+    /// cloned between the reservation and the call). A connection no longer
+    /// listed has closed: the request fails unsent.
+    pub(crate) fn send_reserved(
+        &self,
+        unit: Unit,
+        payload: Bytes,
+        deadline: Deadline,
+    ) -> ConnectionFuture {
+        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        match conns.iter().find(|c| c.owns(&unit)) {
+            Some(conn) => conn.send_reserved(unit, payload, deadline),
+            None => ConnectionFuture::failed(Error::with_source(
+                Kind::NotSent,
+                "the connection closed between poll_ready and call",
+            )),
+        }
+    }
+
     /// A request found its connection full: the pool may grow.
     pub(crate) fn signal_demand(&self) {
         if !self.demand.swap(true, Relaxed) {
@@ -405,6 +447,17 @@ impl Endpoint {
         draining.extend(live);
         draining.clone()
     }
+}
+
+/// What [`Endpoint::reserve`] found.
+#[derive(Debug)]
+pub(crate) enum Reserve {
+    /// A unit of the window of one of its connections.
+    Held(Unit),
+    /// Every live connection is full; this one has the fewest in flight.
+    Full(Connection),
+    /// No live connection.
+    Empty,
 }
 
 /// Whether `conn` has proven itself (see the module docs): it answered a
@@ -608,6 +661,8 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
                     let watched = conn.clone();
                     watchers.spawn(async move { watched.closed().await });
                     endpoint.push(conn);
+                    // Room for whoever waits on this endpoint's full windows.
+                    cx.changed.notify_waiters();
                     if to_replace > 0 {
                         to_replace -= 1;
                         endpoint.reconnects.fetch_add(1, Relaxed);

@@ -275,6 +275,39 @@ impl Connection {
         }
     }
 
+    /// A unit of the window, if one is free now (for a caller that reserves
+    /// before it has the request; see [`send_reserved`](Self::send_reserved)).
+    #[inline]
+    pub(crate) fn try_take_unit(&self) -> Option<Unit> {
+        self.shared.try_take_unit()
+    }
+
+    /// The unit `poll_ready` reserved, taken out of this handle.
+    pub(crate) fn take_reserved(&mut self) -> Option<Unit> {
+        self.reserved.take()
+    }
+
+    /// Whether `unit` is a unit of this connection's window.
+    #[inline]
+    pub(crate) fn owns(&self, unit: &Unit) -> bool {
+        Arc::ptr_eq(unit.semaphore(), &self.shared.semaphore)
+    }
+
+    /// Sends `payload` on a unit of this connection's window taken earlier.
+    #[inline]
+    pub(crate) fn send_reserved(
+        &self,
+        unit: Unit,
+        payload: Bytes,
+        deadline: Deadline,
+    ) -> ConnectionFuture {
+        debug_assert!(self.owns(&unit), "a unit of another connection");
+        if let Some(error) = self.oversize(&payload) {
+            return ConnectionFuture::failed(error);
+        }
+        self.send(payload, deadline, unit)
+    }
+
     /// `call` with a deadline, after `poll_ready` reported ready.
     #[inline]
     pub(crate) fn call_until(&mut self, payload: Bytes, deadline: Deadline) -> ConnectionFuture {

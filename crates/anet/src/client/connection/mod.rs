@@ -19,3 +19,4 @@ pub use handle::Connection;
 pub use stats::ConnectionStats;
 
 pub(crate) use reply::Failure;
+pub(crate) use unit::Unit;

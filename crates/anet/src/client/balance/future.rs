@@ -1,0 +1,344 @@
+//! The future a [`Balancer`](super::Balancer) call returns, and its slow path:
+//! a request that could not be sent at once waits for an endpoint or for room.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+
+use bytes::Bytes;
+use pin_project_lite::pin_project;
+use tokio::{
+    sync::futures::OwnedNotified,
+    time::{Instant, Sleep},
+};
+use tower::Service;
+
+use super::route::{Routed, route};
+use crate::client::{
+    Connection,
+    connection::{ConnectionFuture, Failure},
+    deadline::Deadline,
+    pool::Endpoint,
+    registry::Registry,
+};
+use crate::time::later;
+use crate::{Error, Kind};
+
+/// Re-picks allowed when a chosen connection turns out broken.
+const MAX_REPICKS: u8 = 3;
+
+pin_project! {
+    /// The response future of [`Balancer`](super::Balancer): send (or
+    /// route, wait for room, send), then await the response.
+    ///
+    /// # Cancellation safety
+    ///
+    /// Dropping it before the request is written means it is never written;
+    /// afterwards, the connection's quarantine rules apply.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct BalanceFuture {
+        // The call's deadline: bounds the waits here (fixed to an instant when a
+        // wait starts), and goes with the request to the connection.
+        deadline: Deadline,
+        #[pin]
+        state: State,
+    }
+}
+
+impl std::fmt::Debug for BalanceFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BalanceFuture").finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State {
+        /// On a connection: awaiting the response.
+        Sent {
+            // Where the request went, to count its failure.
+            endpoint: Arc<Endpoint>,
+            #[pin]
+            future: ConnectionFuture,
+        },
+        /// Not sent yet: waiting for an endpoint or for room. The slow path,
+        /// boxed so that the common future stays small.
+        Waiting { wait: Pin<Box<Wait>> },
+        Failed { error: Option<Error> },
+    }
+}
+
+impl BalanceFuture {
+    /// Routes `request` now; only a request that cannot be sent at once keeps a
+    /// handle on the registry, to wait and route again when polled.
+    pub(crate) fn start(
+        registry: &Arc<Registry>,
+        request: Bytes,
+        deadline: Deadline,
+    ) -> BalanceFuture {
+        let state = if registry.is_closed() {
+            State::Failed {
+                error: Some(Error::new(Kind::Closed).unsent()),
+            }
+        } else {
+            match route(registry, request, deadline) {
+                Routed::Sent(endpoint, future) => State::Sent { endpoint, future },
+                Routed::Full(back, endpoint, conn) => State::Waiting {
+                    wait: Wait::boxed(registry, back, Stage::ready(endpoint, conn)),
+                },
+                // Polling decides whether to wait for an endpoint or fail.
+                Routed::Nowhere(back, _) => State::Waiting {
+                    wait: Wait::boxed(registry, back, Stage::Pick),
+                },
+            }
+        };
+        BalanceFuture { deadline, state }
+    }
+
+    /// A request already on a connection of `endpoint`.
+    pub(crate) fn sent(
+        endpoint: Arc<Endpoint>,
+        future: ConnectionFuture,
+        deadline: Deadline,
+    ) -> BalanceFuture {
+        BalanceFuture {
+            deadline,
+            state: State::Sent { endpoint, future },
+        }
+    }
+
+    /// A request that fails with `error`, unsent.
+    pub(crate) fn failed(error: Error, deadline: Deadline) -> BalanceFuture {
+        BalanceFuture {
+            deadline,
+            state: State::Failed { error: Some(error) },
+        }
+    }
+
+    /// Like `poll`, with the instant the request's deadline was fixed to, if it
+    /// was: a retry keeps it.
+    pub(crate) fn poll_answer(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Bytes, Failure>> {
+        let mut this = self.project();
+        loop {
+            let error = match this.state.as_mut().project() {
+                StateProj::Sent { endpoint, future } => {
+                    let answer = ready!(future.get_mut().poll_answer(cx));
+                    return Poll::Ready(answer.map_err(|mut failure| {
+                        endpoint.record(&failure.error);
+                        failure.deadline = failure.deadline.or(this.deadline.instant());
+                        failure
+                    }));
+                }
+                StateProj::Waiting { wait } => {
+                    match ready!(wait.as_mut().poll_send(cx, this.deadline)) {
+                        Ok((endpoint, future)) => {
+                            this.state.set(State::Sent { endpoint, future });
+                            continue;
+                        }
+                        Err(error) => error,
+                    }
+                }
+                StateProj::Failed { error } => error.take().expect("polled after completion"),
+            };
+            return Poll::Ready(Err(Failure {
+                error,
+                deadline: this.deadline.instant(),
+            }));
+        }
+    }
+}
+
+impl Future for BalanceFuture {
+    type Output = Result<Bytes, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.poll_answer(cx).map_err(|failure| failure.error)
+    }
+}
+
+pin_project! {
+    /// A request that could not be sent at once.
+    struct Wait {
+        registry: Arc<Registry>,
+        request: Option<Bytes>,
+        repicks: u8,
+        // How long to wait for an endpoint's first connection, from the first wait.
+        wait_until: Option<Instant>,
+        #[pin]
+        stage: Stage,
+    }
+}
+
+pin_project! {
+    #[project = StageProj]
+    enum Stage {
+        /// Route (again).
+        Pick,
+        /// No endpoint can take it yet, but one may soon.
+        WaitUp {
+            #[pin]
+            notified: OwnedNotified,
+            #[pin]
+            sleep: Sleep,
+        },
+        /// Every candidate connection is full: wait for room on this one.
+        Ready {
+            endpoint: Arc<Endpoint>,
+            conn: Connection,
+            signalled: bool,
+            // Armed when the wait for room starts, to the call's deadline.
+            #[pin]
+            deadline: Option<Sleep>,
+        },
+    }
+}
+
+impl Stage {
+    fn ready(endpoint: Arc<Endpoint>, conn: Connection) -> Stage {
+        Stage::Ready {
+            endpoint,
+            conn,
+            signalled: false,
+            deadline: None,
+        }
+    }
+}
+
+impl Wait {
+    fn boxed(registry: &Arc<Registry>, request: Bytes, stage: Stage) -> Pin<Box<Wait>> {
+        Box::pin(Wait {
+            registry: registry.clone(),
+            request: Some(request),
+            repicks: 0,
+            wait_until: None,
+            stage,
+        })
+    }
+
+    /// Waits until the request is on a connection (fixing `deadline` when a wait
+    /// starts), or fails.
+    fn poll_send(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        deadline: &mut Deadline,
+    ) -> Poll<Result<(Arc<Endpoint>, ConnectionFuture), Error>> {
+        let mut this = self.project();
+        loop {
+            match this.stage.as_mut().project() {
+                StageProj::Pick => {
+                    let registry = &*this.registry;
+                    if registry.is_closed() {
+                        return Poll::Ready(Err(Error::new(Kind::Closed).unsent()));
+                    }
+                    let mut request = this.request.take().expect("request taken once");
+                    let mut notified = None;
+                    loop {
+                        match route(registry, request, *deadline) {
+                            Routed::Sent(endpoint, future) => {
+                                return Poll::Ready(Ok((endpoint, future)));
+                            }
+                            Routed::Full(back, endpoint, conn) => {
+                                *this.request = Some(back);
+                                this.stage.set(Stage::ready(endpoint, conn));
+                            }
+                            Routed::Nowhere(_, false) => {
+                                return Poll::Ready(Err(Error::with_source(
+                                    Kind::Unavailable,
+                                    "no endpoint is up",
+                                )));
+                            }
+                            Routed::Nowhere(back, true) => match notified.take() {
+                                // Register for endpoint changes, then look once
+                                // more, so a change in between is not missed.
+                                None => {
+                                    notified = Some(registry.pool.changed.clone().notified_owned());
+                                    request = back;
+                                    continue;
+                                }
+                                Some(notified) => {
+                                    *this.request = Some(back);
+                                    let mut until = *this.wait_until.get_or_insert_with(|| {
+                                        later(Instant::now(), registry.pending_wait)
+                                    });
+                                    if let Some(call) = deadline.fix(Instant::now) {
+                                        until = until.min(call);
+                                    }
+                                    this.stage.set(Stage::WaitUp {
+                                        notified,
+                                        sleep: tokio::time::sleep_until(until),
+                                    });
+                                }
+                            },
+                        }
+                        break;
+                    }
+                }
+                StageProj::WaitUp { notified, sleep } => {
+                    if notified.poll(cx).is_ready() {
+                        this.stage.set(Stage::Pick);
+                        continue;
+                    }
+                    ready!(sleep.poll(cx));
+                    if deadline.instant().is_some_and(|d| d <= Instant::now()) {
+                        return Poll::Ready(Err(Error::with_source(
+                            Kind::Timeout,
+                            "request deadline passed waiting for an endpoint",
+                        )
+                        .unsent()));
+                    }
+                    return Poll::Ready(Err(Error::with_source(
+                        Kind::Unavailable,
+                        "no endpoint connected within the connect timeout",
+                    )));
+                }
+                StageProj::Ready {
+                    endpoint,
+                    conn,
+                    signalled,
+                    deadline: mut timer,
+                } => match conn.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        let request = this.request.take().expect("request taken once");
+                        let future = conn.call_until(request, *deadline);
+                        return Poll::Ready(Ok((endpoint.clone(), future)));
+                    }
+                    Poll::Ready(Err(error)) => {
+                        endpoint.signal_broken();
+                        *this.repicks += 1;
+                        if *this.repicks > MAX_REPICKS {
+                            return Poll::Ready(Err(Error::with_source(Kind::NotSent, error)));
+                        }
+                        this.stage.set(Stage::Pick);
+                    }
+                    Poll::Pending => {
+                        if !*signalled {
+                            *signalled = true;
+                            endpoint.signal_demand();
+                        }
+                        if timer.is_none() {
+                            if let Some(at) = deadline.fix(Instant::now) {
+                                timer.set(Some(tokio::time::sleep_until(at)));
+                            }
+                        }
+                        if let Some(sleep) = timer.as_pin_mut() {
+                            if sleep.poll(cx).is_ready() {
+                                return Poll::Ready(Err(Error::with_source(
+                                    Kind::Timeout,
+                                    "request deadline passed waiting for room on a connection",
+                                )
+                                .unsent()));
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Power-of-two-choices balancing over the endpoints' pools, shared without a
+//! lock-holding worker task.
+//!
+//! tower's `p2c::Balance` needs `&mut self`, so sharing it between tasks takes a
+//! `Buffer` (a task hop and an allocation per request). [`Balancer`] runs the same
+//! algorithm — pick two endpoints at random, send to the one with fewer requests in
+//! flight — over state that every clone shares through atomics, so the caller's own
+//! task does the routing.
+//!
+//! * `route.rs`: the choice itself, used to send at once or to reserve.
+//! * `future.rs`: the response future, and the wait of a request that could not
+//!   be sent at once.
+
+mod future;
+mod route;
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+
+use bytes::Bytes;
+use tower::Service;
+
+pub use future::BalanceFuture;
+
+use super::{
+    deadline,
+    readiness::{Readiness, Taken},
+    registry::Registry,
+};
+use crate::{Error, Kind};
+
+/// The balanced pools as a tower `Service<Bytes>`: the bottom of a client
+/// stack, public so that users can build their own `ServiceBuilder` stack on it.
+///
+/// Cheap to clone; every clone routes over the same endpoints, and each clone
+/// has its own readiness (like a [`Connection`](super::Connection) handle).
+///
+/// # Readiness
+///
+/// `poll_ready` does the routing, as tower's balancers do: it picks an
+/// endpoint by power of two choices and reserves a unit of the window of its
+/// least-loaded connection, and is ready only once it holds that unit; `call`
+/// sends on it at once. So tower's `LoadShed`, `Buffer`, `ConcurrencyLimit`
+/// and a p2c over several balancers see the backpressure:
+///
+/// * every window full: `Pending`, and woken when room appears (its queue place
+///   on the chosen connection gets a unit) or the endpoints change (one up or
+///   down, a new connection); the endpoint is told to grow its pool;
+/// * no endpoint up: `Ready`, and the next `call` fails at once with
+///   [`Kind::Unavailable`]; while an endpoint's first connect is under way (or a
+///   discovery source has not answered yet), `Pending` for up to the connect
+///   timeout first. Not an `Err`: tower's `Buffer` takes an error from
+///   `poll_ready` as the end of its service, and its p2c evicts for good;
+/// * closed: `Err` with [`Kind::Closed`].
+///
+/// A reserved unit not used by a `call` goes back to its connection when the
+/// handle is dropped. A `call` without a `poll_ready` before it still works: the
+/// request is routed in `call`, and waits in its future for an endpoint or for
+/// room.
+///
+/// Under a [`Client`](super::Client) call (through its limit layers), the
+/// request keeps that call's deadline; otherwise it has none of its own: a
+/// `Timeout` layer covers the response future, not `poll_ready`.
+#[derive(Debug)]
+pub struct Balancer {
+    registry: Arc<Registry>,
+    /// What this handle reserved for its next call.
+    readiness: Readiness,
+    /// `poll_ready` reserves (the public balancer); otherwise it is ready while
+    /// the client is open and every call routes itself (under a client's
+    /// limit layers, whose wait the call's deadline covers, and whose load
+    /// shedding is documented to shed at the limits only).
+    reserve: bool,
+}
+
+impl Balancer {
+    /// The public balancer: `poll_ready` reserves.
+    pub(crate) fn new(registry: Arc<Registry>) -> Balancer {
+        Balancer {
+            registry,
+            readiness: Readiness::default(),
+            reserve: true,
+        }
+    }
+
+    /// The balancer under a client's limit layers: `poll_ready` is ready while
+    /// the client is open and every call routes itself, as
+    /// [`Client::poll_ready`](super::Client) documents.
+    pub(crate) fn routing_in_call(registry: Arc<Registry>) -> Balancer {
+        Balancer {
+            registry,
+            readiness: Readiness::default(),
+            reserve: false,
+        }
+    }
+}
+
+impl Clone for Balancer {
+    /// Another handle on the same endpoints, holding no reservation.
+    fn clone(&self) -> Self {
+        Balancer {
+            registry: self.registry.clone(),
+            readiness: Readiness::default(),
+            reserve: self.reserve,
+        }
+    }
+}
+
+impl Service<Bytes> for Balancer {
+    type Response = Bytes;
+    type Error = Error;
+    type Future = BalanceFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let registry = &self.registry;
+        if registry.is_closed() {
+            return Poll::Ready(Err(Error::new(Kind::Closed).unsent()));
+        }
+        if !self.reserve {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(
+            self.readiness
+                .poll_ready(cx, &registry.pool.changed, || route::pick(registry))
+        );
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends on the unit `poll_ready` reserved; without one, routes here: when
+    /// a connection has room the request is on its way before the future is
+    /// first polled.
+    fn call(&mut self, request: Bytes) -> BalanceFuture {
+        let deadline = deadline::current();
+        match self.readiness.take() {
+            Taken::Held(endpoint, unit) => {
+                let future = endpoint.send_reserved(unit, request, deadline);
+                BalanceFuture::sent(endpoint, future, deadline)
+            }
+            Taken::Unavailable(error) => BalanceFuture::failed(error, deadline),
+            Taken::Nothing => BalanceFuture::start(&self.registry, request, deadline),
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Power of two choices over the registry's endpoints: one choice, used two
+//! ways. [`route`] sends a request at once where a connection has room (a call
+//! without `poll_ready`, and every [`Client`](crate::client::Client) call);
+//! [`pick`] reserves a unit of a window for the next call (`poll_ready`).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::client::{
+    Connection,
+    connection::ConnectionFuture,
+    deadline::Deadline,
+    pool::{Endpoint, Reserve},
+    readiness::{Absent, Picked},
+    registry::Registry,
+};
+
+/// What one endpoint did with the attempt.
+enum Attempt<T> {
+    /// Done: sent, or reserved.
+    Done(T),
+    /// Every live connection is full; this one has the fewest in flight.
+    Full(Connection),
+    /// No live connection.
+    Empty,
+}
+
+/// Where the choice ended.
+enum Choice<T> {
+    Done(Arc<Endpoint>, T),
+    /// Every candidate is full: wait for room on this connection.
+    Full(Arc<Endpoint>, Connection),
+    /// No endpoint is up; `true` if one may soon (a dial or a discovery is
+    /// under way, or an endpoint marked up has just lost its connections).
+    Nowhere(bool),
+}
+
+/// Picks two endpoints at random and tries the less loaded first, then the
+/// other; when both are down, any endpoint that is up, from a random start.
+fn choose<T>(registry: &Registry, mut attempt: impl FnMut(&Endpoint) -> Attempt<T>) -> Choice<T> {
+    let endpoints = registry.endpoints();
+    let n = endpoints.len();
+    if n > 0 {
+        let a = fastrand::usize(..n);
+        let b = if n > 1 {
+            let b = fastrand::usize(..n - 1);
+            if b >= a { b + 1 } else { b }
+        } else {
+            a
+        };
+        let (first, second) = (&endpoints[a], &endpoints[b]);
+        let pair = [first, second];
+        let candidates: &[&Arc<Endpoint>] = if a == b {
+            &pair[..1]
+        } else if first.is_up() && second.is_up() && second.load() < first.load() {
+            &[second, first]
+        } else {
+            &pair
+        };
+        let mut full = None;
+        for endpoint in candidates.iter().filter(|e| e.is_up()) {
+            match attempt(endpoint) {
+                Attempt::Done(done) => return Choice::Done((*endpoint).clone(), done),
+                Attempt::Full(conn) => {
+                    full.get_or_insert_with(|| ((*endpoint).clone(), conn));
+                }
+                // Marked up but no live connection: its pool has not noticed yet.
+                Attempt::Empty => endpoint.signal_broken(),
+            }
+        }
+        if let Some((endpoint, conn)) = full {
+            return Choice::Full(endpoint, conn);
+        }
+        // Both choices were down: take any endpoint that is up, from a random
+        // starting point so the load still spreads.
+        let start = fastrand::usize(..n);
+        for i in 0..n {
+            let endpoint = &endpoints[(start + i) % n];
+            if !endpoint.is_up() {
+                continue;
+            }
+            match attempt(endpoint) {
+                Attempt::Done(done) => return Choice::Done(endpoint.clone(), done),
+                Attempt::Full(conn) => return Choice::Full(endpoint.clone(), conn),
+                Attempt::Empty => {}
+            }
+        }
+    }
+    Choice::Nowhere(registry.is_discovering() || endpoints.iter().any(|e| e.may_come_up()))
+}
+
+/// Where [`route`] got a request.
+pub(super) enum Routed {
+    /// Sent on a connection of this endpoint.
+    Sent(Arc<Endpoint>, ConnectionFuture),
+    /// Every candidate connection is full: wait for room on this one.
+    Full(Bytes, Arc<Endpoint>, Connection),
+    /// No endpoint can take it; `true` if one may soon.
+    Nowhere(Bytes, bool),
+}
+
+/// Sends `payload` on the chosen endpoint's least-loaded connection when it
+/// has room (no handle cloned on this path).
+pub(super) fn route(registry: &Registry, payload: Bytes, deadline: Deadline) -> Routed {
+    let mut payload = Some(payload);
+    let choice = choose(registry, |endpoint| {
+        let request = payload
+            .take()
+            .expect("the payload is given back on failure");
+        match endpoint.dispatch(request, deadline) {
+            Ok(future) => Attempt::Done(future),
+            Err((back, conn)) => {
+                payload = Some(back);
+                conn.map_or(Attempt::Empty, Attempt::Full)
+            }
+        }
+    });
+    let mut back = || payload.take().expect("not sent, so given back");
+    match choice {
+        Choice::Done(endpoint, future) => Routed::Sent(endpoint, future),
+        Choice::Full(endpoint, conn) => Routed::Full(back(), endpoint, conn),
+        Choice::Nowhere(wait) => Routed::Nowhere(back(), wait),
+    }
+}
+
+/// Reserves a unit of the chosen endpoint's least-loaded connection.
+pub(super) fn pick(registry: &Registry) -> Picked {
+    let choice = choose(registry, |endpoint| match endpoint.reserve() {
+        Reserve::Held(unit) => Attempt::Done(unit),
+        Reserve::Full(conn) => Attempt::Full(conn),
+        Reserve::Empty => Attempt::Empty,
+    });
+    match choice {
+        Choice::Done(endpoint, unit) => Picked::Held(endpoint, unit),
+        Choice::Full(endpoint, conn) => Picked::Full(endpoint, conn),
+        Choice::Nowhere(true) => Picked::Nowhere(Absent::WaitFor(registry.pending_wait)),
+        Choice::Nowhere(false) => Picked::Nowhere(Absent::Fail),
+    }
+}
