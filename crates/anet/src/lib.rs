@@ -13,6 +13,8 @@
 //!   protocol, with limits, backpressure and graceful shutdown.
 //! * [`Error`]: one error type with a [`Kind`] to match on, and
 //!   [`is_unsent`](Error::is_unsent) to tell whether a retry is safe.
+//! * [`architecture`]: how it works inside — the request path, the tag
+//!   lifecycle, window capacity, and the test that guards each invariant.
 //! * `status` (features `http`, `tonic`): error kinds as the HTTP statuses and
 //!   gRPC codes a gateway answers its own callers with.
 //!
@@ -47,6 +49,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod architecture;
 mod assertions;
 #[cfg(feature = "client")]
 pub mod client;
