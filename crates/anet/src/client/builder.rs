@@ -3,7 +3,6 @@
 use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
 use tower::{
     BoxError as TowerBoxError, Service, ServiceBuilder, discover::Discover,
     limit::ConcurrencyLimitLayer, load_shed::LoadShedLayer,
@@ -302,12 +301,7 @@ impl ClientBuilder {
             Some(make) => make(self.connector),
             None => Dialer::tcp(self.connector),
         };
-        let pool = PoolContext {
-            config: self.pool,
-            dialer,
-            changed: Arc::default(),
-            shutdown: CancellationToken::new(),
-        };
+        let pool = PoolContext::new(self.pool, dialer);
         let registry = Registry::new(pool, self.connector.connect_timeout);
         for addr in self.endpoints {
             registry.add_by_user(addr);

@@ -39,6 +39,7 @@ mod rate_limit;
 mod readiness;
 mod registry;
 mod retry;
+mod room;
 
 pub use backoff::Backoff;
 pub use balance::Balancer;

@@ -55,6 +55,7 @@ use super::{
     connection::{ConnectionFuture, Unit},
     deadline::Deadline,
     dial::Dialer,
+    room::Room,
 };
 use crate::time::later;
 use crate::{Error, Kind};
@@ -262,11 +263,7 @@ impl Endpoint {
         deadline: Deadline,
     ) -> Result<ConnectionFuture, (Bytes, Option<Connection>)> {
         let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
-        let Some(conn) = conns
-            .iter()
-            .filter(|c| !c.is_closed())
-            .min_by_key(|c| tower::load::Load::load(*c))
-        else {
+        let Some(conn) = least_loaded(&conns) else {
             return Err((payload, None));
         };
         conn.try_call(payload, deadline)
@@ -278,11 +275,7 @@ impl Endpoint {
     /// nothing when there is no live connection.
     pub(crate) fn reserve(&self) -> Reserve {
         let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
-        let Some(conn) = conns
-            .iter()
-            .filter(|c| !c.is_closed())
-            .min_by_key(|c| tower::load::Load::load(*c))
-        else {
+        let Some(conn) = least_loaded(&conns) else {
             return Reserve::Empty;
         };
         match conn.try_take_unit() {
@@ -555,7 +548,36 @@ pub(crate) struct PoolContext {
     pub(crate) dialer: Dialer,
     /// Notified whenever an endpoint's `up` or `pending` changes.
     pub(crate) changed: Arc<Notify>,
+    /// Wakes the handles waiting for room (through `changed`) when a
+    /// connection has units to spare.
+    pub(crate) room: Arc<Room>,
     pub(crate) shutdown: CancellationToken,
+}
+
+impl PoolContext {
+    /// A context for the pools of one balancer (or one lone pool).
+    pub(crate) fn new(config: PoolConfig, dialer: Dialer) -> PoolContext {
+        let changed = Arc::new(Notify::new());
+        PoolContext {
+            config,
+            dialer,
+            room: Room::new(changed.clone()),
+            changed,
+            shutdown: CancellationToken::new(),
+        }
+    }
+}
+
+/// The live connection with the fewest requests in flight; ties go to a
+/// random one, so that handles waiting for room spread over the connections
+/// instead of queueing on the first.
+fn least_loaded(conns: &[Connection]) -> Option<&Connection> {
+    let n = conns.len();
+    let start = if n > 1 { fastrand::usize(..n) } else { 0 };
+    (0..n)
+        .map(|i| &conns[(start + i) % n])
+        .filter(|c| !c.is_closed())
+        .min_by_key(|c| tower::load::Load::load(*c))
 }
 
 /// Keeps one endpoint's pool: dials up to `min` (and up to `max` under demand),
@@ -658,6 +680,7 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
             };
             match dialed {
                 Ok(conn) => {
+                    conn.share_room(cx.room.clone());
                     let watched = conn.clone();
                     watchers.spawn(async move { watched.closed().await });
                     endpoint.push(conn);
@@ -762,12 +785,7 @@ mod tests {
     /// instead of waiting for the dial).
     #[test]
     fn a_redialing_endpoint_is_never_seen_neither_up_nor_pending() {
-        let cx = PoolContext {
-            config: PoolConfig::new(),
-            dialer: Dialer::tcp(Connector::new()),
-            changed: Arc::default(),
-            shutdown: CancellationToken::new(),
-        };
+        let cx = PoolContext::new(PoolConfig::new(), Dialer::tcp(Connector::new()));
         let endpoint = Arc::new(Endpoint::new("127.0.0.1:9".parse().expect("addr")));
         set_up(&endpoint, &cx, true);
         set_pending(&endpoint, &cx, false);

@@ -49,7 +49,6 @@ use std::{
 
 use bytes::Bytes;
 use pin_project_lite::pin_project;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, load::Load};
 use tracing::Instrument;
@@ -61,6 +60,7 @@ use super::{
     dial::Dialer,
     pool::{Endpoint, EndpointStats, PoolContext, Reserve, maintain},
     readiness::{Absent, Picked, Readiness, Taken},
+    room::Room,
 };
 use crate::{Error, Kind};
 
@@ -115,8 +115,9 @@ pub struct Pool {
 #[derive(Debug)]
 struct Shared {
     endpoint: Arc<Endpoint>,
-    /// Notified when the pool comes up or goes down, or gets a connection.
-    changed: Arc<Notify>,
+    /// Wakes waiting handles when the pool comes up or goes down, gets a
+    /// connection, or a connection has units to spare.
+    room: Arc<Room>,
     /// Stops the maintenance task.
     shutdown: CancellationToken,
 }
@@ -141,15 +142,10 @@ impl Pool {
 
     fn start(addr: SocketAddr, dialer: Dialer, config: PoolConfig) -> Pool {
         let endpoint = Arc::new(Endpoint::new(addr));
-        let cx = PoolContext {
-            config,
-            dialer,
-            changed: Arc::default(),
-            shutdown: CancellationToken::new(),
-        };
+        let cx = PoolContext::new(config, dialer);
         let shared = Arc::new(Shared {
             endpoint: endpoint.clone(),
-            changed: cx.changed.clone(),
+            room: cx.room.clone(),
             shutdown: cx.shutdown.clone(),
         });
         let span = tracing::info_span!("anet.pool", %addr);
@@ -194,6 +190,14 @@ impl Pool {
     }
 }
 
+impl Drop for Pool {
+    /// A unit reserved and not used goes back, and handles waiting for room
+    /// hear of it.
+    fn drop(&mut self) {
+        self.readiness.release(&self.shared.room);
+    }
+}
+
 impl Clone for Pool {
     /// Another handle on the same pool, holding no reservation.
     fn clone(&self) -> Self {
@@ -228,11 +232,12 @@ impl Service<Bytes> for Pool {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let shared = &self.shared;
         if shared.shutdown.is_cancelled() {
+            self.readiness.release(&shared.room);
             return Poll::Ready(Err(Error::new(Kind::Closed).unsent()));
         }
         ready!(
             self.readiness
-                .poll_ready(cx, &shared.changed, || pick(&shared.endpoint))
+                .poll_ready(cx, &shared.room, || pick(&shared.endpoint))
         );
         Poll::Ready(Ok(()))
     }
@@ -241,6 +246,10 @@ impl Service<Bytes> for Pool {
         let deadline = deadline::current();
         let endpoint = &self.shared.endpoint;
         match self.readiness.take() {
+            // Closed since the reservation: nothing new is written.
+            Taken::Held(..) if self.shared.shutdown.is_cancelled() => {
+                PoolFuture::failed(Error::new(Kind::Closed).unsent())
+            }
             Taken::Held(endpoint, unit) => {
                 let future = endpoint.send_reserved(unit, request, deadline);
                 PoolFuture::sent(endpoint, future)

@@ -18,12 +18,17 @@ use std::{
 
 use pin_project_lite::pin_project;
 use tokio::{
-    sync::{Notify, futures::OwnedNotified},
+    sync::futures::OwnedNotified,
     time::{Instant, Sleep},
 };
 use tower::Service;
 
-use super::{Connection, connection::Unit, pool::Endpoint};
+use super::{
+    Connection,
+    connection::Unit,
+    pool::Endpoint,
+    room::{Room, Waiter},
+};
 use crate::time::later;
 use crate::{Error, Kind};
 
@@ -76,9 +81,12 @@ pin_project! {
     /// A handle waiting for room or for an endpoint.
     #[derive(Debug)]
     struct Waiting {
-        // Any change of the endpoints: pick again.
+        // Any change of the endpoints, or room left over on some connection:
+        // pick again.
         #[pin]
         changed: OwnedNotified,
+        // Counted among the room's waiters while it waits.
+        waiter: Waiter,
         // The connection whose queue it waits in, if any.
         room: Option<(Arc<Endpoint>, Connection)>,
         // The endpoint has been told that its windows are full.
@@ -102,13 +110,13 @@ pub(crate) enum Taken {
 
 impl Readiness {
     /// Ready once a unit is held (or no endpoint can take a request and the
-    /// next call is to fail). `pick` chooses and reserves; `changed` is
-    /// notified whenever an endpoint comes up or goes down, or gets a new
-    /// connection.
+    /// next call is to fail). `pick` chooses and reserves; `room` wakes a
+    /// waiting handle whenever an endpoint comes up or goes down, gets a new
+    /// connection, or a connection has units no handle queued for.
     pub(crate) fn poll_ready(
         &mut self,
         cx: &mut Context<'_>,
-        changed: &Arc<Notify>,
+        room: &Arc<Room>,
         mut pick: impl FnMut() -> Picked,
     ) -> Poll<()> {
         loop {
@@ -121,15 +129,26 @@ impl Readiness {
                     }
                     return Poll::Ready(());
                 }
-                State::Unavailable(_) => return Poll::Ready(()),
+                // The verdict holds only while nothing changed: look again.
+                State::Unavailable(_) => match pick() {
+                    Picked::Held(endpoint, unit) => {
+                        self.wait_until = None;
+                        self.state = State::Held { endpoint, unit };
+                        return Poll::Ready(());
+                    }
+                    // Up again, but full: wait for room.
+                    Picked::Full(..) => self.state = State::Idle,
+                    Picked::Nowhere(_) => return Poll::Ready(()),
+                },
                 State::Idle => {
                     let picked = match pick() {
                         Picked::Held(endpoint, unit) => Picked::Held(endpoint, unit),
-                        // Register for changes, then look once more, so that a
-                        // change in between is not missed.
+                        // Register for changes and room, then look once more, so
+                        // that a change in between is not missed.
                         _ => {
-                            let notified = changed.clone().notified_owned();
-                            self.wait_on(pick(), notified)
+                            let notified = room.listen();
+                            let waiter = room.enter();
+                            self.wait_on(pick(), notified, waiter)
                         }
                     };
                     if let Picked::Held(endpoint, unit) = picked {
@@ -188,7 +207,7 @@ impl Readiness {
 
     /// Sets the state for a second pick, made after registering `notified`;
     /// gives back a held unit for the caller to keep.
-    fn wait_on(&mut self, picked: Picked, changed: OwnedNotified) -> Picked {
+    fn wait_on(&mut self, picked: Picked, changed: OwnedNotified, waiter: Waiter) -> Picked {
         let (room, until) = match picked {
             Picked::Held(..) => return picked,
             Picked::Full(endpoint, conn) => (Some((endpoint, conn)), None),
@@ -208,11 +227,23 @@ impl Readiness {
         };
         self.state = State::Waiting(Box::pin(Waiting {
             changed,
+            waiter,
             room,
             signalled: false,
             until,
         }));
         Picked::Nowhere(Absent::Wait)
+    }
+
+    /// Gives back a unit held for a call that will not come (the handle is
+    /// dropped or its service closed), waking the handles waiting for room.
+    pub(crate) fn release(&mut self, room: &Room) {
+        if matches!(self.state, State::Held { .. }) {
+            self.state = State::Idle;
+            room.returned();
+        } else {
+            self.state = State::Idle;
+        }
     }
 
     /// What the next call uses; the handle is idle afterwards.

@@ -45,9 +45,10 @@ use crate::{Error, Kind};
 /// sends on it at once. So tower's `LoadShed`, `Buffer`, `ConcurrencyLimit`
 /// and a p2c over several balancers see the backpressure:
 ///
-/// * every window full: `Pending`, and woken when room appears (its queue place
-///   on the chosen connection gets a unit) or the endpoints change (one up or
-///   down, a new connection); the endpoint is told to grow its pool;
+/// * every window full: `Pending`, queued for a unit on one connection, and
+///   woken when it gets that unit, when another connection of any endpoint has
+///   a unit nobody queued for, or when the endpoints change (one up or down, a
+///   new connection); the endpoint is told to grow its pool;
 /// * no endpoint up: `Ready`, and the next `call` fails at once with
 ///   [`Kind::Unavailable`]; while an endpoint's first connect is under way (or a
 ///   discovery source has not answered yet), `Pending` for up to the connect
@@ -108,6 +109,14 @@ impl Clone for Balancer {
     }
 }
 
+impl Drop for Balancer {
+    /// A unit reserved and not used goes back, and handles waiting for room
+    /// hear of it.
+    fn drop(&mut self) {
+        self.readiness.release(&self.registry.pool.room);
+    }
+}
+
 impl Service<Bytes> for Balancer {
     type Response = Bytes;
     type Error = Error;
@@ -116,6 +125,7 @@ impl Service<Bytes> for Balancer {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let registry = &self.registry;
         if registry.is_closed() {
+            self.readiness.release(&registry.pool.room);
             return Poll::Ready(Err(Error::new(Kind::Closed).unsent()));
         }
         if !self.reserve {
@@ -123,7 +133,7 @@ impl Service<Bytes> for Balancer {
         }
         ready!(
             self.readiness
-                .poll_ready(cx, &registry.pool.changed, || route::pick(registry))
+                .poll_ready(cx, &registry.pool.room, || route::pick(registry))
         );
         Poll::Ready(Ok(()))
     }
@@ -134,6 +144,10 @@ impl Service<Bytes> for Balancer {
     fn call(&mut self, request: Bytes) -> BalanceFuture {
         let deadline = deadline::current();
         match self.readiness.take() {
+            // Closed since the reservation: nothing new is written.
+            Taken::Held(..) if self.registry.is_closed() => {
+                BalanceFuture::failed(Error::new(Kind::Closed).unsent(), deadline)
+            }
             Taken::Held(endpoint, unit) => {
                 let future = endpoint.send_reserved(unit, request, deadline);
                 BalanceFuture::sent(endpoint, future, deadline)

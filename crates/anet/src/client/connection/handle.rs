@@ -21,7 +21,10 @@ use super::{
     shared::Shared,
     unit::Unit,
 };
-use crate::{Error, Kind, client::deadline::Deadline};
+use crate::{
+    Error, Kind,
+    client::{deadline::Deadline, room::Room},
+};
 
 /// A handle to one multiplexed connection: many tagged requests in flight over one
 /// transport, owned by a driver task.
@@ -158,6 +161,12 @@ impl Connection {
     /// transport dropped.
     pub async fn closed(&self) {
         self.shared.wait_done().await
+    }
+
+    /// Joins this connection to its pool's [`Room`]: the driver then wakes
+    /// the pool's handles waiting for room when it has units to spare.
+    pub(crate) fn share_room(&self, room: Arc<Room>) {
+        let _ = self.shared.room.set(room);
     }
 
     /// Whether the driver has finished: every request answered or failed, the

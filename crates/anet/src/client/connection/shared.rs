@@ -11,6 +11,7 @@ use tokio::{
 };
 
 use super::unit::Unit;
+use crate::client::room::Room;
 use crate::{Error, Kind};
 
 /// What the handles and the driver of one connection share.
@@ -30,6 +31,9 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// When the connection was made (its owner judges a short-lived one).
     pub(crate) opened: Instant,
+    /// The room of the pool this connection belongs to: the driver tells it
+    /// when units it gives back are left over.
+    pub(crate) room: OnceLock<Arc<Room>>,
 }
 
 /// Counters the driver publishes for [`ConnectionStats`](super::ConnectionStats).
@@ -54,6 +58,7 @@ impl Shared {
             done_notify: Notify::new(),
             counters: Counters::default(),
             opened: Instant::now(),
+            room: OnceLock::new(),
         }
     }
 

@@ -365,9 +365,10 @@ impl Table {
         replies
     }
 
-    /// Gives the units of the window freed since the last call back.
-    pub(crate) fn return_units(&mut self) {
-        self.returns.flush();
+    /// Gives the units of the window freed since the last call back; true if
+    /// there were any.
+    pub(crate) fn return_units(&mut self) -> bool {
+        self.returns.flush()
     }
 
     fn compact_quarantine(&mut self) {
@@ -447,7 +448,7 @@ mod tests {
 
         /// Window units free once the freed ones are given back.
         fn room(&mut self) -> usize {
-            self.table.return_units();
+            let _ = self.table.return_units();
             self.window.available_permits()
         }
     }

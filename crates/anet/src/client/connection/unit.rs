@@ -29,9 +29,10 @@ impl Returns {
         }
     }
 
-    /// Gives every unit kept so far back to the window.
+    /// Gives every unit kept so far back to the window; true if there were
+    /// any.
     #[inline]
-    pub(super) fn flush(&mut self) {
-        self.0 = None;
+    pub(super) fn flush(&mut self) -> bool {
+        self.0.take().is_some()
     }
 }

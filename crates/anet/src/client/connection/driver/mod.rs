@@ -172,6 +172,16 @@ where
         shared.mark_done();
     }
 
+    /// Gives the units freed this pass back to the window, and tells the
+    /// pool's waiting handles when some are left over for them.
+    fn return_units(&mut self) {
+        if self.table.return_units() {
+            if let Some(room) = self.shared.room.get() {
+                room.freed(&self.shared.semaphore);
+            }
+        }
+    }
+
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
         self.timers.new_pass();
         loop {
@@ -192,7 +202,7 @@ where
                 Ok(read) => progress |= read,
                 Err(error) => return Poll::Ready(Exit::Failed(error)),
             }
-            self.table.return_units();
+            self.return_units();
             if let Some(exit) = self.poll_timer(cx) {
                 return Poll::Ready(exit);
             }
@@ -379,7 +389,7 @@ where
             }
             self.expire_deadlines(now);
             self.table.expire_quarantine(now);
-            self.table.return_units();
+            self.return_units();
             self.retire_if_held_too_many();
         }
     }
