@@ -55,7 +55,9 @@ pub(crate) fn parse_tag(text: &str) -> Result<TagFormat, String> {
         "ascii" => Err(format!(
             "an ascii tag is 1 to {MAX_TAG_LEN} characters, not {width}"
         )),
-        _ => Err(format!("unknown tag format {kind:?}: use binary:N or ascii:N")),
+        _ => Err(format!(
+            "unknown tag format {kind:?}: use binary:N or ascii:N"
+        )),
     }
 }
 

@@ -32,10 +32,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let front = args.frame.builder().max_frame_length(args.max_frame);
     let back = anet_proto::Builder::new()
         .tag_format(args.backend_tag.unwrap_or(args.frame.tag))
-        .length_width(
-            args.backend_length_width
-                .unwrap_or(args.frame.length_width),
-        )
+        .length_width(args.backend_length_width.unwrap_or(args.frame.length_width))
         .max_frame_length(args.max_frame);
     let mut config = ConnectionConfig::new().frame(back);
     if let Some(n) = args.backend_max_in_flight {
