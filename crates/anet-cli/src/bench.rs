@@ -19,15 +19,19 @@ use std::{
 
 use anet::{
     Kind,
-    client::{Client, ErrorCounts},
+    client::{ConnectionConfig, ErrorCounts},
     server::{Request, Server},
 };
+use anyhow::Context as _;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 use tower::service_fn;
 
-use crate::BenchArgs;
+use crate::{
+    BenchArgs,
+    common::{self, Target},
+};
 
 /// Extra time allowed after `duration + timeout` before stragglers are abandoned.
 const GRACE: Duration = Duration::from_secs(2);
@@ -75,8 +79,11 @@ fn payload(seq: u64, size: usize) -> Bytes {
     Bytes::from(bytes)
 }
 
-async fn embedded_echo() -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+async fn embedded_echo(
+    frame: anet_proto::Builder,
+) -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
     let server = Server::builder()
+        .frame(frame)
         .bind("127.0.0.1:0".parse().expect("loopback address"))
         .await?;
     let addr = server.local_addr();
@@ -91,23 +98,29 @@ async fn embedded_echo() -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Se
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut embedded = None;
     let targets = if args.connect.is_empty() {
-        let (addr, stop) = embedded_echo().await?;
+        let (addr, stop) = embedded_echo(args.frame.builder()).await?;
         embedded = Some(stop);
         eprintln!("embedded echo server on {addr}");
-        vec![addr]
+        vec![Target::Addr(addr)]
     } else {
         args.connect.clone()
     };
-    let timeout = Duration::from_millis(args.timeout_ms.max(1));
-    let mut builder = Client::builder()
-        .endpoints(targets.iter().copied())
+    let timeout = common::timeout(args.timeout, args.timeout_ms, Duration::from_secs(1))
+        .max(Duration::from_millis(1));
+    let mut config = ConnectionConfig::new().frame(args.frame.builder());
+    if let Some(n) = args.max_in_flight {
+        config = config.max_in_flight(n);
+    }
+    config
+        .validate()
+        .context("invalid frame or --max-in-flight options")?;
+    let mut builder = common::client_builder(&targets, Some(args.resolve_every))
+        .await?
+        .connection(config)
         .request_timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(1)));
     if let Some(n) = args.connections_per_endpoint {
         builder = builder.connections_per_endpoint(n, n);
-    }
-    if let Some(n) = args.max_in_flight {
-        builder = builder.max_in_flight(n);
     }
     let client = builder.build();
     let size = args.size.max(MIN_SIZE);
@@ -203,7 +216,7 @@ impl<'a> Report<'a> {
         }
     }
 
-    fn print_text(&self, targets: &[SocketAddr], concurrency: usize, size: usize) {
+    fn print_text(&self, targets: &[Target], concurrency: usize, size: usize) {
         let t = self.tally;
         let targets: Vec<String> = targets.iter().map(ToString::to_string).collect();
         println!(

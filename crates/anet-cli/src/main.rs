@@ -1,20 +1,25 @@
-//! `anet`: an echo server, a one-shot sender and a load generator for the anet
-//! protocol (2-byte length, 4-byte tag, Go anet compatible).
+//! `anet`: an echo server, a one-shot sender, a load generator and a connection
+//! concentrator for the anet protocol (by default 2-byte length, 4-byte binary
+//! tag, Go anet compatible; `--tag` and `--length-width` for other devices).
 //!
 //! ```text
-//! anet echo  [--listen 127.0.0.1:7878] [--max-connections 1024]
-//!            [--first-frame-timeout 10s] [--evict-idle-after 1s]
-//!            [--max-connections-per-peer N]
-//! anet send  --connect ADDR [--timeout-ms 1000] [--hex] PAYLOAD
-//! anet bench [--connect ADDR]... [-c 256] [-d 10s] [--size 64] [--json]
+//! anet echo  [--listen 127.0.0.1:7878] [--tag binary:4] [--length-width 2] ...
+//! anet send  --connect HOST:PORT [--timeout 1s] [--hex] [--hex-input] PAYLOAD
+//! anet bench [--connect HOST:PORT]... [-c 256] [-d 10s] [--size 64] [--json]
+//! anet proxy --listen HOST:PORT --connect HOST:PORT... [--backend-tag ...]
 //! ```
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use anet_proto::TagFormat;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::common::{FrameArgs, Target, duration, parse_length_width, parse_tag, parse_target};
 
 mod bench;
+mod common;
 mod echo;
+mod proxy;
 mod send;
 
 /// Client, server and load generator for length-prefixed, tag-multiplexed TCP.
@@ -33,14 +38,20 @@ enum Command {
     Send(SendArgs),
     /// Closed-loop load through the full client stack, checking every response.
     Bench(BenchArgs),
+    /// Serve any number of client connections over a few pooled, balanced
+    /// backend connections (a connection concentrator), until Ctrl-C.
+    Proxy(ProxyArgs),
 }
 
 /// Options of `anet echo`.
 #[derive(Debug, Args)]
 struct EchoArgs {
-    /// Address to listen on; port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:7878")]
-    listen: SocketAddr,
+    /// Address to listen on (`HOST:PORT`, an IP literal or a name resolved once);
+    /// port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:7878", value_parser = parse_target)]
+    listen: Target,
+    #[command(flatten)]
+    frame: FrameArgs,
     /// Most connections open at once. At the limit a newcomer takes the place of
     /// an idle connection (see --evict-idle-after); when none can make room, it
     /// is closed on accept.
@@ -64,37 +75,63 @@ struct EchoArgs {
     /// Largest frame body (tag + payload) accepted.
     #[arg(long, default_value_t = 65535)]
     max_frame: usize,
-    /// Close connections idle this long (0 = never).
-    #[arg(long, default_value_t = 300_000)]
-    idle_timeout_ms: u64,
-    /// Close connections whose started frame does not complete in this long (0 = never).
-    #[arg(long, default_value_t = 10_000)]
-    read_timeout_ms: u64,
+    /// Close connections idle this long, e.g. `5m` (`off` or `0s` = never).
+    /// [default: 5m]
+    #[arg(long, value_parser = optional_duration, conflicts_with = "idle_timeout_ms")]
+    idle_timeout: Option<OptionalDuration>,
+    /// `--idle-timeout` in milliseconds (0 = never); the older spelling.
+    #[arg(long)]
+    idle_timeout_ms: Option<u64>,
+    /// Close connections whose started frame does not complete in this long,
+    /// e.g. `10s` (`off` or `0s` = never). [default: 10s]
+    #[arg(long, value_parser = optional_duration, conflicts_with = "read_timeout_ms")]
+    read_timeout: Option<OptionalDuration>,
+    /// `--read-timeout` in milliseconds (0 = never); the older spelling.
+    #[arg(long)]
+    read_timeout_ms: Option<u64>,
 }
 
 /// Options of `anet send`.
 #[derive(Debug, Args)]
 struct SendArgs {
-    /// Server address.
+    /// Server address: `HOST:PORT` (every address the name resolves to is an
+    /// endpoint), `IPv4:PORT` or `[IPv6]:PORT`.
+    #[arg(long, value_parser = parse_target)]
+    connect: Target,
+    #[command(flatten)]
+    frame: FrameArgs,
+    /// Give up after this long, e.g. `500ms`, `2s`. [default: 1s]
+    #[arg(long, value_parser = duration, conflicts_with = "timeout_ms")]
+    timeout: Option<Duration>,
+    /// `--timeout` in milliseconds; the older spelling.
     #[arg(long)]
-    connect: SocketAddr,
-    /// Give up after this many milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    timeout_ms: u64,
+    timeout_ms: Option<u64>,
     /// Print the response as hex instead of text.
     #[arg(long)]
     hex: bool,
-    /// The request payload (sent as its UTF-8 bytes).
+    /// The payload is hex digits (`4e43` for `NC`; whitespace ignored), sent as
+    /// the bytes they spell.
+    #[arg(long)]
+    hex_input: bool,
+    /// The request payload (sent as its UTF-8 bytes, or see --hex-input).
+    #[arg(allow_hyphen_values = true)]
     payload: String,
 }
 
 /// Options of `anet bench`.
 #[derive(Debug, Args)]
 struct BenchArgs {
-    /// Server address (repeat for several); without it an embedded echo server is
-    /// started on an ephemeral loopback port.
-    #[arg(long)]
-    connect: Vec<SocketAddr>,
+    /// Server address, `HOST:PORT` or an IP literal (repeat for several); a name's
+    /// every address becomes an endpoint, re-resolved every --resolve-every.
+    /// Without it an embedded echo server (with the same frame options) is started
+    /// on an ephemeral loopback port.
+    #[arg(long, value_parser = parse_target, num_args = 1..)]
+    connect: Vec<Target>,
+    #[command(flatten)]
+    frame: FrameArgs,
+    /// How often `--connect` names are resolved again.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    resolve_every: Duration,
     /// Concurrent callers, each with one request in flight.
     #[arg(short = 'c', long, default_value_t = 256)]
     concurrency: usize,
@@ -110,12 +147,82 @@ struct BenchArgs {
     /// Requests in flight per connection (default: 512).
     #[arg(long)]
     max_in_flight: Option<usize>,
-    /// Per-request deadline in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    timeout_ms: u64,
+    /// Per-request deadline, e.g. `500ms`, `2s`. [default: 1s]
+    #[arg(long, value_parser = duration, conflicts_with = "timeout_ms")]
+    timeout: Option<Duration>,
+    /// `--timeout` in milliseconds; the older spelling.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// Options of `anet proxy`.
+#[derive(Debug, Args)]
+struct ProxyArgs {
+    /// Address to listen on for clients (`HOST:PORT`, an IP literal or a name
+    /// resolved once); port 0 picks a free port.
+    #[arg(long, value_parser = parse_target)]
+    listen: Target,
+    /// Backend address, `HOST:PORT` or an IP literal (repeat, or list several
+    /// after one --connect); a name's every address becomes an endpoint,
+    /// re-resolved every --resolve-every.
+    #[arg(long, value_parser = parse_target, num_args = 1.., required = true)]
+    connect: Vec<Target>,
+    /// The clients' frame format (their tags are echoed as they came).
+    #[command(flatten)]
+    frame: FrameArgs,
+    /// Tag format towards the backends (the proxy numbers its own requests in
+    /// it). [default: the --tag value]
+    #[arg(long, value_parser = parse_tag, value_name = "binary:N|ascii:N")]
+    backend_tag: Option<TagFormat>,
+    /// Length prefix width towards the backends: 2 or 4. [default: the
+    /// --length-width value]
+    #[arg(long, value_name = "2|4", value_parser = parse_length_width)]
+    backend_length_width: Option<usize>,
+    /// Largest frame body (tag + payload), on both sides.
+    #[arg(long, default_value_t = 65535)]
+    max_frame: usize,
+    /// Most client connections open at once (see `anet echo --max-connections`).
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Most requests served at once per client connection.
+    #[arg(long, default_value_t = 256)]
+    max_in_flight: usize,
+    /// Connections to each backend endpoint, kept open (default: the client's,
+    /// 1 growing to 4).
+    #[arg(long)]
+    connections_per_endpoint: Option<usize>,
+    /// Requests in flight per backend connection (default: 512, or half the
+    /// backend tag space when smaller).
+    #[arg(long)]
+    backend_max_in_flight: Option<usize>,
+    /// Deadline of a forwarded request (waiting for a backend, retries of unsent
+    /// requests, the answer), e.g. `2s`. [default: 2s]
+    #[arg(long, value_parser = duration, conflicts_with = "timeout_ms")]
+    timeout: Option<Duration>,
+    /// `--timeout` in milliseconds.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// What a client sees when its request fails (backend down, timeout):
+    /// `no-response` (its own deadline applies; its other requests carry on) or
+    /// `close` (its connection is closed once the answers already made are
+    /// written).
+    #[arg(long, value_enum, default_value_t = ProxyOnError::NoResponse)]
+    on_error: ProxyOnError,
+    /// How often `--connect` names are resolved again.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    resolve_every: Duration,
+}
+
+/// `anet proxy --on-error`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ProxyOnError {
+    /// Send nothing for a failed request.
+    NoResponse,
+    /// Close the client's connection.
+    Close,
 }
 
 /// A duration flag that can be switched off (`None`).
@@ -147,8 +254,12 @@ fn main() -> ExitCode {
             Command::Echo(args) => echo::run(args).await,
             Command::Send(args) => send::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Proxy(args) => proxy::run(args).await,
         }
     });
+    // A name lookup still running on a blocking thread (one that timed out) must
+    // not hold up the exit.
+    runtime.shutdown_timeout(Duration::from_millis(100));
     match result {
         Ok(code) => code,
         Err(e) => {

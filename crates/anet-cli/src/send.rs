@@ -2,28 +2,34 @@
 
 use std::{fmt::Write as _, process::ExitCode, time::Duration};
 
-use anet::client::Client;
+use anet::client::ConnectionConfig;
+use anyhow::Context as _;
 use bytes::Bytes;
 
-use crate::SendArgs;
+use crate::{SendArgs, common};
 
 pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
-    let timeout = Duration::from_millis(args.timeout_ms);
-    let client = Client::builder()
-        .endpoint(args.connect)
+    let timeout = common::timeout(args.timeout, args.timeout_ms, Duration::from_secs(1));
+    let payload = if args.hex_input {
+        common::from_hex(&args.payload)?
+    } else {
+        args.payload.into_bytes()
+    };
+    let config = ConnectionConfig::new().frame(args.frame.builder());
+    config.validate().context("invalid frame options")?;
+    // One request: the addresses a name has now are enough.
+    let client = common::client_builder(std::slice::from_ref(&args.connect), None)
+        .await?
+        .connection(config)
         .connect_timeout(timeout)
         .request_timeout(timeout)
         .build();
-    let result = client.call(Bytes::from(args.payload.into_bytes())).await;
+    let result = client.call(Bytes::from(payload)).await;
     client.close();
     match result {
         Ok(response) => {
             if args.hex {
-                let mut hex = String::with_capacity(response.len() * 2);
-                for b in &response {
-                    let _ = write!(hex, "{b:02x}");
-                }
-                println!("{hex}");
+                println!("{}", common::to_hex(&response));
             } else {
                 println!("{}", String::from_utf8_lossy(&response));
             }

@@ -5,54 +5,15 @@
 #![allow(clippy::disallowed_types)]
 
 use std::{
-    io::{BufRead, BufReader, Read},
-    net::{SocketAddr, TcpListener},
-    process::{Child, Command, Stdio},
+    io::Read,
+    net::{TcpListener, TcpStream},
+    process::Output,
     time::{Duration, Instant},
 };
 
-fn anet() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_anet"))
-}
+mod common;
 
-/// `anet echo` on an ephemeral port; killed on drop.
-struct Echo {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Echo {
-    fn start() -> Echo {
-        Echo::start_with(&[])
-    }
-
-    fn start_with(flags: &[&str]) -> Echo {
-        let mut child = anet()
-            .args(["echo", "--listen", "127.0.0.1:0"])
-            .args(flags)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn anet echo");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().expect("stdout"))
-            .read_line(&mut line)
-            .expect("first line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("address");
-        Echo { child, addr }
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{Daemon, anet, closed_port, device, read_body, write_frame};
 
 fn last_json_line(stdout: &[u8]) -> serde_json::Value {
     let text = String::from_utf8_lossy(stdout);
@@ -62,7 +23,7 @@ fn last_json_line(stdout: &[u8]) -> serde_json::Value {
 
 #[test]
 fn echo_and_send_round_trip() {
-    let echo = Echo::start();
+    let echo = Daemon::echo(&[]);
     let out = anet()
         .args(["send", "--connect", &echo.addr.to_string(), "hello anet"])
         .output()
@@ -94,7 +55,7 @@ fn echo_and_send_round_trip() {
 #[test]
 fn echo_serves_send_while_silent_connections_fill_its_limit_and_closes_them_at_the_first_frame_timeout()
  {
-    let echo = Echo::start_with(&[
+    let echo = Daemon::echo(&[
         "--max-connections",
         "4",
         "--first-frame-timeout",
@@ -129,10 +90,7 @@ fn echo_serves_send_while_silent_connections_fill_its_limit_and_closes_them_at_t
 
 #[test]
 fn send_to_a_closed_port_fails_with_the_error_kind_and_exit_1() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let port = closed_port();
     let out = anet()
         .args([
             "send",
@@ -171,7 +129,7 @@ fn bench_against_the_embedded_server_reports_no_mismatch_and_no_error() {
 
 #[test]
 fn bench_against_an_external_echo_server() {
-    let echo = Echo::start();
+    let echo = Daemon::echo(&[]);
     let out = anet()
         .args([
             "bench",
@@ -199,10 +157,7 @@ fn bench_against_an_external_echo_server() {
 
 #[test]
 fn bench_where_nothing_listens_ends_quickly_with_connect_errors() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let port = closed_port();
     let started = Instant::now();
     let out = anet()
         .args([
@@ -251,7 +206,7 @@ fn bench_against_a_server_that_never_answers_ends_within_duration_timeout_and_gr
             "-d",
             "1s",
         ])
-        .args(["--timeout-ms", "500", "-c", "16"])
+        .args(["--timeout", "500ms", "-c", "16"])
         .output()
         .expect("run bench");
     let elapsed = started.elapsed();
@@ -266,4 +221,319 @@ fn bench_against_a_server_that_never_answers_ends_within_duration_timeout_and_gr
         report["errors"]["timeout"].as_u64().expect("timeouts") >= 16,
         "{report}"
     );
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A peer that accepts and reads, and never writes.
+fn silent_server() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut sink = [0u8; 4096];
+                while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+/// The example: a payShield-like device that echoes a 4-character header.
+#[test]
+fn send_with_an_ascii_tag_to_a_device_that_echoes_the_header_prints_its_answer() {
+    let (addr, bodies) = device(2, 4);
+    let out = anet()
+        .args([
+            "send",
+            "--connect",
+            &addr.to_string(),
+            "--tag",
+            "ascii:4",
+            "NC",
+        ])
+        .output()
+        .expect("run send");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "NC00");
+    let body = bodies
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a request");
+    assert_eq!(body.len(), 6, "{body:?}");
+    assert!(body[..4].iter().all(u8::is_ascii_digit), "header {body:?}");
+    assert_eq!(&body[4..], b"NC");
+}
+
+#[test]
+fn send_with_a_4_byte_length_and_a_2_byte_binary_tag_frames_them_so() {
+    let (addr, bodies) = device(4, 2);
+    let out = anet()
+        .args(["send", "--connect", &addr.to_string()])
+        .args(["--length-width", "4", "--tag", "binary:2", "NC"])
+        .output()
+        .expect("run send");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "NC00");
+    let body = bodies
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a request");
+    assert_eq!(body.len(), 4, "2-byte tag + NC: {body:?}");
+    assert_eq!(&body[2..], b"NC");
+}
+
+#[test]
+fn echo_with_frame_options_answers_raw_frames_in_that_format() {
+    let echo = Daemon::echo(&["--tag", "ascii:6", "--length-width", "4"]);
+    let mut conn = TcpStream::connect(echo.addr).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // Two frames in one write, with the client's own (non-numeric) headers.
+    let mut both = Vec::new();
+    write_frame(&mut both, 4, b"HDR-01", b"first").expect("encode");
+    write_frame(&mut both, 4, b"HDR-02", b"").expect("encode");
+    std::io::Write::write_all(&mut conn, &both).expect("write");
+    let mut answers = vec![
+        read_body(&mut conn, 4).expect("answer"),
+        read_body(&mut conn, 4).expect("answer"),
+    ];
+    answers.sort();
+    assert_eq!(answers, [b"HDR-01first".to_vec(), b"HDR-02".to_vec()]);
+}
+
+#[test]
+fn send_and_bench_with_frame_options_round_trip_through_echo_with_the_same_options() {
+    let flags = ["--tag", "ascii:4", "--length-width", "4"];
+    let echo = Daemon::echo(&flags);
+    let out = anet()
+        .args(["send", "--connect", &echo.addr_string()])
+        .args(flags)
+        .arg("over ascii tags")
+        .output()
+        .expect("run send");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "over ascii tags");
+
+    let out = anet()
+        .args(["bench", "--connect", &echo.addr_string(), "--json"])
+        .args(["-d", "1s", "-c", "32"])
+        .args(flags)
+        .output()
+        .expect("run bench");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report = last_json_line(&out.stdout);
+    assert_eq!(report["mismatches"], 0, "{report}");
+    assert!(report["ok"].as_u64().expect("ok") > 0);
+    assert_eq!(report["ok"], report["requests"], "{report}");
+}
+
+#[test]
+fn bench_starts_its_embedded_echo_server_with_the_frame_options() {
+    let out = anet()
+        .args(["bench", "--json", "-d", "1s", "-c", "16"])
+        .args(["--tag", "binary:2", "--length-width", "4"])
+        .output()
+        .expect("run bench");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report = last_json_line(&out.stdout);
+    assert_eq!(report["mismatches"], 0, "{report}");
+    assert!(report["ok"].as_u64().expect("ok") > 0);
+    assert_eq!(report["ok"], report["requests"], "{report}");
+}
+
+#[test]
+fn frame_options_that_do_not_parse_are_usage_errors() {
+    for bad in [
+        ["--tag", "hex:4"],
+        ["--tag", "ascii:0"],
+        ["--tag", "binary:9"],
+        ["--length-width", "3"],
+    ] {
+        let out = anet()
+            .args(["send", "--connect", "127.0.0.1:1"])
+            .args(bad)
+            .arg("x")
+            .output()
+            .expect("run send");
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
+        assert!(stderr(&out).contains(bad[0]), "{}", stderr(&out));
+    }
+    // Parses, but a 2-digit tag has 100 values: no room for 100 in flight.
+    let out = anet()
+        .args(["bench", "--connect", "127.0.0.1:1", "-d", "1s"])
+        .args(["--tag", "ascii:2", "--max-in-flight", "100"])
+        .output()
+        .expect("run bench");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr(&out).contains("invalid"), "{}", stderr(&out));
+}
+
+#[test]
+fn send_hex_input_sends_the_bytes_the_digits_spell() {
+    let echo = Daemon::echo(&[]);
+    let out = anet()
+        .args(["send", "--connect", &echo.addr_string()])
+        .args(["--hex-input", "68 65 6c6C6f"])
+        .output()
+        .expect("run send");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "hello");
+
+    let out = anet()
+        .args(["send", "--connect", &echo.addr_string()])
+        .args(["--hex-input", "--hex", "00ff4e43"])
+        .output()
+        .expect("run send");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "00ff4e43");
+
+    for bad in ["4e4", "zz"] {
+        let out = anet()
+            .args(["send", "--connect", &echo.addr_string(), "--hex-input", bad])
+            .output()
+            .expect("run send");
+        assert_eq!(out.status.code(), Some(1), "{bad}: {out:?}");
+        assert!(stderr(&out).contains("--hex-input"), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn send_timeout_takes_a_duration_and_timeout_ms_still_works() {
+    let addr = silent_server().to_string();
+    for flags in [["--timeout", "500ms"], ["--timeout-ms", "500"]] {
+        let started = Instant::now();
+        let out = anet()
+            .args(["send", "--connect", &addr])
+            .args(flags)
+            .arg("x")
+            .output()
+            .expect("run send");
+        let elapsed = started.elapsed();
+        assert_eq!(out.status.code(), Some(1), "{flags:?}: {out:?}");
+        assert!(stderr(&out).contains("timeout"), "{}", stderr(&out));
+        assert!(
+            elapsed >= Duration::from_millis(450) && elapsed < Duration::from_secs(5),
+            "{flags:?}: {elapsed:?}"
+        );
+    }
+    let out = anet()
+        .args(["send", "--connect", &addr])
+        .args(["--timeout", "1s", "--timeout-ms", "1000", "x"])
+        .output()
+        .expect("run send");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "both spellings at once: {out:?}"
+    );
+    let out = anet()
+        .args(["send", "--connect", &addr, "--timeout", "500", "x"])
+        .output()
+        .expect("run send");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a duration needs a unit: {out:?}"
+    );
+}
+
+#[test]
+fn echo_idle_timeout_takes_a_duration_and_the_ms_spelling_still_works() {
+    for flags in [["--idle-timeout", "300ms"], ["--idle-timeout-ms", "300"]] {
+        let echo = Daemon::echo(&flags);
+        let mut conn = TcpStream::connect(echo.addr).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write_frame(&mut conn, 2, &[0, 0, 0, 1], b"ping").expect("write");
+        assert_eq!(read_body(&mut conn, 2).expect("answer"), b"\0\0\0\x01ping");
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        assert!(
+            matches!(conn.read(&mut buf), Ok(0) | Err(_)),
+            "{flags:?}: closed when idle"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{flags:?}: {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn echo_listens_on_a_host_name_and_send_and_bench_connect_by_name() {
+    let echo = Daemon::start(&["echo", "--listen", "localhost:0"]);
+    assert!(echo.addr.ip().is_loopback(), "{}", echo.addr);
+    let by_name = format!("localhost:{}", echo.addr.port());
+    let out = anet()
+        .args(["send", "--connect", &by_name, "by name"])
+        .output()
+        .expect("run send");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "by name");
+
+    let out = anet()
+        .args([
+            "bench",
+            "--connect",
+            &by_name,
+            "--json",
+            "-d",
+            "1s",
+            "-c",
+            "8",
+        ])
+        .args(["--resolve-every", "100ms"])
+        .output()
+        .expect("run bench");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report = last_json_line(&out.stdout);
+    assert_eq!(report["mismatches"], 0, "{report}");
+    assert!(report["ok"].as_u64().expect("ok") > 0);
+    assert_eq!(report["ok"], report["requests"], "{report}");
+}
+
+#[test]
+fn a_name_that_does_not_resolve_is_a_one_line_error_and_exit_1() {
+    let name = "no-such-host.invalid:1500";
+    let runs: [&[&str]; 4] = [
+        &["send", "--connect", name, "x"],
+        &["bench", "--connect", name, "-d", "1s"],
+        &["echo", "--listen", name],
+        &["proxy", "--listen", "127.0.0.1:0", "--connect", name],
+    ];
+    for args in runs {
+        let started = Instant::now();
+        let out = anet().args(args).output().expect("run anet");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{args:?}: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let err = stderr(&out);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: cannot resolve no-such-host.invalid:1500"),
+            "{args:?}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: nothing listens");
+    }
+}
+
+#[test]
+fn a_connect_address_without_a_port_is_a_usage_error() {
+    let out = anet()
+        .args(["send", "--connect", "localhost", "x"])
+        .output()
+        .expect("run send");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stderr(&out).contains("HOST:PORT"), "{}", stderr(&out));
 }
