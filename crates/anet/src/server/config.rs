@@ -28,6 +28,8 @@ pub struct Builder {
     pub(crate) frame: FrameBuilder,
     pub(crate) max_connections: usize,
     pub(crate) max_in_flight_per_connection: usize,
+    pub(crate) max_in_flight_bytes: usize,
+    pub(crate) max_in_flight_requests: usize,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) first_frame_timeout: Option<Duration>,
     pub(crate) evict_idle_after: Option<Duration>,
@@ -49,6 +51,8 @@ impl Builder {
     /// | [`evict_idle_after`](Builder::evict_idle_after) | 1 s (at the limit, an idle connection older than this makes room) |
     /// | [`max_connections_per_peer`](Builder::max_connections_per_peer) | none |
     /// | [`max_in_flight_per_connection`](Builder::max_in_flight_per_connection) | 256 |
+    /// | [`max_in_flight_bytes`](Builder::max_in_flight_bytes) | 64 MiB, server-wide |
+    /// | [`max_in_flight_requests`](Builder::max_in_flight_requests) | 10,000, server-wide |
     /// | [`first_frame_timeout`](Builder::first_frame_timeout) | 10 s |
     /// | [`idle_timeout`](Builder::idle_timeout) | 5 min |
     /// | [`read_timeout`](Builder::read_timeout) | 10 s |
@@ -61,6 +65,8 @@ impl Builder {
             frame: FrameBuilder::new(),
             max_connections: 1024,
             max_in_flight_per_connection: 256,
+            max_in_flight_bytes: 64 * 1024 * 1024,
+            max_in_flight_requests: 10_000,
             idle_timeout: Some(Duration::from_secs(300)),
             first_frame_timeout: Some(Duration::from_secs(10)),
             evict_idle_after: Some(Duration::from_secs(1)),
@@ -137,6 +143,45 @@ impl Builder {
     /// so TCP backpressure reaches the client.
     pub const fn max_in_flight_per_connection(mut self, n: usize) -> Self {
         self.max_in_flight_per_connection = n;
+        self
+    }
+
+    /// Most request bytes the whole server holds for unanswered requests, all
+    /// connections together. Default: 64 MiB.
+    ///
+    /// A request is charged its body (tag and payload) when its length field is
+    /// read, before its body is read or allocated, and keeps the charge until
+    /// its answer is produced (or the service fails it); responses are then
+    /// charged until they are written to the socket. When a request does not
+    /// fit, its connection stops reading (TCP backpressure reaches the client)
+    /// until answers free room: nothing read is ever dropped or failed for it.
+    /// A frame larger than the whole budget is still served, alone.
+    ///
+    /// Fairness: when room frees, connections that held nothing when they
+    /// started waiting go first, before connections that already hold
+    /// requests, so one client flooding from many connections does not lock
+    /// out a client that sends one request at a time.
+    ///
+    /// The memory a server holds is about this budget plus, per open
+    /// connection, an 8 KiB read buffer and at most 16 KiB of write buffer kept
+    /// between writes: request payloads are copied out of the read buffer (or
+    /// read into a buffer of their exact size), so a payload held by a slow
+    /// handler keeps only its own bytes alive. Requests a service holds beyond
+    /// their answer, and responses larger than the requests they answer, are
+    /// the service's to bound. Applications that serve as a proxy (slow
+    /// handlers by nature) inherit this setting from their server `Builder`.
+    pub const fn max_in_flight_bytes(mut self, bytes: usize) -> Self {
+        self.max_in_flight_bytes = bytes;
+        self
+    }
+
+    /// Most unanswered requests the whole server holds, all connections
+    /// together. Default: 10,000 (as the Go library caps its handlers). At the
+    /// limit connections stop reading, as for
+    /// [`max_in_flight_bytes`](Builder::max_in_flight_bytes). Values are
+    /// capped at 2^20 - 1; 0 counts as 1.
+    pub const fn max_in_flight_requests(mut self, n: usize) -> Self {
+        self.max_in_flight_requests = n;
         self
     }
 

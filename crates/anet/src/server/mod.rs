@@ -62,7 +62,9 @@
 //! ```
 
 mod admission;
+mod budget;
 mod call;
+mod reader;
 mod config;
 mod connection;
 mod request;

@@ -64,7 +64,7 @@ impl Server {
             local_addr: listener.local_addr()?,
             listener,
             config,
-            counters: Arc::new(Counters::default()),
+            counters: Arc::new(Counters::new(&config)),
         })
     }
 
@@ -312,7 +312,8 @@ impl Builder {
     {
         let never = CancellationToken::new().cancelled_owned();
         let activity = Arc::new(Activity::new(Instant::now()));
-        Handler::new(io, peer, service, *self, Arc::default(), activity, never)
+        let counters = Arc::new(Counters::new(self));
+        Handler::new(io, peer, service, *self, counters, activity, never)
             .run()
             .await
     }
