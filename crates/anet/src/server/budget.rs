@@ -175,8 +175,10 @@ pub(crate) struct Lease {
     /// Charged to the shared word for this connection.
     charged_bytes: u64,
     charged_requests: u64,
-    /// What this connection holds now; the shared word catches up in `sync`.
-    bytes: u64,
+    /// What this connection holds now (request bodies, write buffer, requests);
+    /// the shared word catches up in `sync`.
+    request_bytes: u64,
+    write_bytes: u64,
     requests: u64,
     /// Since when this connection waits for the budget.
     throttled_since: Option<Instant>,
@@ -189,7 +191,8 @@ impl Lease {
             waiter: Arc::default(),
             charged_bytes: 0,
             charged_requests: 0,
-            bytes: 0,
+            request_bytes: 0,
+            write_bytes: 0,
             requests: 0,
             throttled_since: None,
         }
@@ -214,7 +217,7 @@ impl Lease {
             if !self.waiter.granted.load(Ordering::SeqCst) {
                 // Give back what was freed first: the grant may be our own.
                 self.sync();
-                let light = self.bytes == 0 && self.requests == 0;
+                let light = self.bytes() == 0 && self.requests == 0;
                 let budget = &self.counters.budget;
                 let mut queues = budget.queues();
                 self.waiter.need.store(bytes, Ordering::Relaxed);
@@ -243,8 +246,12 @@ impl Lease {
     fn took(&mut self, bytes: u64) {
         self.charged_bytes += bytes;
         self.charged_requests += 1;
-        self.bytes += bytes;
+        self.request_bytes += bytes;
         self.requests += 1;
+    }
+
+    fn bytes(&self) -> u64 {
+        self.request_bytes + self.write_bytes
     }
 
     fn end_throttle(&mut self) {
@@ -258,30 +265,26 @@ impl Lease {
 
     /// A request holding `bytes` was answered (or failed).
     pub(crate) fn answered(&mut self, bytes: u64) {
-        self.bytes -= bytes;
+        self.request_bytes -= bytes;
         self.requests -= 1;
     }
 
-    /// Response bytes now waiting to be written.
-    pub(crate) fn add_unwritten(&mut self, bytes: u64) {
-        self.bytes += bytes;
-    }
-
-    /// Response bytes written to the socket.
-    pub(crate) fn written(&mut self, bytes: u64) {
-        self.bytes -= bytes;
+    /// The write buffer's memory to charge now (responses not yet written).
+    pub(crate) fn set_write_buffer(&mut self, bytes: u64) {
+        self.write_bytes = bytes;
     }
 
     /// Brings the shared word up to date with what this connection holds.
     pub(crate) fn sync(&mut self) {
-        if self.bytes > self.charged_bytes {
-            self.budget().force(self.bytes - self.charged_bytes);
-            self.charged_bytes = self.bytes;
+        let held = self.bytes();
+        if held > self.charged_bytes {
+            self.budget().force(held - self.charged_bytes);
+            self.charged_bytes = held;
         }
-        if self.bytes < self.charged_bytes || self.requests < self.charged_requests {
-            let bytes = self.charged_bytes - self.bytes;
+        if held < self.charged_bytes || self.requests < self.charged_requests {
+            let bytes = self.charged_bytes - held;
             let requests = self.charged_requests - self.requests;
-            self.charged_bytes = self.bytes;
+            self.charged_bytes = held;
             self.charged_requests = self.requests;
             self.budget().release(bytes, requests);
         }
@@ -306,7 +309,8 @@ impl Drop for Lease {
             }
         }
         self.end_throttle();
-        self.bytes = 0;
+        self.request_bytes = 0;
+        self.write_bytes = 0;
         self.requests = 0;
         self.sync();
     }

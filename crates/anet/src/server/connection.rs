@@ -18,7 +18,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     time::{Instant, Sleep},
 };
-use tokio_util::{io::poll_write_buf, sync::WaitForCancellationFutureOwned};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tower::Service;
 
 use super::{
@@ -78,8 +78,10 @@ where
     io: T,
     /// Reads request frames, taking the server-wide budget for each.
     reader: Reader,
-    /// Responses not yet written to the socket.
+    /// Responses not yet written to the socket (from `written` on).
     write_buffer: BytesMut,
+    /// Bytes at the start of `write_buffer` already written.
+    written: usize,
     /// What this connection holds of the server-wide budget.
     lease: Lease,
     /// Encodes responses straight into the write buffer.
@@ -108,6 +110,8 @@ where
     input_done: bool,
     /// A service error asked for the connection to close after flushing.
     closing: bool,
+    /// Finished calls were left unpolled because the write buffer was full.
+    calls_blocked: bool,
     dirty: bool,
     timer: Pin<Box<Sleep>>,
     timer_deadline: Option<Instant>,
@@ -147,7 +151,8 @@ where
         Handler {
             io,
             reader: Reader::new(&config.frame),
-            write_buffer: BytesMut::with_capacity(8 * 1024),
+            write_buffer: BytesMut::new(),
+            written: 0,
             lease: Lease::new(counters.clone()),
             tag_len: config.frame.get_tag_format().width() as u64,
             encoder,
@@ -162,6 +167,7 @@ where
             received: None,
             input_done: false,
             closing: false,
+            calls_blocked: false,
             dirty: false,
             timer: Box::pin(tokio::time::sleep_until(now)),
             timer_deadline: None,
@@ -264,6 +270,11 @@ where
                     Poll::Ready(Ok(())) => {
                         self.dirty = false;
                         self.write_blocked_since = None;
+                        // Finished calls left unpolled for room: their wake-ups
+                        // are spent, so look at them again now.
+                        if std::mem::take(&mut self.calls_blocked) {
+                            progress = true;
+                        }
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Exit::Io(e)),
                     Poll::Pending => {
@@ -291,11 +302,19 @@ where
         }
     }
 
-    /// Writes the responses of finished calls into the write buffer.
+    /// Writes the responses of finished calls into the write buffer, until it
+    /// holds `WRITE_BUFFER_LIMIT` (finished calls keep their charge until
+    /// then, so unwritten responses stay within the budget).
     fn poll_calls(&mut self, cx: &mut Context<'_>, progress: &mut bool) {
-        while let Poll::Ready(Some((tag, charge, outcome))) =
-            Pin::new(&mut self.calls).poll_next(cx)
-        {
+        loop {
+            if self.write_buffer.len() >= WRITE_BUFFER_LIMIT {
+                self.calls_blocked = true;
+                return;
+            }
+            let Poll::Ready(Some((tag, charge, outcome))) = Pin::new(&mut self.calls).poll_next(cx)
+            else {
+                return;
+            };
             *progress = true;
             self.complete(tag, charge, outcome);
             if self.closing {
@@ -309,14 +328,12 @@ where
         self.lease.answered(charge);
         let failed = match outcome {
             Outcome::Response(payload) => {
-                let before = self.write_buffer.len();
                 match self
                     .encoder
                     .encode_parts(&tag, &payload, &mut self.write_buffer)
                 {
                     Ok(()) => {
-                        self.lease
-                            .add_unwritten((self.write_buffer.len() - before) as u64);
+                        self.charge_write_buffer();
                         self.dirty = true;
                         self.unpublished.responses += 1;
                         false
@@ -448,26 +465,40 @@ where
     /// Writes the write buffer to the socket, giving back the budget of what
     /// was written, and frees a grown buffer once it is empty.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
-        let before = self.write_buffer.len();
         let result = self.poll_write_all(cx);
-        self.lease
-            .written((before - self.write_buffer.len()) as u64);
         if self.write_buffer.is_empty() && self.write_buffer.capacity() > WRITE_BUFFER_KEEP {
             self.write_buffer = BytesMut::new();
         }
+        self.charge_write_buffer();
         result
     }
 
+    /// Charges the write buffer's memory to the budget: its whole capacity
+    /// once grown past what every connection keeps.
+    fn charge_write_buffer(&mut self) {
+        let capacity = self.write_buffer.capacity();
+        let charge = if capacity > WRITE_BUFFER_KEEP { capacity } else { 0 };
+        self.lease.set_write_buffer(charge as u64);
+    }
+
+    /// Writes from `written` on; the buffer is not advanced, so its
+    /// `capacity` stays the size of its allocation, and is cleared once all is
+    /// written.
     fn poll_write_all(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
-        while !self.write_buffer.is_empty() {
-            let n = ready!(poll_write_buf(Pin::new(&mut self.io), cx, &mut self.write_buffer))?;
+        while self.written < self.write_buffer.len() {
+            let n = ready!(
+                Pin::new(&mut self.io).poll_write(cx, &self.write_buffer[self.written..])
+            )?;
             if n == 0 {
                 return Poll::Ready(Err(FrameError::Io(std::io::Error::new(
                     std::io::ErrorKind::WriteZero,
                     "failed to write responses",
                 ))));
             }
+            self.written += n;
         }
+        self.write_buffer.clear();
+        self.written = 0;
         ready!(Pin::new(&mut self.io).poll_flush(cx))?;
         Poll::Ready(Ok(()))
     }

@@ -25,12 +25,12 @@ use tokio_util::io::poll_read_buf;
 use super::budget::Lease;
 
 /// Bytes read from the socket at most at once (the read buffer's size).
-pub(crate) const READ_BUFFER: usize = 8 * 1024;
+pub(crate) const READ_BUFFER: usize = 4 * 1024;
 /// Bodies over this many bytes not yet whole in the read buffer are read into
 /// their own buffer of exact size.
-const DIRECT_BODY: usize = 2 * 1024;
+const DIRECT_BODY: usize = 1024;
 /// Spare room in the read buffer below which it is compacted before a read.
-const MIN_SPARE: usize = 1024;
+const MIN_SPARE: usize = 512;
 
 /// The read half of a served connection's framing.
 #[derive(Debug)]
