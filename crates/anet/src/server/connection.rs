@@ -6,12 +6,11 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
     time::Duration,
 };
 
 use anet_proto::{Frame, FrameCodec, FrameError, Tag};
-use bytes::BytesMut;
 use futures_core::Stream;
 use futures_util::stream::FuturesUnordered;
 use tokio::{
@@ -27,6 +26,7 @@ use super::{
     budget::Lease,
     call::{Call, Outcome},
     reader::Reader,
+    writer::Writer,
     stats::Counters,
 };
 use crate::BoxError;
@@ -34,11 +34,6 @@ use crate::time::later;
 
 /// Unflushed response bytes past which a connection stops reading requests.
 const WRITE_BUFFER_LIMIT: usize = 256 * 1024;
-
-/// Write buffer capacity kept once everything is written; a larger buffer
-/// (grown by large or many responses) is freed, so idle connections hold
-/// little.
-const WRITE_BUFFER_KEEP: usize = 16 * 1024;
 
 /// The name of the first-frame timeout in logs.
 const FIRST_FRAME: &str = "first frame";
@@ -78,10 +73,8 @@ where
     io: T,
     /// Reads request frames, taking the server-wide budget for each.
     reader: Reader,
-    /// Responses not yet written to the socket (from `written` on).
-    write_buffer: BytesMut,
-    /// Bytes at the start of `write_buffer` already written.
-    written: usize,
+    /// Responses not yet written to the socket.
+    writer: Writer,
     /// What this connection holds of the server-wide budget.
     lease: Lease,
     /// Encodes responses straight into the write buffer.
@@ -151,8 +144,7 @@ where
         Handler {
             io,
             reader: Reader::new(&config.frame),
-            write_buffer: BytesMut::new(),
-            written: 0,
+            writer: Writer::default(),
             lease: Lease::new(counters.clone()),
             tag_len: config.frame.get_tag_format().width() as u64,
             encoder,
@@ -307,7 +299,7 @@ where
     /// then, so unwritten responses stay within the budget).
     fn poll_calls(&mut self, cx: &mut Context<'_>, progress: &mut bool) {
         loop {
-            if self.write_buffer.len() >= WRITE_BUFFER_LIMIT {
+            if self.writer.unwritten() >= WRITE_BUFFER_LIMIT {
                 self.calls_blocked = true;
                 return;
             }
@@ -328,12 +320,9 @@ where
         self.lease.answered(charge);
         let failed = match outcome {
             Outcome::Response(payload) => {
-                match self
-                    .encoder
-                    .encode_parts(&tag, &payload, &mut self.write_buffer)
-                {
+                match self.writer.push(&self.encoder, &tag, payload) {
                     Ok(()) => {
-                        self.charge_write_buffer();
+                        self.lease.set_write_buffer(self.writer.charge());
                         self.dirty = true;
                         self.unpublished.responses += 1;
                         false
@@ -381,7 +370,7 @@ where
             // Responses the client is not reading pile up in the write buffer:
             // stop reading requests until it drains, so memory stays bounded.
             if self.calls.len() >= self.config.max_in_flight_per_connection.max(1)
-                || self.write_buffer.len() >= WRITE_BUFFER_LIMIT
+                || self.writer.unwritten() >= WRITE_BUFFER_LIMIT
             {
                 paused = true;
                 break;
@@ -462,45 +451,11 @@ where
         }
     }
 
-    /// Writes the write buffer to the socket, giving back the budget of what
-    /// was written, and frees a grown buffer once it is empty.
+    /// Writes the queued responses to the socket and charges what is left.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
-        let result = self.poll_write_all(cx);
-        if self.write_buffer.is_empty() && self.write_buffer.capacity() > WRITE_BUFFER_KEEP {
-            self.write_buffer = BytesMut::new();
-        }
-        self.charge_write_buffer();
+        let result = self.writer.poll_flush(&mut self.io, cx);
+        self.lease.set_write_buffer(self.writer.charge());
         result
-    }
-
-    /// Charges the write buffer's memory to the budget: its whole capacity
-    /// once grown past what every connection keeps.
-    fn charge_write_buffer(&mut self) {
-        let capacity = self.write_buffer.capacity();
-        let charge = if capacity > WRITE_BUFFER_KEEP { capacity } else { 0 };
-        self.lease.set_write_buffer(charge as u64);
-    }
-
-    /// Writes from `written` on; the buffer is not advanced, so its
-    /// `capacity` stays the size of its allocation, and is cleared once all is
-    /// written.
-    fn poll_write_all(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
-        while self.written < self.write_buffer.len() {
-            let n = ready!(
-                Pin::new(&mut self.io).poll_write(cx, &self.write_buffer[self.written..])
-            )?;
-            if n == 0 {
-                return Poll::Ready(Err(FrameError::Io(std::io::Error::new(
-                    std::io::ErrorKind::WriteZero,
-                    "failed to write responses",
-                ))));
-            }
-            self.written += n;
-        }
-        self.write_buffer.clear();
-        self.written = 0;
-        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
-        Poll::Ready(Ok(()))
     }
 
     /// While draining: starts the requests already received (read by
@@ -510,7 +465,7 @@ where
     fn poll_received(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Result<(), Exit> {
         loop {
             if self.calls.len() >= self.config.max_in_flight_per_connection.max(1)
-                || self.write_buffer.len() >= WRITE_BUFFER_LIMIT
+                || self.writer.unwritten() >= WRITE_BUFFER_LIMIT
             {
                 return Ok(());
             }

@@ -65,6 +65,7 @@ mod admission;
 mod budget;
 mod call;
 mod reader;
+mod writer;
 mod config;
 mod connection;
 mod request;
