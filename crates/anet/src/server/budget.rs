@@ -315,3 +315,158 @@ impl Drop for Lease {
         self.sync();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::atomic::AtomicUsize,
+        task::{Wake, Waker},
+    };
+
+    use super::*;
+    use crate::server::{Builder, stats::Counters};
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Flag(AtomicUsize);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    struct Conn {
+        lease: Lease,
+        flag: Arc<Flag>,
+        waker: Waker,
+    }
+
+    impl Conn {
+        fn new(counters: &Arc<Counters>) -> Conn {
+            let flag = Arc::new(Flag::default());
+            Conn {
+                lease: Lease::new(counters.clone()),
+                waker: Waker::from(flag.clone()),
+                flag,
+            }
+        }
+
+        fn acquire(&mut self, bytes: u64) -> Poll<()> {
+            self.lease
+                .poll_acquire(bytes, &mut Context::from_waker(&self.waker))
+        }
+
+        fn woken(&self) -> usize {
+            self.flag.0.load(Ordering::SeqCst)
+        }
+
+        fn answer(&mut self, bytes: u64) {
+            self.lease.answered(bytes);
+            self.lease.sync();
+        }
+    }
+
+    fn counters(bytes: usize, requests: usize) -> Arc<Counters> {
+        let config = Builder::new()
+            .max_in_flight_bytes(bytes)
+            .max_in_flight_requests(requests);
+        Arc::new(Counters::new(&config))
+    }
+
+    #[test]
+    fn a_waiting_connection_is_woken_when_room_frees() {
+        let counters = counters(100, 100);
+        let (mut a, mut b) = (Conn::new(&counters), Conn::new(&counters));
+        assert!(a.acquire(80).is_ready());
+        assert!(b.acquire(50).is_pending());
+        assert!(b.acquire(50).is_pending(), "polling again changes nothing");
+        assert_eq!(b.woken(), 0);
+        a.answer(80);
+        assert_eq!(b.woken(), 1, "the release wakes the waiter");
+        assert!(b.acquire(50).is_ready());
+        assert_eq!(counters.budget.in_use(), (50, 1));
+        assert!(counters.budget.throttled_nanos() > 0);
+    }
+
+    #[test]
+    fn the_request_limit_throttles_too() {
+        let counters = counters(1000, 1);
+        let (mut a, mut b) = (Conn::new(&counters), Conn::new(&counters));
+        assert!(a.acquire(1).is_ready());
+        assert!(b.acquire(1).is_pending());
+        a.answer(1);
+        assert!(b.acquire(1).is_ready());
+    }
+
+    #[test]
+    fn connections_holding_nothing_are_served_before_those_holding_some() {
+        let counters = counters(100, 100);
+        let (mut big, mut greedy, mut newcomer) = (
+            Conn::new(&counters),
+            Conn::new(&counters),
+            Conn::new(&counters),
+        );
+        assert!(big.acquire(60).is_ready());
+        assert!(greedy.acquire(30).is_ready());
+        // The greedy connection queues first, holding 30.
+        assert!(greedy.acquire(50).is_pending());
+        assert!(newcomer.acquire(50).is_pending());
+        big.answer(60);
+        assert_eq!(newcomer.woken(), 1);
+        assert_eq!(greedy.woken(), 0);
+        assert!(newcomer.acquire(50).is_ready());
+        assert!(greedy.acquire(50).is_pending());
+        newcomer.answer(50);
+        assert!(greedy.acquire(50).is_ready());
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_budget_is_served_alone() {
+        let counters = counters(10, 10);
+        let (mut a, mut b) = (Conn::new(&counters), Conn::new(&counters));
+        assert!(a.acquire(1000).is_ready());
+        assert!(b.acquire(1).is_pending());
+        a.answer(1000);
+        assert!(b.acquire(1).is_ready());
+    }
+
+    #[test]
+    fn a_connection_dropped_while_waiting_leaves_nothing_behind() {
+        let counters = counters(100, 100);
+        let (mut a, mut b, mut c) = (
+            Conn::new(&counters),
+            Conn::new(&counters),
+            Conn::new(&counters),
+        );
+        assert!(a.acquire(100).is_ready());
+        assert!(b.acquire(100).is_pending());
+        assert!(c.acquire(100).is_pending());
+        // b is granted the room a frees, then closes before taking it: the
+        // grant goes on to c.
+        a.answer(100);
+        assert_eq!(b.woken(), 1);
+        drop(b);
+        assert_eq!(c.woken(), 1);
+        assert!(c.acquire(100).is_ready());
+        drop(c);
+        drop(a);
+        assert_eq!(counters.budget.in_use(), (0, 0));
+        assert_eq!(counters.budget.waiting.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn unwritten_responses_are_charged_until_written() {
+        let counters = counters(100, 100);
+        let (mut a, mut b) = (Conn::new(&counters), Conn::new(&counters));
+        assert!(a.acquire(40).is_ready());
+        a.lease.answered(40);
+        a.lease.set_write_buffer(90);
+        a.lease.sync();
+        assert_eq!(counters.budget.in_use(), (90, 0));
+        assert!(b.acquire(20).is_pending());
+        a.lease.set_write_buffer(0);
+        a.lease.sync();
+        assert!(b.acquire(20).is_ready());
+    }
+}
