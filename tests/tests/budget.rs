@@ -198,6 +198,17 @@ async fn a_held_payload_keeps_only_its_own_bytes_alive() {
         for _ in 0..200 {
             client.recv(Duration::from_secs(10)).await.expect("answer");
         }
+        // Close the connection, so that only the kept payloads keep anything
+        // of it alive.
+        drop(client);
+        assert!(
+            anet_tests::eventually(Duration::from_secs(5), || server
+                .stats
+                .snapshot()
+                .connections_open
+                == 0)
+            .await
+        );
         let mut kept = std::mem::take(&mut *kept.lock().expect("lock"));
         assert_eq!(kept.len(), 50);
         let payload_bytes = (kept.len() * size) as i64;
