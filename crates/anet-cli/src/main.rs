@@ -5,6 +5,7 @@
 //! anet echo  [--listen 127.0.0.1:7878] [--max-connections 1024]
 //!            [--first-frame-timeout 10s] [--evict-idle-after 1s]
 //!            [--max-connections-per-peer N]
+//!            [--max-in-flight-bytes 64MiB] [--max-in-flight-requests 10000]
 //! anet send  --connect ADDR [--timeout-ms 1000] [--hex] PAYLOAD
 //! anet bench [--connect ADDR]... [-c 256] [-d 10s] [--size 64] [--json]
 //! ```
@@ -70,6 +71,15 @@ struct EchoArgs {
     /// Close connections whose started frame does not complete in this long (0 = never).
     #[arg(long, default_value_t = 10_000)]
     read_timeout_ms: u64,
+    /// Most request bytes held for unanswered requests, all connections
+    /// together (bytes, or with a unit: `64MiB`, `512KiB`, `1GiB`). At the
+    /// limit the server stops reading until answers free room.
+    #[arg(long, default_value = "64MiB", value_parser = byte_size)]
+    max_in_flight_bytes: usize,
+    /// Most unanswered requests held, all connections together. At the limit
+    /// the server stops reading until answers free room.
+    #[arg(long, default_value_t = 10_000)]
+    max_in_flight_requests: usize,
 }
 
 /// Options of `anet send`.
@@ -128,6 +138,29 @@ fn optional_duration(text: &str) -> Result<OptionalDuration, humantime::Duration
         return Ok(OptionalDuration(None));
     }
     humantime::parse_duration(text).map(|d| OptionalDuration(Some(d)))
+}
+
+/// A size in bytes: a number, optionally followed by `B`, `KiB`, `MiB` or
+/// `GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB`, all powers of 1024).
+fn byte_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size in bytes"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => return Err(format!("unknown size unit `{other}` (use KiB, MiB or GiB)")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 fn main() -> ExitCode {
