@@ -85,7 +85,10 @@ async fn a_full_budget_stops_reading_and_answers_every_request() {
     let (bytes, requests) = sampling.await.expect("sampling");
     println!("budget in use at most {bytes} B, {requests} requests; {stats:?}");
     assert!(requests <= 6, "{requests} requests held with a limit of 6");
-    assert!(bytes <= BUDGET as u64, "{bytes} B held with a budget of {BUDGET}");
+    assert!(
+        bytes <= BUDGET as u64,
+        "{bytes} B held with a budget of {BUDGET}"
+    );
     assert!(
         anet_tests::eventually(Duration::from_secs(5), || {
             let s = server.stats.snapshot();
@@ -146,7 +149,10 @@ async fn a_client_holding_nothing_is_answered_while_others_flood() {
         .await
     );
     assert!(server.stats.snapshot().throttled > Duration::ZERO);
-    let mut conn = Connector::new().connect(server.addr).await.expect("connect");
+    let mut conn = Connector::new()
+        .connect(server.addr)
+        .await
+        .expect("connect");
     let mut slowest = Duration::ZERO;
     for i in 0..5u8 {
         let started = Instant::now();

@@ -60,7 +60,10 @@ async fn floods_of_max_frames_at_a_slow_handler_stay_within_the_budget() {
         "the flood fills the budget: {:?}",
         server.stats.snapshot()
     );
-    let mut conn = Connector::new().connect(server.addr).await.expect("connect");
+    let mut conn = Connector::new()
+        .connect(server.addr)
+        .await
+        .expect("connect");
     let mut slowest = Duration::ZERO;
     for i in 0..3u8 {
         let started = Instant::now();
@@ -75,7 +78,10 @@ async fn floods_of_max_frames_at_a_slow_handler_stay_within_the_budget() {
     }
     drop(conn);
     let (sent, answered) = flooding.await.expect("flood");
-    assert!(sent >= 1000, "every connection sent a frame at least: {sent}");
+    assert!(
+        sent >= 1000,
+        "every connection sent a frame at least: {sent}"
+    );
     let grown_1000 = peak.take().saturating_sub(base);
     let stats = server.stats.snapshot();
     println!(
@@ -102,7 +108,10 @@ async fn floods_of_max_frames_at_a_slow_handler_stay_within_the_budget() {
     );
     assert_eq!(sent, 16 * 300);
     assert_eq!(answered, sent, "every request read is answered");
-    assert!(stats.throttled > Duration::ZERO, "the budget was reached: {stats:?}");
+    assert!(
+        stats.throttled > Duration::ZERO,
+        "the budget was reached: {stats:?}"
+    );
     assert!(grown_16 <= BOUND, "RSS grew {} MiB", grown_16 / MIB);
 
     // Everything answered and closed: the server holds nothing of the budget
@@ -151,13 +160,20 @@ async fn flood_from_child(addr: SocketAddr, conns: usize, frames: usize, secs: u
     .expect("join")
     .expect("run the flooder");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "flooder failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "flooder failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let line = stdout
         .lines()
         .find_map(|l| l.strip_prefix("FLOOD "))
         .expect("the flooder's totals");
     let mut totals = line.split(' ').map(|n| n.parse::<u64>().expect("number"));
-    (totals.next().expect("sent"), totals.next().expect("answered"))
+    (
+        totals.next().expect("sent"),
+        totals.next().expect("answered"),
+    )
 }
 
 /// Where the child process finds what to flood: `addr conns frames secs`.
@@ -189,9 +205,15 @@ async fn flooder() {
 /// listener whose accepted sockets have small buffers.
 async fn start_slow_echo() -> RunningServer {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(SOCKET_BUFFER).expect("SO_RCVBUF");
-    socket.set_send_buffer_size(SOCKET_BUFFER).expect("SO_SNDBUF");
-    socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    socket
+        .set_recv_buffer_size(SOCKET_BUFFER)
+        .expect("SO_RCVBUF");
+    socket
+        .set_send_buffer_size(SOCKET_BUFFER)
+        .expect("SO_SNDBUF");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
     let listener = socket.listen(4096).expect("listen");
     let server = Server::builder().listener(listener).expect("server");
     let addr = server.local_addr();
@@ -218,8 +240,12 @@ async fn flood(addr: SocketAddr, conns: usize, frames: usize, stop_at: Instant) 
         let frame = frame.clone();
         tasks.spawn(async move {
             let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-            socket.set_recv_buffer_size(SOCKET_BUFFER).expect("SO_RCVBUF");
-            socket.set_send_buffer_size(SOCKET_BUFFER).expect("SO_SNDBUF");
+            socket
+                .set_recv_buffer_size(SOCKET_BUFFER)
+                .expect("SO_RCVBUF");
+            socket
+                .set_send_buffer_size(SOCKET_BUFFER)
+                .expect("SO_SNDBUF");
             let stream = socket.connect(addr).await.expect("connect");
             let (mut rd, mut wr) = stream.into_split();
             let writing = async move {

@@ -109,7 +109,13 @@ fn echo_takes_a_budget_in_units_and_refuses_an_unknown_unit() {
     );
 
     let out = anet()
-        .args(["echo", "--listen", "127.0.0.1:0", "--max-in-flight-bytes", "3 parsecs"])
+        .args([
+            "echo",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-in-flight-bytes",
+            "3 parsecs",
+        ])
         .output()
         .expect("run echo");
     assert!(!out.status.success());

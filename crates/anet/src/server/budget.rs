@@ -135,8 +135,7 @@ impl Budget {
 
     /// Gives back what was charged and grants the freed room to waiters.
     fn release(&self, bytes: u64, requests: u64) {
-        self.used
-            .fetch_sub(pack(bytes, requests), Ordering::SeqCst);
+        self.used.fetch_sub(pack(bytes, requests), Ordering::SeqCst);
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.grant(&mut self.queues());
         }

@@ -26,8 +26,8 @@ use super::{
     budget::Lease,
     call::{Call, Outcome},
     reader::Reader,
-    writer::Writer,
     stats::Counters,
+    writer::Writer,
 };
 use crate::BoxError;
 use crate::time::later;
@@ -319,21 +319,19 @@ where
     fn complete(&mut self, tag: Tag, charge: u64, outcome: Outcome<S::Error>) {
         self.lease.answered(charge);
         let failed = match outcome {
-            Outcome::Response(payload) => {
-                match self.writer.push(&self.encoder, &tag, payload) {
-                    Ok(()) => {
-                        self.lease.set_write_buffer(self.writer.charge());
-                        self.dirty = true;
-                        self.unpublished.responses += 1;
-                        false
-                    }
-                    Err(e) => {
-                        Counters::add(&self.counters.service_errors, 1);
-                        tracing::warn!(peer = ?self.peer, ?tag, error = %e, "response cannot be framed; dropped");
-                        true
-                    }
+            Outcome::Response(payload) => match self.writer.push(&self.encoder, &tag, payload) {
+                Ok(()) => {
+                    self.lease.set_write_buffer(self.writer.charge());
+                    self.dirty = true;
+                    self.unpublished.responses += 1;
+                    false
                 }
-            }
+                Err(e) => {
+                    Counters::add(&self.counters.service_errors, 1);
+                    tracing::warn!(peer = ?self.peer, ?tag, error = %e, "response cannot be framed; dropped");
+                    true
+                }
+            },
             Outcome::Failed(e) => {
                 Counters::add(&self.counters.service_errors, 1);
                 let e: BoxError = e.into();
@@ -520,9 +518,7 @@ where
             let first = self
                 .config
                 .first_frame_timeout
-                .filter(|_| {
-                    !self.framed_once && self.service_ready && !self.reader.awaits_budget()
-                })
+                .filter(|_| !self.framed_once && self.service_ready && !self.reader.awaits_budget())
                 .map(|t| (later(self.started, t), FIRST_FRAME));
             let idle = self
                 .config
