@@ -7,9 +7,12 @@
 //!                                              of the body's exact size
 //! ```
 //!
-//! The read buffer is small (8 KiB) and is never shared with a payload, so a
-//! request held by a slow handler keeps only its own bytes alive, and a
-//! connection waiting for the budget holds at most its read buffer.
+//! The read buffer is never shared with a payload, so a request held by a slow
+//! handler keeps only its own bytes alive. It starts at 4 KiB, doubles (up to
+//! 64 KiB) when a read fills it with small frames, and goes back to 4 KiB when
+//! its connection waits for the budget with little in it, so a connection
+//! waiting for the budget holds a small buffer (or the small requests it has
+//! received).
 
 use std::{
     io,
@@ -24,8 +27,12 @@ use tokio_util::io::poll_read_buf;
 
 use super::budget::Lease;
 
-/// Bytes read from the socket at most at once (the read buffer's size).
+/// The read buffer's size to start with, and again once its connection waits
+/// for the budget.
 pub(crate) const READ_BUFFER: usize = 4 * 1024;
+/// The most the read buffer grows to while reads fill it with small frames
+/// (many requests pipelined at once: fewer reads).
+pub(crate) const MAX_READ_BUFFER: usize = 64 * 1024;
 /// Bodies over this many bytes not yet whole in the read buffer are read into
 /// their own buffer of exact size.
 const DIRECT_BODY: usize = 1024;
@@ -46,6 +53,10 @@ pub(crate) struct Reader {
     length_width: usize,
     max_body: usize,
     tag_len: usize,
+    /// The size the buffer is kept at now.
+    target: usize,
+    /// The last read filled the buffer's free room.
+    filled: bool,
 }
 
 impl Reader {
@@ -58,6 +69,8 @@ impl Reader {
             length_width: frame.get_length_width(),
             max_body: frame.max_body(),
             tag_len: frame.get_tag_format().width(),
+            target: READ_BUFFER,
+            filled: false,
         }
     }
 
@@ -108,6 +121,11 @@ impl Reader {
                     }
                     let len = (&self.buf[..width]).get_uint(width) as usize;
                     self.check_body_len(len)?;
+                    if std::mem::take(&mut self.filled) && len <= DIRECT_BODY {
+                        // A read filled the buffer with small frames: read
+                        // more at once.
+                        self.target = (self.target * 2).min(MAX_READ_BUFFER);
+                    }
                     self.buf.advance(width);
                     self.body_len = Some(len);
                     self.granted = false;
@@ -115,7 +133,10 @@ impl Reader {
                 }
             };
             if !self.granted {
-                ready!(lease.poll_acquire(len as u64, cx));
+                if lease.poll_acquire(len as u64, cx).is_pending() {
+                    self.shrink();
+                    return Poll::Pending;
+                }
                 self.granted = true;
             }
             if let Some(body) = &mut self.body {
@@ -175,12 +196,29 @@ impl Reader {
         io: &mut T,
         cx: &mut Context<'_>,
     ) -> Poll<Result<usize, FrameError>> {
-        if self.buf.capacity() - self.buf.len() < MIN_SPARE {
+        if self.buf.capacity() - self.buf.len() < MIN_SPARE
+            || self.buf.capacity() < self.target
+        {
             // What is left is at most a length field or a small body: this
-            // moves it to the front rather than growing the buffer.
-            self.buf.reserve(READ_BUFFER.saturating_sub(self.buf.len()));
+            // moves it to the front rather than growing the buffer (unless
+            // the target grew).
+            self.buf.reserve(self.target.saturating_sub(self.buf.len()));
         }
-        Poll::Ready(Ok(ready!(poll_read_buf(Pin::new(io), cx, &mut self.buf))?))
+        let room = self.buf.capacity() - self.buf.len();
+        let n = ready!(poll_read_buf(Pin::new(io), cx, &mut self.buf))?;
+        self.filled = n == room;
+        Poll::Ready(Ok(n))
+    }
+
+    /// Back to a small buffer while the connection waits for the budget,
+    /// unless it holds more than that.
+    fn shrink(&mut self) {
+        self.target = READ_BUFFER;
+        if self.buf.capacity() > READ_BUFFER && self.buf.len() <= READ_BUFFER / 2 {
+            let mut small = BytesMut::with_capacity(READ_BUFFER);
+            small.extend_from_slice(&self.buf);
+            self.buf = small;
+        }
     }
 
     fn tag(&self, body: &[u8]) -> Tag {
