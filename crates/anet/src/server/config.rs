@@ -160,15 +160,20 @@ impl Builder {
     /// Fairness: when room frees, connections that held nothing when they
     /// started waiting go first, before connections that already hold
     /// requests, so one client flooding from many connections does not lock
-    /// out a client that sends one request at a time.
+    /// out a client that sends one request at a time (connections that all
+    /// start waiting holding nothing, as many arriving at once, are served in
+    /// turn).
     ///
     /// The memory a server holds is about this budget plus, per open
-    /// connection, an 8 KiB read buffer and at most 16 KiB of write buffer kept
-    /// between writes: request payloads are copied out of the read buffer (or
-    /// read into a buffer of their exact size), so a payload held by a slow
-    /// handler keeps only its own bytes alive. Requests a service holds beyond
-    /// their answer, and responses larger than the requests they answer, are
-    /// the service's to bound. Applications that serve as a proxy (slow
+    /// connection, a read buffer of 4 KiB (up to 64 KiB while reads fill it
+    /// with small pipelined requests; back to 4 KiB when the connection waits
+    /// for the budget, unless it holds received requests) and at most 16 KiB
+    /// of write buffer kept between writes (a larger one is charged to the
+    /// budget). Request payloads are copied out of the read buffer (or read
+    /// into a buffer of their exact size), so a payload held by a slow handler
+    /// keeps only its own bytes alive. Responses are charged until written;
+    /// requests a service keeps beyond their answer, and responses larger than
+    /// the requests they answer, are the service's to bound. Applications that serve as a proxy (slow
     /// handlers by nature) inherit this setting from their server `Builder`.
     pub const fn max_in_flight_bytes(mut self, bytes: usize) -> Self {
         self.max_in_flight_bytes = bytes;

@@ -3,7 +3,7 @@
 //! ```text
 //!  length ──► budget (Lease::poll_acquire) ──► body
 //!             pending: stop reading            small, whole in the buffer: copied out
-//!                                              large (> 2 KiB): read into its own buffer
+//!                                              large (> 1 KiB): read into its own buffer
 //!                                              of the body's exact size
 //! ```
 //!
@@ -196,9 +196,7 @@ impl Reader {
         io: &mut T,
         cx: &mut Context<'_>,
     ) -> Poll<Result<usize, FrameError>> {
-        if self.buf.capacity() - self.buf.len() < MIN_SPARE
-            || self.buf.capacity() < self.target
-        {
+        if self.buf.capacity() - self.buf.len() < MIN_SPARE || self.buf.capacity() < self.target {
             // What is left is at most a length field or a small body: this
             // moves it to the front rather than growing the buffer (unless
             // the target grew).
