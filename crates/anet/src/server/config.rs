@@ -152,7 +152,8 @@ impl Builder {
     /// A request is charged its body (tag and payload) when its length field is
     /// read, before its body is read or allocated, and keeps the charge until
     /// its answer is produced (or the service fails it); responses are then
-    /// charged until they are written to the socket. When a request does not
+    /// charged until they are written to the socket (a client that reads
+    /// nothing keeps its share until the write timeout closes it). When a request does not
     /// fit, its connection stops reading (TCP backpressure reaches the client)
     /// until answers free room: nothing read is ever dropped or failed for it.
     /// A frame larger than the whole budget is still served, alone.
