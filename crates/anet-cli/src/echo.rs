@@ -29,6 +29,8 @@ pub(crate) async fn run(args: EchoArgs) -> anyhow::Result<ExitCode> {
         .evict_idle_after(args.evict_idle_after.0)
         .max_connections_per_peer(args.max_connections_per_peer)
         .max_in_flight_per_connection(args.max_in_flight)
+        .max_in_flight_bytes(args.max_in_flight_bytes)
+        .max_in_flight_requests(args.max_in_flight_requests)
         .frame(args.frame.builder().max_frame_length(args.max_frame))
         .idle_timeout(optional(
             args.idle_timeout,

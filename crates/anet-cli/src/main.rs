@@ -3,7 +3,8 @@
 //! tag, Go anet compatible; `--tag` and `--length-width` for other devices).
 //!
 //! ```text
-//! anet echo  [--listen 127.0.0.1:7878] [--tag binary:4] [--length-width 2] ...
+//! anet echo  [--listen 127.0.0.1:7878] [--tag binary:4] [--length-width 2]
+//!            [--max-in-flight-bytes 64MiB] [--max-in-flight-requests 10000] ...
 //! anet send  --connect HOST:PORT [--timeout 1s] [--hex] [--hex-input] PAYLOAD
 //! anet bench [--connect HOST:PORT]... [-c 256] [-d 10s] [--size 64] [--json]
 //! anet proxy --listen HOST:PORT --connect HOST:PORT... [--backend-tag ...]
@@ -89,6 +90,15 @@ struct EchoArgs {
     /// `--read-timeout` in milliseconds (0 = never); the older spelling.
     #[arg(long)]
     read_timeout_ms: Option<u64>,
+    /// Most request bytes held for unanswered requests, all connections
+    /// together (bytes, or with a unit: `64MiB`, `512KiB`, `1GiB`). At the
+    /// limit the server stops reading until answers free room.
+    #[arg(long, default_value = "64MiB", value_parser = byte_size)]
+    max_in_flight_bytes: usize,
+    /// Most unanswered requests held, all connections together. At the limit
+    /// the server stops reading until answers free room.
+    #[arg(long, default_value_t = 10_000)]
+    max_in_flight_requests: usize,
 }
 
 /// Options of `anet send`.
@@ -190,6 +200,14 @@ struct ProxyArgs {
     /// Most requests served at once per client connection.
     #[arg(long, default_value_t = 256)]
     max_in_flight: usize,
+    /// Most request bytes held for unanswered client requests, all client
+    /// connections together (bytes, or `64MiB`, `512KiB`, `1GiB`); at the limit
+    /// the proxy stops reading until answers free room.
+    #[arg(long, default_value = "64MiB", value_parser = byte_size)]
+    max_in_flight_bytes: usize,
+    /// Most unanswered client requests held, all client connections together.
+    #[arg(long, default_value_t = 10_000)]
+    max_in_flight_requests: usize,
     /// Connections to each backend endpoint, kept open (default: the client's,
     /// 1 growing to 4).
     #[arg(long)]
@@ -235,6 +253,29 @@ fn optional_duration(text: &str) -> Result<OptionalDuration, humantime::Duration
         return Ok(OptionalDuration(None));
     }
     humantime::parse_duration(text).map(|d| OptionalDuration(Some(d)))
+}
+
+/// A size in bytes: a number, optionally followed by `B`, `KiB`, `MiB` or
+/// `GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB`, all powers of 1024).
+fn byte_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size in bytes"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => return Err(format!("unknown size unit `{other}` (use KiB, MiB or GiB)")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 fn main() -> ExitCode {

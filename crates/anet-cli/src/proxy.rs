@@ -59,6 +59,8 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         .frame(front)
         .max_connections(args.max_connections)
         .max_in_flight_per_connection(args.max_in_flight)
+        .max_in_flight_bytes(args.max_in_flight_bytes)
+        .max_in_flight_requests(args.max_in_flight_requests)
         .on_error(on_error);
     let server = common::bind(server, &args.listen).await?;
     let mut stdout = std::io::stdout();

@@ -51,6 +51,41 @@ fn echo_and_send_round_trip() {
     );
 }
 
+#[test]
+fn echo_takes_a_budget_in_units_and_refuses_an_unknown_unit() {
+    let echo = Daemon::echo(&[
+        "--max-in-flight-bytes",
+        "1KiB",
+        "--max-in-flight-requests",
+        "1",
+    ]);
+    let out = anet()
+        .args(["send", "--connect", &echo.addr.to_string(), "within budget"])
+        .output()
+        .expect("run send");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        "within budget"
+    );
+
+    let out = anet()
+        .args([
+            "echo",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-in-flight-bytes",
+            "3 parsecs",
+        ])
+        .output()
+        .expect("run echo");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown size unit"),
+        "{out:?}"
+    );
+}
+
 /// The reproduction: a full limit of connections that send nothing.
 #[test]
 fn echo_serves_send_while_silent_connections_fill_its_limit_and_closes_them_at_the_first_frame_timeout()

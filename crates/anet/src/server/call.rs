@@ -25,6 +25,9 @@ pin_project! {
     /// the handler so that only this request is affected.
     pub(crate) struct Call<F> {
         tag: Tag,
+        // The request's charge on the server-wide budget, given back when the
+        // call ends.
+        charge: u64,
         #[pin]
         state: CallState<F>,
     }
@@ -40,15 +43,15 @@ pin_project! {
 }
 
 impl<F> Call<F> {
-    /// Runs `call`, catching a panic of the call itself.
-    pub(crate) fn start(tag: Tag, call: impl FnOnce() -> F) -> Call<F> {
+    /// Runs `call` for a request charged `charge` bytes, catching a panic of the call itself.
+    pub(crate) fn start(tag: Tag, charge: u64, call: impl FnOnce() -> F) -> Call<F> {
         let state = match catch_unwind(AssertUnwindSafe(call)) {
             Ok(future) => CallState::Running { future },
             Err(panic) => CallState::Panicked {
                 message: Some(panic_message(&*panic)),
             },
         };
-        Call { tag, state }
+        Call { tag, charge, state }
     }
 }
 
@@ -56,7 +59,7 @@ impl<F, E> Future for Call<F>
 where
     F: Future<Output = Result<Bytes, E>>,
 {
-    type Output = (Tag, Outcome<E>);
+    type Output = (Tag, u64, Outcome<E>);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -73,7 +76,7 @@ where
                 Outcome::Panicked(message.take().unwrap_or_default())
             }
         };
-        Poll::Ready((*this.tag, outcome))
+        Poll::Ready((*this.tag, *this.charge, outcome))
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Builder {
     pub(crate) frame: FrameBuilder,
     pub(crate) max_connections: usize,
     pub(crate) max_in_flight_per_connection: usize,
+    pub(crate) max_in_flight_bytes: usize,
+    pub(crate) max_in_flight_requests: usize,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) first_frame_timeout: Option<Duration>,
     pub(crate) evict_idle_after: Option<Duration>,
@@ -50,6 +52,8 @@ impl Builder {
     /// | [`evict_idle_after`](Builder::evict_idle_after) | 1 s (at the limit, an idle connection older than this makes room) |
     /// | [`max_connections_per_peer`](Builder::max_connections_per_peer) | none |
     /// | [`max_in_flight_per_connection`](Builder::max_in_flight_per_connection) | 256 |
+    /// | [`max_in_flight_bytes`](Builder::max_in_flight_bytes) | 64 MiB, server-wide |
+    /// | [`max_in_flight_requests`](Builder::max_in_flight_requests) | 10,000, server-wide |
     /// | [`first_frame_timeout`](Builder::first_frame_timeout) | 10 s |
     /// | [`idle_timeout`](Builder::idle_timeout) | 5 min |
     /// | [`read_timeout`](Builder::read_timeout) | 10 s |
@@ -62,6 +66,8 @@ impl Builder {
             frame: FrameBuilder::new(),
             max_connections: 1024,
             max_in_flight_per_connection: 256,
+            max_in_flight_bytes: 64 * 1024 * 1024,
+            max_in_flight_requests: 10_000,
             idle_timeout: Some(Duration::from_secs(300)),
             first_frame_timeout: Some(Duration::from_secs(10)),
             evict_idle_after: Some(Duration::from_secs(1)),
@@ -141,6 +147,51 @@ impl Builder {
         self
     }
 
+    /// Most request bytes the whole server holds for unanswered requests, all
+    /// connections together. Default: 64 MiB.
+    ///
+    /// A request is charged its body (tag and payload) when its length field is
+    /// read, before its body is read or allocated, and keeps the charge until
+    /// its answer is produced (or the service fails it); responses are then
+    /// charged until they are written to the socket (a client that reads
+    /// nothing keeps its share until the write timeout closes it). When a request does not
+    /// fit, its connection stops reading (TCP backpressure reaches the client)
+    /// until answers free room: nothing read is ever dropped or failed for it.
+    /// A frame larger than the whole budget is still served, alone.
+    ///
+    /// Fairness: when room frees, connections that held nothing when they
+    /// started waiting go first, before connections that already hold
+    /// requests, so one client flooding from many connections does not lock
+    /// out a client that sends one request at a time (connections that all
+    /// start waiting holding nothing, as many arriving at once, are served in
+    /// turn).
+    ///
+    /// The memory a server holds is about this budget plus, per open
+    /// connection, a read buffer of 4 KiB (up to 64 KiB while reads fill it
+    /// with small pipelined requests; back to 4 KiB when the connection waits
+    /// for the budget, unless it holds received requests) and at most 16 KiB
+    /// of write buffer kept between writes (a larger one is charged to the
+    /// budget). Request payloads are copied out of the read buffer (or read
+    /// into a buffer of their exact size), so a payload held by a slow handler
+    /// keeps only its own bytes alive. Responses are charged until written;
+    /// requests a service keeps beyond their answer, and responses larger than
+    /// the requests they answer, are the service's to bound. Applications that serve as a proxy (slow
+    /// handlers by nature) inherit this setting from their server `Builder`.
+    pub const fn max_in_flight_bytes(mut self, bytes: usize) -> Self {
+        self.max_in_flight_bytes = bytes;
+        self
+    }
+
+    /// Most unanswered requests the whole server holds, all connections
+    /// together. Default: 10,000 (as the Go library caps its handlers). At the
+    /// limit connections stop reading, as for
+    /// [`max_in_flight_bytes`](Builder::max_in_flight_bytes). Values are
+    /// capped at 2^20 - 1; 0 counts as 1.
+    pub const fn max_in_flight_requests(mut self, n: usize) -> Self {
+        self.max_in_flight_requests = n;
+        self
+    }
+
     /// Close a connection that has had nothing in flight and sent nothing for this
     /// long. Default: 5 min. `None` keeps idle connections forever.
     pub const fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
@@ -151,8 +202,9 @@ impl Builder {
     /// Close a connection that has not delivered a complete first frame within
     /// this long of being admitted (silent or trickling newcomers), whatever the
     /// idle and read timeouts say. Default: 10 s. Counted as a timeout and as a
-    /// first-frame timeout. It does not fire while the service is not ready (the
-    /// server is not reading then, and the first frame may be waiting for it);
+    /// first-frame timeout. It does not fire while the service is not ready or
+    /// the server-wide budget is full (the server is not reading then, and the
+    /// first frame may be waiting for it);
     /// a connection that has not framed when readiness returns is closed at once
     /// if the timeout has passed meanwhile. `None` disables the check.
     pub const fn first_frame_timeout(mut self, timeout: Option<Duration>) -> Self {
@@ -161,7 +213,9 @@ impl Builder {
     }
 
     /// Close a connection whose started frame does not complete within this long
-    /// (slow or stalled senders). Default: 10 s. `None` disables the check.
+    /// (slow or stalled senders). Default: 10 s. `None` disables the check. It
+    /// does not run while the connection waits for the server-wide budget (the
+    /// server is not reading then).
     pub const fn read_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.read_timeout = timeout;
         self

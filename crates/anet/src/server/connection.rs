@@ -10,25 +10,24 @@ use std::{
     time::Duration,
 };
 
-use anet_proto::{Frame, FrameCodec, FrameError, FrameRef, Tag};
+use anet_proto::{Frame, FrameCodec, FrameError, Tag};
 use futures_core::Stream;
-use futures_sink::Sink;
 use futures_util::stream::FuturesUnordered;
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     time::{Instant, Sleep},
 };
-use tokio_util::{
-    codec::{Decoder, Framed},
-    sync::WaitForCancellationFutureOwned,
-};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tower::Service;
 
 use super::{
     Builder, OnError, Request,
     admission::Activity,
+    budget::Lease,
     call::{Call, Outcome},
+    reader::Reader,
     stats::Counters,
+    writer::Writer,
 };
 use crate::BoxError;
 use crate::time::later;
@@ -71,9 +70,17 @@ pub(crate) struct Handler<T, S>
 where
     S: Service<Request>,
 {
-    framed: Framed<T, FrameCodec>,
-    /// A copy of the codec to encode responses straight into the write buffer.
+    io: T,
+    /// Reads request frames, taking the server-wide budget for each.
+    reader: Reader,
+    /// Responses not yet written to the socket.
+    writer: Writer,
+    /// What this connection holds of the server-wide budget.
+    lease: Lease,
+    /// Encodes responses straight into the write buffer.
     encoder: FrameCodec,
+    /// The tag width, to know a request's charge (its body) from its payload.
+    tag_len: u64,
     service: S,
     /// `poll_ready` said yes and no request has used it yet.
     service_ready: bool,
@@ -87,8 +94,8 @@ where
     /// A close was asked (shutdown or eviction): read nothing more from the
     /// socket, start the requests already received, finish what is in flight.
     draining: bool,
-    /// While draining: a request read but not started yet (the service was not
-    /// ready). Unused otherwise.
+    /// While draining: a request read (and charged) but not started yet (the
+    /// service was not ready). Unused otherwise.
     received: Option<Frame>,
     /// No more requests will be started (the peer closed its sending side, or
     /// draining started every request it had received): finish what is in
@@ -96,6 +103,8 @@ where
     input_done: bool,
     /// A service error asked for the connection to close after flushing.
     closing: bool,
+    /// Finished calls were left unpolled because the write buffer was full.
+    calls_blocked: bool,
     dirty: bool,
     timer: Pin<Box<Sleep>>,
     timer_deadline: Option<Instant>,
@@ -133,7 +142,11 @@ where
         let encoder = config.frame.new_codec();
         let now = Instant::now();
         Handler {
-            framed: Framed::with_capacity(io, encoder.clone(), 64 * 1024),
+            io,
+            reader: Reader::new(&config.frame),
+            writer: Writer::default(),
+            lease: Lease::new(counters.clone()),
+            tag_len: config.frame.get_tag_format().width() as u64,
             encoder,
             service,
             service_ready: false,
@@ -146,6 +159,7 @@ where
             received: None,
             input_done: false,
             closing: false,
+            calls_blocked: false,
             dirty: false,
             timer: Box::pin(tokio::time::sleep_until(now)),
             timer_deadline: None,
@@ -188,8 +202,7 @@ where
         }
         if matches!(exit, Exit::Done) {
             // Best effort: tell the peer we are done writing.
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.framed.get_mut().shutdown())
-                .await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
         }
     }
 
@@ -207,6 +220,7 @@ where
         let counts = std::mem::take(&mut self.unpublished);
         Counters::add(&self.counters.requests, counts.requests);
         Counters::add(&self.counters.responses, counts.responses);
+        self.lease.sync();
     }
 
     /// Tells the accept loop whether this connection is busy and when it was
@@ -229,7 +243,7 @@ where
     /// Received bytes wait while the service is not ready (the reading stopped
     /// at the readiness check, not at the end of what was received).
     fn holds_input(&self) -> bool {
-        !self.service_ready && !self.framed.read_buffer().is_empty()
+        (!self.service_ready || self.reader.awaits_budget()) && self.reader.holds_input()
     }
 
     fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
@@ -244,10 +258,15 @@ where
             self.poll_calls(cx, &mut progress);
             if self.dirty {
                 self.publish();
-                match Sink::<FrameRef<'static>>::poll_flush(Pin::new(&mut self.framed), cx) {
+                match self.poll_flush(cx) {
                     Poll::Ready(Ok(())) => {
                         self.dirty = false;
                         self.write_blocked_since = None;
+                        // Finished calls left unpolled for room: their wake-ups
+                        // are spent, so look at them again now.
+                        if std::mem::take(&mut self.calls_blocked) {
+                            progress = true;
+                        }
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Exit::Io(e)),
                     Poll::Pending => {
@@ -275,11 +294,21 @@ where
         }
     }
 
-    /// Writes the responses of finished calls into the write buffer.
+    /// Writes the responses of finished calls into the write buffer, until it
+    /// holds `WRITE_BUFFER_LIMIT` (finished calls keep their charge until
+    /// then, so unwritten responses stay within the budget).
     fn poll_calls(&mut self, cx: &mut Context<'_>, progress: &mut bool) {
-        while let Poll::Ready(Some((tag, outcome))) = Pin::new(&mut self.calls).poll_next(cx) {
+        loop {
+            if self.writer.unwritten() >= WRITE_BUFFER_LIMIT {
+                self.calls_blocked = true;
+                return;
+            }
+            let Poll::Ready(Some((tag, charge, outcome))) = Pin::new(&mut self.calls).poll_next(cx)
+            else {
+                return;
+            };
             *progress = true;
-            self.complete(tag, outcome);
+            self.complete(tag, charge, outcome);
             if self.closing {
                 return;
             }
@@ -287,25 +316,22 @@ where
     }
 
     /// Writes a finished call's response, or applies the error policy.
-    fn complete(&mut self, tag: Tag, outcome: Outcome<S::Error>) {
+    fn complete(&mut self, tag: Tag, charge: u64, outcome: Outcome<S::Error>) {
+        self.lease.answered(charge);
         let failed = match outcome {
-            Outcome::Response(payload) => {
-                match self
-                    .encoder
-                    .encode_parts(&tag, &payload, self.framed.write_buffer_mut())
-                {
-                    Ok(()) => {
-                        self.dirty = true;
-                        self.unpublished.responses += 1;
-                        false
-                    }
-                    Err(e) => {
-                        Counters::add(&self.counters.service_errors, 1);
-                        tracing::warn!(peer = ?self.peer, ?tag, error = %e, "response cannot be framed; dropped");
-                        true
-                    }
+            Outcome::Response(payload) => match self.writer.push(&self.encoder, &tag, payload) {
+                Ok(()) => {
+                    self.lease.set_write_buffer(self.writer.charge());
+                    self.dirty = true;
+                    self.unpublished.responses += 1;
+                    false
                 }
-            }
+                Err(e) => {
+                    Counters::add(&self.counters.service_errors, 1);
+                    tracing::warn!(peer = ?self.peer, ?tag, error = %e, "response cannot be framed; dropped");
+                    true
+                }
+            },
             Outcome::Failed(e) => {
                 Counters::add(&self.counters.service_errors, 1);
                 let e: BoxError = e.into();
@@ -342,7 +368,7 @@ where
             // Responses the client is not reading pile up in the write buffer:
             // stop reading requests until it drains, so memory stays bounded.
             if self.calls.len() >= self.config.max_in_flight_per_connection.max(1)
-                || self.framed.write_buffer().len() >= WRITE_BUFFER_LIMIT
+                || self.writer.unwritten() >= WRITE_BUFFER_LIMIT
             {
                 paused = true;
                 break;
@@ -357,8 +383,11 @@ where
                     }
                 }
             }
-            match Pin::new(&mut self.framed).poll_next(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
+            match self
+                .reader
+                .poll_frame(&mut self.io, &mut self.lease, cx, true)
+            {
+                Poll::Ready(Ok(Some(frame))) => {
                     *progress = true;
                     completed = true;
                     self.start(frame, cx);
@@ -366,12 +395,17 @@ where
                         return Ok(());
                     }
                 }
-                Poll::Ready(Some(Err(e))) => return Err(Exit::from_frame_error(e)),
-                Poll::Ready(None) => {
+                Poll::Ready(Err(e)) => return Err(Exit::from_frame_error(e)),
+                Poll::Ready(Ok(None)) => {
                     self.input_done = true;
                     break;
                 }
-                Poll::Pending => break,
+                Poll::Pending => {
+                    // Waiting for the server-wide budget: not reading, like a
+                    // full window.
+                    paused = self.reader.awaits_budget();
+                    break;
+                }
             }
         }
         // The read timeout runs while a started frame is incomplete and we are
@@ -390,31 +424,36 @@ where
         self.framed_once = true;
         self.service_ready = false;
         self.unpublished.requests += 1;
+        let charge = frame.payload.len() as u64 + self.tag_len;
         let request = Request::new(frame.payload, self.peer);
         let service = &mut self.service;
-        let mut call = Box::pin(Call::start(frame.tag, || service.call(request)));
+        let mut call = Box::pin(Call::start(frame.tag, charge, || service.call(request)));
         // Poll once here: a handler that answers at once (the common case) never
         // enters the set of pending calls.
         match call.as_mut().poll(cx) {
-            Poll::Ready((tag, outcome)) => self.complete(tag, outcome),
+            Poll::Ready((tag, charge, outcome)) => self.complete(tag, charge, outcome),
             Poll::Pending => self.calls.push(call),
         }
     }
 
     /// When a close is asked: one last read, whatever the service's readiness,
     /// so that a request that reached the socket before the close is answered
-    /// rather than lost. What it reads waits in `received` and the read buffer.
+    /// rather than lost. What it reads waits in the read buffer.
     fn read_last(&mut self, cx: &mut Context<'_>) -> Result<(), Exit> {
         if self.input_done || self.closing {
             return Ok(());
         }
-        match Pin::new(&mut self.framed).poll_next(cx) {
-            Poll::Ready(Some(Ok(frame))) => self.received = Some(frame),
-            Poll::Ready(Some(Err(e))) => return Err(Exit::from_frame_error(e)),
-            Poll::Ready(None) => self.input_done = true,
-            Poll::Pending => {}
+        match self.reader.read_last(&mut self.io, cx) {
+            Poll::Ready(Err(e)) => Err(Exit::from_frame_error(e)),
+            Poll::Ready(Ok(_)) | Poll::Pending => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Writes the queued responses to the socket and charges what is left.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
+        let result = self.writer.poll_flush(&mut self.io, cx);
+        self.lease.set_write_buffer(self.writer.charge());
+        result
     }
 
     /// While draining: starts the requests already received (read by
@@ -424,24 +463,25 @@ where
     fn poll_received(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Result<(), Exit> {
         loop {
             if self.calls.len() >= self.config.max_in_flight_per_connection.max(1)
-                || self.framed.write_buffer().len() >= WRITE_BUFFER_LIMIT
+                || self.writer.unwritten() >= WRITE_BUFFER_LIMIT
             {
                 return Ok(());
             }
             let frame = match self.received.take() {
                 Some(frame) => frame,
                 None => {
-                    // Decode from the buffer only (`poll_next` would read the
-                    // socket when no whole frame is left).
-                    let mut codec = self.framed.codec().clone();
-                    let decoded = codec.decode(self.framed.read_buffer_mut());
-                    *self.framed.codec_mut() = codec;
-                    match decoded.map_err(Exit::from_frame_error)? {
-                        Some(frame) => frame,
-                        None => {
+                    // From the buffer only: nothing more is read from the socket.
+                    match self
+                        .reader
+                        .poll_frame(&mut self.io, &mut self.lease, cx, false)
+                    {
+                        Poll::Ready(Ok(Some(frame))) => frame,
+                        Poll::Ready(Ok(None)) => {
                             self.input_done = true;
                             return Ok(());
                         }
+                        Poll::Ready(Err(e)) => return Err(Exit::from_frame_error(e)),
+                        Poll::Pending => return Ok(()),
                     }
                 }
             };
@@ -466,18 +506,19 @@ where
     /// A frame has started arriving and is not complete (its length may already
     /// be consumed from the buffer).
     fn mid_frame(&self) -> bool {
-        !self.framed.read_buffer().is_empty() || self.framed.codec().is_mid_frame()
+        self.reader.mid_frame()
     }
 
     /// Runs the first-frame, idle, read and write timeouts.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Option<Exit> {
         loop {
-            // Not while the service is not ready: the server is not reading
-            // then, and a first frame may be waiting in the buffer or socket.
+            // Not while the service is not ready or the budget is full: the
+            // server is not reading then, and a first frame may be waiting in
+            // the buffer or socket.
             let first = self
                 .config
                 .first_frame_timeout
-                .filter(|_| !self.framed_once && self.service_ready)
+                .filter(|_| !self.framed_once && self.service_ready && !self.reader.awaits_budget())
                 .map(|t| (later(self.started, t), FIRST_FRAME));
             let idle = self
                 .config

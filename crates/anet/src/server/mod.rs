@@ -9,6 +9,13 @@
 //! * **Limits**: `max_connections`, `max_in_flight_per_connection` (backpressure
 //!   through TCP), maximum frame length, first-frame / idle / read (slowloris) /
 //!   write timeouts, and optionally `max_connections_per_peer`.
+//! * **Memory budget**: a server-wide budget for unanswered requests,
+//!   [`max_in_flight_bytes`](Builder::max_in_flight_bytes) (64 MiB) and
+//!   [`max_in_flight_requests`](Builder::max_in_flight_requests) (10,000): at
+//!   the limit connections stop reading until answers free room (nothing read
+//!   is dropped), connections holding nothing first. A request's memory is its
+//!   own payload (copied out of a small read buffer, or read into a buffer of
+//!   its exact size), so a slow handler keeps only what it holds alive.
 //! * **Admission**: connections that send nothing cannot lock others out. A
 //!   connection must deliver a complete first frame within the first-frame
 //!   timeout (10 s). At `max_connections` a newcomer evicts an idle connection
@@ -25,7 +32,8 @@
 //!   requests in flight within the grace period, then closes.
 //! * **Stats**: [`Server::stats`] gives a [`StatsHandle`] to read
 //!   [`ServerStats`] at any time: connections by state (new, active, idle),
-//!   evictions, refusals, first-frame and other timeouts, requests, errors.
+//!   evictions, refusals, first-frame and other timeouts, requests, errors,
+//!   the budget in use and the time connections spent throttled.
 //!
 //! # Example
 //!
@@ -62,13 +70,16 @@
 //! ```
 
 mod admission;
+mod budget;
 mod call;
 mod config;
 mod connection;
+mod reader;
 mod request;
 #[allow(clippy::module_inception)]
 mod server;
 mod stats;
+mod writer;
 
 pub use config::{Builder, OnError};
 pub use request::Request;

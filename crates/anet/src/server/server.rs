@@ -64,7 +64,7 @@ impl Server {
             local_addr: listener.local_addr()?,
             listener,
             config,
-            counters: Arc::new(Counters::default()),
+            counters: Arc::new(Counters::new(&config)),
         })
     }
 
@@ -303,7 +303,12 @@ impl Builder {
 
     /// Serves one already-accepted connection of any kind (a Unix socket, a TLS
     /// stream) with these settings, until the peer leaves or a limit closes it.
-    /// Connection limits and shutdown are then the caller's business.
+    /// Connection limits and shutdown are then the caller's business, and so is
+    /// memory across connections: the budget of
+    /// [`max_in_flight_bytes`](Builder::max_in_flight_bytes) and
+    /// [`max_in_flight_requests`](Builder::max_in_flight_requests) applies to
+    /// this connection alone (a `Builder` is a plain `Copy` value and shares
+    /// nothing between calls).
     pub async fn serve_connection<T, S>(&self, io: T, peer: Option<SocketAddr>, service: S)
     where
         T: AsyncRead + AsyncWrite + Unpin,
@@ -312,7 +317,8 @@ impl Builder {
     {
         let never = CancellationToken::new().cancelled_owned();
         let activity = Arc::new(Activity::new(Instant::now()));
-        Handler::new(io, peer, service, *self, Arc::default(), activity, never)
+        let counters = Arc::new(Counters::new(self));
+        Handler::new(io, peer, service, *self, counters, activity, never)
             .run()
             .await
     }

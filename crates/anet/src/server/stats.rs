@@ -1,15 +1,21 @@
 //! Server counters and their snapshot.
 
-use std::sync::{
-    Arc, Mutex, MutexGuard, PoisonError,
-    atomic::{AtomicU64, Ordering::Relaxed},
+use std::{
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
 };
 
-use super::admission::Registry;
+use super::{Builder, admission::Registry, budget::Budget};
 
 /// Counters shared by the accept loop and the connection handlers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
+    /// The server-wide budget for unanswered requests (shared here because
+    /// every handler holds these counters already).
+    pub(crate) budget: Budget,
     pub(crate) open: AtomicU64,
     pub(crate) accepted: AtomicU64,
     pub(crate) rejected: AtomicU64,
@@ -30,6 +36,26 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    pub(crate) fn new(config: &Builder) -> Counters {
+        Counters {
+            budget: Budget::new(config.max_in_flight_bytes, config.max_in_flight_requests),
+            open: AtomicU64::default(),
+            accepted: AtomicU64::default(),
+            rejected: AtomicU64::default(),
+            rejected_per_peer: AtomicU64::default(),
+            rejected_after_wait: AtomicU64::default(),
+            evicted: AtomicU64::default(),
+            first_frame_timeouts: AtomicU64::default(),
+            registry: Mutex::default(),
+            requests: AtomicU64::default(),
+            responses: AtomicU64::default(),
+            service_errors: AtomicU64::default(),
+            panics: AtomicU64::default(),
+            protocol_errors: AtomicU64::default(),
+            timeouts: AtomicU64::default(),
+        }
+    }
+
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         if n != 0 {
             counter.fetch_add(n, Relaxed);
@@ -59,7 +85,11 @@ impl StatsHandle {
             .registry()
             .as_ref()
             .map_or((0, 0, 0), Registry::count_states);
+        let (budget_bytes, budget_requests) = c.budget.in_use();
         ServerStats {
+            budget_bytes_in_use: budget_bytes,
+            budget_requests_in_use: budget_requests,
+            throttled: Duration::from_nanos(c.budget.throttled_nanos()),
             connections_open: c.open.load(Relaxed),
             connections_accepted: c.accepted.load(Relaxed),
             connections_rejected: c.rejected.load(Relaxed),
@@ -123,4 +153,15 @@ pub struct ServerStats {
     pub protocol_errors: u64,
     /// Connections closed by the first-frame, idle, read or write timeout.
     pub timeouts: u64,
+    /// Bytes of the server-wide budget in use now (see
+    /// `Builder::max_in_flight_bytes`): bodies of requests read and not yet
+    /// answered, plus responses not yet written to their sockets.
+    pub budget_bytes_in_use: u64,
+    /// Requests of the server-wide budget in use now (see
+    /// `Builder::max_in_flight_requests`): read and not yet answered.
+    pub budget_requests_in_use: u64,
+    /// Time connections have spent not reading because the budget was full,
+    /// summed over connections (two connections throttled for one second add
+    /// two seconds), in total.
+    pub throttled: Duration,
 }

@@ -61,6 +61,19 @@ use crate::{
 /// * A transport failure fails every waiting request at once with
 ///   [`Kind::ConnectionLost`](crate::Kind::ConnectionLost); requests not yet written
 ///   fail with [`Kind::NotSent`](crate::Kind::NotSent), safe to retry.
+/// * **Memory a server can make a client hold** is bounded by the
+///   configuration, whatever it sends: per connection, a read buffer of 64 KiB
+///   (or, while a frame arrives, room for that frame's body, reserved when its
+///   length is read: at most the frame maximum; a longer length is a protocol
+///   error before anything is reserved, and a frame that does not complete
+///   within the [read timeout](ConnectionConfig::read_timeout) fails the
+///   connection), and the responses of at most `max_in_flight` waiting
+///   requests. A response whose tag matches no waiting request (a flood of
+///   unknown tags) is dropped and counted, never kept. A response is a slice of
+///   the read buffer, not a copy: while the caller keeps it, it keeps alive the
+///   buffer chunk it was read into (at most 64 KiB, or its own frame when
+///   larger); copy it (`Bytes::copy_from_slice`) to keep many small responses
+///   for long.
 ///
 /// # Example
 ///

@@ -1,0 +1,254 @@
+//! Reading request frames under the server-wide budget.
+//!
+//! ```text
+//!  length ──► budget (Lease::poll_acquire) ──► body
+//!             pending: stop reading            small, whole in the buffer: copied out
+//!                                              large (> 1 KiB): read into its own buffer
+//!                                              of the body's exact size
+//! ```
+//!
+//! The read buffer is never shared with a payload, so a request held by a slow
+//! handler keeps only its own bytes alive. It starts at 4 KiB, doubles (up to
+//! 64 KiB) when a read fills it with small frames, and goes back to 4 KiB when
+//! its connection waits for the budget with little in it, so a connection
+//! waiting for the budget holds a small buffer (or the small requests it has
+//! received).
+
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use anet_proto::{Builder as FrameBuilder, Frame, FrameError, Tag};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncRead;
+use tokio_util::io::poll_read_buf;
+
+use super::budget::Lease;
+
+/// The read buffer's size to start with, and again once its connection waits
+/// for the budget.
+pub(crate) const READ_BUFFER: usize = 4 * 1024;
+/// The most the read buffer grows to while reads fill it with small frames
+/// (many requests pipelined at once: fewer reads).
+pub(crate) const MAX_READ_BUFFER: usize = 64 * 1024;
+/// Bodies over this many bytes not yet whole in the read buffer are read into
+/// their own buffer of exact size.
+const DIRECT_BODY: usize = 1024;
+/// Spare room in the read buffer below which it is compacted before a read.
+const MIN_SPARE: usize = 512;
+
+/// The read half of a served connection's framing.
+#[derive(Debug)]
+pub(crate) struct Reader {
+    buf: BytesMut,
+    /// The body length of the frame being read, once its length field is
+    /// consumed.
+    body_len: Option<usize>,
+    /// The budget for that body has been taken.
+    granted: bool,
+    /// A large body being read straight into its own buffer.
+    body: Option<BytesMut>,
+    length_width: usize,
+    max_body: usize,
+    tag_len: usize,
+    /// The size the buffer is kept at now.
+    target: usize,
+    /// The last read filled the buffer's free room.
+    filled: bool,
+}
+
+impl Reader {
+    pub(crate) fn new(frame: &FrameBuilder) -> Reader {
+        Reader {
+            buf: BytesMut::with_capacity(READ_BUFFER),
+            body_len: None,
+            granted: false,
+            body: None,
+            length_width: frame.get_length_width(),
+            max_body: frame.max_body(),
+            tag_len: frame.get_tag_format().width(),
+            target: READ_BUFFER,
+            filled: false,
+        }
+    }
+
+    /// A frame has started arriving and is not complete.
+    pub(crate) fn mid_frame(&self) -> bool {
+        !self.buf.is_empty() || self.body_len.is_some()
+    }
+
+    /// Holds bytes of a request (in the buffer or a length read).
+    pub(crate) fn holds_input(&self) -> bool {
+        self.mid_frame()
+    }
+
+    /// Waiting for the budget for a frame whose length has been read.
+    pub(crate) fn awaits_budget(&self) -> bool {
+        self.body_len.is_some() && !self.granted
+    }
+
+    /// The next frame, taking the budget for it first. With `socket` false,
+    /// nothing is read from `io` and `Ready(Ok(None))` means no whole frame is
+    /// left in the buffer; otherwise `Ready(Ok(None))` is the end of input.
+    ///
+    /// The frame's charge (its body length) is the caller's to give back.
+    pub(crate) fn poll_frame<T: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut T,
+        lease: &mut Lease,
+        cx: &mut Context<'_>,
+        socket: bool,
+    ) -> Poll<Result<Option<Frame>, FrameError>> {
+        loop {
+            let len = match self.body_len {
+                Some(len) => len,
+                None => {
+                    let width = self.length_width;
+                    if self.buf.len() < width {
+                        if !socket {
+                            return Poll::Ready(Ok(None));
+                        }
+                        if ready!(self.fill(io, cx))? == 0 {
+                            return Poll::Ready(if self.buf.is_empty() {
+                                Ok(None)
+                            } else {
+                                Err(eof())
+                            });
+                        }
+                        continue;
+                    }
+                    let len = (&self.buf[..width]).get_uint(width) as usize;
+                    self.check_body_len(len)?;
+                    if std::mem::take(&mut self.filled) && len <= DIRECT_BODY {
+                        // A read filled the buffer with small frames: read
+                        // more at once.
+                        self.target = (self.target * 2).min(MAX_READ_BUFFER);
+                    }
+                    self.buf.advance(width);
+                    self.body_len = Some(len);
+                    self.granted = false;
+                    len
+                }
+            };
+            if !self.granted {
+                if lease.poll_acquire(len as u64, cx).is_pending() {
+                    self.shrink();
+                    return Poll::Pending;
+                }
+                self.granted = true;
+            }
+            if let Some(body) = &mut self.body {
+                if body.len() < len {
+                    if !socket {
+                        return Poll::Ready(Ok(None));
+                    }
+                    if ready!(poll_read_buf(Pin::new(&mut *io), cx, body))? == 0 {
+                        return Poll::Ready(Err(eof()));
+                    }
+                    continue;
+                }
+                let mut body = self.body.take().expect("body is some");
+                let tag = self.tag(&body);
+                body.advance(self.tag_len);
+                return Poll::Ready(Ok(Some(self.done(tag, body.freeze()))));
+            }
+            if self.buf.len() >= len {
+                let tag = self.tag(&self.buf);
+                let payload = Bytes::copy_from_slice(&self.buf[self.tag_len..len]);
+                self.buf.advance(len);
+                return Poll::Ready(Ok(Some(self.done(tag, payload))));
+            }
+            if !socket {
+                return Poll::Ready(Ok(None));
+            }
+            if len > DIRECT_BODY {
+                let mut body = BytesMut::with_capacity(len);
+                body.extend_from_slice(&self.buf);
+                self.buf.clear();
+                self.body = Some(body);
+                continue;
+            }
+            if ready!(self.fill(io, cx))? == 0 {
+                return Poll::Ready(Err(eof()));
+            }
+        }
+    }
+
+    /// When a close is asked: one last read into the buffer (none while a
+    /// large body is being read: it completes only from the socket, which is
+    /// read no more).
+    pub(crate) fn read_last<T: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut T,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<usize, FrameError>> {
+        if self.body.is_some() {
+            return Poll::Ready(Ok(0));
+        }
+        self.fill(io, cx)
+    }
+
+    /// One read from the socket into the buffer; the bytes read.
+    fn fill<T: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut T,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<usize, FrameError>> {
+        if self.buf.capacity() - self.buf.len() < MIN_SPARE || self.buf.capacity() < self.target {
+            // What is left is at most a length field or a small body: this
+            // moves it to the front rather than growing the buffer (unless
+            // the target grew).
+            self.buf.reserve(self.target.saturating_sub(self.buf.len()));
+        }
+        let room = self.buf.capacity() - self.buf.len();
+        let n = ready!(poll_read_buf(Pin::new(io), cx, &mut self.buf))?;
+        self.filled = n == room;
+        Poll::Ready(Ok(n))
+    }
+
+    /// Back to a small buffer while the connection waits for the budget,
+    /// unless it holds more than that.
+    fn shrink(&mut self) {
+        self.target = READ_BUFFER;
+        if self.buf.capacity() > READ_BUFFER && self.buf.len() <= READ_BUFFER / 2 {
+            let mut small = BytesMut::with_capacity(READ_BUFFER);
+            small.extend_from_slice(&self.buf);
+            self.buf = small;
+        }
+    }
+
+    fn tag(&self, body: &[u8]) -> Tag {
+        Tag::from_slice(&body[..self.tag_len]).expect("tag width is at most MAX_TAG_LEN")
+    }
+
+    fn done(&mut self, tag: Tag, payload: Bytes) -> Frame {
+        self.body_len = None;
+        self.granted = false;
+        Frame::new(tag, payload)
+    }
+
+    fn check_body_len(&self, len: usize) -> Result<(), FrameError> {
+        if len > self.max_body {
+            return Err(FrameError::FrameTooLarge {
+                len,
+                max: self.max_body,
+            });
+        }
+        if len < self.tag_len {
+            return Err(FrameError::FrameTooShort {
+                len,
+                min: self.tag_len,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn eof() -> FrameError {
+    FrameError::Io(io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "stream ended inside a frame",
+    ))
+}

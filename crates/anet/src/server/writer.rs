@@ -1,0 +1,139 @@
+//! The write half of a served connection: responses queued in order, small
+//! ones copied into one buffer (many per write), large payloads written from
+//! their own `Bytes` without a copy.
+
+use std::{
+    collections::VecDeque,
+    io::{self, IoSlice},
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use anet_proto::{FrameCodec, FrameError, Tag};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::AsyncWrite;
+
+/// Payloads over this many bytes are queued as they are rather than copied.
+const COPY_MAX: usize = 4 * 1024;
+/// Buffer capacity kept once everything is written; a larger buffer (grown by
+/// many responses) is freed, so idle connections hold little.
+const KEEP: usize = 16 * 1024;
+/// Slices handed to one vectored write at most.
+const MAX_SLICES: usize = 16;
+
+/// Responses not yet written, in order: `segments`, then `buf[written..]`.
+#[derive(Debug, Default)]
+pub(crate) struct Writer {
+    /// Small responses and the headers of large ones. Never advanced (the
+    /// written prefix is counted by `written`), so its capacity is its
+    /// allocation; cleared once everything is written.
+    buf: BytesMut,
+    written: usize,
+    /// Earlier bytes queued before `buf`: staged small responses and large
+    /// payloads.
+    segments: VecDeque<Bytes>,
+    segment_bytes: usize,
+}
+
+impl Writer {
+    /// Bytes waiting to be written.
+    pub(crate) fn unwritten(&self) -> usize {
+        self.segment_bytes + self.buf.len() - self.written
+    }
+
+    /// Memory to charge to the server-wide budget: the queued segments, and
+    /// the buffer's allocation once it has grown past what every connection
+    /// keeps.
+    pub(crate) fn charge(&self) -> u64 {
+        let capacity = self.buf.capacity();
+        let buffer = if capacity > KEEP { capacity } else { 0 };
+        (self.segment_bytes + buffer) as u64
+    }
+
+    /// Queues one response frame.
+    pub(crate) fn push(
+        &mut self,
+        encoder: &FrameCodec,
+        tag: &Tag,
+        payload: Bytes,
+    ) -> Result<(), FrameError> {
+        if payload.len() <= COPY_MAX {
+            return encoder.encode_parts(tag, &payload, &mut self.buf);
+        }
+        let config = encoder.config();
+        let body = tag.len() + payload.len();
+        let max = config.max_body();
+        if body > max {
+            return Err(FrameError::FrameTooLarge { len: body, max });
+        }
+        if tag.len() != config.get_tag_format().width() {
+            // The encoder reports the tag width error.
+            return encoder.encode_parts(tag, &[], &mut BytesMut::new());
+        }
+        self.buf.put_uint(body as u64, config.get_length_width());
+        self.buf.put_slice(tag.as_bytes());
+        let staged = Bytes::copy_from_slice(&self.buf[self.written..]);
+        self.buf.clear();
+        self.written = 0;
+        self.segment_bytes += staged.len() + payload.len();
+        self.segments.push_back(staged);
+        self.segments.push_back(payload);
+        Ok(())
+    }
+
+    /// Writes everything queued and flushes `io`.
+    pub(crate) fn poll_flush<T: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut T,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), FrameError>> {
+        while self.unwritten() > 0 {
+            let n = if self.segments.is_empty() {
+                ready!(Pin::new(&mut *io).poll_write(cx, &self.buf[self.written..]))?
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let mut count = 0;
+                for segment in self.segments.iter().take(MAX_SLICES - 1) {
+                    slices[count] = IoSlice::new(segment);
+                    count += 1;
+                }
+                if count == self.segments.len() && self.written < self.buf.len() {
+                    slices[count] = IoSlice::new(&self.buf[self.written..]);
+                    count += 1;
+                }
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(FrameError::Io(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "failed to write responses",
+                ))));
+            }
+            self.consume(n);
+        }
+        self.buf.clear();
+        self.written = 0;
+        if self.buf.capacity() > KEEP {
+            self.buf = BytesMut::new();
+        }
+        ready!(Pin::new(io).poll_flush(cx))?;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Drops `n` written bytes from the front.
+    fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.segments.front_mut() else {
+                self.written += n;
+                return;
+            };
+            let take = n.min(front.len());
+            front.advance(take);
+            self.segment_bytes -= take;
+            n -= take;
+            if front.is_empty() {
+                self.segments.pop_front();
+            }
+        }
+    }
+}
