@@ -177,6 +177,16 @@ impl Connection {
         self.shared.is_refusing().then(|| self.shared.reason())
     }
 
+    /// Whether `other` is a handle on the same connection.
+    pub(crate) fn same(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// Installs the owner's look at each reply (once; later calls do nothing).
+    pub(crate) fn set_reply_hook(&self, hook: super::ReplyHook) {
+        let _ = self.shared.hook.set(hook);
+    }
+
     /// When the connection was made.
     pub(crate) fn opened_at(&self) -> tokio::time::Instant {
         self.shared.opened

@@ -10,8 +10,22 @@ use tokio::{
     time::Instant,
 };
 
+use bytes::Bytes;
+
 use super::unit::Unit;
 use crate::{Error, Kind};
+
+/// Looks at every reply delivered on a pooled connection (its owner's response
+/// classifier); `true` retires the connection. Installed once, after the
+/// connection's handshake, so handshake replies are not seen.
+#[derive(Clone)]
+pub(crate) struct ReplyHook(pub(crate) Arc<dyn Fn(&Bytes) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for ReplyHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplyHook")
+    }
+}
 
 /// What the handles and the driver of one connection share.
 #[derive(Debug)]
@@ -30,6 +44,9 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// When the connection was made (its owner judges a short-lived one).
     pub(crate) opened: Instant,
+    /// The owner's look at each reply, if it has one (read once per driver
+    /// pass: one atomic load when unset).
+    pub(crate) hook: OnceLock<ReplyHook>,
 }
 
 /// Counters the driver publishes for [`ConnectionStats`](super::ConnectionStats).
@@ -54,6 +71,7 @@ impl Shared {
             done_notify: Notify::new(),
             counters: Counters::default(),
             opened: Instant::now(),
+            hook: OnceLock::new(),
         }
     }
 
