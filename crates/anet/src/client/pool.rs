@@ -492,7 +492,7 @@ impl Endpoint {
             Kind::ConnectionLost,
             format!("heartbeat missed: {why}"),
         ));
-        conn.close();
+        conn.retire("heartbeat missed");
         self.wake.notify_one();
     }
 
@@ -817,7 +817,7 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
             let reason = conn
                 .close_reason()
                 .unwrap_or_else(|| Error::new(Kind::Closed));
-            if reason.kind() != Kind::Closed {
+            if !matches!(reason.kind(), Kind::Closed | Kind::NotSent) {
                 endpoint.set_last_error(reason.clone());
             }
             if is_proven(conn, now, config.settle) {
@@ -1075,7 +1075,7 @@ fn retire_now(endpoint: &Endpoint, conn: &Connection, why: Retire) {
         age = ?conn.opened_at().elapsed(),
         "retiring connection"
     );
-    conn.close();
+    conn.retire(why.as_str());
 }
 
 /// Watches one connection until it has finished: its heartbeats while it is

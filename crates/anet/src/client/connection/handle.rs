@@ -154,6 +154,16 @@ impl Connection {
         let _ = self.tx.send(Message::Close);
     }
 
+    /// Retires a working connection for its owner (age, idle, a heartbeat
+    /// miss): like [`close`](Self::close), but new requests are refused as
+    /// [`Kind::NotSent`], so a request that raced the retirement is retried
+    /// elsewhere rather than failed as if the client had closed.
+    pub(crate) fn retire(&self, why: &'static str) {
+        self.shared
+            .refuse(Error::with_source(Kind::NotSent, format!("connection retired: {why}")));
+        let _ = self.tx.send(Message::Close);
+    }
+
     /// Waits until the driver has finished: every request answered or failed, the
     /// transport dropped.
     pub async fn closed(&self) {
