@@ -86,7 +86,12 @@ impl Backend {
     }
 }
 
-async fn serve(io: DuplexStream, conn: usize, answer: Answer, seen: Arc<Mutex<Vec<(usize, Bytes)>>>) {
+async fn serve(
+    io: DuplexStream,
+    conn: usize,
+    answer: Answer,
+    seen: Arc<Mutex<Vec<(usize, Bytes)>>>,
+) {
     let (read, write) = tokio::io::split(io);
     let (tx, writer) = spawn_writer(write);
     let mut frames = FramedRead::new(read, FrameCodec::new());
@@ -134,7 +139,11 @@ async fn the_handshake_is_the_first_request_on_every_connection() {
         .handshake(move |mut conn: Connection| {
             let h = h.clone();
             async move {
-                let reply = conn.ready().await?.call(Bytes::from_static(b"LOGON")).await?;
+                let reply = conn
+                    .ready()
+                    .await?
+                    .call(Bytes::from_static(b"LOGON"))
+                    .await?;
                 h.fetch_add(1, Ordering::SeqCst);
                 if reply == "LOGON" {
                     Ok(())
@@ -168,7 +177,11 @@ async fn a_failed_handshake_is_a_failed_dial_and_its_connection_gets_no_traffic(
         .backoff(fast_backoff())
         .retry(RetryPolicy::new(0))
         .handshake(|mut conn: Connection| async move {
-            let reply = conn.ready().await?.call(Bytes::from_static(b"LOGON")).await?;
+            let reply = conn
+                .ready()
+                .await?
+                .call(Bytes::from_static(b"LOGON"))
+                .await?;
             if reply == "LOGON" {
                 Ok(())
             } else {
@@ -176,8 +189,13 @@ async fn a_failed_handshake_is_a_failed_dial_and_its_connection_gets_no_traffic(
             }
         })
         .build();
-    let err = call(&client, b"payment").await.expect_err("no connection passed its handshake");
-    assert!(matches!(err.kind(), Kind::Unavailable | Kind::Timeout), "{err:?}");
+    let err = call(&client, b"payment")
+        .await
+        .expect_err("no connection passed its handshake");
+    assert!(
+        matches!(err.kind(), Kind::Unavailable | Kind::Timeout),
+        "{err:?}"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stats = client.stats().endpoints[0].clone();
     assert!(!stats.up);
@@ -203,7 +221,10 @@ async fn a_handshake_that_never_answers_times_out_as_a_failed_dial() {
         .backoff(fast_backoff())
         .connect_timeout(Duration::from_millis(300))
         .handshake(|mut conn: Connection| async move {
-            conn.ready().await?.call(Bytes::from_static(b"LOGON")).await?;
+            conn.ready()
+                .await?
+                .call(Bytes::from_static(b"LOGON"))
+                .await?;
             Ok::<_, anet::Error>(())
         })
         .build();
@@ -252,9 +273,7 @@ async fn a_silent_peer_misses_its_heartbeat_and_is_replaced() {
     });
     let client = backend
         .builder()
-        .heartbeat(
-            Heartbeat::new(Duration::from_secs(1), "HB").timeout(Duration::from_millis(500)),
-        )
+        .heartbeat(Heartbeat::new(Duration::from_secs(1), "HB").timeout(Duration::from_millis(500)))
         .build();
     assert_eq!(call(&client, b"one").await.expect("call"), "one");
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -301,7 +320,10 @@ async fn connections_past_their_max_age_retire_without_failing_a_request() {
         .max_connection_age(Some(Duration::from_secs(1)))
         .retry(RetryPolicy::new(0))
         .build();
-    client.wait_connected(Duration::from_secs(1)).await.expect("warm");
+    client
+        .wait_connected(Duration::from_secs(1))
+        .await
+        .expect("warm");
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..8 {
         let client = client.clone();
@@ -310,7 +332,10 @@ async fn connections_past_their_max_age_retire_without_failing_a_request() {
             let mut n = 0u64;
             while start.elapsed() < Duration::from_secs(5) {
                 let payload = Bytes::from(format!("{w}-{n}"));
-                let reply = client.call(payload.clone()).await.expect("no request fails");
+                let reply = client
+                    .call(payload.clone())
+                    .await
+                    .expect("no request fails");
                 assert_eq!(reply, payload);
                 n += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -332,7 +357,8 @@ async fn connections_past_their_max_age_retire_without_failing_a_request() {
 
 #[tokio::test(start_paused = true)]
 async fn a_pool_that_grew_under_load_shrinks_to_its_minimum_when_idle() {
-    let slow = MemoryConnector::new(|io| serve_slow(io, Arc::new(|_, f: &Frame| Some(f.payload.clone()))));
+    let slow =
+        MemoryConnector::new(|io| serve_slow(io, Arc::new(|_, f: &Frame| Some(f.payload.clone()))));
     let client = Client::builder()
         .endpoint(memory_addr())
         .connector(slow.clone())
@@ -413,7 +439,10 @@ async fn replies_classified_as_endpoint_failures_mark_it_down_while_the_connecti
         .build();
     // A success between failures ends the streak.
     for payload in [&b"bad"[..], b"bad", b"ok", b"bad", b"bad"] {
-        let reply = client.call(Bytes::from_static(payload)).await.expect("delivered");
+        let reply = client
+            .call(Bytes::from_static(payload))
+            .await
+            .expect("delivered");
         assert_eq!(reply, if payload == b"ok" { "ok" } else { "ER15" });
     }
     tokio::task::yield_now().await;
@@ -481,7 +510,9 @@ async fn without_a_classifier_every_reply_is_a_success() {
 
 // ---------------------------------------------------------------- warm-up (real TCP)
 
-fn named(name: &'static str) -> impl Service<
+fn named(
+    name: &'static str,
+) -> impl Service<
     Request,
     Response = Bytes,
     Error = Infallible,
@@ -489,7 +520,9 @@ fn named(name: &'static str) -> impl Service<
 > + Clone
 + Send
 + 'static {
-    service_fn(move |_req: Request| async move { Ok::<_, Infallible>(Bytes::from_static(name.as_bytes())) })
+    service_fn(move |_req: Request| async move {
+        Ok::<_, Infallible>(Bytes::from_static(name.as_bytes()))
+    })
 }
 
 #[tokio::test]
@@ -521,7 +554,7 @@ async fn wait_connected_times_out_naming_the_endpoint_that_is_down() {
         l.local_addr().expect("addr")
     };
     let client = Client::builder().endpoint(dead).build();
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let err = client
         .wait_connected(Duration::from_millis(300))
         .await
@@ -557,15 +590,19 @@ async fn the_standby_takes_traffic_while_the_primary_is_dead_and_gives_it_back_a
         .await
         .expect("both connected");
     for _ in 0..50 {
-        assert_eq!(call(&client, b"x").await.expect("call"), "A", "primary first");
+        assert_eq!(
+            call(&client, b"x").await.expect("call"),
+            "A",
+            "primary first"
+        );
     }
 
     // Kill the primary: only requests in flight on it may fail.
     drop(primary);
     let mut failures = Vec::new();
     let mut standby_replies = 0;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while standby_replies < 50 && std::time::Instant::now() < deadline {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while standby_replies < 50 && Instant::now() < deadline {
         match call(&client, b"x").await {
             Ok(reply) => {
                 if reply == "B" {
@@ -578,11 +615,23 @@ async fn the_standby_takes_traffic_while_the_primary_is_dead_and_gives_it_back_a
         }
     }
     assert_eq!(standby_replies, 50, "the standby took over");
-    assert!(failures.len() <= 1, "only the request in flight may fail: {failures:?}");
-    assert!(failures.iter().all(|k| *k == Kind::ConnectionLost), "{failures:?}");
+    assert!(
+        failures.len() <= 1,
+        "only the request in flight may fail: {failures:?}"
+    );
+    assert!(
+        failures.iter().all(|k| *k == Kind::ConnectionLost),
+        "{failures:?}"
+    );
     let stats = client.stats();
     assert!(!stats.endpoint(primary_addr).expect("primary").up);
-    assert!(stats.endpoint(primary_addr).expect("primary").down_since.is_some());
+    assert!(
+        stats
+            .endpoint(primary_addr)
+            .expect("primary")
+            .down_since
+            .is_some()
+    );
 
     // Restart it: traffic returns once its probation has passed, not before.
     let restarted = restart_server(primary_addr, named("A")).await;
@@ -594,11 +643,13 @@ async fn the_standby_takes_traffic_while_the_primary_is_dead_and_gives_it_back_a
         .await,
         "primary reconnected"
     );
-    let up_at = std::time::Instant::now();
+    let up_at = Instant::now();
     let mut first_a = None;
     let deadline = up_at + Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        let reply = call(&client, b"x").await.expect("no failures on the way back");
+    while Instant::now() < deadline {
+        let reply = call(&client, b"x")
+            .await
+            .expect("no failures on the way back");
         if reply == "A" {
             first_a = Some(up_at.elapsed());
             break;

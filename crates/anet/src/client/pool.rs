@@ -906,8 +906,8 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
         }
         let in_backoff = backoff_until.is_some_and(|t| now < t);
         let demand = endpoint.demand.swap(false, Relaxed);
-        let want = live.saturating_sub(aged.len()) < min
-            || (demand && live < max && endpoint.all_busy());
+        let want =
+            live.saturating_sub(aged.len()) < min || (demand && live < max && endpoint.all_busy());
         let dial_now = want && !in_backoff;
         // Announce the dial before withdrawing `up`, so that a request never sees
         // "down and not dialing" while a replacement is about to be dialed.

@@ -182,7 +182,10 @@ impl Registry {
 
     /// Notes whether `set` (ordered by priority) has more than one group.
     fn set_grouped(&self, set: &[Arc<Endpoint>]) {
-        let grouped = set.first().zip(set.last()).is_some_and(|(a, b)| a.priority != b.priority);
+        let grouped = set
+            .first()
+            .zip(set.last())
+            .is_some_and(|(a, b)| a.priority != b.priority);
         self.grouped.store(grouped, Relaxed);
     }
 

@@ -48,9 +48,9 @@ fn choose<T>(registry: &Registry, mut attempt: impl FnMut(&Endpoint) -> Attempt<
     };
     match chosen {
         Some(choice) => choice,
-        None => Choice::Nowhere(
-            registry.is_discovering() || endpoints.iter().any(|e| e.may_come_up()),
-        ),
+        None => {
+            Choice::Nowhere(registry.is_discovering() || endpoints.iter().any(|e| e.may_come_up()))
+        }
     }
 }
 

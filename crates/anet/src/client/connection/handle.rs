@@ -159,8 +159,10 @@ impl Connection {
     /// [`Kind::NotSent`], so a request that raced the retirement is retried
     /// elsewhere rather than failed as if the client had closed.
     pub(crate) fn retire(&self, why: &'static str) {
-        self.shared
-            .refuse(Error::with_source(Kind::NotSent, format!("connection retired: {why}")));
+        self.shared.refuse(Error::with_source(
+            Kind::NotSent,
+            format!("connection retired: {why}"),
+        ));
         let _ = self.tx.send(Message::Close);
     }
 
