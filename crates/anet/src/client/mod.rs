@@ -15,6 +15,11 @@
 //!   [`MakePool`], which makes one per address: tower's own balancers over
 //!   anet's pools.
 //! * [`Connection`]: one multiplexed connection; [`Connector`] dials one over TCP.
+//! * [`Lifecycle`], [`Heartbeat`], [`Classification`]: a handshake on every new
+//!   connection, heartbeats on idle ones, a response classifier; with
+//!   [`PoolConfig::max_connection_age`] and [`PoolConfig::idle_timeout`], the
+//!   life of a pooled connection. Failover groups:
+//!   [`ClientBuilder::endpoint_with_priority`].
 //! * [`RetryPolicy`]: retries only what is safe to retry.
 //! * [`future`]: the futures the services above return.
 //!

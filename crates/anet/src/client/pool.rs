@@ -791,6 +791,9 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
             if std::mem::take(&mut down) {
                 probation_until = Some(later(now, config.probation));
                 set_bit(&endpoint, &cx, PROBATION, true);
+                // Replies classified while it was down (requests in flight
+                // then) do not count against its probation.
+                endpoint.health.streak.store(0, Relaxed);
             }
         }
         if probation_until.is_some_and(|t| now >= t) {
