@@ -20,7 +20,7 @@
 //! let lifecycle = Lifecycle::new()
 //!     .handshake(|mut conn: anet::client::Connection| async move {
 //!         let reply = conn.ready().await?.call(Bytes::from_static(b"NC")).await?;
-//!         if reply.starts_with(b"ND00") { Ok(()) } else { Err("logon refused".into()) }
+//!         if reply.starts_with(b"ND00") { Ok(()) } else { Err(anet::BoxError::from("logon refused")) }
 //!     })
 //!     .heartbeat(
 //!         Heartbeat::new(Duration::from_secs(30), Bytes::from_static(b"NC"))
