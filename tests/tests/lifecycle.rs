@@ -720,3 +720,85 @@ async fn pools_made_by_make_pool_run_the_same_handshake() {
     assert_eq!(reply, "work");
     assert_eq!(*seen.lock().unwrap(), ["LOGON", "work"]);
 }
+
+// ---------------------------------------------------------------- heartbeat and age over real TCP
+
+#[tokio::test]
+async fn over_tcp_a_peer_that_stops_answering_without_closing_is_found_and_replaced() {
+    let mut server = anet_tests::ManualServer::bind().await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .connection(anet::client::ConnectionConfig::new().close_grace(Duration::from_millis(300)))
+        .heartbeat(
+            Heartbeat::new(Duration::from_millis(200), "HB").timeout(Duration::from_millis(200)),
+        )
+        .build();
+    let mut first = server.accept().await;
+    let answered = tokio::spawn({
+        let client = client.clone();
+        async move { client.call(Bytes::from_static(b"one")).await }
+    });
+    let frame = first.recv().await;
+    assert_eq!(frame.payload, "one");
+    first.reply(&frame, b"one").await;
+    assert_eq!(answered.await.expect("join").expect("call"), "one");
+    // Now silent: read heartbeats, answer none, keep the socket open.
+    let mut heartbeats = 0;
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(Ok(frame)) = first.frames_next().await {
+            assert_eq!(frame.payload, "HB");
+            heartbeats += 1;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the client closed the silent connection");
+    assert_eq!(heartbeats, 1, "one missed heartbeat is enough");
+    // A replacement is dialed and serves.
+    let mut second = server.accept().await;
+    let answered = tokio::spawn({
+        let client = client.clone();
+        async move { client.call(Bytes::from_static(b"two")).await }
+    });
+    let frame = second.recv().await;
+    second.reply(&frame, b"two").await;
+    assert_eq!(answered.await.expect("join").expect("call"), "two");
+    assert_eq!(client.stats().endpoints[0].heartbeat_misses, 1);
+}
+
+#[tokio::test]
+async fn over_tcp_connections_retire_at_their_max_age_without_failing_requests() {
+    let server = start_server(Server::builder(), anet_tests::echo()).await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .connections_per_endpoint(2, 4)
+        .max_connection_age(Some(Duration::from_millis(300)))
+        .retry(RetryPolicy::new(0))
+        .build();
+    client
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .expect("connected");
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..16 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed() < Duration::from_secs(2) {
+                let payload = Bytes::from(format!("{w}-{n}"));
+                let reply = client
+                    .call(payload.clone())
+                    .await
+                    .expect("no request fails");
+                assert_eq!(reply, payload);
+                n += 1;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("worker");
+    }
+    let stats = client.stats().endpoints[0].clone();
+    assert!(stats.retired >= 3, "{stats:?}");
+    assert_eq!(stats.errors.total(), 0, "{stats:?}");
+}
