@@ -337,6 +337,11 @@ impl ManualConn {
             .expect("valid frame")
     }
 
+    /// The next frame as read: `None` once the client closed.
+    pub async fn frames_next(&mut self) -> Option<Result<Frame, anet_proto::FrameError>> {
+        self.frames.next().await
+    }
+
     /// Whether the client closed its side (waits up to `within`).
     pub async fn client_closed(&mut self, within: Duration) -> bool {
         matches!(

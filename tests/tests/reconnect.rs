@@ -283,7 +283,7 @@ async fn a_backend_that_accepts_and_closes_at_once_is_redialled_with_backoff_not
     tokio::time::sleep(Duration::from_secs(5)).await;
     let dials = connector.dials.load(Ordering::SeqCst);
     let stats = client.stats();
-    let endpoint = *stats.endpoint(memory_addr()).expect("endpoint");
+    let endpoint = stats.endpoint(memory_addr()).expect("endpoint").clone();
     println!("accept-and-close, 5 s: {dials} connections; {endpoint:?}");
     // 100 ms doubling to 1 s, jittered: at most 0.05 + 0.1 + 0.2 + 0.4 + 0.5 s
     // before the cap, then one dial at least every 0.5 s: under 20.

@@ -8,9 +8,11 @@ use tower::{
     limit::ConcurrencyLimitLayer, load_shed::LoadShedLayer,
 };
 
+use bytes::Bytes;
+
 use super::{
-    Backoff, Balancer, Client, ConnectionConfig, Connector, PoolConfig, RateLimitLayer,
-    RetryPolicy,
+    Backoff, Balancer, Client, Connection, ConnectionConfig, Connector, Heartbeat, Lifecycle,
+    PoolConfig, RateLimitLayer, RetryPolicy,
     client::{Shared, into_box},
     dial::Dialer,
     discover::{DnsSource, Resolve, SystemResolver, spawn_discover, spawn_dns},
@@ -41,6 +43,13 @@ use crate::BoxError;
 /// | reconnect backoff | 100 ms doubling to 10 s, jittered |
 /// | failed dial | refused or timed out, or a connection that ended before it answered a request (or, idle, within 1 s): backs off ([`PoolConfig::settle`]) |
 /// | failure threshold / probation | 3 consecutive failed dials mark an endpoint down; 10 s probation |
+/// | handshake ([`handshake`](Self::handshake)) | none; when set, bounded by the connect timeout ([`Lifecycle::handshake_timeout`]) |
+/// | heartbeat ([`heartbeat`](Self::heartbeat)) | none; when set, its reply timeout is the interval |
+/// | maximum connection age ([`max_connection_age`](Self::max_connection_age)) | none; when set, jittered down by up to 10% |
+/// | idle shrink ([`idle_timeout`](Self::idle_timeout)) | none (a pool keeps what it grew to) |
+/// | response classifier ([`classify`](Self::classify)) | none: every reply is a success |
+/// | endpoint priority ([`endpoint_with_priority`](Self::endpoint_with_priority)) | 0 for every endpoint: one group |
+/// | warm-up | pools dial their minimum connections at `build`; [`Client::wait_connected`] waits for them |
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -61,7 +70,8 @@ use crate::BoxError;
 #[derive(Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct ClientBuilder {
-    endpoints: Vec<SocketAddr>,
+    /// Static endpoints and their failover priorities.
+    endpoints: Vec<(SocketAddr, u32)>,
     dns: Option<(String, Duration)>,
     resolver: Option<Arc<dyn Resolve>>,
     /// Dials TCP endpoints, and holds the connect timeout and connection
@@ -75,6 +85,8 @@ pub struct ClientBuilder {
     retry: RetryPolicy,
     /// A user connector, made into a dialer at build time with the final settings.
     custom_dialer: Option<MakeDialer>,
+    /// Handshake, heartbeat, response classifier.
+    lifecycle: Lifecycle,
 }
 
 type MakeDialer = Arc<dyn Fn(Connector) -> Dialer + Send + Sync>;
@@ -91,6 +103,7 @@ impl fmt::Debug for ClientBuilder {
             .field("rate_limit", &self.rate_limit)
             .field("load_shed", &self.load_shed)
             .field("retry", &self.retry)
+            .field("lifecycle", &self.lifecycle)
             .finish_non_exhaustive()
     }
 }
@@ -116,18 +129,53 @@ impl ClientBuilder {
             load_shed: false,
             retry: RetryPolicy::default(),
             custom_dialer: None,
+            lifecycle: Lifecycle::new(),
         }
     }
 
-    /// Adds a static endpoint.
+    /// Adds a static endpoint (priority 0, the first failover group).
     pub fn endpoint(mut self, addr: SocketAddr) -> Self {
-        self.endpoints.push(addr);
+        self.endpoints.push((addr, 0));
         self
     }
 
-    /// Adds static endpoints.
+    /// Adds static endpoints (priority 0).
     pub fn endpoints(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
-        self.endpoints.extend(addrs);
+        self.endpoints.extend(addrs.into_iter().map(|a| (a, 0)));
+        self
+    }
+
+    /// Adds a static endpoint in failover group `priority`: **lower numbers
+    /// come first** (as in DNS SRV records); [`endpoint`](Self::endpoint) is
+    /// priority 0. Traffic goes to the first group that has an endpoint up and
+    /// past its probation, balanced (p2c) within that group; a group further
+    /// back takes it only while no better group has one. When a better
+    /// endpoint comes back, it gets the traffic again once its
+    /// [probation](PoolConfig::probation) has passed without a failure (no
+    /// flapping back to a device that only just answered); meanwhile it stays
+    /// connected. Only when no group has an endpoint past probation does an
+    /// endpoint on probation take traffic, best group first.
+    ///
+    /// The common active/standby HSM pair:
+    ///
+    /// ```no_run
+    /// use anet::client::Client;
+    ///
+    /// # async fn f() {
+    /// let client = Client::builder()
+    ///     .endpoint("10.0.0.1:1500".parse().unwrap()) // primary
+    ///     .endpoint_with_priority("10.0.0.2:1500".parse().unwrap(), 1) // standby
+    ///     .build();
+    /// # }
+    /// ```
+    ///
+    /// Requests already in flight on an endpoint that fails are not moved:
+    /// they fail with the connection (the retry policy retries what was never
+    /// written). Endpoints from [`dns`](Self::dns) or a `Discover` have
+    /// priority 0. Default: every endpoint 0 (one group; routing then pays
+    /// nothing for groups).
+    pub fn endpoint_with_priority(mut self, addr: SocketAddr, priority: u32) -> Self {
+        self.endpoints.push((addr, priority));
         self
     }
 
@@ -248,6 +296,59 @@ impl ClientBuilder {
         self
     }
 
+    /// The connection lifecycle: handshake, heartbeat, response classifier
+    /// (replacing any set before). Default: [`Lifecycle::new`] (none).
+    pub fn lifecycle(mut self, lifecycle: Lifecycle) -> Self {
+        self.lifecycle = lifecycle;
+        self
+    }
+
+    /// A step run on every new connection before it takes traffic (a logon, an
+    /// `NC`): see [`Lifecycle::handshake`]. A failure is a failed dial
+    /// (backoff, failure accrual). Bounded by the connect timeout unless
+    /// [`Lifecycle::handshake_timeout`] says otherwise. Default: none.
+    pub fn handshake<F, Fut, E>(mut self, f: F) -> Self
+    where
+        F: Fn(Connection) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.lifecycle = self.lifecycle.handshake(f);
+        self
+    }
+
+    /// Heartbeats on idle connections; a miss retires the connection: see
+    /// [`Heartbeat`]. Default: none.
+    pub fn heartbeat(mut self, heartbeat: Heartbeat) -> Self {
+        self.lifecycle = self.lifecycle.heartbeat(heartbeat);
+        self
+    }
+
+    /// A response classifier: see [`Lifecycle::classify`] and
+    /// [`Classification`](super::Classification). Default: none (every reply
+    /// is a success).
+    pub fn classify<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Bytes) -> super::Classification + Send + Sync + 'static,
+    {
+        self.lifecycle = self.lifecycle.classify(f);
+        self
+    }
+
+    /// Connections older than this retire gracefully (replacement first): see
+    /// [`PoolConfig::max_connection_age`]. Default: `None`.
+    pub fn max_connection_age(mut self, age: Option<Duration>) -> Self {
+        self.pool = self.pool.max_connection_age(age);
+        self
+    }
+
+    /// Connections idle this long retire while the pool has more than its
+    /// minimum: see [`PoolConfig::idle_timeout`]. Default: `None`.
+    pub fn idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        self.pool = self.pool.idle_timeout(idle);
+        self
+    }
+
     /// Dial endpoints with your own connector (TLS, Unix socket, a proxy hop): any
     /// `Service<SocketAddr>` that returns a byte stream. The connect timeout and the
     /// connection settings still apply. Default: TCP.
@@ -301,10 +402,19 @@ impl ClientBuilder {
             Some(make) => make(self.connector),
             None => Dialer::tcp(self.connector),
         };
-        let pool = PoolContext::new(self.pool, dialer);
-        let registry = Registry::new(pool, self.connector.connect_timeout);
-        for addr in self.endpoints {
-            registry.add_by_user(addr);
+        // A request may wait for an endpoint's first connection: its connect
+        // and its handshake.
+        let mut pending_wait = self.connector.connect_timeout;
+        if self.lifecycle.handshake.is_some() {
+            pending_wait = pending_wait.saturating_add(
+                self.lifecycle
+                    .effective_handshake_timeout(self.connector.connect_timeout),
+            );
+        }
+        let pool = PoolContext::new(self.pool, dialer, self.lifecycle);
+        let registry = Registry::new(pool, pending_wait);
+        for (addr, priority) in self.endpoints {
+            registry.add_by_user(addr, priority);
         }
         if let Some((target, every)) = self.dns {
             let resolver = self.resolver.unwrap_or_else(|| Arc::new(SystemResolver));

@@ -128,6 +128,75 @@ impl Client {
         Balancer::new(self.shared.registry.clone())
     }
 
+    /// Waits until every endpoint is up with its minimum connections (each
+    /// handshake done), so that the first request does not pay for a dial:
+    /// a warm-up before taking traffic. Pools dial their minimum connections
+    /// as soon as the client is built; this only waits for them. An empty
+    /// client (a DNS or `Discover` source that has not answered yet) waits
+    /// for endpoints to appear.
+    ///
+    /// # Errors
+    ///
+    /// [`Kind::Timeout`] when they are not all connected within `timeout`
+    /// (the error names those that are not: a standby that is down keeps this
+    /// from succeeding, while the client serves requests all the same);
+    /// [`Kind::Closed`] once the client is closed.
+    ///
+    /// ```
+    /// # use anet::{client::Client, server::{Request, Server}};
+    /// # use std::time::Duration;
+    /// # use tower::service_fn;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let server = Server::builder().bind("127.0.0.1:0".parse()?).await?;
+    /// # let addr = server.local_addr();
+    /// # tokio::spawn(server.serve(service_fn(|r: Request| async move {
+    /// #     Ok::<_, std::convert::Infallible>(r.into_payload())
+    /// # })));
+    /// let client = Client::builder().endpoint(addr).build();
+    /// client.wait_connected(Duration::from_secs(5)).await?;
+    /// assert!(client.stats().endpoints[0].up);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<(), Error> {
+        let registry = &self.shared.registry;
+        let min = registry.pool.config.min_connections.max(1);
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                let changed = registry.pool.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if registry.is_closed() {
+                    return Err(Error::new(Kind::Closed));
+                }
+                if registry.all_connected(min) {
+                    return Ok(());
+                }
+                changed.await;
+            }
+        })
+        .await;
+        match waited {
+            Ok(result) => result,
+            Err(_) => {
+                let waiting: Vec<String> = registry
+                    .stats()
+                    .iter()
+                    .filter(|e| !e.up || e.connections < min)
+                    .map(|e| e.addr.to_string())
+                    .collect();
+                Err(Error::with_source(
+                    Kind::Timeout,
+                    format!(
+                        "endpoints not connected within {timeout:?}: [{}]",
+                        waiting.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+
     /// A snapshot of every endpoint.
     pub fn stats(&self) -> ClientStats {
         ClientStats {
@@ -156,7 +225,7 @@ const _: fn() = || {
 };
 
 /// A snapshot of a client's endpoints.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct ClientStats {
     /// One entry per endpoint, then one per removed endpoint whose connections

@@ -1,7 +1,7 @@
 //! Turning an address into a [`Connection`]: TCP by default, or any transport a
 //! user's connector makes (TLS, Unix socket, a proxy hop).
 
-use std::{fmt, future::Future, net::SocketAddr, pin::Pin, sync::Arc};
+use std::{fmt, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::{Service, ServiceExt};
@@ -16,6 +16,8 @@ type DialFuture = Pin<Box<dyn Future<Output = Result<Connection, Error>> + Send>
 #[derive(Clone)]
 pub(crate) struct Dialer {
     dial: Arc<dyn Fn(SocketAddr) -> DialFuture + Send + Sync>,
+    /// The connector's connect timeout (the default handshake timeout).
+    connect_timeout: Duration,
 }
 
 impl fmt::Debug for Dialer {
@@ -29,6 +31,7 @@ impl Dialer {
     pub(crate) fn tcp(connector: Connector) -> Dialer {
         Dialer {
             dial: Arc::new(move |addr| Box::pin(async move { connector.connect(addr).await })),
+            connect_timeout: connector.connect_timeout,
         }
     }
 
@@ -46,7 +49,13 @@ impl Dialer {
                 let make = make.clone();
                 Box::pin(async move { connector.connect_over(addr, make.oneshot(addr)).await })
             }),
+            connect_timeout: connector.connect_timeout,
         }
+    }
+
+    /// The connect timeout dials run under.
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
     }
 
     pub(crate) fn dial(&self, addr: SocketAddr) -> DialFuture {

@@ -15,6 +15,11 @@
 //!   [`MakePool`], which makes one per address: tower's own balancers over
 //!   anet's pools.
 //! * [`Connection`]: one multiplexed connection; [`Connector`] dials one over TCP.
+//! * [`Lifecycle`], [`Heartbeat`], [`Classification`]: a handshake on every new
+//!   connection, heartbeats on idle ones, a response classifier; with
+//!   [`PoolConfig::max_connection_age`] and [`PoolConfig::idle_timeout`], the
+//!   life of a pooled connection. Failover groups:
+//!   [`ClientBuilder::endpoint_with_priority`].
 //! * [`RetryPolicy`]: retries only what is safe to retry.
 //! * [`future`]: the futures the services above return.
 //!
@@ -33,6 +38,7 @@ mod deadline;
 mod dial;
 mod discover;
 pub mod future;
+mod lifecycle;
 mod pool;
 mod pool_service;
 mod rate_limit;
@@ -48,7 +54,8 @@ pub use client::{Client, ClientStats};
 pub use connect::Connector;
 pub use connection::{Connection, ConnectionConfig, ConnectionStats};
 pub use discover::{Resolve, SystemResolver};
-pub use pool::{EndpointStats, ErrorCounts, PoolConfig};
+pub use lifecycle::{Classification, Heartbeat, Lifecycle};
+pub use pool::{EndpointState, EndpointStats, ErrorCounts, PoolConfig};
 pub use pool_service::{MakePool, Pool};
 pub use rate_limit::{RateLimit, RateLimitLayer};
 pub use registry::Endpoints;

@@ -38,7 +38,7 @@ use std::{
     sync::{
         Arc, Mutex, RwLock,
         atomic::{
-            AtomicBool, AtomicU8, AtomicU64,
+            AtomicBool, AtomicU8, AtomicU32, AtomicU64,
             Ordering::{AcqRel, Acquire, Relaxed, Release},
         },
     },
@@ -51,10 +51,11 @@ use tokio_util::sync::CancellationToken;
 use bytes::Bytes;
 
 use super::{
-    Backoff, Connection,
-    connection::{ConnectionFuture, Unit},
+    Backoff, Classification, Connection, Heartbeat, Lifecycle,
+    connection::{ConnectionFuture, ReplyHook, Unit},
     deadline::Deadline,
     dial::Dialer,
+    lifecycle::{Classifier, Retire, age_limit},
     room::Room,
 };
 use crate::time::later;
@@ -96,6 +97,10 @@ pub struct PoolConfig {
     pub(crate) probation: Duration,
     /// How long an idle connection must stay open to count as proven.
     pub(crate) settle: Duration,
+    /// Connections older than this retire (replaced first, then drained).
+    pub(crate) max_connection_age: Option<Duration>,
+    /// Connections beyond the minimum idle this long retire.
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 impl PoolConfig {
@@ -108,6 +113,8 @@ impl PoolConfig {
             backoff: Backoff::new(),
             probation: Duration::from_secs(10),
             settle: Duration::from_secs(1),
+            max_connection_age: None,
+            idle_timeout: None,
         }
     }
 
@@ -159,6 +166,30 @@ impl PoolConfig {
     }
 }
 
+impl PoolConfig {
+    /// Connections older than this retire gracefully: the pool dials the
+    /// replacement first (when the retirement would leave it below its
+    /// minimum), then the old connection refuses new requests and finishes
+    /// those in flight within its close grace, so no request fails because of
+    /// it. Each connection's limit is drawn between 90% and 100% of `age`, so
+    /// that connections made together do not retire together. For devices
+    /// and middleboxes that drop long-lived sessions, and to rebalance after a
+    /// backend was added behind a virtual address. Default: `None` (no limit).
+    pub const fn max_connection_age(mut self, age: Option<Duration>) -> Self {
+        self.max_connection_age = age;
+        self
+    }
+
+    /// A connection idle this long (nothing written by callers and nothing in
+    /// flight; heartbeats do not count) retires while the pool has more than
+    /// [`min_connections`](Self::min_connections): a pool that grew under load
+    /// shrinks back to its minimum. Default: `None` (a pool never shrinks).
+    pub const fn idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+}
+
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig::new()
@@ -171,11 +202,41 @@ const UP: u8 = 1;
 /// penalty; requests with nowhere else to go may wait for it (up to the connect
 /// timeout).
 const PENDING: u8 = 2;
+/// Endpoint state bit: on probation after coming back; a failover group does
+/// not take traffic back from a lower one until its probation has passed.
+const PROBATION: u8 = 4;
+
+/// What an endpoint is doing, as its stats show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EndpointState {
+    /// Routable: it has a live connection and is not marked down.
+    Up,
+    /// Not routable yet: a dial (and its handshake) is under way.
+    Connecting,
+    /// Not routable: backing off after failed dials or failures classified
+    /// as the endpoint's, or removed.
+    Down,
+}
+
+/// Counts of an endpoint's replies classified as failures, shared with the
+/// reply hook of each of its connections (no reference back to the endpoint).
+#[derive(Debug, Default)]
+pub(crate) struct AppHealth {
+    /// Consecutive replies classified as endpoint failures.
+    streak: AtomicU32,
+    /// Replies classified as endpoint failures, in all.
+    failures: AtomicU64,
+    /// Replies classified as connection failures (each retired its connection).
+    connection_failures: AtomicU64,
+}
 
 /// What the balancer and the maintenance task share about one endpoint.
 #[derive(Debug)]
 pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
+    /// Failover group: 0 is the first choice, higher numbers stand by.
+    pub(crate) priority: u32,
     /// Live connections; written by the maintenance task, read per request.
     conns: RwLock<Vec<Connection>>,
     /// Connections that refuse new requests but have not finished (requests
@@ -191,8 +252,22 @@ pub(crate) struct Endpoint {
     removed: AtomicBool,
     /// A request found every connection full.
     demand: AtomicBool,
-    /// Wakes the maintenance task (demand, a broken connection, removal).
-    wake: Notify,
+    /// Wakes the maintenance task (demand, a broken connection, removal, a
+    /// classified failure, a retirement).
+    wake: Arc<Notify>,
+    /// Connections their keepers ask to retire (age, idle), for the
+    /// maintenance task to decide on.
+    retiring: Mutex<Vec<(Connection, Retire)>>,
+    /// Replies classified as failures.
+    health: Arc<AppHealth>,
+    handshake_failures: AtomicU64,
+    heartbeat_misses: AtomicU64,
+    /// Connections retired by the pool while working (age, idle).
+    retired: AtomicU64,
+    /// Since when it has not been routable (after it was, or after a failed dial).
+    down_since: Mutex<Option<Instant>>,
+    /// The latest failure seen: a dial, a handshake, a heartbeat, a lost connection.
+    last_error: Mutex<Option<Error>>,
     /// Requests written on connections that have since closed (live ones report
     /// their own count).
     retired_written: AtomicU64,
@@ -206,16 +281,24 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) fn new(addr: SocketAddr) -> Endpoint {
+    pub(crate) fn new(addr: SocketAddr, priority: u32) -> Endpoint {
         Endpoint {
             addr,
+            priority,
             conns: RwLock::new(Vec::new()),
             draining: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
             state: AtomicU8::new(PENDING), // the first dial starts at once
             removed: AtomicBool::new(false),
             demand: AtomicBool::new(false),
-            wake: Notify::new(),
+            wake: Arc::default(),
+            retiring: Mutex::default(),
+            health: Arc::default(),
+            handshake_failures: AtomicU64::new(0),
+            heartbeat_misses: AtomicU64::new(0),
+            retired: AtomicU64::new(0),
+            down_since: Mutex::default(),
+            last_error: Mutex::default(),
             retired_written: AtomicU64::new(0),
             errors: Default::default(),
             reconnects: AtomicU64::new(0),
@@ -228,6 +311,13 @@ impl Endpoint {
 
     pub(crate) fn is_up(&self) -> bool {
         self.state.load(Acquire) & UP != 0
+    }
+
+    /// Up and past its probation: a failover group with such an endpoint
+    /// takes the traffic.
+    #[inline]
+    pub(crate) fn is_preferred(&self) -> bool {
+        self.state.load(Acquire) & (UP | PROBATION) == UP
     }
 
     /// Up, or about to be (a dial is under way): a request with nowhere else to
@@ -339,9 +429,26 @@ impl Endpoint {
         let draining = self.draining();
         // Live or draining: every connection that has not finished.
         let all = || conns.iter().chain(draining.iter());
+        let state = self.state.load(Acquire);
         EndpointStats {
             addr: self.addr,
-            up: self.is_up(),
+            priority: self.priority,
+            up: state & UP != 0,
+            state: if state & UP != 0 {
+                EndpointState::Up
+            } else if state & PENDING != 0 {
+                EndpointState::Connecting
+            } else {
+                EndpointState::Down
+            },
+            on_probation: state & PROBATION != 0,
+            down_since: *lock(&self.down_since),
+            last_error: lock(&self.last_error).clone(),
+            handshake_failures: self.handshake_failures.load(Relaxed),
+            heartbeat_misses: self.heartbeat_misses.load(Relaxed),
+            retired: self.retired.load(Relaxed),
+            classified_failures: self.health.failures.load(Relaxed),
+            classified_connection_failures: self.health.connection_failures.load(Relaxed),
             connections: all().filter(|c| !c.is_finished()).count(),
             in_flight: all().map(tower::load::Load::load).sum(),
             requests: self.retired_written.load(Relaxed)
@@ -353,6 +460,62 @@ impl Endpoint {
             failed_dials: self.failed_dials.load(Relaxed),
             backoff: Duration::from_nanos(self.backoff_nanos.load(Relaxed)),
         }
+    }
+
+    fn take_retiring(&self) -> Vec<(Connection, Retire)> {
+        std::mem::take(&mut *lock(&self.retiring))
+    }
+
+    /// A keeper asks for `conn` to retire; the maintenance task decides.
+    fn retire(&self, conn: &Connection, why: Retire) {
+        lock(&self.retiring).push((conn.clone(), why));
+        self.wake.notify_one();
+    }
+
+    /// A heartbeat on `conn` missed: retire it at once (it is presumed dead)
+    /// and have it replaced.
+    fn heartbeat_missed(&self, conn: &Connection, why: String) {
+        self.heartbeat_misses.fetch_add(1, Relaxed);
+        tracing::warn!(
+            reason = %why,
+            age = ?conn.opened_at().elapsed(),
+            "heartbeat missed; retiring connection"
+        );
+        self.set_last_error(Error::with_source(
+            Kind::ConnectionLost,
+            format!("heartbeat missed: {why}"),
+        ));
+        conn.retire("heartbeat missed");
+        self.wake.notify_one();
+    }
+
+    fn set_last_error(&self, error: Error) {
+        *lock(&self.last_error) = Some(error);
+    }
+
+    /// The hook each connection calls on its replies: the user's classifier,
+    /// counted here; `true` retires the connection.
+    fn reply_hook(&self, classify: Classifier) -> ReplyHook {
+        let health = self.health.clone();
+        let wake = self.wake.clone();
+        ReplyHook(Arc::new(move |reply| match classify(reply) {
+            Classification::Success => {
+                if health.streak.load(Relaxed) != 0 {
+                    health.streak.store(0, Relaxed);
+                }
+                false
+            }
+            Classification::EndpointFailure => {
+                health.failures.fetch_add(1, Relaxed);
+                health.streak.fetch_add(1, Relaxed);
+                wake.notify_one();
+                false
+            }
+            Classification::ConnectionFailure => {
+                health.connection_failures.fetch_add(1, Relaxed);
+                true
+            }
+        }))
     }
 
     fn draining(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
@@ -413,7 +576,7 @@ impl Endpoint {
     }
 
     /// Live connections (not refusing requests).
-    fn live(&self) -> usize {
+    pub(crate) fn live(&self) -> usize {
         let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
         conns.iter().filter(|c| !c.is_closed()).count()
     }
@@ -440,6 +603,10 @@ impl Endpoint {
         draining.extend(live);
         draining.clone()
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What [`Endpoint::reserve`] found.
@@ -509,13 +676,38 @@ impl ErrorCounts {
 }
 
 /// A snapshot of one endpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct EndpointStats {
     /// The endpoint's address.
     pub addr: SocketAddr,
-    /// Whether requests are routed to it now.
+    /// Its failover group: 0 first, higher numbers stand by (see
+    /// [`ClientBuilder::endpoint_with_priority`](super::ClientBuilder::endpoint_with_priority)).
+    pub priority: u32,
+    /// Whether requests are routed to it now (`state` is [`EndpointState::Up`]).
     pub up: bool,
+    /// Up, connecting or down.
+    pub state: EndpointState,
+    /// Whether it is on probation after coming back (a single failure marks
+    /// it down again; a better failover group does not take traffic back yet).
+    pub on_probation: bool,
+    /// Since when it has not been routable: after it went down, or after its
+    /// first failed dial. `None` while up, and while making its first connection.
+    pub down_since: Option<Instant>,
+    /// The latest failure: a dial, a handshake, a heartbeat, a lost connection,
+    /// a run of replies classified as failures. Kept after it comes back.
+    pub last_error: Option<Error>,
+    /// Handshakes that failed or timed out (each is also a failed dial).
+    pub handshake_failures: u64,
+    /// Heartbeats that missed (each retired its connection).
+    pub heartbeat_misses: u64,
+    /// Working connections the pool retired: past their maximum age, or idle
+    /// beyond the minimum.
+    pub retired: u64,
+    /// Replies the classifier marked [`Classification::EndpointFailure`].
+    pub classified_failures: u64,
+    /// Replies the classifier marked [`Classification::ConnectionFailure`].
+    pub classified_connection_failures: u64,
     /// Open connections: live ones, and those draining (closing, with requests
     /// still in flight) until they have closed.
     pub connections: usize,
@@ -546,6 +738,8 @@ pub struct EndpointStats {
 pub(crate) struct PoolContext {
     pub(crate) config: PoolConfig,
     pub(crate) dialer: Dialer,
+    /// Handshake, heartbeat, classifier.
+    pub(crate) lifecycle: Lifecycle,
     /// Notified whenever an endpoint's `up` or `pending` changes.
     pub(crate) changed: Arc<Notify>,
     /// Wakes the handles waiting for room (through `changed`) when a
@@ -556,11 +750,12 @@ pub(crate) struct PoolContext {
 
 impl PoolContext {
     /// A context for the pools of one balancer (or one lone pool).
-    pub(crate) fn new(config: PoolConfig, dialer: Dialer) -> PoolContext {
+    pub(crate) fn new(config: PoolConfig, dialer: Dialer, lifecycle: Lifecycle) -> PoolContext {
         let changed = Arc::new(Notify::new());
         PoolContext {
             config,
             dialer,
+            lifecycle,
             room: Room::new(changed.clone()),
             changed,
             shutdown: CancellationToken::new(),
@@ -581,8 +776,10 @@ fn least_loaded(conns: &[Connection]) -> Option<&Connection> {
 }
 
 /// Keeps one endpoint's pool: dials up to `min` (and up to `max` under demand),
-/// replaces lost connections, backs off after failed dials (refused, or ended
-/// before proven), marks the endpoint down and up.
+/// runs each new connection's handshake, replaces lost connections, backs off
+/// after failed dials (refused, handshake failed, or ended before proven),
+/// retires aged and idle connections, marks the endpoint down (failed dials,
+/// replies classified as its failures) and up.
 pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
     let config = cx.config;
     let min = config.min_connections.max(1);
@@ -596,11 +793,16 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
     // Not routed to until the backoff ends.
     let mut down = false;
     let mut probation_until: Option<Instant> = None;
+    // Times the endpoint was marked down for replies classified as its
+    // failures, since its last clean probation.
+    let mut app_trips: u32 = 0;
     // While failures are counted: when the newest connection will have settled
     // (a wake-up to see whether it proved itself).
     let mut settle_at: Option<Instant> = None;
     // Connections lost and not yet replaced (for the reconnect count).
     let mut to_replace: usize = 0;
+    // Connections past their maximum age, kept until a replacement is up.
+    let mut aged: Vec<Connection> = Vec::new();
 
     loop {
         if endpoint.removed.load(Relaxed) || cx.shutdown.is_cancelled() {
@@ -611,12 +813,23 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
             backoff_until = None;
             if std::mem::take(&mut down) {
                 probation_until = Some(later(now, config.probation));
+                set_bit(&endpoint, &cx, PROBATION, true);
+                // Replies classified while it was down (requests in flight
+                // then) do not count against its probation.
+                endpoint.health.streak.store(0, Relaxed);
+            }
+        }
+        if probation_until.is_some_and(|t| now >= t) {
+            probation_until = None;
+            app_trips = 0;
+            if set_bit(&endpoint, &cx, PROBATION, false) {
+                tracing::info!("endpoint passed its probation");
             }
         }
         if settle_at.is_some_and(|t| now >= t) {
             settle_at = None;
         }
-        let (live, ended) = endpoint.prune();
+        let (mut live, ended) = endpoint.prune();
         to_replace += ended.len();
         // A connection made since the latest failure proved itself: the
         // streak is over.
@@ -630,6 +843,9 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
             let reason = conn
                 .close_reason()
                 .unwrap_or_else(|| Error::new(Kind::Closed));
+            if !matches!(reason.kind(), Kind::Closed | Kind::NotSent) {
+                endpoint.set_last_error(reason.clone());
+            }
             if is_proven(conn, now, config.settle) {
                 if failures > 0 {
                     failures = 0;
@@ -661,9 +877,63 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
                 "connection ended before it answered a request; counted as a failed dial, backing off"
             );
         }
+        // Replies classified as the endpoint's failures: enough in a row (or
+        // one on probation) mark it down for a backoff; its connections stay.
+        let streak = endpoint.health.streak.load(Relaxed);
+        if streak > 0 && !down {
+            let on_probation = probation_until.is_some_and(|t| now < t);
+            if on_probation || streak >= config.failure_threshold.max(1) {
+                endpoint.health.streak.store(0, Relaxed);
+                app_trips = app_trips.saturating_add(1);
+                let delay = config.backoff.delay(app_trips);
+                let until = later(now, delay);
+                backoff_until = Some(backoff_until.map_or(until, |t| t.max(until)));
+                endpoint.set_backoff(delay);
+                down = true;
+                endpoint.set_last_error(Error::with_source(
+                    Kind::Other,
+                    format!("{streak} consecutive replies classified as endpoint failures"),
+                ));
+                tracing::warn!(
+                    streak,
+                    on_probation,
+                    ?delay,
+                    "replies classified as endpoint failures; endpoint marked down"
+                );
+            }
+        }
+        // Retirements the keepers asked for.
+        for (conn, why) in endpoint.take_retiring() {
+            if conn.is_closed() {
+                continue;
+            }
+            match why {
+                Retire::MaxAge => {
+                    if !aged.iter().any(|c| c.same(&conn)) {
+                        aged.push(conn);
+                    }
+                }
+                Retire::Idle => {
+                    if live.saturating_sub(aged.len()) > min {
+                        retire_now(&endpoint, &conn, why);
+                        live -= 1;
+                    }
+                }
+            }
+        }
+        aged.retain(|c| !c.is_closed());
+        // Aged connections go once the others keep the minimum (a replacement
+        // is dialed first otherwise); while the endpoint backs off they stay.
+        if !aged.is_empty() && live.saturating_sub(aged.len()) >= min {
+            for conn in aged.drain(..) {
+                retire_now(&endpoint, &conn, Retire::MaxAge);
+                live -= 1;
+            }
+        }
         let in_backoff = backoff_until.is_some_and(|t| now < t);
         let demand = endpoint.demand.swap(false, Relaxed);
-        let want = live < min || (demand && live < max && endpoint.all_busy());
+        let want =
+            live.saturating_sub(aged.len()) < min || (demand && live < max && endpoint.all_busy());
         let dial_now = want && !in_backoff;
         // Announce the dial before withdrawing `up`, so that a request never sees
         // "down and not dialing" while a replacement is about to be dialed.
@@ -675,14 +945,19 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
         if dial_now {
             endpoint.dials.fetch_add(1, Relaxed);
             let dialed = tokio::select! {
-                r = cx.dialer.dial(endpoint.addr) => r,
+                r = establish(&endpoint, &cx) => r,
                 () = cx.shutdown.cancelled() => break,
             };
             match dialed {
                 Ok(conn) => {
                     conn.share_room(cx.room.clone());
-                    let watched = conn.clone();
-                    watchers.spawn(async move { watched.closed().await });
+                    watchers.spawn(keep(
+                        conn.clone(),
+                        endpoint.clone(),
+                        cx.lifecycle.heartbeat.clone(),
+                        config.max_connection_age,
+                        config.idle_timeout,
+                    ));
                     endpoint.push(conn);
                     // Room for whoever waits on this endpoint's full windows.
                     cx.changed.notify_waiters();
@@ -698,11 +973,15 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
                     if failures > 0 {
                         settle_at = Some(later(Instant::now(), config.settle));
                     }
-                    set_up(&endpoint, &cx, true);
+                    set_up(&endpoint, &cx, !down);
                     set_pending(&endpoint, &cx, false);
                 }
-                Err(error) => {
-                    endpoint.connect_failures.fetch_add(1, Relaxed);
+                Err((error, handshake)) => {
+                    if handshake {
+                        endpoint.handshake_failures.fetch_add(1, Relaxed);
+                    } else {
+                        endpoint.connect_failures.fetch_add(1, Relaxed);
+                    }
                     endpoint.failed_dials.fetch_add(1, Relaxed);
                     failures = failures.saturating_add(1);
                     let now = Instant::now();
@@ -716,18 +995,30 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
                         && (live == 0
                             || on_probation
                             || failures >= config.failure_threshold.max(1));
-                    tracing::warn!(%error, failures, ?delay, down, "dial failed; backing off");
+                    if handshake {
+                        tracing::warn!(%error, failures, ?delay, down, "handshake failed; backing off");
+                    } else {
+                        tracing::warn!(%error, failures, ?delay, down, "dial failed; backing off");
+                    }
+                    endpoint.set_last_error(error);
                     set_up(&endpoint, &cx, live > 0 && !down);
+                    if !endpoint.is_up() {
+                        lock(&endpoint.down_since).get_or_insert(now);
+                    }
                     set_pending(&endpoint, &cx, false);
                 }
             }
             continue;
         }
 
-        let wake_at = [backoff_until.filter(|_| want || down), settle_at]
-            .into_iter()
-            .flatten()
-            .min();
+        let wake_at = [
+            backoff_until.filter(|_| want || down),
+            settle_at,
+            probation_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         tokio::select! {
             () = endpoint.wake.notified() => {}
             Some(_) = watchers.join_next(), if !watchers.is_empty() => {}
@@ -753,6 +1044,154 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
     tracing::debug!("endpoint stopped");
 }
 
+/// Dials a connection and runs the handshake on it; the reply hook goes on
+/// afterwards, so the classifier never sees handshake replies. The error says
+/// whether the handshake (not the connect) failed.
+async fn establish(endpoint: &Endpoint, cx: &PoolContext) -> Result<Connection, (Error, bool)> {
+    let conn = cx
+        .dialer
+        .dial(endpoint.addr)
+        .await
+        .map_err(|e| (e, false))?;
+    if let Some(handshake) = &cx.lifecycle.handshake {
+        let limit = cx
+            .lifecycle
+            .effective_handshake_timeout(cx.dialer.connect_timeout());
+        let failed = match tokio::time::timeout(limit, handshake(conn.clone())).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(Error::with_source(Kind::Connect, HandshakeFailed(e))),
+            Err(_) => Some(Error::with_source(
+                Kind::Connect,
+                format!("handshake timed out after {limit:?}"),
+            )),
+        };
+        if let Some(error) = failed {
+            conn.close();
+            return Err((error, true));
+        }
+        tracing::debug!("handshake done");
+    }
+    if let Some(classify) = &cx.lifecycle.classifier {
+        conn.set_reply_hook(endpoint.reply_hook(classify.clone()));
+    }
+    Ok(conn)
+}
+
+/// A handshake's own error, as the source of the `Connect` error it becomes.
+#[derive(Debug)]
+struct HandshakeFailed(crate::BoxError);
+
+impl std::fmt::Display for HandshakeFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "handshake failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for HandshakeFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// Retires a working connection: it refuses new requests and finishes those
+/// in flight within its close grace.
+fn retire_now(endpoint: &Endpoint, conn: &Connection, why: Retire) {
+    endpoint.retired.fetch_add(1, Relaxed);
+    tracing::info!(
+        reason = why.as_str(),
+        age = ?conn.opened_at().elapsed(),
+        "retiring connection"
+    );
+    conn.retire(why.as_str());
+}
+
+/// Watches one connection until it has finished: its heartbeats while it is
+/// idle, and its age and idleness, which it reports to the maintenance task.
+/// Without any of them it only waits.
+async fn keep(
+    conn: Connection,
+    endpoint: Arc<Endpoint>,
+    heartbeat: Option<Heartbeat>,
+    max_age: Option<Duration>,
+    idle_timeout: Option<Duration>,
+) {
+    if heartbeat.is_none() && max_age.is_none() && idle_timeout.is_none() {
+        conn.closed().await;
+        return;
+    }
+    let mut age_at = max_age.map(|age| age_limit(conn.opened_at(), age));
+    // Idleness is sampled four times per period, so a heartbeat goes out
+    // after between 1 and 1.25 intervals of idleness.
+    let period = [heartbeat.as_ref().map(|h| h.interval), idle_timeout]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|d| (d / 4).max(Duration::from_millis(1)));
+    // Requests written by heartbeats, which are not the callers' activity.
+    let mut beats: u64 = 0;
+    let mut seen = conn.stats().written;
+    let mut active_at = Instant::now();
+    let mut beat_at = active_at;
+    let mut asked_idle = false;
+    loop {
+        let next = [age_at, period.map(|p| later(Instant::now(), p))]
+            .into_iter()
+            .flatten()
+            .min();
+        tokio::select! {
+            () = conn.closed() => return,
+            () = sleep_until_opt(next) => {}
+        }
+        if conn.is_closed() {
+            conn.closed().await;
+            return;
+        }
+        let now = Instant::now();
+        if age_at.is_some_and(|t| now >= t) {
+            age_at = None;
+            endpoint.retire(&conn, Retire::MaxAge);
+        }
+        let stats = conn.stats();
+        let written = stats.written.saturating_sub(beats);
+        if written != seen || stats.in_flight > 0 {
+            seen = written;
+            active_at = now;
+            asked_idle = false;
+        }
+        if let Some(heartbeat) = &heartbeat {
+            let idle_from = active_at.max(beat_at);
+            if now.saturating_duration_since(idle_from) >= heartbeat.interval {
+                match heartbeat.beat(&conn).await {
+                    Ok(()) => {
+                        beats += 1;
+                        beat_at = Instant::now();
+                        tracing::trace!("heartbeat answered");
+                    }
+                    // Closed meanwhile (retired, or the pool stopped): not a miss.
+                    Err(_) if conn.is_closed() => {}
+                    Err(why) => endpoint.heartbeat_missed(&conn, why),
+                }
+                continue;
+            }
+        }
+        if let Some(idle) = idle_timeout {
+            if !asked_idle && now.saturating_duration_since(active_at) >= idle {
+                asked_idle = true;
+                endpoint.retire(&conn, Retire::Idle);
+            }
+        }
+    }
+}
+
+/// Sets or clears a state bit other than `UP`/`PENDING`; true if that changed it.
+fn set_bit(endpoint: &Endpoint, cx: &PoolContext, bit: u8, on: bool) -> bool {
+    let changed = endpoint.set(bit, on);
+    if changed {
+        cx.changed.notify_waiters();
+    }
+    changed
+}
+
 fn set_pending(endpoint: &Endpoint, cx: &PoolContext, pending: bool) {
     if endpoint.set(PENDING, pending) {
         cx.changed.notify_waiters();
@@ -761,6 +1200,15 @@ fn set_pending(endpoint: &Endpoint, cx: &PoolContext, pending: bool) {
 
 fn set_up(endpoint: &Endpoint, cx: &PoolContext, up: bool) {
     if endpoint.set(UP, up) {
+        let mut since = lock(&endpoint.down_since);
+        if up {
+            *since = None;
+            tracing::info!("endpoint up");
+        } else {
+            since.get_or_insert_with(Instant::now);
+            tracing::info!("endpoint down");
+        }
+        drop(since);
         cx.changed.notify_waiters();
     }
 }
@@ -785,8 +1233,12 @@ mod tests {
     /// instead of waiting for the dial).
     #[test]
     fn a_redialing_endpoint_is_never_seen_neither_up_nor_pending() {
-        let cx = PoolContext::new(PoolConfig::new(), Dialer::tcp(Connector::new()));
-        let endpoint = Arc::new(Endpoint::new("127.0.0.1:9".parse().expect("addr")));
+        let cx = PoolContext::new(
+            PoolConfig::new(),
+            Dialer::tcp(Connector::new()),
+            Lifecycle::new(),
+        );
+        let endpoint = Arc::new(Endpoint::new("127.0.0.1:9".parse().expect("addr"), 0));
         set_up(&endpoint, &cx, true);
         set_pending(&endpoint, &cx, false);
         let stop = Arc::new(AtomicBool::new(false));

@@ -54,7 +54,7 @@ use tower::{Service, load::Load};
 use tracing::Instrument;
 
 use super::{
-    Connector, PoolConfig,
+    Connector, Lifecycle, PoolConfig,
     connection::ConnectionFuture,
     deadline,
     dial::Dialer,
@@ -137,12 +137,12 @@ impl Pool {
     ///
     /// When called outside a tokio runtime.
     pub fn new(addr: SocketAddr, connector: Connector, config: PoolConfig) -> Pool {
-        Pool::start(addr, Dialer::tcp(connector), config)
+        Pool::start(addr, Dialer::tcp(connector), config, Lifecycle::new())
     }
 
-    fn start(addr: SocketAddr, dialer: Dialer, config: PoolConfig) -> Pool {
-        let endpoint = Arc::new(Endpoint::new(addr));
-        let cx = PoolContext::new(config, dialer);
+    fn start(addr: SocketAddr, dialer: Dialer, config: PoolConfig, lifecycle: Lifecycle) -> Pool {
+        let endpoint = Arc::new(Endpoint::new(addr, 0));
+        let cx = PoolContext::new(config, dialer, lifecycle);
         let shared = Arc::new(Shared {
             endpoint: endpoint.clone(),
             room: cx.room.clone(),
@@ -353,6 +353,7 @@ impl Future for PoolFuture {
 pub struct MakePool {
     dialer: Dialer,
     config: PoolConfig,
+    lifecycle: Lifecycle,
 }
 
 impl MakePool {
@@ -362,7 +363,15 @@ impl MakePool {
         MakePool {
             dialer: Dialer::tcp(connector),
             config: PoolConfig::new(),
+            lifecycle: Lifecycle::new(),
         }
+    }
+
+    /// The pools' connection lifecycle: handshake, heartbeat, response
+    /// classifier. Default: [`Lifecycle::new`] (none).
+    pub fn lifecycle(mut self, lifecycle: Lifecycle) -> MakePool {
+        self.lifecycle = lifecycle;
+        self
     }
 
     /// The pools' settings. Default: [`PoolConfig::new`].
@@ -389,7 +398,12 @@ impl Service<SocketAddr> for MakePool {
     /// When called outside a tokio runtime.
     fn call(&mut self, addr: SocketAddr) -> MakePoolFuture {
         MakePoolFuture {
-            pool: Some(Pool::start(addr, self.dialer.clone(), self.config)),
+            pool: Some(Pool::start(
+                addr,
+                self.dialer.clone(),
+                self.config,
+                self.lifecycle.clone(),
+            )),
         }
     }
 }

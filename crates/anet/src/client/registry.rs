@@ -37,6 +37,10 @@ pub(crate) struct Registry {
     discovering: AtomicUsize,
     /// How long a request waits for an endpoint whose first connect is under way.
     pub(crate) pending_wait: Duration,
+    /// The endpoints have more than one priority (failover groups): routing
+    /// looks at the groups in order. False in the common single-group case,
+    /// which then routes as if groups did not exist.
+    grouped: AtomicBool,
 }
 
 /// The owners of each address: the user (the static list and the [`Endpoints`]
@@ -60,6 +64,7 @@ impl Registry {
             closed: AtomicBool::new(false),
             discovering: AtomicUsize::new(0),
             pending_wait,
+            grouped: AtomicBool::new(false),
         })
     }
 
@@ -74,7 +79,7 @@ impl Registry {
     /// One more owner (a DNS source, a `Discover` key) wants `addr`: the first
     /// one adds the endpoint. False if the client is closed.
     pub(crate) fn acquire(&self, addr: SocketAddr) -> bool {
-        Self::acquire_in(&mut self.owners(), self, addr)
+        Self::acquire_in(&mut self.owners(), self, addr, 0)
     }
 
     /// An owner of `addr` lets go: the last one removes the endpoint.
@@ -84,9 +89,9 @@ impl Registry {
 
     /// The user wants `addr` (a static endpoint, [`Endpoints::add`]); false if
     /// they already did or the client is closed.
-    pub(crate) fn add_by_user(&self, addr: SocketAddr) -> bool {
+    pub(crate) fn add_by_user(&self, addr: SocketAddr, priority: u32) -> bool {
         let mut owners = self.owners();
-        if owners.user.contains(&addr) || !Self::acquire_in(&mut owners, self, addr) {
+        if owners.user.contains(&addr) || !Self::acquire_in(&mut owners, self, addr, priority) {
             return false;
         }
         owners.user.insert(addr)
@@ -103,14 +108,19 @@ impl Registry {
         true
     }
 
-    fn acquire_in(owners: &mut Owners, registry: &Registry, addr: SocketAddr) -> bool {
+    fn acquire_in(
+        owners: &mut Owners,
+        registry: &Registry,
+        addr: SocketAddr,
+        priority: u32,
+    ) -> bool {
         if registry.is_closed() {
             return false;
         }
         let count = owners.count.entry(addr).or_insert(0);
         *count += 1;
         if *count == 1 {
-            registry.add(addr);
+            registry.add(addr, priority);
         }
         true
     }
@@ -127,7 +137,8 @@ impl Registry {
     }
 
     /// Adds an endpoint and starts its pool; false if it is already present.
-    fn add(&self, addr: SocketAddr) -> bool {
+    /// The set stays ordered by priority (then by arrival).
+    fn add(&self, addr: SocketAddr, priority: u32) -> bool {
         if self.closed.load(Relaxed) {
             return false;
         }
@@ -135,9 +146,11 @@ impl Registry {
         if guard.iter().any(|e| e.addr == addr) {
             return false;
         }
-        let endpoint = Arc::new(Endpoint::new(addr));
+        let endpoint = Arc::new(Endpoint::new(addr, priority));
         let mut next: Vec<_> = guard.iter().cloned().collect();
-        next.push(endpoint.clone());
+        let at = next.partition_point(|e| e.priority <= priority);
+        next.insert(at, endpoint.clone());
+        self.set_grouped(&next);
         *guard = Arc::from(next);
         drop(guard);
         let span = tracing::info_span!("anet.endpoint", %addr);
@@ -156,6 +169,7 @@ impl Registry {
             return false;
         };
         let next: Vec<_> = guard.iter().filter(|e| e.addr != addr).cloned().collect();
+        self.set_grouped(&next);
         *guard = Arc::from(next);
         drop(guard);
         endpoint.remove();
@@ -164,6 +178,21 @@ impl Registry {
         retired.push(endpoint);
         tracing::info!(%addr, "endpoint removed");
         true
+    }
+
+    /// Notes whether `set` (ordered by priority) has more than one group.
+    fn set_grouped(&self, set: &[Arc<Endpoint>]) {
+        let grouped = set
+            .first()
+            .zip(set.last())
+            .is_some_and(|(a, b)| a.priority != b.priority);
+        self.grouped.store(grouped, Relaxed);
+    }
+
+    /// Whether the endpoints form more than one failover group.
+    #[inline]
+    pub(crate) fn is_grouped(&self) -> bool {
+        self.grouped.load(Relaxed)
     }
 
     pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
@@ -207,6 +236,15 @@ impl Registry {
         self.read()
     }
 
+    /// Whether there are endpoints, every one up with at least `min` live
+    /// connections, and no discovery source still to answer.
+    pub(crate) fn all_connected(&self, min: usize) -> bool {
+        let endpoints = self.read();
+        !self.is_discovering()
+            && !endpoints.is_empty()
+            && endpoints.iter().all(|e| e.is_up() && e.live() >= min)
+    }
+
     /// Whether a discovery source has yet to give its first answer.
     pub(crate) fn is_discovering(&self) -> bool {
         self.discovering.load(Relaxed) > 0
@@ -241,7 +279,15 @@ impl Endpoints {
     /// already). Returns false if this handle or the builder had already added
     /// it, or the client is closed.
     pub fn add(&self, addr: SocketAddr) -> bool {
-        self.registry.add_by_user(addr)
+        self.registry.add_by_user(addr, 0)
+    }
+
+    /// Adds an endpoint in failover group `priority` (0 first; see
+    /// [`ClientBuilder::endpoint_with_priority`](super::ClientBuilder::endpoint_with_priority)).
+    /// Returns false as [`add`](Self::add) does; an address already present
+    /// keeps the priority it has.
+    pub fn add_with_priority(&self, addr: SocketAddr, priority: u32) -> bool {
+        self.registry.add_by_user(addr, priority)
     }
 
     /// Removes an endpoint added by this handle or the builder, and drains it

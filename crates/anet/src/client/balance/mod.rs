@@ -5,7 +5,10 @@
 //! `Buffer` (a task hop and an allocation per request). [`Balancer`] runs the same
 //! algorithm — pick two endpoints at random, send to the one with fewer requests in
 //! flight — over state that every clone shares through atomics, so the caller's own
-//! task does the routing.
+//! task does the routing. With failover groups (endpoints of more than one
+//! [priority](super::ClientBuilder::endpoint_with_priority)) the choice is made
+//! within the first group that has an endpoint up and past its probation; with
+//! one group (the default) routing is exactly the plain p2c.
 //!
 //! * `route.rs`: the choice itself, used to send at once or to reserve.
 //! * `future.rs`: the response future, and the wait of a request that could not

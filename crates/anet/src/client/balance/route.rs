@@ -38,56 +38,107 @@ enum Choice<T> {
 
 /// Picks two endpoints at random and tries the less loaded first, then the
 /// other; when both are down, any endpoint that is up, from a random start.
+/// With failover groups, the same within the first group that can take it.
 fn choose<T>(registry: &Registry, mut attempt: impl FnMut(&Endpoint) -> Attempt<T>) -> Choice<T> {
     let endpoints = registry.endpoints();
-    let n = endpoints.len();
-    if n > 0 {
-        let a = fastrand::usize(..n);
-        let b = if n > 1 {
-            let b = fastrand::usize(..n - 1);
-            if b >= a { b + 1 } else { b }
-        } else {
-            a
-        };
-        let (first, second) = (&endpoints[a], &endpoints[b]);
-        let pair = [first, second];
-        let candidates: &[&Arc<Endpoint>] = if a == b {
-            &pair[..1]
-        } else if first.is_up() && second.is_up() && second.load() < first.load() {
-            &[second, first]
-        } else {
-            &pair
-        };
-        let mut full = None;
-        for endpoint in candidates.iter().filter(|e| e.is_up()) {
-            match attempt(endpoint) {
-                Attempt::Done(done) => return Choice::Done((*endpoint).clone(), done),
-                Attempt::Full(conn) => {
-                    full.get_or_insert_with(|| ((*endpoint).clone(), conn));
+    let chosen = if registry.is_grouped() {
+        choose_grouped(&endpoints, &mut attempt)
+    } else {
+        choose_in(&endpoints, &mut attempt)
+    };
+    match chosen {
+        Some(choice) => choice,
+        None => {
+            Choice::Nowhere(registry.is_discovering() || endpoints.iter().any(|e| e.may_come_up()))
+        }
+    }
+}
+
+/// Failover groups (the endpoints are ordered by priority): the first group
+/// with an endpoint up and past its probation; failing that, the first with
+/// an endpoint up at all.
+fn choose_grouped<T>(
+    endpoints: &[Arc<Endpoint>],
+    attempt: &mut impl FnMut(&Endpoint) -> Attempt<T>,
+) -> Option<Choice<T>> {
+    for settled in [true, false] {
+        let mut rest = endpoints;
+        while let Some(first) = rest.first() {
+            let len = rest
+                .iter()
+                .position(|e| e.priority != first.priority)
+                .unwrap_or(rest.len());
+            let (group, after) = rest.split_at(len);
+            rest = after;
+            let eligible = if settled {
+                group.iter().any(|e| e.is_preferred())
+            } else {
+                group.iter().any(|e| e.is_up())
+            };
+            if eligible {
+                if let Some(choice) = choose_in(group, attempt) {
+                    return Some(choice);
                 }
-                // Marked up but no live connection: its pool has not noticed yet.
-                Attempt::Empty => endpoint.signal_broken(),
-            }
-        }
-        if let Some((endpoint, conn)) = full {
-            return Choice::Full(endpoint, conn);
-        }
-        // Both choices were down: take any endpoint that is up, from a random
-        // starting point so the load still spreads.
-        let start = fastrand::usize(..n);
-        for i in 0..n {
-            let endpoint = &endpoints[(start + i) % n];
-            if !endpoint.is_up() {
-                continue;
-            }
-            match attempt(endpoint) {
-                Attempt::Done(done) => return Choice::Done(endpoint.clone(), done),
-                Attempt::Full(conn) => return Choice::Full(endpoint.clone(), conn),
-                Attempt::Empty => {}
             }
         }
     }
-    Choice::Nowhere(registry.is_discovering() || endpoints.iter().any(|e| e.may_come_up()))
+    None
+}
+
+/// Power of two choices over `endpoints`; `None` when none of them is up.
+fn choose_in<T>(
+    endpoints: &[Arc<Endpoint>],
+    attempt: &mut impl FnMut(&Endpoint) -> Attempt<T>,
+) -> Option<Choice<T>> {
+    let n = endpoints.len();
+    if n == 0 {
+        return None;
+    }
+    let a = fastrand::usize(..n);
+    let b = if n > 1 {
+        let b = fastrand::usize(..n - 1);
+        if b >= a { b + 1 } else { b }
+    } else {
+        a
+    };
+    let (first, second) = (&endpoints[a], &endpoints[b]);
+    let pair = [first, second];
+    let candidates: &[&Arc<Endpoint>] = if a == b {
+        &pair[..1]
+    } else if first.is_up() && second.is_up() && second.load() < first.load() {
+        &[second, first]
+    } else {
+        &pair
+    };
+    let mut full = None;
+    for endpoint in candidates.iter().filter(|e| e.is_up()) {
+        match attempt(endpoint) {
+            Attempt::Done(done) => return Some(Choice::Done((*endpoint).clone(), done)),
+            Attempt::Full(conn) => {
+                full.get_or_insert_with(|| ((*endpoint).clone(), conn));
+            }
+            // Marked up but no live connection: its pool has not noticed yet.
+            Attempt::Empty => endpoint.signal_broken(),
+        }
+    }
+    if let Some((endpoint, conn)) = full {
+        return Some(Choice::Full(endpoint, conn));
+    }
+    // Both choices were down: take any endpoint that is up, from a random
+    // starting point so the load still spreads.
+    let start = fastrand::usize(..n);
+    for i in 0..n {
+        let endpoint = &endpoints[(start + i) % n];
+        if !endpoint.is_up() {
+            continue;
+        }
+        match attempt(endpoint) {
+            Attempt::Done(done) => return Some(Choice::Done(endpoint.clone(), done)),
+            Attempt::Full(conn) => return Some(Choice::Full(endpoint.clone(), conn)),
+            Attempt::Empty => {}
+        }
+    }
+    None
 }
 
 /// Where [`route`] got a request.

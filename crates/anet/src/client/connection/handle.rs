@@ -170,6 +170,18 @@ impl Connection {
         let _ = self.tx.send(Message::Close);
     }
 
+    /// Retires a working connection for its owner (age, idle, a heartbeat
+    /// miss): like [`close`](Self::close), but new requests are refused as
+    /// [`Kind::NotSent`], so a request that raced the retirement is retried
+    /// elsewhere rather than failed as if the client had closed.
+    pub(crate) fn retire(&self, why: &'static str) {
+        self.shared.refuse(Error::with_source(
+            Kind::NotSent,
+            format!("connection retired: {why}"),
+        ));
+        let _ = self.tx.send(Message::Close);
+    }
+
     /// Waits until the driver has finished: every request answered or failed, the
     /// transport dropped.
     pub async fn closed(&self) {
@@ -197,6 +209,16 @@ impl Connection {
     /// requested close, otherwise the failure (`ConnectionLost`, `Protocol`).
     pub fn close_reason(&self) -> Option<Error> {
         self.shared.is_refusing().then(|| self.shared.reason())
+    }
+
+    /// Whether `other` is a handle on the same connection.
+    pub(crate) fn same(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// Installs the owner's look at each reply (once; later calls do nothing).
+    pub(crate) fn set_reply_hook(&self, hook: super::ReplyHook) {
+        let _ = self.shared.hook.set(hook);
     }
 
     /// When the connection was made.

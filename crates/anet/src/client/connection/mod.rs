@@ -19,4 +19,5 @@ pub use handle::Connection;
 pub use stats::ConnectionStats;
 
 pub(crate) use reply::Failure;
+pub(crate) use shared::ReplyHook;
 pub(crate) use unit::Unit;

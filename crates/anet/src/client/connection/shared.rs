@@ -10,9 +10,23 @@ use tokio::{
     time::Instant,
 };
 
+use bytes::Bytes;
+
 use super::unit::Unit;
 use crate::client::room::Room;
 use crate::{Error, Kind};
+
+/// Looks at every reply delivered on a pooled connection (its owner's response
+/// classifier); `true` retires the connection. Installed once, after the
+/// connection's handshake, so handshake replies are not seen.
+#[derive(Clone)]
+pub(crate) struct ReplyHook(pub(crate) Arc<dyn Fn(&Bytes) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for ReplyHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplyHook")
+    }
+}
 
 /// What the handles and the driver of one connection share.
 #[derive(Debug)]
@@ -34,6 +48,9 @@ pub(crate) struct Shared {
     /// The room of the pool this connection belongs to: the driver tells it
     /// when units it gives back are left over.
     pub(crate) room: OnceLock<Arc<Room>>,
+    /// The owner's look at each reply, if it has one (read once per driver
+    /// pass: one atomic load when unset).
+    pub(crate) hook: OnceLock<ReplyHook>,
 }
 
 /// Counters the driver publishes for [`ConnectionStats`](super::ConnectionStats).
@@ -59,6 +76,7 @@ impl Shared {
             counters: Counters::default(),
             opened: Instant::now(),
             room: OnceLock::new(),
+            hook: OnceLock::new(),
         }
     }
 

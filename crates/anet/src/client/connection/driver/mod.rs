@@ -32,7 +32,7 @@ use super::{
     config::Layout,
     handle::not_sent,
     reply::Reply,
-    shared::Shared,
+    shared::{ReplyHook, Shared},
     table::{Matched, Table},
     unit::Unit,
 };
@@ -195,12 +195,16 @@ where
                 }
             }
             let (table, counts) = (&mut self.table, &mut self.counts);
-            match self
-                .wire
-                .poll_read(cx, |id, frame| dispatch(table, counts, id, frame))
-            {
+            let hook = self.shared.hook.get();
+            let mut retire = false;
+            match self.wire.poll_read(cx, |id, frame| {
+                retire |= dispatch(table, counts, hook, id, frame);
+            }) {
                 Ok(read) => progress |= read,
                 Err(error) => return Poll::Ready(Exit::Failed(error)),
+            }
+            if retire {
+                self.retire_classified();
             }
             self.return_units();
             if let Some(exit) = self.poll_timer(cx) {
@@ -463,6 +467,21 @@ where
         );
     }
 
+    /// The owner's response classifier said a reply was a connection-level
+    /// failure: retire (refuse new requests as `Closed`, finish the rest
+    /// within the close grace, close).
+    fn retire_classified(&mut self) {
+        if self.drain.is_some() {
+            return;
+        }
+        tracing::warn!("reply classified as a connection failure; retiring connection");
+        let why = "connection retired: a reply was classified as a connection failure";
+        self.begin_drain(
+            Error::with_source(Kind::Closed, why),
+            Error::with_source(Kind::ConnectionLost, why),
+        );
+    }
+
     /// A close asked for by a handle (or by the last handle going away).
     fn close_requested(&mut self) {
         self.begin_drain(Error::new(Kind::Closed), Error::new(Kind::Closed));
@@ -546,15 +565,25 @@ fn overdue(unwritten: bool) -> Error {
 }
 
 /// Completes the request a response answers (or counts it as late or
-/// unknown).
+/// unknown); true when the owner's hook says the reply retires the connection.
 #[inline]
-fn dispatch(table: &mut Table, counts: &mut LocalCounts, id: Option<u64>, frame: Frame) {
+fn dispatch(
+    table: &mut Table,
+    counts: &mut LocalCounts,
+    hook: Option<&ReplyHook>,
+    id: Option<u64>,
+    frame: Frame,
+) -> bool {
     let matched = match id {
         Some(id) => table.take(id),
         None => Matched::Unknown,
     };
+    let mut retire = false;
     match matched {
         Matched::Waiting(reply) => {
+            if let Some(hook) = hook {
+                retire = (hook.0)(&frame.payload);
+            }
             if reply.succeed(frame.payload) {
                 counts.responses += 1;
             } else {
@@ -568,4 +597,5 @@ fn dispatch(table: &mut Table, counts: &mut LocalCounts, id: Option<u64>, frame:
             tracing::trace!(tag = ?frame.tag, "response with unknown tag dropped");
         }
     }
+    retire
 }
