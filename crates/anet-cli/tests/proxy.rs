@@ -336,3 +336,186 @@ fn proxy_shuts_down_gracefully_on_ctrl_c() {
         "no longer listening"
     );
 }
+
+// ---- review (revcli): findings against `anet proxy` ----
+
+/// A backend of 2-byte lengths and 4-byte tags that answers each request
+/// unchanged after `delay`.
+fn slow_backend(delay: Duration) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                while let Ok(body) = read_body(&mut stream, 2) {
+                    std::thread::sleep(delay);
+                    let (tag, payload) = body.split_at(4.min(body.len()));
+                    if write_frame(&mut stream, 2, tag, payload).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The client's connection ends (closed) or stays silent for `wait`: true when
+/// it ended or an answer came, false when nothing at all happened.
+fn answered_or_closed(conn: &mut TcpStream, wait: Duration) -> bool {
+    conn.set_read_timeout(Some(wait)).expect("timeout");
+    let mut buf = [0u8; 16];
+    match conn.read(&mut buf) {
+        Ok(_n) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// `--max-frame` is documented as "on both sides", but the backend frame is
+/// clamped (2-byte length: 65535; a wider backend tag leaves less payload). A
+/// request the client side accepts and the backend side cannot carry fails
+/// inside the proxy with InvalidRequest and, with the default
+/// `--on-error no-response`, vanishes: a foreign client without its own
+/// deadline hangs. Expected: the proxy refuses such a configuration at start,
+/// or rejects the frame visibly (closes the connection, as a frame over the
+/// front maximum does).
+#[test]
+fn review_a_request_the_backend_frame_cannot_carry_does_not_vanish() {
+    let echo = Daemon::echo(&[]);
+    let backend = echo.addr_string();
+    let cases: [(&[&str], usize, &[u8], usize); 2] = [
+        // 4-byte lengths in front, 2-byte towards the device, a larger max.
+        (
+            &[
+                "--length-width",
+                "4",
+                "--backend-length-width",
+                "2",
+                "--max-frame",
+                "100000",
+            ],
+            4,
+            b"T001",
+            70_000,
+        ),
+        // Defaults but a wider backend tag: 65533 payload bytes fit in front,
+        // 65527 towards the backend.
+        (
+            &["--tag", "binary:2", "--backend-tag", "binary:8"],
+            2,
+            b"T1",
+            65_530,
+        ),
+    ];
+    for (flags, length_width, tag, size) in cases {
+        let mut args = vec!["proxy", "--listen", "127.0.0.1:0", "--connect", &backend];
+        args.extend_from_slice(flags);
+        // Refusing the configuration at start is a fine answer.
+        let out = anet()
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .spawn();
+        let mut child = out.expect("spawn");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
+            &mut line,
+        )
+        .expect("read");
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let status = child.wait().expect("wait");
+            assert_eq!(status.code(), Some(1), "{flags:?}: refused at start");
+            continue;
+        };
+        let mut conn = TcpStream::connect(addr).expect("connect");
+        write_frame(&mut conn, length_width, tag, &vec![b'x'; size]).expect("write");
+        let visible = answered_or_closed(&mut conn, Duration::from_secs(5));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            visible,
+            "{flags:?}: a {size}-byte request the backend frame cannot carry got \
+             neither an answer nor a close in 5 s"
+        );
+    }
+}
+
+/// README: on Ctrl-C the proxy "answers what is in flight".
+#[test]
+fn review_ctrl_c_answers_a_request_in_flight_to_a_slow_backend() {
+    let backend = slow_backend(Duration::from_millis(1500));
+    let mut proxy = Daemon::start(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--connect",
+        &backend.to_string(),
+        "--timeout",
+        "10s",
+    ]);
+    let mut conn = TcpStream::connect(proxy.addr).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    write_frame(&mut conn, 2, b"\0\0\0\x07", b"in flight").expect("write");
+    std::thread::sleep(Duration::from_millis(300));
+    let status = Command::new("kill")
+        .args(["-INT", &proxy.child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    assert_eq!(
+        read_body(&mut conn, 2).expect("the answer to the request in flight"),
+        b"\0\0\0\x07in flight"
+    );
+    let started = Instant::now();
+    loop {
+        if let Some(status) = proxy.child.try_wait().expect("wait") {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "still running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `--resolve-every 0s` is accepted and re-resolves the names back to back
+/// (a DNS query loop against the resolver for the whole run). Expected: a
+/// usage error, as for other values that cannot work.
+#[test]
+fn review_resolve_every_zero_is_a_usage_error() {
+    for sub in [
+        &["bench", "--connect", "localhost:1", "-d", "1s"][..],
+        &[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--connect",
+            "localhost:1",
+        ][..],
+    ] {
+        let mut child = anet()
+            .args(sub)
+            .args(["--resolve-every", "0s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let started = Instant::now();
+        let code = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status.code();
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(code, Some(2), "{sub:?} --resolve-every 0s");
+    }
+}
