@@ -469,3 +469,102 @@ mod tests {
         assert!(b.acquire(20).is_ready());
     }
 }
+
+/// Review (revi18): `grant` clears `queued` before it sets `granted`, outside
+/// any lock the connection takes to look at them. A connection closing (Drop)
+/// or polling again between the two stores sees neither flag: Drop skips the
+/// queue lock and the grant is never given back (a permanent leak of `need`
+/// bytes and one request); `poll_acquire` queues the waiter a second time and
+/// is later granted twice, so its charges stop matching the shared word.
+#[cfg(test)]
+mod review_race_tests {
+    use std::{
+        sync::atomic::AtomicBool,
+        task::{Wake, Waker},
+        time::Duration,
+    };
+
+    use super::*;
+    use crate::server::{Builder, stats::Counters};
+
+    struct Noop;
+    impl Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    fn spin_until(flag: &AtomicU64, value: u64) {
+        while flag.load(Ordering::Acquire) < value {
+            std::hint::spin_loop();
+        }
+    }
+
+    #[test]
+    fn a_grant_racing_a_closing_waiter_is_given_back() {
+        let config = Builder::new()
+            .max_in_flight_bytes(100)
+            .max_in_flight_requests(100);
+        let counters = Arc::new(Counters::new(&config));
+        let waker = Waker::from(Arc::new(Noop));
+        let step = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let holder = {
+            let (counters, step, stop, waker) =
+                (counters.clone(), step.clone(), stop.clone(), waker.clone());
+            std::thread::spawn(move || {
+                let mut a = Lease::new(counters.clone());
+                let mut round = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // Hold the whole budget, then let the waiter queue.
+                    while a
+                        .poll_acquire(100, &mut Context::from_waker(&waker))
+                        .is_pending()
+                    {}
+                    step.store(3 * round + 1, Ordering::Release);
+                    spin_until(&step, 3 * round + 2);
+                    // Release (grants the waiter) while it closes.
+                    a.answered(100);
+                    a.sync();
+                    spin_until(&step, 3 * round + 3);
+                    round += 1;
+                }
+            })
+        };
+        let mut round = 0u64;
+        let mut leaked = None;
+        while std::time::Instant::now() < deadline {
+            spin_until(&step, 3 * round + 1);
+            let mut b = Lease::new(counters.clone());
+            assert!(
+                b.poll_acquire(60, &mut Context::from_waker(&waker))
+                    .is_pending()
+            );
+            step.store(3 * round + 2, Ordering::Release);
+            // Spin a random-ish few iterations to land in the grant.
+            for _ in 0..(round % 64) {
+                std::hint::spin_loop();
+            }
+            drop(b);
+            // Wait for the holder's release to finish, then everything is
+            // given back.
+            while counters.budget.in_use().0 == 100 {
+                std::hint::spin_loop();
+            }
+            let mut spins = 0;
+            while counters.budget.in_use() != (0, 0) && spins < 1_000_000 {
+                spins += 1;
+                std::hint::spin_loop();
+            }
+            if counters.budget.in_use() != (0, 0) {
+                leaked = Some((round, counters.budget.in_use()));
+                break;
+            }
+            step.store(3 * round + 3, Ordering::Release);
+            round += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        step.store(u64::MAX, Ordering::Release);
+        let _ = holder.join();
+        assert_eq!(leaked, None, "a grant was leaked (round, in use)");
+    }
+}
