@@ -31,6 +31,7 @@ use tokio::{
 };
 use tokio_util::codec::{Encoder, FramedRead};
 
+pub mod clients;
 pub mod servers;
 
 /// What a scripted server does with one request.

@@ -201,6 +201,8 @@ async fn the_budget_returns_to_zero_after_errors_and_resets() {
         let addr = server.addr;
         tasks.spawn(async move {
             let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            // A reset on close (RST, not FIN) is what this case is about.
+            #[allow(deprecated)]
             stream.set_linger(Some(Duration::ZERO)).ok();
             let mut c = RawClient {
                 framed: tokio_util::codec::Framed::new(stream, anet_proto::FrameCodec::new()),

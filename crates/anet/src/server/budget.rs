@@ -477,6 +477,7 @@ mod tests {
 /// bytes and one request); `poll_acquire` queues the waiter a second time and
 /// is later granted twice, so its charges stop matching the shared word.
 #[cfg(test)]
+#[allow(clippy::disallowed_types)] // a real-time race on OS threads
 mod review_race_tests {
     use std::{
         sync::atomic::AtomicBool,

@@ -1,0 +1,89 @@
+//! Helpers of the client tests: a delayed echo server, backoffs, a load loop.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anet::{
+    Kind,
+    client::{Backoff, Client},
+    server::{Request, Server},
+};
+use bytes::Bytes;
+use tower::service_fn;
+
+use crate::{RunningServer, restart_server, start_server};
+
+/// An anet echo server that answers after `delay`, counting requests.
+pub async fn delayed_echo_server(delay: Duration, addr: Option<SocketAddr>) -> RunningServer {
+    let service = service_fn(move |req: Request| async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok::<_, Infallible>(req.into_payload())
+    });
+    match addr {
+        None => start_server(Server::builder(), service).await,
+        // Rebind the same port (a restarted backend).
+        Some(addr) => restart_server(addr, service).await,
+    }
+}
+
+/// Redial at once, even after a connection that never answered.
+pub const NO_BACKOFF: Backoff = Backoff::new().base(Duration::ZERO).max(Duration::ZERO);
+
+/// A quick backoff for tests: 50 ms doubling to 200 ms.
+pub fn fast_backoff() -> Backoff {
+    Backoff::new()
+        .base(Duration::from_millis(50))
+        .max(Duration::from_millis(200))
+}
+
+/// Runs `workers` callers until `stop` is set; returns (ok, errors by kind,
+/// mismatches).
+pub async fn load(
+    client: &Client,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+) -> (usize, Vec<Kind>, usize) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let client = client.clone();
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let (mut ok, mut errors, mut mismatches) = (0, Vec::new(), 0);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let payload = format!("w{w}-n{n}");
+                n += 1;
+                match client.call(Bytes::from(payload.clone())).await {
+                    Ok(r) if r == payload.as_bytes() => ok += 1,
+                    Ok(_) => mismatches += 1,
+                    Err(e) => errors.push(e.kind()),
+                }
+            }
+            (ok, errors, mismatches)
+        });
+    }
+    let mut total = (0, Vec::new(), 0);
+    for (ok, errors, mismatches) in tasks.join_all().await {
+        total.0 += ok;
+        total.1.extend(errors);
+        total.2 += mismatches;
+    }
+    total
+}
+
+/// A loopback address where nothing listens.
+pub fn closed_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    addr
+}

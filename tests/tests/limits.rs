@@ -1,0 +1,147 @@
+//! The client's limit layers: concurrency limit, load shedding, a rate limit
+//! shared by clones, and the deadline over the wait for them.
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use anet::{
+    Kind,
+    client::{Client, RetryPolicy},
+};
+use anet_tests::{Action, memory_addr, memory_scripted, start_scripted};
+use bytes::Bytes;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_limit_holds_at_the_server() {
+    let server = start_scripted(|_, _| Action::Echo(Duration::from_millis(5))).await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .concurrency_limit(Some(8))
+        .connections_per_endpoint(2, 4)
+        .build();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..400 {
+        let client = client.clone();
+        calls.spawn(async move { client.call(Bytes::from(format!("{i}"))).await });
+    }
+    for r in calls.join_all().await {
+        r.expect("ok");
+    }
+    let peak = server.counters.max_in_flight.load(Ordering::SeqCst);
+    assert!(peak <= 8, "server saw {peak} in flight");
+    assert!(peak >= 4, "the limit was actually reached: {peak}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_shedding_fails_fast_with_overloaded_at_the_limit() {
+    let server = start_scripted(|_, _| Action::Echo(Duration::from_millis(300))).await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .concurrency_limit(Some(2))
+        .load_shed(true)
+        .build();
+    client.call(Bytes::from_static(b"warm")).await.expect("ok");
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let client = client.clone();
+        calls.spawn(async move { client.call(Bytes::from(format!("{i}"))).await });
+    }
+    let results = calls.join_all().await;
+    let shed = results
+        .iter()
+        .filter(|r| r.as_ref().is_err_and(|e| e.kind() == Kind::Overloaded))
+        .count();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok + shed, 10, "{results:?}");
+    assert!(shed >= 6 && ok >= 1, "ok {ok}, shed {shed}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_rate_limit_is_shared_by_every_clone() {
+    let (connector, counters) = memory_scripted(|_, _| Action::Echo(Duration::ZERO));
+    let client = Client::builder()
+        .endpoint(memory_addr())
+        .connector(connector)
+        .rate_limit(50, Duration::from_secs(1))
+        .request_timeout(Duration::from_secs(10))
+        .build();
+    let started = tokio::time::Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let client = client.clone();
+        calls.spawn(async move { client.call(Bytes::from(format!("{i}"))).await });
+    }
+    for r in calls.join_all().await {
+        r.expect("ok");
+    }
+    // A burst of 50, then 50 more at 50 per second (paused time: exactly).
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(980) && elapsed < Duration::from_millis(1100),
+        "{elapsed:?}"
+    );
+    assert_eq!(counters.requests.load(Ordering::SeqCst), 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_covers_waiting_for_the_concurrency_limit() {
+    // Each request takes 200 ms, within the 300 ms deadline; with a limit of one,
+    // the sixth caller would wait a second for its turn: its own deadline must end
+    // the wait instead.
+    let (connector, _) = memory_scripted(|_, _| Action::Echo(Duration::from_millis(200)));
+    let client = Client::builder()
+        .endpoint(memory_addr())
+        .connector(connector)
+        .concurrency_limit(Some(1))
+        .request_timeout(Duration::from_millis(300))
+        .build();
+    client
+        .call(Bytes::from_static(b"warm"))
+        .await
+        .expect("warm-up takes 200 ms of 300");
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let client = client.clone();
+        calls.spawn(async move {
+            let started = tokio::time::Instant::now();
+            let result = client.call(Bytes::from(format!("{i}"))).await;
+            (started.elapsed(), result.map_err(|e| e.kind()))
+        });
+    }
+    let results = calls.join_all().await;
+    for (elapsed, result) in &results {
+        assert!(
+            *elapsed <= Duration::from_millis(310),
+            "every caller ends near its own deadline: {elapsed:?} {result:?}"
+        );
+    }
+    assert!(
+        results.iter().any(|(_, r)| *r == Err(Kind::Timeout)),
+        "queued callers time out: {results:?}"
+    );
+}
+
+/// With limits configured, a request past them that the server never answers
+/// still ends at its deadline (enforced below the layers, by the connection).
+#[tokio::test(start_paused = true)]
+async fn a_limited_client_request_to_a_silent_server_ends_at_its_deadline() {
+    let (connector, _) = memory_scripted(|_, _| Action::Ignore);
+    let client = Client::builder()
+        .endpoint(memory_addr())
+        .connector(connector)
+        .concurrency_limit(Some(4))
+        .rate_limit(1000, Duration::from_secs(1))
+        .request_timeout(Duration::from_millis(300))
+        .retry(RetryPolicy::new(0))
+        .build();
+    let started = tokio::time::Instant::now();
+    let err = client
+        .call(Bytes::from_static(b"silence"))
+        .await
+        .expect_err("never answered");
+    let elapsed = started.elapsed();
+    assert_eq!(err.kind(), Kind::Timeout, "{err}");
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed <= Duration::from_millis(310),
+        "{elapsed:?}"
+    );
+}
