@@ -202,11 +202,13 @@ impl Builder {
     /// Close a connection that has not delivered a complete first frame within
     /// this long of being admitted (silent or trickling newcomers), whatever the
     /// idle and read timeouts say. Default: 10 s. Counted as a timeout and as a
-    /// first-frame timeout. It does not fire while the service is not ready or
-    /// the server-wide budget is full (the server is not reading then, and the
-    /// first frame may be waiting for it);
-    /// a connection that has not framed when readiness returns is closed at once
-    /// if the timeout has passed meanwhile. `None` disables the check.
+    /// first-frame timeout. It pauses while the connection waits for the
+    /// server-wide budget (the time waited does not count: the deadline moves
+    /// later by it). It does not fire while the service is not ready (the
+    /// server is not reading then, and the first frame may be waiting for it),
+    /// but that time counts: a connection that has not framed when readiness
+    /// returns is closed at once if the timeout has passed meanwhile. `None`
+    /// disables the check.
     pub const fn first_frame_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.first_frame_timeout = timeout;
         self
