@@ -203,7 +203,7 @@ async fn the_budget_returns_to_zero_after_errors_and_resets() {
         let addr = server.addr;
         tasks.spawn(async move {
             let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            stream.set_linger(Some(Duration::ZERO)).ok();
+            stream.set_zero_linger().ok();
             let mut c = RawClient {
                 framed: tokio_util::codec::Framed::new(stream, anet_proto::FrameCodec::new()),
             };

@@ -249,7 +249,13 @@ async fn flooder() {
     let stop_at = Instant::now() + Duration::from_secs(secs);
     let (sent, answered) = tokio::time::timeout(
         Duration::from_secs(secs + 60),
-        flood(addr, conns as usize, frames as usize, payload as usize, stop_at),
+        flood(
+            addr,
+            conns as usize,
+            frames as usize,
+            payload as usize,
+            stop_at,
+        ),
     )
     .await
     .expect("the flood ends");
