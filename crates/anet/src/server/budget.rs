@@ -617,7 +617,7 @@ mod race_tests {
             })
         };
         let mut leaked = None;
-        let deadline = std::time::Instant::now() + MAX_TIME;
+        let deadline = Instant::now() + MAX_TIME;
         for round in 0..ROUNDS {
             spin_until(&step, 3 * round + 1);
             let mut b = Lease::new(counters.clone());
@@ -643,7 +643,7 @@ mod race_tests {
                 leaked = Some((round, counters.budget.in_use()));
                 break;
             }
-            let last = round + 1 == ROUNDS || std::time::Instant::now() >= deadline;
+            let last = round + 1 == ROUNDS || Instant::now() >= deadline;
             if last {
                 stop.store(true, Ordering::Relaxed);
             }
