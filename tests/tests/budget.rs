@@ -41,6 +41,7 @@ async fn a_full_budget_stops_reading_and_answers_every_request() {
     const BUDGET: usize = 8 * 1024;
     const REQUESTS: u32 = 50;
     let config = Server::builder()
+        .frame(anet_proto::Builder::new().max_frame_length(BUDGET))
         .max_in_flight_bytes(BUDGET)
         .max_in_flight_requests(6);
     let server = start_server(config, slow_echo(Duration::from_millis(50))).await;

@@ -148,35 +148,48 @@ impl Builder {
     }
 
     /// Most request bytes the whole server holds for unanswered requests, all
-    /// connections together. Default: 64 MiB.
+    /// connections together. Default: 64 MiB. Never less than one maximum
+    /// frame body ([`frame`](Builder::frame)): a smaller value is raised to it
+    /// when the server is built, so that every frame fits once the others are
+    /// answered.
     ///
     /// A request is charged its body (tag and payload) when its length field is
     /// read, before its body is read or allocated, and keeps the charge until
-    /// its answer is produced (or the service fails it); responses are then
-    /// charged until they are written to the socket (a client that reads
-    /// nothing keeps its share until the write timeout closes it). When a request does not
-    /// fit, its connection stops reading (TCP backpressure reaches the client)
-    /// until answers free room: nothing read is ever dropped or failed for it.
-    /// A frame larger than the whole budget is still served, alone.
+    /// its answer is produced (or the service fails it). When a request does
+    /// not fit, its connection stops reading (TCP backpressure reaches the
+    /// client) until answers free room: nothing read is ever dropped or failed
+    /// for it. Waiting connections are served in order, so a large frame at
+    /// the head of a queue waits until its size is free, and those behind it
+    /// wait with it.
+    ///
+    /// Responses not yet written to the socket are charged when they are
+    /// large: a response payload over 4 KiB is charged until written, and so
+    /// is the whole write buffer of small responses once it has grown past
+    /// 16 KiB. Below that (payloads up to 4 KiB, copied into a write buffer of
+    /// up to 16 KiB) nothing is charged: each connection may hold up to 16 KiB
+    /// of small responses outside the budget. A client that reads nothing
+    /// keeps its share until the write timeout closes it.
     ///
     /// Fairness: when room frees, connections that held nothing when they
     /// started waiting go first, before connections that already hold
     /// requests, so one client flooding from many connections does not lock
     /// out a client that sends one request at a time (connections that all
     /// start waiting holding nothing, as many arriving at once, are served in
-    /// turn).
+    /// turn). While both kinds wait, one grant in four goes to a connection
+    /// holding requests, so a stream of newcomers cannot starve them.
     ///
-    /// The memory a server holds is about this budget plus, per open
-    /// connection, a read buffer of 4 KiB (up to 64 KiB while reads fill it
-    /// with small pipelined requests; back to 4 KiB when the connection waits
-    /// for the budget, unless it holds received requests) and at most 16 KiB
-    /// of write buffer kept between writes (a larger one is charged to the
-    /// budget). Request payloads are copied out of the read buffer (or read
-    /// into a buffer of their exact size), so a payload held by a slow handler
-    /// keeps only its own bytes alive. Responses are charged until written;
-    /// requests a service keeps beyond their answer, and responses larger than
-    /// the requests they answer, are the service's to bound. Applications that serve as a proxy (slow
-    /// handlers by nature) inherit this setting from their server `Builder`.
+    /// Memory outside the budget, per open connection: a read buffer of
+    /// 4 KiB, growing up to 64 KiB while reads fill it with small pipelined
+    /// requests (those received but not yet charged stay in it while the
+    /// connection waits; otherwise it shrinks back to 4 KiB), plus up to
+    /// 16 KiB of write buffer. The server's memory is thus at most about this
+    /// budget plus 80 KiB per open connection (with the defaults, 64 MiB +
+    /// 1,024 × 80 KiB = 144 MiB), plus the services' own state. Request
+    /// payloads are copied out of the read buffer (or read into a buffer of
+    /// their exact size), so a payload held by a slow handler keeps only its
+    /// own bytes alive. Requests a service keeps beyond their answer are the
+    /// service's to bound. Applications that serve as a proxy (slow handlers
+    /// by nature) inherit this setting from their server `Builder`.
     pub const fn max_in_flight_bytes(mut self, bytes: usize) -> Self {
         self.max_in_flight_bytes = bytes;
         self
@@ -202,11 +215,13 @@ impl Builder {
     /// Close a connection that has not delivered a complete first frame within
     /// this long of being admitted (silent or trickling newcomers), whatever the
     /// idle and read timeouts say. Default: 10 s. Counted as a timeout and as a
-    /// first-frame timeout. It does not fire while the service is not ready or
-    /// the server-wide budget is full (the server is not reading then, and the
-    /// first frame may be waiting for it);
-    /// a connection that has not framed when readiness returns is closed at once
-    /// if the timeout has passed meanwhile. `None` disables the check.
+    /// first-frame timeout. It pauses while the connection waits for the
+    /// server-wide budget (the time waited does not count: the deadline moves
+    /// later by it). It does not fire while the service is not ready (the
+    /// server is not reading then, and the first frame may be waiting for it),
+    /// but that time counts: a connection that has not framed when readiness
+    /// returns is closed at once if the timeout has passed meanwhile. `None`
+    /// disables the check.
     pub const fn first_frame_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.first_frame_timeout = timeout;
         self

@@ -114,8 +114,11 @@ where
     unpublished: Unpublished,
     partial_since: Option<Instant>,
     write_blocked_since: Option<Instant>,
-    /// When the handler started: the first-frame timeout counts from here.
+    /// When the handler started: the first-frame timeout counts from here
+    /// (moved later by the time spent waiting for the budget).
     started: Instant,
+    /// Since when the first frame waits for the server-wide budget.
+    first_frame_paused_since: Option<Instant>,
     /// A complete frame has been read (the first-frame timeout no longer applies).
     framed_once: bool,
     /// Shared with the accept loop, which evicts idle connections at the limit.
@@ -168,6 +171,7 @@ where
             partial_since: None,
             write_blocked_since: None,
             started: now,
+            first_frame_paused_since: None,
             framed_once: false,
             published_activity: {
                 let word = activity.encode(false, false, now);
@@ -511,6 +515,16 @@ where
 
     /// Runs the first-frame, idle, read and write timeouts.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Option<Exit> {
+        if !self.framed_once {
+            // The first-frame timeout pauses while the budget is full: the
+            // wait does not count against the client.
+            if self.reader.awaits_budget() {
+                self.first_frame_paused_since
+                    .get_or_insert_with(Instant::now);
+            } else if let Some(since) = self.first_frame_paused_since.take() {
+                self.started += since.elapsed();
+            }
+        }
         loop {
             // Not while the service is not ready or the budget is full: the
             // server is not reading then, and a first frame may be waiting in

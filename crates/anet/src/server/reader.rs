@@ -9,10 +9,10 @@
 //!
 //! The read buffer is never shared with a payload, so a request held by a slow
 //! handler keeps only its own bytes alive. It starts at 4 KiB, doubles (up to
-//! 64 KiB) when a read fills it with small frames, and goes back to 4 KiB when
-//! its connection waits for the budget with little in it, so a connection
-//! waiting for the budget holds a small buffer (or the small requests it has
-//! received).
+//! 64 KiB) when a read fills it with small frames, and shrinks when its
+//! connection waits for the budget: to 4 KiB, or to the size of the small
+//! requests already received in it (not charged until their turn; up to
+//! 64 KiB), so a waiting connection keeps no empty room.
 
 use std::{
     io,
@@ -36,6 +36,9 @@ pub(crate) const MAX_READ_BUFFER: usize = 64 * 1024;
 /// Bodies over this many bytes not yet whole in the read buffer are read into
 /// their own buffer of exact size.
 const DIRECT_BODY: usize = 1024;
+/// Room a waiting connection's read buffer may keep beyond what it holds (or
+/// 4 KiB), so that it is not copied again at every wake-up.
+const SHRINK_SLACK: usize = 2 * 1024;
 /// Spare room in the read buffer below which it is compacted before a read.
 const MIN_SPARE: usize = 512;
 
@@ -208,12 +211,14 @@ impl Reader {
         Poll::Ready(Ok(n))
     }
 
-    /// Back to a small buffer while the connection waits for the budget,
-    /// unless it holds more than that.
+    /// Back to a small buffer while the connection waits for the budget: 4 KiB,
+    /// or just the size of what it holds (received requests not charged yet)
+    /// when that is more; never more than [`SHRINK_SLACK`] above that.
     fn shrink(&mut self) {
         self.target = READ_BUFFER;
-        if self.buf.capacity() > READ_BUFFER && self.buf.len() <= READ_BUFFER / 2 {
-            let mut small = BytesMut::with_capacity(READ_BUFFER);
+        let size = self.buf.len().max(READ_BUFFER);
+        if self.buf.capacity() > size + SHRINK_SLACK {
+            let mut small = BytesMut::with_capacity(size);
             small.extend_from_slice(&self.buf);
             self.buf = small;
         }

@@ -38,7 +38,12 @@ pub(crate) struct Counters {
 impl Counters {
     pub(crate) fn new(config: &Builder) -> Counters {
         Counters {
-            budget: Budget::new(config.max_in_flight_bytes, config.max_in_flight_requests),
+            // Never below one maximum frame: a frame must fit when nothing
+            // else is held (see `Builder::max_in_flight_bytes`).
+            budget: Budget::new(
+                config.max_in_flight_bytes.max(config.frame.max_body()),
+                config.max_in_flight_requests,
+            ),
             open: AtomicU64::default(),
             accepted: AtomicU64::default(),
             rejected: AtomicU64::default(),
