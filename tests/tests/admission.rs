@@ -19,7 +19,7 @@ use anet::{
     server::{Request, Server},
 };
 use anet_proto::{Frame, Tag};
-use anet_tests::{RawClient, echo, eventually, start_server};
+use anet_tests::{Handler, RawClient, echo, eventually, start_server};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio::{net::TcpSocket, sync::Semaphore, time::Instant};
@@ -29,16 +29,7 @@ const WAIT: Duration = Duration::from_secs(10);
 const LIMIT: usize = 32;
 
 /// Echoes, except that a request `hold` waits until `gate` gives it a permit.
-fn echo_or_hold(
-    gate: Arc<Semaphore>,
-) -> impl tower::Service<
-    Request,
-    Response = Bytes,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Bytes, Infallible>> + Send,
-> + Clone
-+ Send
-+ 'static {
+fn echo_or_hold(gate: Arc<Semaphore>) -> impl Handler {
     service_fn(move |req: Request| {
         let gate = gate.clone();
         async move {

@@ -2,6 +2,7 @@
 //! tests, in-memory pipes on paused time): correctness under reordering,
 //! failure, cancellation, quarantine, hostile frames and backpressure.
 
+use anet_tests::{not_ready_within, ready_call};
 use std::{sync::atomic::Ordering, time::Duration};
 
 use anet::{
@@ -229,11 +230,7 @@ async fn a_late_response_after_its_quarantine_is_dropped_not_delivered() {
     let mut timed = tower::ServiceBuilder::new()
         .timeout(Duration::from_millis(100))
         .service(conn.clone());
-    let first = timed
-        .ready()
-        .await
-        .expect("ready")
-        .call(Bytes::from_static(b"first"));
+    let first = ready_call(&mut timed, b"first").await;
     let old = peer.recv().await;
     assert_eq!(old.payload, "first");
     let err = first.await.expect_err("times out");
@@ -242,11 +239,7 @@ async fn a_late_response_after_its_quarantine_is_dropped_not_delivered() {
     // After the quarantine the window unit is back; the tag is still held.
     wait_until_idle(&conn).await;
     let mut conn2 = conn.clone();
-    let second = conn2
-        .ready()
-        .await
-        .expect("ready")
-        .call(Bytes::from_static(b"second"));
+    let second = ready_call(&mut conn2, b"second").await;
     let new = peer.recv().await;
     assert_ne!(old.tag, new.tag, "a held tag is not issued again");
 
@@ -326,11 +319,7 @@ async fn unknown_tags_are_dropped_and_counted_and_the_connection_keeps_working()
     let addr = server.addr;
     let (mut conn, mut peer) =
         tokio::join!(connect(addr, ConnectionConfig::new()), server.accept());
-    let fut = conn
-        .ready()
-        .await
-        .expect("ready")
-        .call(Bytes::from_static(b"real"));
+    let fut = ready_call(&mut conn, b"real").await;
     let req = peer.recv().await;
     let mut flood = Vec::new();
     for i in 0..1000u32 {
@@ -390,11 +379,7 @@ async fn an_oversize_length_closes_the_connection_with_protocol_errors() {
     let config =
         ConnectionConfig::new().frame(anet_proto::FrameCodec::builder().max_frame_length(1024));
     let (mut conn, mut peer) = tokio::join!(connect(addr, config), server.accept());
-    let fut = conn
-        .ready()
-        .await
-        .expect("ready")
-        .call(Bytes::from_static(b"x"));
+    let fut = ready_call(&mut conn, b"x").await;
     peer.recv().await;
     peer.send_raw(&[0xff, 0xff, 0, 0, 0, 0]).await;
     let err = tokio::time::timeout(Duration::from_secs(10), fut)
@@ -427,9 +412,7 @@ async fn fifth_poll_ready_waits_for_a_response_when_max_in_flight_is_4() {
     }
     let mut fifth = conn.clone();
     assert!(
-        tokio::time::timeout(Duration::from_millis(200), fifth.ready())
-            .await
-            .is_err(),
+        not_ready_within(&mut fifth, Duration::from_millis(200)).await,
         "fifth request must wait"
     );
     let first = first.expect("a request");
@@ -445,11 +428,7 @@ async fn fifth_poll_ready_waits_for_a_response_when_max_in_flight_is_4() {
 async fn close_lets_in_flight_requests_finish_and_refuses_new_ones() {
     let server = start_scripted(|_, _| Action::Echo(Duration::from_millis(100))).await;
     let mut conn = connect(server.addr, ConnectionConfig::new()).await;
-    let fut = conn
-        .ready()
-        .await
-        .expect("ready")
-        .call(Bytes::from_static(b"in flight"));
+    let fut = ready_call(&mut conn, b"in flight").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     conn.close();
     let err = conn.ready().await.expect_err("closed");
@@ -467,11 +446,7 @@ async fn close_fails_requests_still_waiting_after_the_grace_with_closed() {
     let (client_io, _silent_server) = tokio::io::duplex(64 * 1024);
     let config = ConnectionConfig::new().close_grace(Duration::from_millis(200));
     let mut conn = Connection::new(client_io, config);
-    let fut = conn
-        .ready()
-        .await
-        .expect("ready")
-        .call(Bytes::from_static(b"never"));
+    let fut = ready_call(&mut conn, b"never").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let started = tokio::time::Instant::now();
     drop(conn); // the last handle: closes gracefully

@@ -7,7 +7,6 @@
 
 use std::{
     convert::Infallible,
-    future::Future,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -24,8 +23,10 @@ use anet::{
     server::{Request, Server},
 };
 use anet_proto::{Frame, FrameCodec};
+use anet_tests::clients::echo_for;
 use anet_tests::{
-    MemoryConnector, encode, eventually, memory_addr, restart_server, spawn_writer, start_server,
+    Handler, MemoryConnector, encode, eventually, memory_addr, restart_server, spawn_writer,
+    start_server,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -324,29 +325,13 @@ async fn connections_past_their_max_age_retire_without_failing_a_request() {
         .wait_connected(Duration::from_secs(1))
         .await
         .expect("warm");
-    let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..8 {
-        let client = client.clone();
-        tasks.spawn(async move {
-            let start = Instant::now();
-            let mut n = 0u64;
-            while start.elapsed() < Duration::from_secs(5) {
-                let payload = Bytes::from(format!("{w}-{n}"));
-                let reply = client
-                    .call(payload.clone())
-                    .await
-                    .expect("no request fails");
-                assert_eq!(reply, payload);
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            n
-        });
-    }
-    let mut total = 0;
-    while let Some(n) = tasks.join_next().await {
-        total += n.expect("worker");
-    }
+    let total = echo_for(
+        &client,
+        8,
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+    )
+    .await;
     assert!(total > 1000, "{total}");
     let stats = client.stats().endpoints[0].clone();
     assert!(stats.retired >= 6, "{stats:?}");
@@ -510,16 +495,7 @@ async fn without_a_classifier_every_reply_is_a_success() {
 
 // ---------------------------------------------------------------- warm-up (real TCP)
 
-fn named(
-    name: &'static str,
-) -> impl Service<
-    Request,
-    Response = Bytes,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Bytes, Infallible>> + Send,
-> + Clone
-+ Send
-+ 'static {
+fn named(name: &'static str) -> impl Handler {
     service_fn(move |_req: Request| async move {
         Ok::<_, Infallible>(Bytes::from_static(name.as_bytes()))
     })
@@ -778,26 +754,7 @@ async fn over_tcp_connections_retire_at_their_max_age_without_failing_requests()
         .wait_connected(Duration::from_secs(10))
         .await
         .expect("connected");
-    let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..16 {
-        let client = client.clone();
-        tasks.spawn(async move {
-            let start = Instant::now();
-            let mut n = 0u64;
-            while start.elapsed() < Duration::from_secs(2) {
-                let payload = Bytes::from(format!("{w}-{n}"));
-                let reply = client
-                    .call(payload.clone())
-                    .await
-                    .expect("no request fails");
-                assert_eq!(reply, payload);
-                n += 1;
-            }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.expect("worker");
-    }
+    echo_for(&client, 16, Duration::from_secs(2), Duration::ZERO).await;
     let stats = client.stats().endpoints[0].clone();
     assert!(stats.retired >= 3, "{stats:?}");
     assert_eq!(stats.errors.total(), 0, "{stats:?}");
