@@ -131,14 +131,16 @@ pub async fn call_all_ok(client: &Client, n: usize) {
 }
 
 /// Calls once with `payload` and asserts that the call fails
-/// [`Kind::Timeout`] at `deadline` (Tokio time: exact under paused time),
-/// give or take `slack` after it.
+/// [`Kind::Timeout`] at `deadline_ms` (Tokio time: exact under paused time),
+/// or at most `slack_ms` after it.
 pub async fn assert_times_out_at(
     client: &Client,
     payload: &'static [u8],
-    deadline: Duration,
-    slack: Duration,
+    deadline_ms: u64,
+    slack_ms: u64,
 ) {
+    let deadline = Duration::from_millis(deadline_ms);
+    let slack = Duration::from_millis(slack_ms);
     let started = tokio::time::Instant::now();
     let err = client
         .call(Bytes::from_static(payload))

@@ -474,14 +474,15 @@ pub trait Handler:
 }
 
 impl<S> Handler for S where
-    S: tower::Service<
+    S: Clone
+        + Send
+        + 'static
+        + tower::Service<
             anet::server::Request,
             Response = Bytes,
             Error = std::convert::Infallible,
             Future: Send + 'static,
-        > + Clone
-        + Send
-        + 'static
+        >
 {
 }
 
@@ -511,6 +512,14 @@ pub fn fails_on_fail() -> impl tower::Service<
     })
 }
 
+/// Binds an anet server with `config` on `127.0.0.1:0` (any free port).
+pub async fn bind_local(config: anet::server::Builder) -> anet::server::Server {
+    config
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind")
+}
+
 /// Starts an anet server on `127.0.0.1:0` with `config`, serving `service`.
 pub async fn start_server<S>(config: anet::server::Builder, service: S) -> RunningServer
 where
@@ -518,10 +527,7 @@ where
     S::Future: Send + 'static,
     S::Error: Into<anet::BoxError>,
 {
-    let server = config
-        .bind("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("bind");
+    let server = bind_local(config).await;
     let addr = server.local_addr();
     let stats = server.stats();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

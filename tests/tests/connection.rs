@@ -113,14 +113,8 @@ async fn server_closing_mid_flight_fails_every_waiting_request_with_connection_l
 async fn ten_thousand_dropped_futures_leave_full_capacity_after_late_responses() {
     // Every reply comes 20 ms late; callers give up after 1 ms.
     let server = start_scripted(|_, _| Action::Echo(Duration::from_millis(20))).await;
-    let config = ConnectionConfig::new()
-        .max_in_flight(512)
-        .quarantine(Duration::from_secs(30))
-        .held_tag_limit(16_384);
-    let conn = connect(server.addr, config).await;
-    abandon_10k(&conn, Duration::from_millis(1)).await;
     // Late responses free every slot well before the 30 s quarantine.
-    wait_until_idle(&conn).await;
+    let conn = abandon_10k_until_idle(server.addr, Duration::from_secs(30)).await;
     let stats = conn.stats();
     assert_eq!(stats.responses, 0, "no late response delivered");
     assert_eq!(stats.late + stats.abandoned_unwritten, 10_000, "{stats:?}");
@@ -130,13 +124,7 @@ async fn ten_thousand_dropped_futures_leave_full_capacity_after_late_responses()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_dropped_futures_to_a_silent_server_free_capacity_after_quarantine() {
     let server = start_scripted(|_, _| Action::Ignore).await;
-    let config = ConnectionConfig::new()
-        .max_in_flight(512)
-        .quarantine(Duration::from_millis(100))
-        .held_tag_limit(16_384);
-    let conn = connect(server.addr, config).await;
-    abandon_10k(&conn, Duration::from_millis(1)).await;
-    wait_until_idle(&conn).await;
+    let conn = abandon_10k_until_idle(server.addr, Duration::from_millis(100)).await;
     let written = conn.stats().written;
     assert!(written > 0);
     assert_eq!(
@@ -147,6 +135,19 @@ async fn ten_thousand_dropped_futures_to_a_silent_server_free_capacity_after_qua
     assert_eq!(conn.stats().quarantined, 0);
     // The whole window is usable again at once.
     reserve_whole_window(&conn).await;
+}
+
+/// Connects with a 512 window and `quarantine`, abandons 10,000 requests after
+/// 1 ms each ([`abandon_10k`]) and waits until the window is free again.
+async fn abandon_10k_until_idle(addr: std::net::SocketAddr, quarantine: Duration) -> Connection {
+    let config = ConnectionConfig::new()
+        .max_in_flight(512)
+        .quarantine(quarantine)
+        .held_tag_limit(16_384);
+    let conn = connect(addr, config).await;
+    abandon_10k(&conn, Duration::from_millis(1)).await;
+    wait_until_idle(&conn).await;
+    conn
 }
 
 /// Sends 10,000 requests from 100 concurrent callers, each of which gives up
@@ -386,14 +387,14 @@ async fn an_oversize_length_closes_the_connection_with_protocol_errors() {
         .await
         .expect("no hang")
         .expect_err("protocol");
-    assert_eq!(err.kind(), Kind::Protocol);
+    assert_eq!(err.kind(), Kind::Protocol, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifth_poll_ready_waits_for_a_response_when_max_in_flight_is_4() {
+    let config = ConnectionConfig::new().max_in_flight(4);
     let mut server = ManualServer::bind().await;
     let addr = server.addr;
-    let config = ConnectionConfig::new().max_in_flight(4);
     let (conn, mut peer) = tokio::join!(connect(addr, config), server.accept());
     let mut futures = Vec::new();
     for i in 0..4 {

@@ -88,13 +88,7 @@ async fn a_request_waiting_for_room_times_out_at_its_deadline_and_is_never_writt
     });
     assert!(eventually(WAIT, || counters.requests.load(Ordering::SeqCst) == 2).await);
     // Paused time: exactly the 200 ms deadline, not the 600 ms wait for room.
-    assert_times_out_at(
-        &client,
-        b"second",
-        Duration::from_millis(200),
-        Duration::from_millis(20),
-    )
-    .await;
+    assert_times_out_at(&client, b"second", 200, 20).await;
     let _ = first.await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -229,13 +223,7 @@ async fn a_retried_request_keeps_the_deadline_of_its_call() {
         // the retries redial at once instead of failing `Unavailable`.
         .backoff(NO_BACKOFF)
         .build();
-    assert_times_out_at(
-        &client,
-        b"held",
-        Duration::from_millis(1500),
-        Duration::from_millis(10),
-    )
-    .await;
+    assert_times_out_at(&client, b"held", 1500, 10).await;
     assert!(server.dials.load(Ordering::SeqCst) >= 2, "it was retried");
 }
 

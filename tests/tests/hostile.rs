@@ -51,13 +51,7 @@ async fn a_trickled_response_times_out_and_its_connection_is_replaced() {
         .retry(RetryPolicy::new(0))
         .connection(ConnectionConfig::new().read_timeout(Some(Duration::from_secs(1))))
         .build();
-    assert_times_out_at(
-        &client,
-        b"hello",
-        Duration::from_millis(500),
-        Duration::from_millis(10),
-    )
-    .await;
+    assert_times_out_at(&client, b"hello", 500, 10).await;
     // The stalled connection is closed after the read timeout and redialed.
     assert!(
         eventually(WAIT, || server.dials.load(Ordering::SeqCst) >= 2).await,

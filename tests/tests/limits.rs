@@ -120,11 +120,5 @@ async fn a_limited_client_request_to_a_silent_server_ends_at_its_deadline() {
         .request_timeout(Duration::from_millis(300))
         .retry(RetryPolicy::new(0))
         .build();
-    assert_times_out_at(
-        &client,
-        b"silence",
-        Duration::from_millis(300),
-        Duration::from_millis(10),
-    )
-    .await;
+    assert_times_out_at(&client, b"silence", 300, 10).await;
 }

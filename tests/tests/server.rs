@@ -446,10 +446,7 @@ async fn a_make_service_gives_each_connection_its_own_service() {
             async move { Ok::<_, Infallible>(Bytes::from(format!("{n}"))) }
         }))
     });
-    let server = Server::builder()
-        .bind("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("bind");
+    let server = anet_tests::bind_local(Server::builder()).await;
     let addr = server.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve_make_with_shutdown(make, async {
