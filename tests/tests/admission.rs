@@ -43,6 +43,15 @@ async fn newcomer_refused_past_idle_age(addr: SocketAddr, why: &str) {
     assert!(newcomer.closed_within(WAIT).await, "{why}");
 }
 
+/// Asserts that the server's serve future completes without error.
+async fn completes(serving: tokio::task::JoinHandle<std::io::Result<()>>) {
+    tokio::time::timeout(WAIT, serving)
+        .await
+        .expect("server future completes")
+        .expect("join")
+        .expect("serve");
+}
+
 /// Waits until `active` connections of `server` are busy with a request.
 async fn wait_active(server: &anet_tests::RunningServer, active: u64) {
     assert!(
@@ -454,11 +463,7 @@ async fn shutdown_answers_the_requests_already_received_while_the_service_was_no
     gate.pause(false);
     assert_eq!(conn.recv(WAIT).await.expect("three").payload, "three");
     assert!(conn.closed_within(WAIT).await, "closed after the drain");
-    tokio::time::timeout(WAIT, serving)
-        .await
-        .expect("server future completes")
-        .expect("join")
-        .expect("serve");
+    completes(serving).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -541,11 +546,7 @@ async fn the_counts_by_state_follow_connections_that_close_during_the_shutdown_d
     );
     gate.add_permits(1);
     assert_eq!(busy.recv(WAIT).await.expect("answered").payload, "hold");
-    tokio::time::timeout(WAIT, serving)
-        .await
-        .expect("server future completes")
-        .expect("join")
-        .expect("serve");
+    completes(serving).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,6 +137,18 @@ async fn ten_thousand_dropped_futures_to_a_silent_server_free_capacity_after_qua
     reserve_whole_window(&conn).await;
 }
 
+/// Sends `n` requests one after the other, giving up on each after 5 ms.
+async fn abandon_after_5ms(conn: &mut Connection, n: usize) {
+    for i in 0..n {
+        let fut = conn
+            .ready()
+            .await
+            .expect("ready")
+            .call(Bytes::from(format!("{i}")));
+        let _ = tokio::time::timeout(Duration::from_millis(5), fut).await;
+    }
+}
+
 /// Connects with a 512 window and `quarantine`, abandons 10,000 requests after
 /// 1 ms each ([`abandon_10k`]) and waits until the window is free again.
 async fn abandon_10k_until_idle(addr: std::net::SocketAddr, quarantine: Duration) -> Connection {
@@ -261,14 +273,7 @@ async fn quarantined_tags_count_against_the_window() {
         .quarantine(Duration::from_millis(400))
         .held_tag_limit(64);
     let mut conn = connect(server.addr, config).await;
-    for i in 0..8 {
-        let fut = conn
-            .ready()
-            .await
-            .expect("ready")
-            .call(Bytes::from(format!("{i}")));
-        let _ = tokio::time::timeout(Duration::from_millis(5), fut).await;
-    }
+    abandon_after_5ms(&mut conn, 8).await;
     // All 8 are abandoned but quarantined: the 9th must wait.
     let waited = tokio::time::timeout(Duration::from_millis(150), conn.ready()).await;
     assert!(waited.is_err(), "quarantined tags still occupy the window");
@@ -288,14 +293,7 @@ async fn a_whole_window_abandoned_unanswered_retires_the_connection() {
         .quarantine(Duration::from_secs(30))
         .close_grace(Duration::from_millis(200));
     let mut conn = connect(server.addr, config).await;
-    for i in 0..4 {
-        let fut = conn
-            .ready()
-            .await
-            .expect("ready")
-            .call(Bytes::from(format!("{i}")));
-        let _ = tokio::time::timeout(Duration::from_millis(5), fut).await;
-    }
+    abandon_after_5ms(&mut conn, 4).await;
     let err = tokio::time::timeout(Duration::from_secs(30), conn.ready())
         .await
         .expect("a retired connection fails readiness instead of hanging")

@@ -17,7 +17,7 @@ use std::{
 
 use anet::{
     Kind,
-    client::{Client, ConnectionConfig, PoolConfig, RetryPolicy},
+    client::{Client, ClientBuilder, ConnectionConfig, PoolConfig, RetryPolicy},
     server::Server,
 };
 use anet_tests::clients::{
@@ -353,7 +353,21 @@ fn stall_first_connector(
     })
 }
 
-async fn first_and_second(client: &Client) -> (anet::Error, Result<Bytes, anet::Error>) {
+/// Against an echo server, a client of one connection (write buffer 1) whose
+/// first dial stalls, configured further by `configure`: sends `first`, then
+/// `second` 50 ms later; returns the first's error and the second's outcome.
+async fn first_and_second(
+    configure: impl FnOnce(ClientBuilder) -> ClientBuilder,
+) -> (anet::Error, Result<Bytes, anet::Error>) {
+    let server = echo_server(Duration::ZERO, None).await;
+    let client = configure(
+        Client::builder()
+            .endpoint(server.addr)
+            .connections_per_endpoint(1, 1)
+            .connection(ConnectionConfig::new().write_buffer(1))
+            .connector(stall_first_connector(Arc::default())),
+    )
+    .build();
     let first = tokio::spawn({
         let client = client.clone();
         async move { client.call(Bytes::from_static(b"first")).await }
@@ -368,32 +382,19 @@ async fn first_and_second(client: &Client) -> (anet::Error, Result<Bytes, anet::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_not_sent_failure_is_retried_transparently() {
-    let server = echo_server(Duration::ZERO, None).await;
-    let client = Client::builder()
-        .endpoint(server.addr)
-        .connections_per_endpoint(1, 1)
-        .connection(ConnectionConfig::new().write_buffer(1))
-        .connector(stall_first_connector(Arc::default()))
+    let (first, second) = first_and_second(|client| {
         // The stalled connection never answered: a failed dial, which would
         // back off; no backoff here, so the retry finds the replacement.
-        .backoff(NO_BACKOFF)
-        .build();
-    let (first, second) = first_and_second(&client).await;
+        client.backoff(NO_BACKOFF)
+    })
+    .await;
     assert_eq!(first.kind(), Kind::ConnectionLost);
     assert_eq!(second.expect("retried on a new connection"), "second");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_retries_the_same_failure_is_not_sent() {
-    let server = echo_server(Duration::ZERO, None).await;
-    let client = Client::builder()
-        .endpoint(server.addr)
-        .connections_per_endpoint(1, 1)
-        .connection(ConnectionConfig::new().write_buffer(1))
-        .connector(stall_first_connector(Arc::default()))
-        .retry(RetryPolicy::new(0))
-        .build();
-    let (first, second) = first_and_second(&client).await;
+    let (first, second) = first_and_second(|client| client.retry(RetryPolicy::new(0))).await;
     assert_eq!(first.kind(), Kind::ConnectionLost);
     let second = second.expect_err("not retried");
     assert_eq!(second.kind(), Kind::NotSent);

@@ -47,6 +47,17 @@ struct Backend {
 }
 
 impl Backend {
+    /// Echoes every request but `request`, which it answers with `reply`.
+    fn echo_except(request: &'static str, reply: &'static [u8]) -> Backend {
+        Backend::new(move |_, frame| {
+            Some(if frame.payload == request {
+                Bytes::from_static(reply)
+            } else {
+                frame.payload.clone()
+            })
+        })
+    }
+
     fn new(answer: impl Fn(usize, &Frame) -> Option<Bytes> + Send + Sync + 'static) -> Backend {
         let answer: Answer = Arc::new(answer);
         let seen: Arc<Mutex<Vec<(usize, Bytes)>>> = Arc::default();
@@ -166,13 +177,7 @@ async fn the_handshake_is_the_first_request_on_every_connection() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_handshake_is_a_failed_dial_and_its_connection_gets_no_traffic() {
     // The device refuses the logon.
-    let backend = Backend::new(|_, frame| {
-        Some(if frame.payload == "LOGON" {
-            Bytes::from_static(b"DENIED")
-        } else {
-            frame.payload.clone()
-        })
-    });
+    let backend = Backend::echo_except("LOGON", b"DENIED");
     let client = backend
         .builder()
         .backoff(fast_backoff())
@@ -292,13 +297,7 @@ async fn a_silent_peer_misses_its_heartbeat_and_is_replaced() {
 
 #[tokio::test(start_paused = true)]
 async fn a_heartbeat_reply_that_fails_its_check_retires_the_connection() {
-    let backend = Backend::new(|_, frame| {
-        Some(if frame.payload == "HB" {
-            Bytes::from_static(b"HB99")
-        } else {
-            frame.payload.clone()
-        })
-    });
+    let backend = Backend::echo_except("HB", b"HB99");
     let client = backend
         .builder()
         .heartbeat(Heartbeat::new(Duration::from_secs(1), "HB").check(|r| r == "HB00"))
@@ -404,13 +403,7 @@ fn hsm_error(reply: &Bytes) -> Classification {
 
 #[tokio::test(start_paused = true)]
 async fn replies_classified_as_endpoint_failures_mark_it_down_while_the_connection_stays() {
-    let backend = Backend::new(|_, frame| {
-        Some(if frame.payload == "bad" {
-            Bytes::from_static(b"ER15")
-        } else {
-            frame.payload.clone()
-        })
-    });
+    let backend = Backend::echo_except("bad", b"ER15");
     let client = backend
         .builder()
         .pool(
@@ -456,13 +449,7 @@ async fn replies_classified_as_endpoint_failures_mark_it_down_while_the_connecti
 
 #[tokio::test(start_paused = true)]
 async fn a_reply_classified_as_a_connection_failure_retires_the_connection() {
-    let backend = Backend::new(|_, frame| {
-        Some(if frame.payload == "desync" {
-            Bytes::from_static(b"RESET")
-        } else {
-            frame.payload.clone()
-        })
-    });
+    let backend = Backend::echo_except("desync", b"RESET");
     let client = backend.builder().classify(hsm_error).build();
     assert_eq!(call(&client, b"one").await.expect("call"), "one");
     assert_eq!(call(&client, b"desync").await.expect("delivered"), "RESET");

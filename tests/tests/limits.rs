@@ -6,19 +6,25 @@ use std::{sync::atomic::Ordering, time::Duration};
 
 use anet::{
     Kind,
-    client::{Client, RetryPolicy},
+    client::{Client, ClientBuilder, RetryPolicy},
 };
 use anet_tests::{Action, memory_addr, memory_scripted, start_scripted};
 use bytes::Bytes;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_concurrency_limit_holds_at_the_server() {
-    let server = start_scripted(|_, _| Action::Echo(Duration::from_millis(5))).await;
+/// An echo server answering after `delay_ms`, and a client builder for it
+/// with a concurrency limit of `limit`.
+async fn limited_echo(delay_ms: u64, limit: usize) -> (anet_tests::Scripted, ClientBuilder) {
+    let server = start_scripted(move |_, _| Action::Echo(Duration::from_millis(delay_ms))).await;
     let client = Client::builder()
         .endpoint(server.addr)
-        .concurrency_limit(Some(8))
-        .connections_per_endpoint(2, 4)
-        .build();
+        .concurrency_limit(Some(limit));
+    (server, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_limit_holds_at_the_server() {
+    let (server, client) = limited_echo(5, 8).await;
+    let client = client.connections_per_endpoint(2, 4).build();
     call_all_ok(&client, 400).await;
     let peak = server.counters.max_in_flight.load(Ordering::SeqCst);
     assert!(peak <= 8, "server saw {peak} in flight");
@@ -27,12 +33,8 @@ async fn the_concurrency_limit_holds_at_the_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_shedding_fails_fast_with_overloaded_at_the_limit() {
-    let server = start_scripted(|_, _| Action::Echo(Duration::from_millis(300))).await;
-    let client = Client::builder()
-        .endpoint(server.addr)
-        .concurrency_limit(Some(2))
-        .load_shed(true)
-        .build();
+    let (_server, client) = limited_echo(300, 2).await;
+    let client = client.load_shed(true).build();
     client.call(Bytes::from_static(b"warm")).await.expect("ok");
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..10 {
