@@ -52,15 +52,21 @@ async fn completes(serving: tokio::task::JoinHandle<std::io::Result<()>>) {
         .expect("serve");
 }
 
-/// Waits until `active` connections of `server` are busy with a request.
-async fn wait_active(server: &anet_tests::RunningServer, active: u64) {
+/// Waits until the counters of `server` meet `cond`.
+async fn wait_stats(
+    server: &anet_tests::RunningServer,
+    cond: impl Fn(&anet::server::ServerStats) -> bool,
+) {
     assert!(
-        eventually(WAIT, || server.stats.snapshot().connections_active
-            == active)
-        .await,
+        eventually(WAIT, || cond(&server.stats.snapshot())).await,
         "{:?}",
         server.stats.snapshot()
     );
+}
+
+/// Waits until `active` connections of `server` are busy with a request.
+async fn wait_active(server: &anet_tests::RunningServer, active: u64) {
+    wait_stats(server, |s| s.connections_active == active).await;
 }
 
 /// Asserts how many connections `server` evicted and rejected; returns its
@@ -116,22 +122,10 @@ async fn a_limit_full_of_silent_connections_serves_a_real_client_within_a_second
     for _ in 0..LIMIT {
         silent.push(RawClient::connect(server.addr).await);
     }
-    assert!(
-        eventually(WAIT, || server.stats.snapshot().connections_open
-            == LIMIT as u64)
-        .await,
-        "{:?}",
-        server.stats.snapshot()
-    );
+    wait_stats(&server, |s| s.connections_open == LIMIT as u64).await;
     // `open` counts a connection a moment before its handler says it is
     // admitted: wait for the state too.
-    assert!(
-        eventually(WAIT, || server.stats.snapshot().connections_new
-            == LIMIT as u64)
-        .await,
-        "{:?}",
-        server.stats.snapshot()
-    );
+    wait_stats(&server, |s| s.connections_new == LIMIT as u64).await;
     // Past the default minimum idle age (1 s), a silent connection makes room.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let asked = Instant::now();
@@ -219,13 +213,7 @@ async fn at_the_limit_a_newcomer_evicts_the_longest_idle_connection_and_busy_one
         );
     }
     evicted_rejected(&server, LIMIT as u64 - 8, 0);
-    assert!(
-        eventually(WAIT, || server.stats.snapshot().connections_open
-            == LIMIT as u64)
-        .await,
-        "{:?}",
-        server.stats.snapshot()
-    );
+    wait_stats(&server, |s| s.connections_open == LIMIT as u64).await;
     // The busy connections were never touched: released, each gets its answer.
     gate.add_permits(8);
     for conn in busy.iter_mut() {

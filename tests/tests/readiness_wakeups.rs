@@ -149,21 +149,25 @@ async fn a_call_on_a_reservation_made_before_close_is_refused() {
     let mut balancer = client.balancer();
     balancer.ready().await.expect("ready");
     client.close();
-    let result = balancer.call(Bytes::from_static(b"after close")).await;
-    assert_eq!(
-        result.as_ref().map_err(anet::Error::kind).err(),
-        Some(Kind::Closed),
-        "written after close: {result:?}"
-    );
+    refused_as_closed(&mut balancer, "").await;
 
     let pool = Pool::new(server.addr, Connector::new(), PoolConfig::new());
     let mut handle = pool.clone();
     handle.ready().await.expect("ready");
     pool.close();
-    let result = handle.call(Bytes::from_static(b"after close")).await;
+    refused_as_closed(&mut handle, "pool: ").await;
+}
+
+/// Calls `service` (already ready) and asserts that the call is refused as
+/// [`Kind::Closed`], not written (`what` names the service in the message).
+async fn refused_as_closed<S>(service: &mut S, what: &str)
+where
+    S: Service<Bytes, Response = Bytes, Error = anet::Error>,
+{
+    let result = service.call(Bytes::from_static(b"after close")).await;
     assert_eq!(
         result.as_ref().map_err(anet::Error::kind).err(),
         Some(Kind::Closed),
-        "pool: written after close: {result:?}"
+        "{what}written after close: {result:?}"
     );
 }
