@@ -45,13 +45,13 @@ pub fn fast_backoff() -> Backoff {
         .max(Duration::from_millis(200))
 }
 
+/// What [`load`] counted: calls answered with their payload, errors by kind,
+/// calls answered with another payload.
+pub type LoadResult = (usize, Vec<Kind>, usize);
+
 /// Runs `workers` callers until `stop` is set; returns (ok, errors by kind,
 /// mismatches).
-pub async fn load(
-    client: &Client,
-    workers: usize,
-    stop: Arc<AtomicBool>,
-) -> (usize, Vec<Kind>, usize) {
+pub async fn load(client: &Client, workers: usize, stop: Arc<AtomicBool>) -> LoadResult {
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..workers {
         let client = client.clone();
@@ -159,10 +159,7 @@ pub async fn assert_times_out_at(
 pub fn spawn_load(
     client: &Client,
     workers: usize,
-) -> (
-    Arc<AtomicBool>,
-    tokio::task::JoinHandle<(usize, Vec<Kind>, usize)>,
-) {
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<LoadResult>) {
     let stop = Arc::new(AtomicBool::new(false));
     let run = tokio::spawn({
         let (client, stop) = (client.clone(), stop.clone());
