@@ -459,18 +459,65 @@ impl Drop for RunningServer {
     }
 }
 
+/// A request handler as the test servers take it: a cloneable service of
+/// [`Request`](anet::server::Request)s answering [`Bytes`], never failing.
+pub trait Handler:
+    tower::Service<
+        anet::server::Request,
+        Response = Bytes,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Handler for S where
+    S: Clone
+        + Send
+        + 'static
+        + tower::Service<
+            anet::server::Request,
+            Response = Bytes,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        >
+{
+}
+
 /// An echo service for an anet server: each request's payload is its answer.
-pub fn echo() -> impl tower::Service<
+pub fn echo() -> impl Handler {
+    tower::service_fn(|req: anet::server::Request| async move {
+        Ok::<_, std::convert::Infallible>(req.into_payload())
+    })
+}
+
+/// A service that fails a request whose payload is `fail` (an error the
+/// server's `OnError` policy acts on) and echoes any other.
+pub fn fails_on_fail() -> impl tower::Service<
     anet::server::Request,
     Response = Bytes,
-    Error = std::convert::Infallible,
-    Future = impl std::future::Future<Output = Result<Bytes, std::convert::Infallible>> + Send,
+    Error = &'static str,
+    Future: Send + 'static,
 > + Clone
 + Send
 + 'static {
     tower::service_fn(|req: anet::server::Request| async move {
-        Ok::<_, std::convert::Infallible>(req.into_payload())
+        if req.payload() == "fail" {
+            Err("refused")
+        } else {
+            Ok(req.into_payload())
+        }
     })
+}
+
+/// Binds an anet server with `config` on `127.0.0.1:0` (any free port).
+pub async fn bind_local(config: anet::server::Builder) -> anet::server::Server {
+    config
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind")
 }
 
 /// Starts an anet server on `127.0.0.1:0` with `config`, serving `service`.
@@ -480,10 +527,7 @@ where
     S::Future: Send + 'static,
     S::Error: Into<anet::BoxError>,
 {
-    let server = config
-        .bind("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("bind");
+    let server = bind_local(config).await;
     let addr = server.local_addr();
     let stats = server.stats();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -580,4 +624,29 @@ impl RawClient {
             }
         }
     }
+}
+
+/// Waits until `service` is ready, then starts a call with `payload`; the
+/// returned future is the call's answer.
+pub async fn ready_call<S>(service: &mut S, payload: &'static [u8]) -> S::Future
+where
+    S: tower::Service<Bytes>,
+    S::Error: std::fmt::Debug,
+{
+    use tower::ServiceExt;
+    service
+        .ready()
+        .await
+        .expect("ready")
+        .call(Bytes::from_static(payload))
+}
+
+/// Whether `service` is still not ready after `within`: a readiness check
+/// that must wait (for a free slot, a window, a connection).
+pub async fn not_ready_within<S>(service: &mut S, within: Duration) -> bool
+where
+    S: tower::Service<Bytes>,
+{
+    use tower::ServiceExt;
+    tokio::time::timeout(within, service.ready()).await.is_err()
 }

@@ -68,10 +68,7 @@ pub fn raw_echo_on_own_thread() -> SocketAddr {
 /// [`echo`](crate::echo) on `127.0.0.1:0`.
 pub fn anet_echo_on_own_thread(config: anet::server::Builder) -> SocketAddr {
     on_own_thread("anet-echo", move |tx| async move {
-        let server = config
-            .bind("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("bind");
+        let server = crate::bind_local(config).await;
         tx.send(server.local_addr()).expect("send");
         let _ = server.serve(crate::echo()).await;
     })

@@ -19,7 +19,7 @@ use anet::{
     server::{Request, Server},
 };
 use anet_proto::{Frame, Tag};
-use anet_tests::{RawClient, echo, eventually, start_server};
+use anet_tests::{Handler, RawClient, echo, eventually, start_server};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio::{net::TcpSocket, sync::Semaphore, time::Instant};
@@ -28,17 +28,62 @@ use tower::{Service, ServiceExt, service_fn};
 const WAIT: Duration = Duration::from_secs(10);
 const LIMIT: usize = 32;
 
+/// A server of `limit` connections that may evict one idle for 100 ms.
+fn evicting(limit: usize) -> anet::server::Builder {
+    Server::builder()
+        .max_connections(limit)
+        .evict_idle_after(Some(Duration::from_millis(100)))
+}
+
+/// Waits past the minimum idle age, then asserts that a newcomer to `addr`
+/// is closed (`why`: what the test expects of it).
+async fn newcomer_refused_past_idle_age(addr: SocketAddr, why: &str) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut newcomer = RawClient::connect(addr).await;
+    assert!(newcomer.closed_within(WAIT).await, "{why}");
+}
+
+/// Asserts that the server's serve future completes without error.
+async fn completes(serving: tokio::task::JoinHandle<std::io::Result<()>>) {
+    tokio::time::timeout(WAIT, serving)
+        .await
+        .expect("server future completes")
+        .expect("join")
+        .expect("serve");
+}
+
+/// Waits until the counters of `server` meet `cond`.
+async fn wait_stats(
+    server: &anet_tests::RunningServer,
+    cond: impl Fn(&anet::server::ServerStats) -> bool,
+) {
+    assert!(
+        eventually(WAIT, || cond(&server.stats.snapshot())).await,
+        "{:?}",
+        server.stats.snapshot()
+    );
+}
+
+/// Waits until `active` connections of `server` are busy with a request.
+async fn wait_active(server: &anet_tests::RunningServer, active: u64) {
+    wait_stats(server, |s| s.connections_active == active).await;
+}
+
+/// Asserts how many connections `server` evicted and rejected; returns its
+/// counters for more checks.
+fn evicted_rejected(
+    server: &anet_tests::RunningServer,
+    evicted: u64,
+    rejected: u64,
+) -> anet::server::ServerStats {
+    let stats = server.stats.snapshot();
+    assert_eq!(stats.connections_evicted, evicted, "{stats:?}");
+    assert_eq!(stats.connections_rejected, rejected, "{stats:?}");
+    stats
+}
+
 /// Echoes, except that a request `hold` waits until `gate` gives it a permit.
-fn echo_or_hold(
-    gate: Arc<Semaphore>,
-) -> impl tower::Service<
-    Request,
-    Response = Bytes,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Bytes, Infallible>> + Send,
-> + Clone
-+ Send
-+ 'static {
+fn echo_or_hold(gate: Arc<Semaphore>) -> impl Handler {
     service_fn(move |req: Request| {
         let gate = gate.clone();
         async move {
@@ -77,22 +122,10 @@ async fn a_limit_full_of_silent_connections_serves_a_real_client_within_a_second
     for _ in 0..LIMIT {
         silent.push(RawClient::connect(server.addr).await);
     }
-    assert!(
-        eventually(WAIT, || server.stats.snapshot().connections_open
-            == LIMIT as u64)
-        .await,
-        "{:?}",
-        server.stats.snapshot()
-    );
+    wait_stats(&server, |s| s.connections_open == LIMIT as u64).await;
     // `open` counts a connection a moment before its handler says it is
     // admitted: wait for the state too.
-    assert!(
-        eventually(WAIT, || server.stats.snapshot().connections_new
-            == LIMIT as u64)
-        .await,
-        "{:?}",
-        server.stats.snapshot()
-    );
+    wait_stats(&server, |s| s.connections_new == LIMIT as u64).await;
     // Past the default minimum idle age (1 s), a silent connection makes room.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let asked = Instant::now();
@@ -101,9 +134,7 @@ async fn a_limit_full_of_silent_connections_serves_a_real_client_within_a_second
         .expect("served within a second");
     assert_eq!(reply.as_deref(), Ok(&b"hello"[..]));
     assert!(asked.elapsed() < Duration::from_secs(1));
-    let stats = server.stats.snapshot();
-    assert_eq!(stats.connections_evicted, 1, "{stats:?}");
-    assert_eq!(stats.connections_rejected, 0, "{stats:?}");
+    evicted_rejected(&server, 1, 0);
     // The others are closed by the first-frame timeout: not before it, and well
     // before the idle (5 min) or read timeouts.
     for conn in silent.iter_mut() {
@@ -181,16 +212,8 @@ async fn at_the_limit_a_newcomer_evicts_the_longest_idle_connection_and_busy_one
             "idle {i} evicted"
         );
     }
-    let stats = server.stats.snapshot();
-    assert_eq!(stats.connections_evicted, LIMIT as u64 - 8, "{stats:?}");
-    assert_eq!(stats.connections_rejected, 0, "{stats:?}");
-    assert!(
-        eventually(WAIT, || server.stats.snapshot().connections_open
-            == LIMIT as u64)
-        .await,
-        "{:?}",
-        server.stats.snapshot()
-    );
+    evicted_rejected(&server, LIMIT as u64 - 8, 0);
+    wait_stats(&server, |s| s.connections_open == LIMIT as u64).await;
     // The busy connections were never touched: released, each gets its answer.
     gate.add_permits(8);
     for conn in busy.iter_mut() {
@@ -201,9 +224,7 @@ async fn at_the_limit_a_newcomer_evicts_the_longest_idle_connection_and_busy_one
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_full_of_busy_connections_refuses_the_newcomer_and_evicts_none() {
     let gate = Arc::new(Semaphore::new(0));
-    let config = Server::builder()
-        .max_connections(LIMIT)
-        .evict_idle_after(Some(Duration::from_millis(100)));
+    let config = evicting(LIMIT);
     let server = start_server(config, echo_or_hold(gate.clone())).await;
     let mut busy = Vec::new();
     for i in 0..LIMIT as u32 {
@@ -211,20 +232,10 @@ async fn a_limit_full_of_busy_connections_refuses_the_newcomer_and_evicts_none()
         conn.send(i, b"hold").await;
         busy.push(conn);
     }
-    assert!(
-        eventually(WAIT, || server.stats.snapshot().connections_active
-            == LIMIT as u64)
-        .await,
-        "{:?}",
-        server.stats.snapshot()
-    );
+    wait_active(&server, LIMIT as u64).await;
     // Busy for longer than the minimum idle age: still not evictable.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut late = RawClient::connect(server.addr).await;
-    assert!(late.closed_within(WAIT).await, "refused");
-    let stats = server.stats.snapshot();
-    assert_eq!(stats.connections_rejected, 1, "{stats:?}");
-    assert_eq!(stats.connections_evicted, 0, "{stats:?}");
+    newcomer_refused_past_idle_age(server.addr, "refused").await;
+    evicted_rejected(&server, 0, 1);
     gate.add_permits(LIMIT);
     for conn in busy.iter_mut() {
         assert_eq!(conn.recv(WAIT).await.expect("answered").payload, "hold");
@@ -401,22 +412,12 @@ async fn leave_a_request_waiting(addr: SocketAddr, gate: &Gated, waiting: Waitin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_holding_a_received_request_is_busy_not_evicted_and_the_request_is_answered() {
     let gate = Gated::default();
-    let config = Server::builder()
-        .max_connections(1)
-        .evict_idle_after(Some(Duration::from_millis(100)));
+    let config = evicting(1);
     let server = start_server(config, gate.clone()).await;
     let mut conn = leave_a_request_waiting(server.addr, &gate, Waiting::InBuffer).await;
-    assert!(
-        eventually(WAIT, || server.stats.snapshot().connections_active == 1).await,
-        "{:?}",
-        server.stats.snapshot()
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut newcomer = RawClient::connect(server.addr).await;
-    assert!(newcomer.closed_within(WAIT).await, "newcomer refused");
-    let stats = server.stats.snapshot();
-    assert_eq!(stats.connections_evicted, 0, "{stats:?}");
-    assert_eq!(stats.connections_rejected, 1, "{stats:?}");
+    wait_active(&server, 1).await;
+    newcomer_refused_past_idle_age(server.addr, "newcomer refused").await;
+    evicted_rejected(&server, 0, 1);
     gate.pause(false);
     assert_eq!(conn.recv(WAIT).await.expect("three").payload, "three");
 }
@@ -424,9 +425,7 @@ async fn a_connection_holding_a_received_request_is_busy_not_evicted_and_the_req
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_evicted_connection_answers_the_request_waiting_in_its_socket_before_it_closes() {
     let gate = Gated::default();
-    let config = Server::builder()
-        .max_connections(1)
-        .evict_idle_after(Some(Duration::from_millis(100)));
+    let config = evicting(1);
     let server = start_server(config, gate.clone()).await;
     let mut conn = leave_a_request_waiting(server.addr, &gate, Waiting::InSocket).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -452,11 +451,7 @@ async fn shutdown_answers_the_requests_already_received_while_the_service_was_no
     gate.pause(false);
     assert_eq!(conn.recv(WAIT).await.expect("three").payload, "three");
     assert!(conn.closed_within(WAIT).await, "closed after the drain");
-    tokio::time::timeout(WAIT, serving)
-        .await
-        .expect("server future completes")
-        .expect("join")
-        .expect("serve");
+    completes(serving).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,9 +476,7 @@ async fn a_first_frame_waiting_for_the_service_is_not_closed_by_the_first_frame_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_limit_a_silent_connection_is_evicted_before_a_longer_idle_real_one() {
-    let config = Server::builder()
-        .max_connections(2)
-        .evict_idle_after(Some(Duration::from_millis(100)));
+    let config = evicting(2);
     let server = start_server(config, echo()).await;
     let mut real = RawClient::connect(server.addr).await;
     real.send(1, b"hi").await;
@@ -541,11 +534,7 @@ async fn the_counts_by_state_follow_connections_that_close_during_the_shutdown_d
     );
     gate.add_permits(1);
     assert_eq!(busy.recv(WAIT).await.expect("answered").payload, "hold");
-    tokio::time::timeout(WAIT, serving)
-        .await
-        .expect("server future completes")
-        .expect("join")
-        .expect("serve");
+    completes(serving).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -607,13 +596,8 @@ impl Service<SocketAddr> for FailsOnce {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_make_service_error_at_the_limit_evicts_nothing() {
-    let config = Server::builder()
-        .max_connections(1)
-        .evict_idle_after(Some(Duration::from_millis(100)));
-    let server = config
-        .bind("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("bind");
+    let config = evicting(1);
+    let server = anet_tests::bind_local(config).await;
     let addr = server.local_addr();
     let stats = server.stats();
     // The accept loop checks readiness once before each accept: the first
@@ -629,9 +613,7 @@ async fn a_make_service_error_at_the_limit_evicts_nothing() {
     let mut idle = RawClient::connect(addr).await;
     idle.send(1, b"one").await;
     assert_eq!(idle.recv(WAIT).await.expect("one").payload, "one");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut unlucky = RawClient::connect(addr).await;
-    assert!(unlucky.closed_within(WAIT).await, "no service for it");
+    newcomer_refused_past_idle_age(addr, "no service for it").await;
     assert!(
         !idle.closed_within(Duration::from_millis(200)).await,
         "idle connection evicted for nothing: {:?}",
@@ -648,20 +630,13 @@ async fn a_make_service_error_at_the_limit_evicts_nothing() {
 async fn a_newcomer_that_evicted_but_got_no_slot_within_the_wait_is_closed_and_counted() {
     let gate = Gated::default();
     // The wait for a slot is bounded by the first-frame timeout.
-    let config = Server::builder()
-        .max_connections(1)
-        .evict_idle_after(Some(Duration::from_millis(100)))
-        .first_frame_timeout(Some(Duration::from_millis(300)));
+    let config = evicting(1).first_frame_timeout(Some(Duration::from_millis(300)));
     let server = start_server(config, gate.clone()).await;
     // `three` waits in the socket; the evicted connection will answer it once
     // the service is ready, which takes longer than the newcomer's wait.
     let mut conn = leave_a_request_waiting(server.addr, &gate, Waiting::InSocket).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut newcomer = RawClient::connect(server.addr).await;
-    assert!(newcomer.closed_within(WAIT).await, "no slot in time");
-    let stats = server.stats.snapshot();
-    assert_eq!(stats.connections_evicted, 1, "{stats:?}");
-    assert_eq!(stats.connections_rejected, 1, "{stats:?}");
+    newcomer_refused_past_idle_age(server.addr, "no slot in time").await;
+    let stats = evicted_rejected(&server, 1, 1);
     assert_eq!(stats.connections_rejected_after_wait, 1, "{stats:?}");
     gate.pause(false);
     assert_eq!(conn.recv(WAIT).await.expect("three").payload, "three");

@@ -298,12 +298,7 @@ async fn soak(format: TagFormat) {
         "every endpoint recovered: {:?}",
         client.stats()
     );
-    let before: Vec<u64> = client
-        .stats()
-        .endpoints
-        .iter()
-        .map(|e| e.requests)
-        .collect();
+    let before = requests_per_endpoint(&client);
     for i in 0..600 {
         let payload = format!("calm-{i}");
         let reply = client
@@ -312,14 +307,19 @@ async fn soak(format: TagFormat) {
             .expect("calm request");
         assert_eq!(reply, payload.as_bytes());
     }
-    let after: Vec<u64> = client
-        .stats()
-        .endpoints
-        .iter()
-        .map(|e| e.requests)
-        .collect();
+    let after = requests_per_endpoint(&client);
     assert!(
         before.iter().zip(&after).all(|(b, a)| a > b),
         "traffic reaches every endpoint again: {before:?} -> {after:?}"
     );
+}
+
+/// The requests each endpoint of `client` has carried so far.
+fn requests_per_endpoint(client: &Client) -> Vec<u64> {
+    client
+        .stats()
+        .endpoints
+        .iter()
+        .map(|e| e.requests)
+        .collect()
 }

@@ -1,13 +1,13 @@
 //! Closing a client: in-flight requests finish within the grace, new ones are
 //! refused, and dropping the last handle closes its connections.
 
+use anet_tests::ready_call;
 use std::time::Duration;
 
 use anet::{Kind, client::Client};
 use anet_tests::clients::delayed_echo_server as echo_server;
 use anet_tests::eventually;
 use bytes::Bytes;
-use tower::{Service, ServiceExt};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -72,11 +72,7 @@ async fn requests_in_flight_when_the_last_handle_drops_are_answered() {
     let client = Client::builder().endpoint(server.addr).build();
     client.call(Bytes::from_static(b"warm")).await.expect("ok");
     let mut balancer = client.balancer();
-    let through_balancer = balancer
-        .ready()
-        .await
-        .expect("ready")
-        .call(Bytes::from_static(b"balancer"));
+    let through_balancer = ready_call(&mut balancer, b"balancer").await;
     let through_client = client.call(Bytes::from_static(b"client"));
     drop(balancer);
     drop(client);

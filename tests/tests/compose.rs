@@ -24,6 +24,13 @@ async fn server() -> RunningServer {
     start_server(Server::builder(), echo()).await
 }
 
+/// An echo server and a client of it.
+async fn echo_client() -> (RunningServer, Client) {
+    let server = server().await;
+    let client = Client::builder().endpoint(server.addr).build();
+    (server, client)
+}
+
 /// A custom layer in front of an anet service: fails the first `failures` calls
 /// with `error` (without calling the inner service) and counts every call.
 #[derive(Clone)]
@@ -78,8 +85,7 @@ where
 
 #[tokio::test]
 async fn retry_policy_sits_directly_on_the_balancer_and_retries_an_unsent_failure() {
-    let server = server().await;
-    let client = Client::builder().endpoint(server.addr).build();
+    let (_server, client) = echo_client().await;
     let unsent = Error::not_sent(Kind::Other, "circuit open");
     let failing = FailFirst::new(client.balancer(), 2, unsent);
     let calls = failing.calls.clone();
@@ -94,8 +100,7 @@ async fn retry_policy_sits_directly_on_the_balancer_and_retries_an_unsent_failur
 
 #[tokio::test]
 async fn retry_policy_does_not_retry_a_maybe_sent_failure_unless_idempotent() {
-    let server = server().await;
-    let client = Client::builder().endpoint(server.addr).build();
+    let (_server, client) = echo_client().await;
     let lost = Error::maybe_sent(Kind::ConnectionLost, "reset after write");
     for (policy, calls_made, answered) in [
         (RetryPolicy::new(2), 1, false),
@@ -119,8 +124,7 @@ async fn retry_policy_does_not_retry_a_maybe_sent_failure_unless_idempotent() {
 
 #[tokio::test]
 async fn retry_policy_classifies_boxed_errors_under_a_timeout_in_either_order() {
-    let server = server().await;
-    let client = Client::builder().endpoint(server.addr).build();
+    let (_server, client) = echo_client().await;
     let unsent = || FailFirst::new(client.balancer(), 1, Error::new(Kind::NotSent));
     let timeout = Duration::from_secs(2);
 
@@ -208,8 +212,7 @@ fn a_maybe_sent_error_of_any_kind_is_not_retried_unless_idempotent() {
 /// by a non-idempotent policy.
 #[tokio::test]
 async fn a_maybe_sent_connect_failure_from_a_layer_is_not_retried_unless_idempotent() {
-    let server = server().await;
-    let client = Client::builder().endpoint(server.addr).build();
+    let (_server, client) = echo_client().await;
     let forwarded = Error::maybe_sent(Kind::Connect, "proxy forwarded it, upstream unreachable");
     let failing = FailFirst::new(client.balancer(), 1, forwarded);
     let calls = failing.calls.clone();

@@ -2,6 +2,7 @@
 //! tests, in-memory pipes on paused time): correctness under reordering,
 //! failure, cancellation, quarantine, hostile frames and backpressure.
 
+use anet_tests::{not_ready_within, ready_call};
 use std::{sync::atomic::Ordering, time::Duration};
 
 use anet::{
@@ -112,14 +113,8 @@ async fn server_closing_mid_flight_fails_every_waiting_request_with_connection_l
 async fn ten_thousand_dropped_futures_leave_full_capacity_after_late_responses() {
     // Every reply comes 20 ms late; callers give up after 1 ms.
     let server = start_scripted(|_, _| Action::Echo(Duration::from_millis(20))).await;
-    let config = ConnectionConfig::new()
-        .max_in_flight(512)
-        .quarantine(Duration::from_secs(30))
-        .held_tag_limit(16_384);
-    let conn = connect(server.addr, config).await;
-    abandon_10k(&conn, Duration::from_millis(1)).await;
     // Late responses free every slot well before the 30 s quarantine.
-    wait_until_idle(&conn).await;
+    let conn = abandon_10k_until_idle(server.addr, Duration::from_secs(30)).await;
     let stats = conn.stats();
     assert_eq!(stats.responses, 0, "no late response delivered");
     assert_eq!(stats.late + stats.abandoned_unwritten, 10_000, "{stats:?}");
@@ -129,13 +124,7 @@ async fn ten_thousand_dropped_futures_leave_full_capacity_after_late_responses()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_dropped_futures_to_a_silent_server_free_capacity_after_quarantine() {
     let server = start_scripted(|_, _| Action::Ignore).await;
-    let config = ConnectionConfig::new()
-        .max_in_flight(512)
-        .quarantine(Duration::from_millis(100))
-        .held_tag_limit(16_384);
-    let conn = connect(server.addr, config).await;
-    abandon_10k(&conn, Duration::from_millis(1)).await;
-    wait_until_idle(&conn).await;
+    let conn = abandon_10k_until_idle(server.addr, Duration::from_millis(100)).await;
     let written = conn.stats().written;
     assert!(written > 0);
     assert_eq!(
@@ -146,6 +135,31 @@ async fn ten_thousand_dropped_futures_to_a_silent_server_free_capacity_after_qua
     assert_eq!(conn.stats().quarantined, 0);
     // The whole window is usable again at once.
     reserve_whole_window(&conn).await;
+}
+
+/// Sends `n` requests one after the other, giving up on each after 5 ms.
+async fn abandon_after_5ms(conn: &mut Connection, n: usize) {
+    for i in 0..n {
+        let fut = conn
+            .ready()
+            .await
+            .expect("ready")
+            .call(Bytes::from(format!("{i}")));
+        let _ = tokio::time::timeout(Duration::from_millis(5), fut).await;
+    }
+}
+
+/// Connects with a 512 window and `quarantine`, abandons 10,000 requests after
+/// 1 ms each ([`abandon_10k`]) and waits until the window is free again.
+async fn abandon_10k_until_idle(addr: std::net::SocketAddr, quarantine: Duration) -> Connection {
+    let config = ConnectionConfig::new()
+        .max_in_flight(512)
+        .quarantine(quarantine)
+        .held_tag_limit(16_384);
+    let conn = connect(addr, config).await;
+    abandon_10k(&conn, Duration::from_millis(1)).await;
+    wait_until_idle(&conn).await;
+    conn
 }
 
 /// Sends 10,000 requests from 100 concurrent callers, each of which gives up
@@ -229,11 +243,7 @@ async fn a_late_response_after_its_quarantine_is_dropped_not_delivered() {
     let mut timed = tower::ServiceBuilder::new()
         .timeout(Duration::from_millis(100))
         .service(conn.clone());
-    let first = timed
-        .ready()
-        .await
-        .expect("ready")
-        .call(Bytes::from_static(b"first"));
+    let first = ready_call(&mut timed, b"first").await;
     let old = peer.recv().await;
     assert_eq!(old.payload, "first");
     let err = first.await.expect_err("times out");
@@ -242,11 +252,7 @@ async fn a_late_response_after_its_quarantine_is_dropped_not_delivered() {
     // After the quarantine the window unit is back; the tag is still held.
     wait_until_idle(&conn).await;
     let mut conn2 = conn.clone();
-    let second = conn2
-        .ready()
-        .await
-        .expect("ready")
-        .call(Bytes::from_static(b"second"));
+    let second = ready_call(&mut conn2, b"second").await;
     let new = peer.recv().await;
     assert_ne!(old.tag, new.tag, "a held tag is not issued again");
 
@@ -267,14 +273,7 @@ async fn quarantined_tags_count_against_the_window() {
         .quarantine(Duration::from_millis(400))
         .held_tag_limit(64);
     let mut conn = connect(server.addr, config).await;
-    for i in 0..8 {
-        let fut = conn
-            .ready()
-            .await
-            .expect("ready")
-            .call(Bytes::from(format!("{i}")));
-        let _ = tokio::time::timeout(Duration::from_millis(5), fut).await;
-    }
+    abandon_after_5ms(&mut conn, 8).await;
     // All 8 are abandoned but quarantined: the 9th must wait.
     let waited = tokio::time::timeout(Duration::from_millis(150), conn.ready()).await;
     assert!(waited.is_err(), "quarantined tags still occupy the window");
@@ -294,14 +293,7 @@ async fn a_whole_window_abandoned_unanswered_retires_the_connection() {
         .quarantine(Duration::from_secs(30))
         .close_grace(Duration::from_millis(200));
     let mut conn = connect(server.addr, config).await;
-    for i in 0..4 {
-        let fut = conn
-            .ready()
-            .await
-            .expect("ready")
-            .call(Bytes::from(format!("{i}")));
-        let _ = tokio::time::timeout(Duration::from_millis(5), fut).await;
-    }
+    abandon_after_5ms(&mut conn, 4).await;
     let err = tokio::time::timeout(Duration::from_secs(30), conn.ready())
         .await
         .expect("a retired connection fails readiness instead of hanging")
@@ -326,11 +318,7 @@ async fn unknown_tags_are_dropped_and_counted_and_the_connection_keeps_working()
     let addr = server.addr;
     let (mut conn, mut peer) =
         tokio::join!(connect(addr, ConnectionConfig::new()), server.accept());
-    let fut = conn
-        .ready()
-        .await
-        .expect("ready")
-        .call(Bytes::from_static(b"real"));
+    let fut = ready_call(&mut conn, b"real").await;
     let req = peer.recv().await;
     let mut flood = Vec::new();
     for i in 0..1000u32 {
@@ -390,25 +378,21 @@ async fn an_oversize_length_closes_the_connection_with_protocol_errors() {
     let config =
         ConnectionConfig::new().frame(anet_proto::FrameCodec::builder().max_frame_length(1024));
     let (mut conn, mut peer) = tokio::join!(connect(addr, config), server.accept());
-    let fut = conn
-        .ready()
-        .await
-        .expect("ready")
-        .call(Bytes::from_static(b"x"));
+    let fut = ready_call(&mut conn, b"x").await;
     peer.recv().await;
     peer.send_raw(&[0xff, 0xff, 0, 0, 0, 0]).await;
     let err = tokio::time::timeout(Duration::from_secs(10), fut)
         .await
         .expect("no hang")
         .expect_err("protocol");
-    assert_eq!(err.kind(), Kind::Protocol);
+    assert_eq!(err.kind(), Kind::Protocol, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifth_poll_ready_waits_for_a_response_when_max_in_flight_is_4() {
+    let config = ConnectionConfig::new().max_in_flight(4);
     let mut server = ManualServer::bind().await;
     let addr = server.addr;
-    let config = ConnectionConfig::new().max_in_flight(4);
     let (conn, mut peer) = tokio::join!(connect(addr, config), server.accept());
     let mut futures = Vec::new();
     for i in 0..4 {
@@ -427,9 +411,7 @@ async fn fifth_poll_ready_waits_for_a_response_when_max_in_flight_is_4() {
     }
     let mut fifth = conn.clone();
     assert!(
-        tokio::time::timeout(Duration::from_millis(200), fifth.ready())
-            .await
-            .is_err(),
+        not_ready_within(&mut fifth, Duration::from_millis(200)).await,
         "fifth request must wait"
     );
     let first = first.expect("a request");
@@ -445,11 +427,7 @@ async fn fifth_poll_ready_waits_for_a_response_when_max_in_flight_is_4() {
 async fn close_lets_in_flight_requests_finish_and_refuses_new_ones() {
     let server = start_scripted(|_, _| Action::Echo(Duration::from_millis(100))).await;
     let mut conn = connect(server.addr, ConnectionConfig::new()).await;
-    let fut = conn
-        .ready()
-        .await
-        .expect("ready")
-        .call(Bytes::from_static(b"in flight"));
+    let fut = ready_call(&mut conn, b"in flight").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     conn.close();
     let err = conn.ready().await.expect_err("closed");
@@ -467,11 +445,7 @@ async fn close_fails_requests_still_waiting_after_the_grace_with_closed() {
     let (client_io, _silent_server) = tokio::io::duplex(64 * 1024);
     let config = ConnectionConfig::new().close_grace(Duration::from_millis(200));
     let mut conn = Connection::new(client_io, config);
-    let fut = conn
-        .ready()
-        .await
-        .expect("ready")
-        .call(Bytes::from_static(b"never"));
+    let fut = ready_call(&mut conn, b"never").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let started = tokio::time::Instant::now();
     drop(conn); // the last handle: closes gracefully

@@ -3,12 +3,13 @@
 //! down endpoint is skipped and rejoins, redials and replaced connections,
 //! transparent retries of unsent requests.
 
+use anet_tests::clients::{call_all_ok, spawn_load};
 use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -16,11 +17,11 @@ use std::{
 
 use anet::{
     Kind,
-    client::{Client, ConnectionConfig, PoolConfig, RetryPolicy},
-    server::{Request, Server},
+    client::{Client, ClientBuilder, ConnectionConfig, PoolConfig, RetryPolicy},
+    server::Server,
 };
 use anet_tests::clients::{
-    NO_BACKOFF, closed_port, delayed_echo_server as echo_server, fast_backoff, load,
+    NO_BACKOFF, closed_port, delayed_echo_server as echo_server, fast_backoff,
 };
 use anet_tests::{Action, MemoryConnector, eventually, memory_addr, start_scripted};
 use bytes::Bytes;
@@ -39,11 +40,7 @@ async fn a_killed_server_fails_only_its_in_flight_requests_and_comes_back_on_the
         .endpoints([a.addr, b.addr, c.addr])
         .backoff(fast_backoff())
         .build();
-    let stop = Arc::new(AtomicBool::new(false));
-    let run = tokio::spawn({
-        let (client, stop) = (client.clone(), stop.clone());
-        async move { load(&client, 32, stop).await }
-    });
+    let (stop, run) = spawn_load(&client, 32);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = client
         .stats()
@@ -115,11 +112,7 @@ async fn idempotent_requests_lost_with_a_killed_server_are_retried_elsewhere() {
         .retry(RetryPolicy::new(3).idempotent(true))
         .backoff(fast_backoff())
         .build();
-    let stop = Arc::new(AtomicBool::new(false));
-    let run = tokio::spawn({
-        let (client, stop) = (client.clone(), stop.clone());
-        async move { load(&client, 32, stop).await }
-    });
+    let (stop, run) = spawn_load(&client, 32);
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(b);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -173,14 +166,7 @@ async fn the_pool_grows_under_load_up_to_its_maximum() {
         .connection(ConnectionConfig::new().max_in_flight(8))
         .pool(PoolConfig::new().min_connections(1).max_connections(3))
         .build();
-    let mut calls = tokio::task::JoinSet::new();
-    for i in 0..300 {
-        let client = client.clone();
-        calls.spawn(async move { client.call(Bytes::from(format!("{i}"))).await });
-    }
-    for r in calls.join_all().await {
-        r.expect("ok");
-    }
+    call_all_ok(&client, 300).await;
     let stats = client.stats();
     assert_eq!(stats.connections(), 3, "{stats:?}");
     assert_eq!(server.stats.snapshot().connections_accepted, 3);
@@ -188,17 +174,10 @@ async fn the_pool_grows_under_load_up_to_its_maximum() {
 
 #[tokio::test(start_paused = true)]
 async fn a_connection_closed_by_the_server_is_replaced_at_once() {
-    let failing = service_fn(|req: Request| async move {
-        if req.payload() == "fail" {
-            Err("refused")
-        } else {
-            Ok(req.into_payload())
-        }
-    });
     let server = MemoryConnector::new(move |io| async move {
         Server::builder()
             .on_error(anet::server::OnError::Close)
-            .serve_connection(io, None, failing)
+            .serve_connection(io, None, anet_tests::fails_on_fail())
             .await;
     });
     let client = Client::builder()
@@ -374,7 +353,21 @@ fn stall_first_connector(
     })
 }
 
-async fn first_and_second(client: &Client) -> (anet::Error, Result<Bytes, anet::Error>) {
+/// Against an echo server, a client of one connection (write buffer 1) whose
+/// first dial stalls, configured further by `configure`: sends `first`, then
+/// `second` 50 ms later; returns the first's error and the second's outcome.
+async fn first_and_second(
+    configure: impl FnOnce(ClientBuilder) -> ClientBuilder,
+) -> (anet::Error, Result<Bytes, anet::Error>) {
+    let server = echo_server(Duration::ZERO, None).await;
+    let client = configure(
+        Client::builder()
+            .endpoint(server.addr)
+            .connections_per_endpoint(1, 1)
+            .connection(ConnectionConfig::new().write_buffer(1))
+            .connector(stall_first_connector(Arc::default())),
+    )
+    .build();
     let first = tokio::spawn({
         let client = client.clone();
         async move { client.call(Bytes::from_static(b"first")).await }
@@ -389,32 +382,19 @@ async fn first_and_second(client: &Client) -> (anet::Error, Result<Bytes, anet::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_not_sent_failure_is_retried_transparently() {
-    let server = echo_server(Duration::ZERO, None).await;
-    let client = Client::builder()
-        .endpoint(server.addr)
-        .connections_per_endpoint(1, 1)
-        .connection(ConnectionConfig::new().write_buffer(1))
-        .connector(stall_first_connector(Arc::default()))
+    let (first, second) = first_and_second(|client| {
         // The stalled connection never answered: a failed dial, which would
         // back off; no backoff here, so the retry finds the replacement.
-        .backoff(NO_BACKOFF)
-        .build();
-    let (first, second) = first_and_second(&client).await;
+        client.backoff(NO_BACKOFF)
+    })
+    .await;
     assert_eq!(first.kind(), Kind::ConnectionLost);
     assert_eq!(second.expect("retried on a new connection"), "second");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_retries_the_same_failure_is_not_sent() {
-    let server = echo_server(Duration::ZERO, None).await;
-    let client = Client::builder()
-        .endpoint(server.addr)
-        .connections_per_endpoint(1, 1)
-        .connection(ConnectionConfig::new().write_buffer(1))
-        .connector(stall_first_connector(Arc::default()))
-        .retry(RetryPolicy::new(0))
-        .build();
-    let (first, second) = first_and_second(&client).await;
+    let (first, second) = first_and_second(|client| client.retry(RetryPolicy::new(0))).await;
     assert_eq!(first.kind(), Kind::ConnectionLost);
     let second = second.expect_err("not retried");
     assert_eq!(second.kind(), Kind::NotSent);

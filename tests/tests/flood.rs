@@ -2,6 +2,7 @@
 //! stays bounded whatever a peer sends. One test function, so that nothing else in
 //! this process allocates while it measures.
 
+use anet_tests::ready_call;
 use std::{convert::Infallible, time::Duration};
 
 use anet::{
@@ -10,9 +11,9 @@ use anet::{
 };
 use anet_proto::Tag;
 use anet_tests::{ManualServer, encode, eventually, rss_bytes, start_server};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tower::{Service, ServiceExt, service_fn};
+use tower::service_fn;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -60,11 +61,7 @@ async fn unknown_tag_flood_to_a_client() {
     );
     assert!(grown < 48 * MIB, "RSS grew {} MiB", grown / MIB);
     // The connection still works.
-    let fut = conn
-        .ready()
-        .await
-        .expect("ready")
-        .call(Bytes::from_static(b"still"));
+    let fut = ready_call(&mut conn, b"still").await;
     let req = peer.recv().await;
     peer.reply(&req, b"still").await;
     assert_eq!(fut.await.expect("answered"), "still");

@@ -2,6 +2,7 @@
 //! ends every task they spawned. Its own test binary, so that no other test opens
 //! descriptors or spawns tasks meanwhile.
 
+use anet_tests::clients::call_all_ok;
 use std::{convert::Infallible, time::Duration};
 
 use anet::{
@@ -9,7 +10,6 @@ use anet::{
     server::{Request, Server},
 };
 use anet_tests::{eventually, start_server};
-use bytes::Bytes;
 use tower::service_fn;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -37,14 +37,7 @@ async fn closing_a_client_and_a_server_leaks_no_socket_or_task() {
         .endpoint(server.addr)
         .connections_per_endpoint(3, 3)
         .build();
-    let mut calls = tokio::task::JoinSet::new();
-    for i in 0..2000 {
-        let client = client.clone();
-        calls.spawn(async move { client.call(Bytes::from(format!("{i}"))).await });
-    }
-    for r in calls.join_all().await {
-        r.expect("ok");
-    }
+    call_all_ok(&client, 2000).await;
     assert!(fds() > baseline, "sockets were open");
     // At least the server's accept loop, its three connections and the client's
     // three connection drivers.

@@ -7,7 +7,6 @@
 
 use std::{
     convert::Infallible,
-    future::Future,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -24,8 +23,10 @@ use anet::{
     server::{Request, Server},
 };
 use anet_proto::{Frame, FrameCodec};
+use anet_tests::clients::echo_for;
 use anet_tests::{
-    MemoryConnector, encode, eventually, memory_addr, restart_server, spawn_writer, start_server,
+    Handler, MemoryConnector, encode, eventually, memory_addr, restart_server, spawn_writer,
+    start_server,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -46,6 +47,17 @@ struct Backend {
 }
 
 impl Backend {
+    /// Echoes every request but `request`, which it answers with `reply`.
+    fn echo_except(request: &'static str, reply: &'static [u8]) -> Backend {
+        Backend::new(move |_, frame| {
+            Some(if frame.payload == request {
+                Bytes::from_static(reply)
+            } else {
+                frame.payload.clone()
+            })
+        })
+    }
+
     fn new(answer: impl Fn(usize, &Frame) -> Option<Bytes> + Send + Sync + 'static) -> Backend {
         let answer: Answer = Arc::new(answer);
         let seen: Arc<Mutex<Vec<(usize, Bytes)>>> = Arc::default();
@@ -165,13 +177,7 @@ async fn the_handshake_is_the_first_request_on_every_connection() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_handshake_is_a_failed_dial_and_its_connection_gets_no_traffic() {
     // The device refuses the logon.
-    let backend = Backend::new(|_, frame| {
-        Some(if frame.payload == "LOGON" {
-            Bytes::from_static(b"DENIED")
-        } else {
-            frame.payload.clone()
-        })
-    });
+    let backend = Backend::echo_except("LOGON", b"DENIED");
     let client = backend
         .builder()
         .backoff(fast_backoff())
@@ -291,13 +297,7 @@ async fn a_silent_peer_misses_its_heartbeat_and_is_replaced() {
 
 #[tokio::test(start_paused = true)]
 async fn a_heartbeat_reply_that_fails_its_check_retires_the_connection() {
-    let backend = Backend::new(|_, frame| {
-        Some(if frame.payload == "HB" {
-            Bytes::from_static(b"HB99")
-        } else {
-            frame.payload.clone()
-        })
-    });
+    let backend = Backend::echo_except("HB", b"HB99");
     let client = backend
         .builder()
         .heartbeat(Heartbeat::new(Duration::from_secs(1), "HB").check(|r| r == "HB00"))
@@ -324,29 +324,13 @@ async fn connections_past_their_max_age_retire_without_failing_a_request() {
         .wait_connected(Duration::from_secs(1))
         .await
         .expect("warm");
-    let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..8 {
-        let client = client.clone();
-        tasks.spawn(async move {
-            let start = Instant::now();
-            let mut n = 0u64;
-            while start.elapsed() < Duration::from_secs(5) {
-                let payload = Bytes::from(format!("{w}-{n}"));
-                let reply = client
-                    .call(payload.clone())
-                    .await
-                    .expect("no request fails");
-                assert_eq!(reply, payload);
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            n
-        });
-    }
-    let mut total = 0;
-    while let Some(n) = tasks.join_next().await {
-        total += n.expect("worker");
-    }
+    let total = echo_for(
+        &client,
+        8,
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+    )
+    .await;
     assert!(total > 1000, "{total}");
     let stats = client.stats().endpoints[0].clone();
     assert!(stats.retired >= 6, "{stats:?}");
@@ -419,13 +403,7 @@ fn hsm_error(reply: &Bytes) -> Classification {
 
 #[tokio::test(start_paused = true)]
 async fn replies_classified_as_endpoint_failures_mark_it_down_while_the_connection_stays() {
-    let backend = Backend::new(|_, frame| {
-        Some(if frame.payload == "bad" {
-            Bytes::from_static(b"ER15")
-        } else {
-            frame.payload.clone()
-        })
-    });
+    let backend = Backend::echo_except("bad", b"ER15");
     let client = backend
         .builder()
         .pool(
@@ -471,13 +449,7 @@ async fn replies_classified_as_endpoint_failures_mark_it_down_while_the_connecti
 
 #[tokio::test(start_paused = true)]
 async fn a_reply_classified_as_a_connection_failure_retires_the_connection() {
-    let backend = Backend::new(|_, frame| {
-        Some(if frame.payload == "desync" {
-            Bytes::from_static(b"RESET")
-        } else {
-            frame.payload.clone()
-        })
-    });
+    let backend = Backend::echo_except("desync", b"RESET");
     let client = backend.builder().classify(hsm_error).build();
     assert_eq!(call(&client, b"one").await.expect("call"), "one");
     assert_eq!(call(&client, b"desync").await.expect("delivered"), "RESET");
@@ -510,16 +482,7 @@ async fn without_a_classifier_every_reply_is_a_success() {
 
 // ---------------------------------------------------------------- warm-up (real TCP)
 
-fn named(
-    name: &'static str,
-) -> impl Service<
-    Request,
-    Response = Bytes,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Bytes, Infallible>> + Send,
-> + Clone
-+ Send
-+ 'static {
+fn named(name: &'static str) -> impl Handler {
     service_fn(move |_req: Request| async move {
         Ok::<_, Infallible>(Bytes::from_static(name.as_bytes()))
     })
@@ -778,26 +741,7 @@ async fn over_tcp_connections_retire_at_their_max_age_without_failing_requests()
         .wait_connected(Duration::from_secs(10))
         .await
         .expect("connected");
-    let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..16 {
-        let client = client.clone();
-        tasks.spawn(async move {
-            let start = Instant::now();
-            let mut n = 0u64;
-            while start.elapsed() < Duration::from_secs(2) {
-                let payload = Bytes::from(format!("{w}-{n}"));
-                let reply = client
-                    .call(payload.clone())
-                    .await
-                    .expect("no request fails");
-                assert_eq!(reply, payload);
-                n += 1;
-            }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.expect("worker");
-    }
+    echo_for(&client, 16, Duration::from_secs(2), Duration::ZERO).await;
     let stats = client.stats().endpoints[0].clone();
     assert!(stats.retired >= 3, "{stats:?}");
     assert_eq!(stats.errors.total(), 0, "{stats:?}");

@@ -1,31 +1,31 @@
 //! The client's limit layers: concurrency limit, load shedding, a rate limit
 //! shared by clones, and the deadline over the wait for them.
 
+use anet_tests::clients::{assert_times_out_at, call_all_ok};
 use std::{sync::atomic::Ordering, time::Duration};
 
 use anet::{
     Kind,
-    client::{Client, RetryPolicy},
+    client::{Client, ClientBuilder, RetryPolicy},
 };
 use anet_tests::{Action, memory_addr, memory_scripted, start_scripted};
 use bytes::Bytes;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_concurrency_limit_holds_at_the_server() {
-    let server = start_scripted(|_, _| Action::Echo(Duration::from_millis(5))).await;
+/// An echo server answering after `delay_ms`, and a client builder for it
+/// with a concurrency limit of `limit`.
+async fn limited_echo(delay_ms: u64, limit: usize) -> (anet_tests::Scripted, ClientBuilder) {
+    let server = start_scripted(move |_, _| Action::Echo(Duration::from_millis(delay_ms))).await;
     let client = Client::builder()
         .endpoint(server.addr)
-        .concurrency_limit(Some(8))
-        .connections_per_endpoint(2, 4)
-        .build();
-    let mut calls = tokio::task::JoinSet::new();
-    for i in 0..400 {
-        let client = client.clone();
-        calls.spawn(async move { client.call(Bytes::from(format!("{i}"))).await });
-    }
-    for r in calls.join_all().await {
-        r.expect("ok");
-    }
+        .concurrency_limit(Some(limit));
+    (server, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_limit_holds_at_the_server() {
+    let (server, client) = limited_echo(5, 8).await;
+    let client = client.connections_per_endpoint(2, 4).build();
+    call_all_ok(&client, 400).await;
     let peak = server.counters.max_in_flight.load(Ordering::SeqCst);
     assert!(peak <= 8, "server saw {peak} in flight");
     assert!(peak >= 4, "the limit was actually reached: {peak}");
@@ -33,12 +33,8 @@ async fn the_concurrency_limit_holds_at_the_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_shedding_fails_fast_with_overloaded_at_the_limit() {
-    let server = start_scripted(|_, _| Action::Echo(Duration::from_millis(300))).await;
-    let client = Client::builder()
-        .endpoint(server.addr)
-        .concurrency_limit(Some(2))
-        .load_shed(true)
-        .build();
+    let (_server, client) = limited_echo(300, 2).await;
+    let client = client.load_shed(true).build();
     client.call(Bytes::from_static(b"warm")).await.expect("ok");
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..10 {
@@ -65,14 +61,7 @@ async fn the_rate_limit_is_shared_by_every_clone() {
         .request_timeout(Duration::from_secs(10))
         .build();
     let started = tokio::time::Instant::now();
-    let mut calls = tokio::task::JoinSet::new();
-    for i in 0..100 {
-        let client = client.clone();
-        calls.spawn(async move { client.call(Bytes::from(format!("{i}"))).await });
-    }
-    for r in calls.join_all().await {
-        r.expect("ok");
-    }
+    call_all_ok(&client, 100).await;
     // A burst of 50, then 50 more at 50 per second (paused time: exactly).
     let elapsed = started.elapsed();
     assert!(
@@ -133,15 +122,5 @@ async fn a_limited_client_request_to_a_silent_server_ends_at_its_deadline() {
         .request_timeout(Duration::from_millis(300))
         .retry(RetryPolicy::new(0))
         .build();
-    let started = tokio::time::Instant::now();
-    let err = client
-        .call(Bytes::from_static(b"silence"))
-        .await
-        .expect_err("never answered");
-    let elapsed = started.elapsed();
-    assert_eq!(err.kind(), Kind::Timeout, "{err}");
-    assert!(
-        elapsed >= Duration::from_millis(300) && elapsed <= Duration::from_millis(310),
-        "{elapsed:?}"
-    );
+    assert_times_out_at(&client, b"silence", 300, 10).await;
 }

@@ -3,6 +3,7 @@
 //! `ConcurrencyLimit` over it see backpressure; a reservation dropped unused
 //! gives its unit back; a waiting handle is woken when room appears.
 
+use anet_tests::not_ready_within;
 use std::{sync::atomic::Ordering, time::Duration};
 
 use anet::{
@@ -94,9 +95,7 @@ async fn a_balancer_is_pending_while_every_window_is_full_and_woken_when_room_ap
 
     let mut waiting = client.balancer();
     assert!(
-        tokio::time::timeout(Duration::from_millis(200), waiting.ready())
-            .await
-            .is_err(),
+        not_ready_within(&mut waiting, Duration::from_millis(200)).await,
         "not ready while the only window is full"
     );
     let ready = tokio::spawn(async move {
@@ -143,9 +142,7 @@ async fn a_reservation_dropped_without_a_call_gives_its_unit_back() {
     );
     let mut fifth = client.balancer();
     assert!(
-        tokio::time::timeout(Duration::from_millis(100), fifth.ready())
-            .await
-            .is_err(),
+        not_ready_within(&mut fifth, Duration::from_millis(100)).await,
         "the window is reserved"
     );
 
@@ -195,10 +192,7 @@ async fn buffer_and_concurrency_limit_over_the_balancer_serve_every_request() {
 async fn with_no_endpoint_up_the_balancer_is_ready_and_its_calls_fail_unavailable_so_a_buffer_survives()
  {
     // A port nobody listens on.
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr")
-    };
+    let closed = anet_tests::clients::closed_port();
     let client = Client::builder()
         .endpoint(closed)
         .connect_timeout(Duration::from_millis(200))

@@ -2,6 +2,7 @@
 //! any connection (of its pool, or of any endpoint of its balancer), a "no
 //! endpoint" verdict is looked at again, and nothing is written after close.
 
+use anet_tests::ready_call;
 use std::time::Duration;
 
 use anet::{
@@ -43,17 +44,9 @@ async fn a_pending_pool_is_woken_by_room_on_its_other_connection() {
     // One connection gets a request that is never answered; the other one
     // gets a request answered after 200 ms.
     let mut hang = pool.clone();
-    let _hung = hang
-        .ready()
-        .await
-        .expect("ready")
-        .call(Bytes::from_static(b"hang"));
+    let _hung = ready_call(&mut hang, b"hang").await;
     let mut slow = pool.clone();
-    let slow = slow
-        .ready()
-        .await
-        .expect("ready")
-        .call(Bytes::from_static(b"slow"));
+    let slow = ready_call(&mut slow, b"slow").await;
     assert_eq!(pool.stats().in_flight, 2, "both windows full");
 
     let mut waiter = pool.clone();
@@ -90,20 +83,12 @@ async fn a_pending_balancer_is_woken_by_room_on_the_other_endpoint() {
     );
     // One endpoint's only window is taken for good.
     let mut hang = client.balancer();
-    let _hung = hang
-        .ready()
-        .await
-        .expect("ready")
-        .call(Bytes::from_static(b"hang"));
+    let _hung = ready_call(&mut hang, b"hang").await;
 
     for round in 0..10 {
         // The other endpoint (less loaded) takes a request answered in 200 ms.
         let mut slow = client.balancer();
-        let slow = slow
-            .ready()
-            .await
-            .expect("ready")
-            .call(Bytes::from_static(b"slow"));
+        let slow = ready_call(&mut slow, b"slow").await;
         let mut waiter = client.balancer();
         let waiting = tokio::spawn(async move {
             waiter.ready().await.expect("ready");
@@ -125,10 +110,7 @@ async fn a_pending_balancer_is_woken_by_room_on_the_other_endpoint() {
 /// ready without holding room, and the call fails Unavailable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_balancer_ready_with_unavailable_does_not_stay_stale_once_an_endpoint_is_up() {
-    let addr = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr")
-    };
+    let addr = anet_tests::clients::closed_port();
     let client = Client::builder()
         .endpoint(addr)
         .connect_timeout(Duration::from_millis(100))
@@ -167,21 +149,25 @@ async fn a_call_on_a_reservation_made_before_close_is_refused() {
     let mut balancer = client.balancer();
     balancer.ready().await.expect("ready");
     client.close();
-    let result = balancer.call(Bytes::from_static(b"after close")).await;
-    assert_eq!(
-        result.as_ref().map_err(anet::Error::kind).err(),
-        Some(Kind::Closed),
-        "written after close: {result:?}"
-    );
+    refused_as_closed(&mut balancer, "").await;
 
     let pool = Pool::new(server.addr, Connector::new(), PoolConfig::new());
     let mut handle = pool.clone();
     handle.ready().await.expect("ready");
     pool.close();
-    let result = handle.call(Bytes::from_static(b"after close")).await;
+    refused_as_closed(&mut handle, "pool: ").await;
+}
+
+/// Calls `service` (already ready) and asserts that the call is refused as
+/// [`Kind::Closed`], not written (`what` names the service in the message).
+async fn refused_as_closed<S>(service: &mut S, what: &str)
+where
+    S: Service<Bytes, Response = Bytes, Error = anet::Error>,
+{
+    let result = service.call(Bytes::from_static(b"after close")).await;
     assert_eq!(
         result.as_ref().map_err(anet::Error::kind).err(),
         Some(Kind::Closed),
-        "pool: written after close: {result:?}"
+        "{what}written after close: {result:?}"
     );
 }

@@ -60,6 +60,17 @@ struct Backend {
     accepted: Arc<tokio::sync::watch::Sender<usize>>,
 }
 
+/// A backend in `mode` over in-memory pipes, its connector, and a client
+/// builder that dials it (through a clone of the connector).
+fn in_memory(mode: Mode) -> (Backend, MemoryConnector, anet::client::ClientBuilder) {
+    let backend = Backend::new(mode);
+    let connector = backend.memory();
+    let client = Client::builder()
+        .endpoint(memory_addr())
+        .connector(connector.clone());
+    (backend, connector, client)
+}
+
 impl Backend {
     fn new(mode: Mode) -> Backend {
         Backend {
@@ -270,13 +281,8 @@ const BACKOFF: Backoff = Backoff::new()
 /// resumes within the backoff's current delay.
 #[tokio::test(start_paused = true)]
 async fn a_backend_that_accepts_and_closes_at_once_is_redialled_with_backoff_not_hammered() {
-    let backend = Backend::new(Mode::CloseAtOnce);
-    let connector = backend.memory();
-    let client = Client::builder()
-        .endpoint(memory_addr())
-        .connector(connector.clone())
-        .backoff(BACKOFF)
-        .build();
+    let (backend, connector, client) = in_memory(Mode::CloseAtOnce);
+    let client = client.backoff(BACKOFF).build();
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(tokio::sync::Notify::new());
     let tasks = callers_notifying(&client, 16, stop.clone(), answered.clone());
@@ -369,12 +375,8 @@ async fn a_tcp_backend_that_accepts_and_closes_at_once_gets_a_few_dozen_connecti
 #[tokio::test(start_paused = true)]
 async fn connections_that_answered_before_the_server_closed_them_are_replaced_at_once() {
     const CONNECTIONS: usize = 300;
-    let backend = Backend::new(Mode::EchoThenClose(5));
-    let connector = backend.memory();
-    let client = Client::builder()
-        .endpoint(memory_addr())
-        .connector(connector.clone())
-        .build();
+    let (backend, _connector, client) = in_memory(Mode::EchoThenClose(5));
+    let client = client.build();
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = callers(&client, 16, stop.clone());
     // Paused time moves only while every task waits: were a replacement put
@@ -450,11 +452,8 @@ async fn a_tcp_backend_that_answers_then_closes_is_never_marked_down() {
 /// counts as a failed dial, so replacements back off.
 #[tokio::test(start_paused = true)]
 async fn connections_retired_before_they_answered_anything_are_replaced_with_backoff() {
-    let backend = Backend::new(Mode::Silent);
-    let connector = backend.memory();
-    let client = Client::builder()
-        .endpoint(memory_addr())
-        .connector(connector.clone())
+    let (_backend, connector, client) = in_memory(Mode::Silent);
+    let client = client
         .connection(
             ConnectionConfig::new()
                 .max_in_flight(8)
@@ -484,11 +483,8 @@ async fn connections_retired_before_they_answered_anything_are_replaced_with_bac
 /// endpoint is never marked down, so no caller sees `Unavailable`.
 #[tokio::test(start_paused = true)]
 async fn frequent_retirements_of_connections_that_answer_never_mark_the_endpoint_down() {
-    let backend = Backend::new(Mode::DropOneIn(12));
-    let connector = backend.memory();
-    let client = Client::builder()
-        .endpoint(memory_addr())
-        .connector(connector.clone())
+    let (_backend, connector, client) = in_memory(Mode::DropOneIn(12));
+    let client = client
         .connection(ConnectionConfig::new().max_in_flight(50))
         .request_timeout(Duration::from_millis(300))
         .build();

@@ -11,20 +11,13 @@ use std::{
 };
 
 use anet::server::{Builder, OnError, Request, Server};
-use anet_tests::{RawClient, Rng, echo, start_server};
+use anet_tests::{Handler, RawClient, Rng, echo, start_server};
 use bytes::Bytes;
 use tower::service_fn;
 
 /// A handler that sleeps 0..2 ms at random (seeded by the payload) and answers
 /// "re:" + payload.
-fn random_delay() -> impl tower::Service<
-    Request,
-    Response = Bytes,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Bytes, Infallible>> + Send,
-> + Clone
-+ Send
-+ 'static {
+fn random_delay() -> impl Handler {
     service_fn(|req: Request| async move {
         let seed = req
             .payload()
@@ -317,14 +310,7 @@ async fn shutdown_closes_connections_still_busy_after_the_grace() {
     assert!(client.closed_within(WAIT).await);
 }
 
-fn panicky() -> impl tower::Service<
-    Request,
-    Response = Bytes,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Bytes, Infallible>> + Send,
-> + Clone
-+ Send
-+ 'static {
+fn panicky() -> impl Handler {
     service_fn(|req: Request| async move {
         tokio::time::sleep(Duration::from_millis(20)).await;
         if req.payload() == "panic" {
@@ -364,13 +350,7 @@ async fn a_panicking_handler_affects_only_its_own_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_error_close_closes_the_connection_of_a_failed_request() {
-    let failing = service_fn(|req: Request| async move {
-        if req.payload() == "fail" {
-            Err("refused")
-        } else {
-            Ok(req.into_payload())
-        }
-    });
+    let failing = anet_tests::fails_on_fail();
     let config = Server::builder().on_error(OnError::Close);
     let server = start_server(config, failing).await;
     let mut a = RawClient::connect(server.addr).await;
@@ -466,10 +446,7 @@ async fn a_make_service_gives_each_connection_its_own_service() {
             async move { Ok::<_, Infallible>(Bytes::from(format!("{n}"))) }
         }))
     });
-    let server = Server::builder()
-        .bind("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("bind");
+    let server = anet_tests::bind_local(Server::builder()).await;
     let addr = server.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve_make_with_shutdown(make, async {

@@ -3,6 +3,7 @@
 //! has not been answered, whatever the tag format and however many requests pass;
 //! a late answer reaches nobody; held tags are bounded by retiring the connection.
 
+use anet_tests::ready_call;
 use std::{sync::atomic::Ordering, time::Duration};
 
 use anet::{
@@ -46,11 +47,7 @@ async fn held_tag_survives_rounds(
     );
 
     let mut abandoned = conn.clone();
-    let fut = abandoned
-        .ready()
-        .await
-        .expect("ready")
-        .call(Bytes::from_static(b"abandoned"));
+    let fut = ready_call(&mut abandoned, b"abandoned").await;
     let held = peer.recv().await;
     assert_eq!(held.payload, "abandoned");
     drop(fut);
@@ -290,11 +287,7 @@ async fn a_window_full_of_quarantined_requests_retires_below_the_held_limit() {
     let mut conn = Connection::new(client_io, config);
     let codec = anet_proto::FrameCodec::new();
     for _ in 0..2 {
-        let fut = conn
-            .ready()
-            .await
-            .expect("ready")
-            .call(Bytes::from_static(b"x"));
+        let fut = ready_call(&mut conn, b"x").await;
         anet_proto::read_frame(&mut server_io, &codec)
             .await
             .expect("read")

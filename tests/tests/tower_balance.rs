@@ -3,6 +3,7 @@
 //! back after the restart), `MakeBalance` over [`MakePool`] works, and a pool
 //! that is down is pending, never failed (tower's p2c would evict it for good).
 
+use anet_tests::{not_ready_within, ready_call};
 use std::{net::SocketAddr, time::Duration};
 
 use anet::{
@@ -136,15 +137,10 @@ async fn make_balance_over_make_pool_balances_a_set_of_addresses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_that_cannot_connect_is_pending_not_failed_until_closed() {
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr")
-    };
+    let closed = anet_tests::clients::closed_port();
     let mut pool = make_pool().oneshot(closed).await.expect("pool");
     assert!(
-        tokio::time::timeout(Duration::from_millis(500), pool.ready())
-            .await
-            .is_err(),
+        not_ready_within(&mut pool, Duration::from_millis(500)).await,
         "pending while it backs off, not an error that would evict it"
     );
     assert!(pool.stats().failed_dials >= 1, "{:?}", pool.stats());
@@ -179,13 +175,7 @@ async fn a_pool_reservation_dropped_unused_returns_its_unit_and_the_last_handle_
 
     // A call on it is written and answered.
     let mut other = other;
-    let call = tokio::spawn(
-        other
-            .ready()
-            .await
-            .expect("ready")
-            .call(Bytes::from_static(b"ping")),
-    );
+    let call = tokio::spawn(ready_call(&mut other, b"ping").await);
     let frame = conn.recv().await;
     conn.reply(&frame, b"pong").await;
     assert_eq!(call.await.expect("task").expect("answered"), "pong");
