@@ -111,8 +111,9 @@ async fn server_closing_mid_flight_fails_every_waiting_request_with_connection_l
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_dropped_futures_leave_full_capacity_after_late_responses() {
-    // Every reply comes 20 ms late; callers give up after 1 ms.
-    let server = start_scripted(|_, _| Action::Echo(Duration::from_millis(20))).await;
+    // Every reply comes 100 ms late; callers give up after 1 ms (a margin that
+    // holds on a loaded machine: a caller must not see its reply first).
+    let server = start_scripted(|_, _| Action::Echo(Duration::from_millis(100))).await;
     // Late responses free every slot well before the 30 s quarantine.
     let conn = abandon_10k_until_idle(server.addr, Duration::from_secs(30)).await;
     let stats = conn.stats();
@@ -270,7 +271,9 @@ async fn quarantined_tags_count_against_the_window() {
     let server = start_scripted(|_, _| Action::Ignore).await;
     let config = ConnectionConfig::new()
         .max_in_flight(8)
-        .quarantine(Duration::from_millis(400))
+        // Long beside the 150 ms look below, so a slow abandon on a loaded
+        // machine cannot let the quarantine pass before it.
+        .quarantine(Duration::from_secs(2))
         .held_tag_limit(64);
     let mut conn = connect(server.addr, config).await;
     abandon_after_5ms(&mut conn, 8).await;
