@@ -202,10 +202,15 @@ pub(crate) async fn client_builder(
         let lookup: Lookup = Arc::new(|name: String| {
             Box::pin(async move { resolve_name(&name, RESOLVE_TIMEOUT).await })
         });
-        builder = builder.dns(joined, every).resolver(Names::new(names, lookup));
+        builder = builder
+            .dns(joined, every)
+            .resolver(Names::new(names, lookup));
     }
     Ok(builder)
 }
+
+/// Names with their addresses, in `--connect` order.
+type Answers = Vec<(String, Vec<SocketAddr>)>;
 
 /// Looks one name up (the system resolver in the tool, a script in tests).
 type Lookup = Arc<dyn Fn(String) -> ResolveFuture + Send + Sync>;
@@ -217,14 +222,14 @@ type Lookup = Arc<dyn Fn(String) -> ResolveFuture + Send + Sync>;
 /// fails.
 struct Names {
     /// The names with their last good answers, in `--connect` order.
-    known: Arc<Mutex<Vec<(String, Vec<SocketAddr>)>>>,
+    known: Arc<Mutex<Answers>>,
     /// How one name is looked up.
     lookup: Lookup,
 }
 
 impl Names {
     /// A resolver of `names`, seeded with the answers found at start.
-    fn new(names: Vec<(String, Vec<SocketAddr>)>, lookup: Lookup) -> Names {
+    fn new(names: Answers, lookup: Lookup) -> Names {
         Names {
             known: Arc::new(Mutex::new(names)),
             lookup,
@@ -424,7 +429,7 @@ mod tests {
     }
 
     /// A resolver whose answers the test sets per name (an error when unset).
-    fn scripted(answers: Arc<Mutex<Vec<(String, Vec<SocketAddr>)>>>) -> Lookup {
+    fn scripted(answers: Arc<Mutex<Answers>>) -> Lookup {
         Arc::new(move |name: String| {
             let answer = lock(&answers)
                 .iter()
@@ -454,7 +459,10 @@ mod tests {
             scripted(answers.clone()),
         );
         // Both resolve: the union of the new answers.
-        assert_eq!(names.resolve("").await.unwrap(), [addr(1), addr(2), addr(3)]);
+        assert_eq!(
+            names.resolve("").await.unwrap(),
+            [addr(1), addr(2), addr(3)]
+        );
         // `a` fails: its last answer stays, `b` changes are still followed.
         lock(&answers)[0].0 = "gone".to_owned();
         lock(&answers)[1].1 = vec![addr(4)];

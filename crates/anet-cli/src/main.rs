@@ -313,7 +313,11 @@ impl Command {
             Command::Send(args) => check_max_frame(args.max_frame, &[args.frame.tag]),
             Command::Bench(args) => {
                 check_max_frame(args.max_frame, &[args.frame.tag])?;
-                let max = args.frame.builder().max_frame_length(args.max_frame).max_payload();
+                let max = args
+                    .frame
+                    .builder()
+                    .max_frame_length(args.max_frame)
+                    .max_payload();
                 let size = args.size.max(bench::MIN_SIZE);
                 if size > max {
                     return Err(format!(
@@ -361,7 +365,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(message) = cli.command.validate() {
         // A usage error: exit code 2, as for a flag that does not parse.
-        Cli::command().error(ErrorKind::ValueValidation, message).exit();
+        Cli::command()
+            .error(ErrorKind::ValueValidation, message)
+            .exit();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,10 +1,6 @@
 //! `anet send`: one request, its response on stdout.
 
-use std::{
-    fmt::Write as _,
-    process::ExitCode,
-    time::{Duration, Instant},
-};
+use std::{fmt::Write as _, process::ExitCode, time::Duration};
 
 use anet::client::ConnectionConfig;
 use anyhow::Context as _;
@@ -13,7 +9,7 @@ use bytes::Bytes;
 use crate::{SendArgs, common};
 
 pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let timeout = common::timeout(args.timeout, args.timeout_ms, Duration::from_secs(1));
     let payload = if args.hex_input {
         common::from_hex(&args.payload)?
@@ -25,8 +21,7 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     config.validate().context("invalid frame options")?;
     // One request: the addresses a name has now are enough.
     let limit = common::lookup_limit(timeout);
-    let client = common::client_builder(std::slice::from_ref(&args.connect), None, limit)
-        .await?;
+    let client = common::client_builder(std::slice::from_ref(&args.connect), None, limit).await?;
     // The lookup's time counts against --timeout.
     let left = timeout
         .saturating_sub(started.elapsed())

@@ -597,7 +597,13 @@ fn exit_code(args: &[&str]) -> Option<i32> {
 
 #[test]
 fn zero_durations_zero_counts_and_frames_without_room_are_usage_errors() {
-    let proxy = ["proxy", "--listen", "127.0.0.1:0", "--connect", "localhost:1"];
+    let proxy = [
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--connect",
+        "localhost:1",
+    ];
     let bench = ["bench", "--connect", "localhost:1", "-d", "1s"];
     let send = ["send", "--connect", "127.0.0.1:1"];
     let echo = ["echo", "--listen", "127.0.0.1:0"];
@@ -635,7 +641,11 @@ fn zero_durations_zero_counts_and_frames_without_room_are_usage_errors() {
         .output()
         .expect("run bench");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(stderr(&out).contains("at most 65531 payload bytes"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("at most 65531 payload bytes"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -653,7 +663,9 @@ fn send_and_bench_with_a_4_byte_length_and_max_frame_carry_payloads_over_64_kib(
     assert_eq!(stdout(&out).trim_end(), payload);
     // Against the embedded echo server, which takes the same frame options.
     let out = anet()
-        .args(["bench", "--json", "-d", "300ms", "-c", "2", "--size", "70000"])
+        .args([
+            "bench", "--json", "-d", "300ms", "-c", "2", "--size", "70000",
+        ])
         .args(wide)
         .output()
         .expect("bench");

@@ -58,7 +58,9 @@ impl Daemon {
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n @ 1..) = pipe.read(&mut buf) {
-                sink.lock().expect("stderr buffer").extend_from_slice(&buf[..n]);
+                sink.lock()
+                    .expect("stderr buffer")
+                    .extend_from_slice(&buf[..n]);
             }
         });
         Daemon {
