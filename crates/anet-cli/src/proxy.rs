@@ -11,6 +11,11 @@
 //! A request that fails (no backend, the backend's connection lost, the
 //! `--timeout` deadline) is answered as `--on-error` says: nothing (the client's
 //! own deadline applies) or the client's connection closed.
+//!
+//! Both sides carry the same largest payload (see [`matched_frames`]): a request
+//! too large for a backend frame is refused as a protocol error on the client's
+//! connection, never dropped inside the proxy. Warnings go to stderr, and one
+//! stats line on exit.
 
 use std::{
     io::Write,
