@@ -3,7 +3,8 @@
 //! Each caller sends one request at a time; every payload carries a unique
 //! sequence number and every response must equal its request, or it counts as a
 //! mismatch (a misdelivery). Errors are counted by kind and do not stop the run.
-//! The run ends within `duration + timeout + 2 s` whatever the server does.
+//! Once the `--connect` names are resolved (each within min(timeout, 5 s)), the
+//! run ends within `duration + timeout + 2 s` whatever the server does.
 
 use std::{
     convert::Infallible,
@@ -37,7 +38,7 @@ use crate::{
 const GRACE: Duration = Duration::from_secs(2);
 /// Payloads are at least this long, so a sequence number fits and in-flight
 /// requests never share a payload.
-const MIN_SIZE: usize = 8;
+pub(crate) const MIN_SIZE: usize = 8;
 
 /// What one caller saw.
 struct Tally {
@@ -98,7 +99,8 @@ async fn embedded_echo(
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut embedded = None;
     let targets = if args.connect.is_empty() {
-        let (addr, stop) = embedded_echo(args.frame.builder()).await?;
+        let frame = args.frame.builder().max_frame_length(args.max_frame);
+        let (addr, stop) = embedded_echo(frame).await?;
         embedded = Some(stop);
         eprintln!("embedded echo server on {addr}");
         vec![Target::Addr(addr)]
@@ -107,14 +109,16 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let timeout = common::timeout(args.timeout, args.timeout_ms, Duration::from_secs(1))
         .max(Duration::from_millis(1));
-    let mut config = ConnectionConfig::new().frame(args.frame.builder());
+    let mut config =
+        ConnectionConfig::new().frame(args.frame.builder().max_frame_length(args.max_frame));
     if let Some(n) = args.max_in_flight {
         config = config.max_in_flight(n);
     }
     config
         .validate()
         .context("invalid frame or --max-in-flight options")?;
-    let mut builder = common::client_builder(&targets, Some(args.resolve_every))
+    let limit = common::lookup_limit(timeout);
+    let mut builder = common::client_builder(&targets, Some(args.resolve_every), limit)
         .await?
         .connection(config)
         .request_timeout(timeout)

@@ -2,15 +2,13 @@
 
 use std::{
     fmt::{self, Write as _},
-    future::Future,
     io,
     net::SocketAddr,
-    pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
-use anet::client::{ClientBuilder, Resolve};
+use anet::client::{ClientBuilder, Resolve, future::ResolveFuture};
 use anet_proto::{Builder as FrameBuilder, MAX_TAG_LEN, TagFormat};
 use anyhow::Context as _;
 use clap::Args;
@@ -128,15 +126,21 @@ pub(crate) fn parse_target(text: &str) -> Result<Target, String> {
     Ok(Target::Name(text.to_owned()))
 }
 
-/// Resolves one `host:port` once, within [`RESOLVE_TIMEOUT`].
-async fn resolve_name(name: &str) -> io::Result<Vec<SocketAddr>> {
+/// How long name lookups may take for a command whose deadline is `timeout`:
+/// the deadline, but never more than [`RESOLVE_TIMEOUT`].
+pub(crate) fn lookup_limit(timeout: Duration) -> Duration {
+    timeout.min(RESOLVE_TIMEOUT)
+}
+
+/// Resolves one `host:port` once, within `limit`.
+async fn resolve_name(name: &str, limit: Duration) -> io::Result<Vec<SocketAddr>> {
     let addrs: Vec<SocketAddr> =
-        match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(name)).await {
+        match tokio::time::timeout(limit, tokio::net::lookup_host(name)).await {
             Ok(found) => found?.collect(),
             Err(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("no answer within {RESOLVE_TIMEOUT:?}"),
+                    format!("no answer within {limit:?}"),
                 ));
             }
         };
@@ -146,15 +150,16 @@ async fn resolve_name(name: &str) -> io::Result<Vec<SocketAddr>> {
     Ok(addrs)
 }
 
-/// The addresses of `target`: itself, or what its name resolves to now.
+/// The addresses of `target`: itself, or what its name resolves to now (within
+/// `limit`).
 ///
 /// # Errors
 ///
-/// When the name does not resolve (within a few seconds) to any address.
-pub(crate) async fn resolve(target: &Target) -> anyhow::Result<Vec<SocketAddr>> {
+/// When the name does not resolve within `limit` to any address.
+pub(crate) async fn resolve(target: &Target, limit: Duration) -> anyhow::Result<Vec<SocketAddr>> {
     match target {
         Target::Addr(addr) => Ok(vec![*addr]),
-        Target::Name(name) => resolve_name(name)
+        Target::Name(name) => resolve_name(name, limit)
             .await
             .with_context(|| format!("cannot resolve {name}")),
     }
@@ -162,10 +167,12 @@ pub(crate) async fn resolve(target: &Target) -> anyhow::Result<Vec<SocketAddr>> 
 
 /// A client builder with `targets` as its endpoints.
 ///
-/// Every name is resolved now, so one that does not resolve is an error before
-/// anything starts. With `follow` the names are then re-resolved on that interval
-/// through the client's DNS discovery (every address becomes an endpoint, and
-/// changes are followed); without it the addresses found now are static endpoints.
+/// Every name is resolved now (each within `limit`), so one that does not
+/// resolve is an error before anything starts. With `follow` the names are then
+/// re-resolved on that interval through the client's DNS discovery (every
+/// address becomes an endpoint, and changes are followed; a name that stops
+/// resolving keeps its last addresses); without it the addresses found now are
+/// static endpoints.
 ///
 /// # Errors
 ///
@@ -173,45 +180,111 @@ pub(crate) async fn resolve(target: &Target) -> anyhow::Result<Vec<SocketAddr>> 
 pub(crate) async fn client_builder(
     targets: &[Target],
     follow: Option<Duration>,
+    limit: Duration,
 ) -> anyhow::Result<ClientBuilder> {
     let mut builder = ClientBuilder::new();
     let mut names = Vec::new();
     for target in targets {
-        let addrs = resolve(target).await?;
+        let addrs = resolve(target, limit).await?;
         match (target, follow) {
-            (Target::Name(name), Some(_)) => names.push(name.clone()),
+            (Target::Name(name), Some(_)) => names.push((name.clone(), addrs)),
             _ => builder = builder.endpoints(addrs),
         }
     }
     if let (false, Some(every)) = (names.is_empty(), follow) {
-        // One DNS source for all the names: the resolver answers with the union,
-        // or fails (keeping the current endpoints) when any name fails.
+        // One DNS source for all the names: the resolver answers with the union
+        // of every name's latest good answer.
+        let joined = names
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        let lookup: Lookup = Arc::new(|name: String| {
+            Box::pin(async move { resolve_name(&name, RESOLVE_TIMEOUT).await })
+        });
         builder = builder
-            .dns(names.join(","), every)
-            .resolver(Names(Arc::new(names)));
+            .dns(joined, every)
+            .resolver(Names::new(names, lookup));
     }
     Ok(builder)
 }
 
-/// Resolves every name of a `--connect` list: the union of their addresses, or
-/// the first failure (the client then keeps its current endpoints).
-#[derive(Debug)]
-struct Names(Arc<Vec<String>>);
+/// Names with their addresses, in `--connect` order.
+type Answers = Vec<(String, Vec<SocketAddr>)>;
+
+/// Looks one name up (the system resolver in the tool, a script in tests).
+type Lookup = Arc<dyn Fn(String) -> ResolveFuture + Send + Sync>;
+
+/// Resolves every name of a `--connect` list. Each name's last good answer is
+/// kept: a name whose lookup fails contributes those addresses, so one failing
+/// name does not stop discovery for the others. The answer is the union; it is
+/// an error (the client then keeps its current endpoints) only when every name
+/// fails.
+struct Names {
+    /// The names with their last good answers, in `--connect` order.
+    known: Arc<Mutex<Answers>>,
+    /// How one name is looked up.
+    lookup: Lookup,
+}
+
+impl Names {
+    /// A resolver of `names`, seeded with the answers found at start.
+    fn new(names: Answers, lookup: Lookup) -> Names {
+        Names {
+            known: Arc::new(Mutex::new(names)),
+            lookup,
+        }
+    }
+}
+
+impl fmt::Debug for Names {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Names").finish_non_exhaustive()
+    }
+}
 
 impl Resolve for Names {
-    fn resolve(
-        &self,
-        _joined: &str,
-    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>> {
-        let names = self.0.clone();
+    fn resolve(&self, _joined: &str) -> ResolveFuture {
+        let known = self.known.clone();
+        let lookup = self.lookup.clone();
         Box::pin(async move {
+            let names: Vec<String> = lock(&known).iter().map(|(n, _)| n.clone()).collect();
             let mut all = Vec::new();
-            for name in names.iter() {
-                all.extend(resolve_name(name).await?);
+            let mut failures = 0;
+            let mut last_error = None;
+            for (i, name) in names.iter().enumerate() {
+                let answer = match lookup(name.clone()).await {
+                    Ok(addrs) if addrs.is_empty() => {
+                        Err(io::Error::new(io::ErrorKind::NotFound, "no address"))
+                    }
+                    answer => answer,
+                };
+                let mut known = lock(&known);
+                match answer {
+                    Ok(addrs) => {
+                        all.extend_from_slice(&addrs);
+                        known[i].1 = addrs;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%name, %error, "resolve failed; keeping its last addresses");
+                        all.extend_from_slice(&known[i].1);
+                        failures += 1;
+                        last_error = Some(error);
+                    }
+                }
             }
-            Ok(all)
+            match last_error {
+                Some(error) if failures == names.len() => Err(error),
+                _ => Ok(all),
+            }
         })
     }
+}
+
+/// `mutex`'s contents, also after a panic elsewhere (the data stays consistent:
+/// every write is a single assignment).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Binds a server of `builder`'s settings on `target`: an address, or the first
@@ -225,7 +298,7 @@ pub(crate) async fn bind(
     target: &Target,
 ) -> anyhow::Result<anet::server::Server> {
     let mut last = None;
-    for addr in resolve(target).await? {
+    for addr in resolve(target, RESOLVE_TIMEOUT).await? {
         match builder.bind(addr).await {
             Ok(server) => return Ok(server),
             Err(e) => last = Some((addr, e)),
@@ -233,6 +306,42 @@ pub(crate) async fn bind(
     }
     let (addr, e) = last.expect("resolve returns at least one address");
     Err(e).with_context(|| format!("cannot listen on {target} ({addr})"))
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (e.g. `RUST_LOG=anet=debug`);
+/// warnings and errors when it is unset or does not parse.
+pub(crate) fn init_logging() {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
+        .try_init();
+}
+
+/// How long a server's graceful shutdown waits for requests in flight (the
+/// server's default shutdown grace).
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Completes at the first Ctrl-C (starting a graceful shutdown); a second
+/// Ctrl-C ends the process at once with exit code 130.
+pub(crate) async fn shutdown_signal() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        // No signal handling: never shut down on a signal.
+        std::future::pending::<()>().await;
+    }
+    eprintln!(
+        "shutting down: answering requests in flight (up to {} s); Ctrl-C again to exit now",
+        SHUTDOWN_GRACE.as_secs()
+    );
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("second Ctrl-C: exiting now");
+            std::process::exit(130);
+        }
+    });
 }
 
 /// The bytes written as hex digits (whitespace between them is ignored).
@@ -317,5 +426,53 @@ mod tests {
         assert!(from_hex("4e4").is_err());
         assert!(from_hex("zz").is_err());
         assert_eq!(to_hex(b"NC\x00"), "4e4300");
+    }
+
+    /// A resolver whose answers the test sets per name (an error when unset).
+    fn scripted(answers: Arc<Mutex<Answers>>) -> Lookup {
+        Arc::new(move |name: String| {
+            let answer = lock(&answers)
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, addrs)| addrs.clone());
+            Box::pin(async move {
+                answer.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "scripted failure"))
+            })
+        })
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[tokio::test]
+    async fn a_failing_name_keeps_its_last_addresses_and_the_others_are_followed() {
+        let answers = Arc::new(Mutex::new(vec![
+            ("a:1".to_owned(), vec![addr(1)]),
+            ("b:2".to_owned(), vec![addr(2), addr(3)]),
+        ]));
+        let names = Names::new(
+            vec![
+                ("a:1".to_owned(), vec![addr(1)]),
+                ("b:2".to_owned(), vec![addr(2)]),
+            ],
+            scripted(answers.clone()),
+        );
+        // Both resolve: the union of the new answers.
+        assert_eq!(
+            names.resolve("").await.unwrap(),
+            [addr(1), addr(2), addr(3)]
+        );
+        // `a` fails: its last answer stays, `b` changes are still followed.
+        lock(&answers)[0].0 = "gone".to_owned();
+        lock(&answers)[1].1 = vec![addr(4)];
+        assert_eq!(names.resolve("").await.unwrap(), [addr(1), addr(4)]);
+        // Every name fails (an empty answer counts as a failure): an error, so
+        // the client keeps its endpoints.
+        lock(&answers)[1].1 = Vec::new();
+        assert!(names.resolve("").await.is_err());
+        // `a` is back with a new address; `b` still contributes its last one.
+        lock(&answers)[0] = ("a:1".to_owned(), vec![addr(5)]);
+        assert_eq!(names.resolve("").await.unwrap(), [addr(5), addr(4)]);
     }
 }

@@ -23,6 +23,7 @@ fn optional(
 }
 
 pub(crate) async fn run(args: EchoArgs) -> anyhow::Result<ExitCode> {
+    common::init_logging();
     let builder = Server::builder()
         .max_connections(args.max_connections)
         .first_frame_timeout(args.first_frame_timeout.0.filter(|t| !t.is_zero()))
@@ -31,6 +32,7 @@ pub(crate) async fn run(args: EchoArgs) -> anyhow::Result<ExitCode> {
         .max_in_flight_per_connection(args.max_in_flight)
         .max_in_flight_bytes(args.max_in_flight_bytes)
         .max_in_flight_requests(args.max_in_flight_requests)
+        .shutdown_grace(common::SHUTDOWN_GRACE)
         .frame(args.frame.builder().max_frame_length(args.max_frame))
         .idle_timeout(optional(
             args.idle_timeout,
@@ -48,9 +50,7 @@ pub(crate) async fn run(args: EchoArgs) -> anyhow::Result<ExitCode> {
     stdout.flush()?;
     let echo = service_fn(|req: Request| async move { Ok::<_, Infallible>(req.into_payload()) });
     server
-        .serve_with_shutdown(echo, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .serve_with_shutdown(echo, common::shutdown_signal())
         .await?;
     Ok(ExitCode::SUCCESS)
 }

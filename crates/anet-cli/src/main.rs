@@ -13,7 +13,7 @@
 use std::{process::ExitCode, time::Duration};
 
 use anet_proto::TagFormat;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum, error::ErrorKind};
 
 use crate::common::{FrameArgs, Target, duration, parse_length_width, parse_tag, parse_target};
 
@@ -70,10 +70,11 @@ struct EchoArgs {
     /// Most connections open at once from one IP address (default: no limit).
     #[arg(long)]
     max_connections_per_peer: Option<usize>,
-    /// Most requests served at once per connection.
-    #[arg(long, default_value_t = 256)]
+    /// Most requests served at once per connection (at least 1).
+    #[arg(long, default_value_t = 256, value_parser = positive)]
     max_in_flight: usize,
-    /// Largest frame body (tag + payload) accepted.
+    /// Largest frame body (tag + payload) accepted (at least the tag width; with
+    /// `--length-width 2` at most 65535).
     #[arg(long, default_value_t = 65535)]
     max_frame: usize,
     /// Close connections idle this long, e.g. `5m` (`off` or `0s` = never).
@@ -110,11 +111,16 @@ struct SendArgs {
     connect: Target,
     #[command(flatten)]
     frame: FrameArgs,
-    /// Give up after this long, e.g. `500ms`, `2s`. [default: 1s]
-    #[arg(long, value_parser = duration, conflicts_with = "timeout_ms")]
+    /// Largest frame body (tag + payload) sent or accepted (at least the tag
+    /// width; with `--length-width 2` at most 65535).
+    #[arg(long, default_value_t = 65535)]
+    max_frame: usize,
+    /// Give up after this long (the name lookup included), e.g. `500ms`, `2s`;
+    /// not zero. [default: 1s]
+    #[arg(long, value_parser = positive_duration, conflicts_with = "timeout_ms")]
     timeout: Option<Duration>,
     /// `--timeout` in milliseconds; the older spelling.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: Option<u64>,
     /// Print the response as hex instead of text.
     #[arg(long)]
@@ -139,29 +145,37 @@ struct BenchArgs {
     connect: Vec<Target>,
     #[command(flatten)]
     frame: FrameArgs,
-    /// How often `--connect` names are resolved again.
-    #[arg(long, default_value = "5s", value_parser = duration)]
+    /// Largest frame body (tag + payload) sent or accepted, also by the embedded
+    /// echo server (at least the tag width; with `--length-width 2` at most
+    /// 65535).
+    #[arg(long, default_value_t = 65535)]
+    max_frame: usize,
+    /// How often `--connect` names are resolved again (not zero).
+    #[arg(long, default_value = "5s", value_parser = positive_duration)]
     resolve_every: Duration,
-    /// Concurrent callers, each with one request in flight.
-    #[arg(short = 'c', long, default_value_t = 256)]
+    /// Concurrent callers, each with one request in flight (at least 1).
+    #[arg(short = 'c', long, default_value_t = 256, value_parser = positive)]
     concurrency: usize,
     /// How long to send, e.g. `10s`, `500ms`, `2m`.
     #[arg(short = 'd', long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Payload size in bytes (at least the digits of the sequence number).
+    /// Payload size in bytes (at least the 8 digits of the sequence number, at
+    /// most what a --max-frame frame carries).
     #[arg(long, default_value_t = 64)]
     size: usize,
-    /// Connections per endpoint (default: the client's, 1 growing to 4).
-    #[arg(long)]
+    /// Connections per endpoint, at least 1 (default: the client's, 1 growing
+    /// to 4).
+    #[arg(long, value_parser = positive)]
     connections_per_endpoint: Option<usize>,
-    /// Requests in flight per connection (default: 512).
-    #[arg(long)]
+    /// Requests in flight per connection, at least 1 (default: 512).
+    #[arg(long, value_parser = positive)]
     max_in_flight: Option<usize>,
-    /// Per-request deadline, e.g. `500ms`, `2s`. [default: 1s]
-    #[arg(long, value_parser = duration, conflicts_with = "timeout_ms")]
+    /// Per-request deadline (also the limit of each name lookup at start, at
+    /// most 5 s), e.g. `500ms`, `2s`; not zero. [default: 1s]
+    #[arg(long, value_parser = positive_duration, conflicts_with = "timeout_ms")]
     timeout: Option<Duration>,
     /// `--timeout` in milliseconds; the older spelling.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: Option<u64>,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
@@ -191,14 +205,21 @@ struct ProxyArgs {
     /// --length-width value]
     #[arg(long, value_name = "2|4", value_parser = parse_length_width)]
     backend_length_width: Option<usize>,
-    /// Largest frame body (tag + payload), on both sides.
+    /// Largest frame body (tag + payload), on both sides (at least both tag
+    /// widths). Lowered at start, if need be, so that every payload a client
+    /// frame can carry fits a backend frame and every backend answer fits a
+    /// client frame (a larger client frame closes its connection).
     #[arg(long, default_value_t = 65535)]
     max_frame: usize,
     /// Most client connections open at once (see `anet echo --max-connections`).
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
-    /// Most requests served at once per client connection.
-    #[arg(long, default_value_t = 256)]
+    /// At --max-connections, evict an idle client connection once it has been
+    /// idle this long, e.g. `1s` (`off` = never evict: refuse the newcomer).
+    #[arg(long, default_value = "1s", value_parser = optional_duration)]
+    evict_idle_after: OptionalDuration,
+    /// Most requests served at once per client connection (at least 1).
+    #[arg(long, default_value_t = 256, value_parser = positive)]
     max_in_flight: usize,
     /// Most request bytes held for unanswered client requests, all client
     /// connections together (bytes, or `64MiB`, `512KiB`, `1GiB`); at the limit
@@ -208,20 +229,20 @@ struct ProxyArgs {
     /// Most unanswered client requests held, all client connections together.
     #[arg(long, default_value_t = 10_000)]
     max_in_flight_requests: usize,
-    /// Connections to each backend endpoint, kept open (default: the client's,
-    /// 1 growing to 4).
-    #[arg(long)]
+    /// Connections to each backend endpoint, kept open, at least 1 (default:
+    /// the client's, 1 growing to 4).
+    #[arg(long, value_parser = positive)]
     connections_per_endpoint: Option<usize>,
-    /// Requests in flight per backend connection (default: 512, or half the
-    /// backend tag space when smaller).
-    #[arg(long)]
+    /// Requests in flight per backend connection, at least 1 (default: 512, or
+    /// half the backend tag space when smaller).
+    #[arg(long, value_parser = positive)]
     backend_max_in_flight: Option<usize>,
     /// Deadline of a forwarded request (waiting for a backend, retries of unsent
-    /// requests, the answer), e.g. `2s`. [default: 2s]
-    #[arg(long, value_parser = duration, conflicts_with = "timeout_ms")]
+    /// requests, the answer), e.g. `2s`; not zero. [default: 2s]
+    #[arg(long, value_parser = positive_duration, conflicts_with = "timeout_ms")]
     timeout: Option<Duration>,
     /// `--timeout` in milliseconds.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: Option<u64>,
     /// What a client sees when its request fails (backend down, timeout):
     /// `no-response` (its own deadline applies; its other requests carry on) or
@@ -229,8 +250,8 @@ struct ProxyArgs {
     /// written).
     #[arg(long, value_enum, default_value_t = ProxyOnError::NoResponse)]
     on_error: ProxyOnError,
-    /// How often `--connect` names are resolved again.
-    #[arg(long, default_value = "5s", value_parser = duration)]
+    /// How often `--connect` names are resolved again (not zero).
+    #[arg(long, default_value = "5s", value_parser = positive_duration)]
     resolve_every: Duration,
 }
 
@@ -253,6 +274,68 @@ fn optional_duration(text: &str) -> Result<OptionalDuration, humantime::Duration
         return Ok(OptionalDuration(None));
     }
     humantime::parse_duration(text).map(|d| OptionalDuration(Some(d)))
+}
+
+/// A duration such as `10s` or `500ms` that is not zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than zero".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A count of at least 1.
+fn positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `max_frame` leaves room for a tag of every format in `tags`.
+fn check_max_frame(max_frame: usize, tags: &[TagFormat]) -> Result<(), String> {
+    match tags.iter().map(|t| t.width()).max() {
+        Some(width) if max_frame < width => Err(format!(
+            "--max-frame {max_frame} is smaller than the {width}-byte tag"
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl Command {
+    /// Checks what the flags say together (each flag's own range is checked as
+    /// it is parsed).
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            Command::Echo(args) => check_max_frame(args.max_frame, &[args.frame.tag]),
+            Command::Send(args) => check_max_frame(args.max_frame, &[args.frame.tag]),
+            Command::Bench(args) => {
+                check_max_frame(args.max_frame, &[args.frame.tag])?;
+                let max = args
+                    .frame
+                    .builder()
+                    .max_frame_length(args.max_frame)
+                    .max_payload();
+                let size = args.size.max(bench::MIN_SIZE);
+                if size > max {
+                    return Err(format!(
+                        "--size {size}: a frame of --max-frame {} with a {}-byte tag and a \
+                         {}-byte length carries at most {max} payload bytes",
+                        args.max_frame,
+                        args.frame.tag.width(),
+                        args.frame.length_width
+                    ));
+                }
+                Ok(())
+            }
+            Command::Proxy(args) => check_max_frame(
+                args.max_frame,
+                &[args.frame.tag, args.backend_tag.unwrap_or(args.frame.tag)],
+            ),
+        }
+    }
 }
 
 /// A size in bytes: a number, optionally followed by `B`, `KiB`, `MiB` or
@@ -280,6 +363,12 @@ fn byte_size(text: &str) -> Result<usize, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(message) = cli.command.validate() {
+        // A usage error: exit code 2, as for a flag that does not parse.
+        Cli::command()
+            .error(ErrorKind::ValueValidation, message)
+            .exit();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -9,20 +9,27 @@ use bytes::Bytes;
 use crate::{SendArgs, common};
 
 pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
+    let started = tokio::time::Instant::now();
     let timeout = common::timeout(args.timeout, args.timeout_ms, Duration::from_secs(1));
     let payload = if args.hex_input {
         common::from_hex(&args.payload)?
     } else {
         args.payload.into_bytes()
     };
-    let config = ConnectionConfig::new().frame(args.frame.builder());
+    let config =
+        ConnectionConfig::new().frame(args.frame.builder().max_frame_length(args.max_frame));
     config.validate().context("invalid frame options")?;
     // One request: the addresses a name has now are enough.
-    let client = common::client_builder(std::slice::from_ref(&args.connect), None)
-        .await?
+    let limit = common::lookup_limit(timeout);
+    let client = common::client_builder(std::slice::from_ref(&args.connect), None, limit).await?;
+    // The lookup's time counts against --timeout.
+    let left = timeout
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_millis(1));
+    let client = client
         .connection(config)
-        .connect_timeout(timeout)
-        .request_timeout(timeout)
+        .connect_timeout(left)
+        .request_timeout(left)
         .build();
     let result = client.call(Bytes::from(payload)).await;
     client.close();

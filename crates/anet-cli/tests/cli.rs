@@ -572,3 +572,106 @@ fn a_connect_address_without_a_port_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(stderr(&out).contains("HOST:PORT"), "{}", stderr(&out));
 }
+
+/// The exit code of `anet ARGS`, which must exit within 10 s.
+fn exit_code(args: &[&str]) -> Option<i32> {
+    let mut child = anet()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status.code();
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} still running after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn zero_durations_zero_counts_and_frames_without_room_are_usage_errors() {
+    let proxy = [
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--connect",
+        "localhost:1",
+    ];
+    let bench = ["bench", "--connect", "localhost:1", "-d", "1s"];
+    let send = ["send", "--connect", "127.0.0.1:1"];
+    let echo = ["echo", "--listen", "127.0.0.1:0"];
+    let cases: &[(&[&str], &[&str])] = &[
+        // Re-resolving back to back would flood the resolver.
+        (&bench, &["--resolve-every", "0s"]),
+        (&proxy, &["--resolve-every", "0s"]),
+        (&send, &["--timeout", "0s", "x"]),
+        (&send, &["--timeout-ms", "0", "x"]),
+        (&bench, &["--timeout", "0s"]),
+        (&proxy, &["--timeout", "0ms"]),
+        (&proxy, &["--timeout-ms", "0"]),
+        (&echo, &["--max-in-flight", "0"]),
+        (&bench, &["--max-in-flight", "0"]),
+        (&proxy, &["--max-in-flight", "0"]),
+        (&proxy, &["--backend-max-in-flight", "0"]),
+        (&bench, &["--connections-per-endpoint", "0"]),
+        (&proxy, &["--connections-per-endpoint", "0"]),
+        (&bench, &["-c", "0"]),
+        // A frame must hold its tag.
+        (&echo, &["--max-frame", "3"]),
+        (&send, &["--max-frame", "3", "x"]),
+        (&bench, &["--max-frame", "1", "--tag", "binary:2"]),
+        (&proxy, &["--backend-tag", "binary:8", "--max-frame", "7"]),
+        // The payload does not fit the frame.
+        (&bench, &["--size", "65532"]),
+        (&bench, &["--max-frame", "10"]),
+    ];
+    for (command, flags) in cases {
+        let args = [*command, *flags].concat();
+        assert_eq!(exit_code(&args), Some(2), "{args:?}");
+    }
+    let out = anet()
+        .args(["bench", "--size", "70000", "--length-width", "4"])
+        .output()
+        .expect("run bench");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        stderr(&out).contains("at most 65531 payload bytes"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn send_and_bench_with_a_4_byte_length_and_max_frame_carry_payloads_over_64_kib() {
+    let wide = ["--length-width", "4", "--max-frame", "100000"];
+    let echo = Daemon::echo(&wide);
+    let payload = "y".repeat(70_000);
+    let out = anet()
+        .args(["send", "--connect", &echo.addr_string()])
+        .args(wide)
+        .arg(&payload)
+        .output()
+        .expect("send");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim_end(), payload);
+    // Against the embedded echo server, which takes the same frame options.
+    let out = anet()
+        .args([
+            "bench", "--json", "-d", "300ms", "-c", "2", "--size", "70000",
+        ])
+        .args(wide)
+        .output()
+        .expect("bench");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report = last_json_line(&out.stdout);
+    assert_eq!(report["mismatches"], 0, "{report}");
+    assert_eq!(report["ok"], report["requests"], "{report}");
+    assert!(report["ok"].as_u64().expect("ok") > 0, "{report}");
+}

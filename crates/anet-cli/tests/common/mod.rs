@@ -8,7 +8,7 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     process::{Child, Command, Stdio},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
         mpsc,
     },
@@ -21,10 +21,12 @@ pub(crate) fn anet() -> Command {
 }
 
 /// A long-running `anet` subcommand (`echo`, `proxy`) that printed
-/// `listening on ADDR`; killed on drop.
+/// `listening on ADDR`; killed on drop. Its stderr (log lines) is read as it
+/// comes, so a chatty daemon never blocks on a full pipe.
 pub(crate) struct Daemon {
     pub(crate) child: Child,
     pub(crate) addr: SocketAddr,
+    stderr: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Daemon {
@@ -50,7 +52,40 @@ impl Daemon {
             panic!("anet {args:?}: first line {line:?}, stderr {err:?}");
         };
         let addr = addr.parse().expect("address");
-        Daemon { child, addr }
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut pipe = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                sink.lock()
+                    .expect("stderr buffer")
+                    .extend_from_slice(&buf[..n]);
+            }
+        });
+        Daemon {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    /// Waits up to 10 s for `needle` on the daemon's stderr.
+    pub(crate) fn wait_for_stderr(&self, needle: &str) {
+        let started = std::time::Instant::now();
+        while !self.stderr().contains(needle) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no {needle:?} on stderr: {:?}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What the daemon wrote to stderr so far.
+    pub(crate) fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().expect("stderr buffer")).into_owned()
     }
 
     /// `anet echo --listen 127.0.0.1:0` with more flags.
