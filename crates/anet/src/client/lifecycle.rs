@@ -250,9 +250,14 @@ impl Heartbeat {
         match sent {
             Err(_) => Err(format!("no reply within {timeout:?}")),
             Ok(Err(error)) => Err(error.to_string()),
+            // A panicking check (a bug) is a miss, not the end of the watcher.
             Ok(Ok(reply)) => match &self.check {
-                Some(check) if !check(&reply) => Err(format!("reply {reply:?} failed the check")),
-                _ => Ok(()),
+                Some(check) => match super::pool::catch_unwind(|| check(&reply)) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(format!("reply {reply:?} failed the check")),
+                    Err(panic) => Err(format!("the check panicked on reply {reply:?}: {panic}")),
+                },
+                None => Ok(()),
             },
         }
     }
