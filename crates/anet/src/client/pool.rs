@@ -152,7 +152,13 @@ impl PoolConfig {
     }
 
     /// After coming back, how long an endpoint stays on probation, during which
-    /// a single failure marks it down again. Default: 10 s.
+    /// a single failure marks it down again. Each time replies classified as
+    /// its failures mark it down, the backoff grows ([`Backoff::delay`] of the
+    /// count); the count starts again only once the endpoint, past its
+    /// probation, has had a reply classified as a success (a caller's or a
+    /// heartbeat's), not when the probation's time runs out: a standby
+    /// failover group keeps the traffic during a primary's probation.
+    /// Default: 10 s.
     pub const fn probation(mut self, period: Duration) -> Self {
         self.probation = period;
         self
@@ -171,9 +177,13 @@ impl PoolConfig {
 impl PoolConfig {
     /// Connections older than this retire gracefully: the pool dials the
     /// replacement first (when the retirement would leave it below its
-    /// minimum), then the old connection refuses new requests and finishes
-    /// those in flight within its close grace, so no request fails because of
-    /// it. Each connection's limit is drawn between 90% and 100% of `age`, so
+    /// minimum), then the old connection refuses new requests (as
+    /// [`Kind::NotSent`], so one that raced the retirement is retried
+    /// elsewhere) and finishes those in flight within its
+    /// [close grace](super::ConnectionConfig::close_grace). Requests answered
+    /// within the grace do not fail; any still in flight when it ends fail
+    /// with [`Kind::ConnectionLost`] (they may have reached the server:
+    /// retried only when idempotent). Each connection's limit is drawn between 90% and 100% of `age`, so
     /// that connections made together do not retire together. For devices
     /// and middleboxes that drop long-lived sessions, and to rebalance after a
     /// backend was added behind a virtual address. Default: `None` (no limit).
