@@ -15,6 +15,7 @@ use std::{
     time::Duration,
 };
 
+use anet::client::Heartbeat;
 use anet::{
     Kind,
     client::{Backoff, Classification, Client, ConnectionConfig, PoolConfig, RetryPolicy},
@@ -23,7 +24,6 @@ use anet_proto::{Frame, FrameCodec};
 use anet_tests::{MemoryConnector, encode, memory_addr, spawn_writer};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use anet::client::Heartbeat;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio_util::codec::FramedRead;
 use tower::{Service, ServiceExt};
@@ -341,10 +341,7 @@ impl AsyncWrite for Boom {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_flush(cx)
     }
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }

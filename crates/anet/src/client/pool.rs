@@ -51,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 
 use bytes::Bytes;
 
+use super::connection::panic_message;
 use super::{
     Backoff, Classification, Connection, Heartbeat, Lifecycle,
     connection::{ConnectionFuture, ReplyHook, Unit},
@@ -59,7 +60,6 @@ use super::{
     lifecycle::{Classifier, Retire, age_limit},
     room::Room,
 };
-use super::connection::panic_message;
 use crate::time::later;
 use crate::{Error, Kind};
 
@@ -154,10 +154,11 @@ impl PoolConfig {
     /// After coming back, how long an endpoint stays on probation, during which
     /// a single failure marks it down again. Each time replies classified as
     /// its failures mark it down, the backoff grows ([`Backoff::delay`] of the
-    /// count); the count starts again only once the endpoint, past its
-    /// probation, has had a reply classified as a success (a caller's or a
-    /// heartbeat's), not when the probation's time runs out: a standby
-    /// failover group keeps the traffic during a primary's probation.
+    /// count); the count starts again only once the endpoint has passed its
+    /// probation and had a reply classified as a success since it came back
+    /// (a caller's or a heartbeat's), not when the probation's time runs out
+    /// alone: a standby failover group keeps the traffic during a primary's
+    /// probation, so the primary may not have been tried at all.
     /// Default: 10 s.
     pub const fn probation(mut self, period: Duration) -> Self {
         self.probation = period;
@@ -858,7 +859,10 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
             && !down
             && endpoint.health.answered.load(Relaxed)
         {
-            tracing::debug!(app_trips, "endpoint answering after its probation; escalation reset");
+            tracing::debug!(
+                app_trips,
+                "endpoint answering after its probation; escalation reset"
+            );
             app_trips = 0;
         }
         if settle_at.is_some_and(|t| now >= t) {
