@@ -980,6 +980,10 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
             set_pending(&endpoint, &cx, true);
         }
         set_up(&endpoint, &cx, live > 0 && !down);
+        if !dial_now {
+            // After `up` (see above); pending only while a dial is under way.
+            set_pending(&endpoint, &cx, false);
+        }
 
         if dial_now {
             endpoint.dials.fetch_add(1, Relaxed);
@@ -1013,7 +1017,14 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
                         settle_at = Some(later(Instant::now(), config.settle));
                     }
                     set_up(&endpoint, &cx, !down);
-                    set_pending(&endpoint, &cx, false);
+                    // Marked down, its backoff over: the next pass brings it
+                    // back (on probation) and marks it up. Until then it stays
+                    // pending, so a request never sees it neither up nor
+                    // pending meanwhile (it would fail `Unavailable`).
+                    let back = down && backoff_until.is_some_and(|t| Instant::now() >= t);
+                    if !back {
+                        set_pending(&endpoint, &cx, false);
+                    }
                 }
                 Err((error, handshake)) => {
                     if handshake {
