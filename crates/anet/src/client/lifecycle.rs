@@ -107,8 +107,8 @@ impl Lifecycle {
     /// A step run on every new connection before it takes traffic: send a
     /// logon or a diagnostic and check the reply. It gets a handle on the
     /// connection (send on it as on any [`Connection`]); `Ok` puts the
-    /// connection in the pool, `Err` (or the [timeout](Self::handshake_timeout))
-    /// closes it and counts as a failed dial: the endpoint backs off, and
+    /// connection in the pool, `Err` (or the [timeout](Self::handshake_timeout),
+    /// or a panic) closes it and counts as a failed dial: the endpoint backs off, and
     /// the failure counts toward marking it down, like a refused connect.
     /// Its replies are not seen by the [classifier](Self::classify), and a
     /// connection whose handshake was answered counts as proven (see
@@ -153,7 +153,8 @@ impl Lifecycle {
     /// A look at every reply delivered on the pool's connections (handshake
     /// replies excepted, heartbeat replies included): see [`Classification`].
     /// It runs on the connection's task for each reply, so keep it cheap (a
-    /// few byte compares). The caller gets the reply whatever it says.
+    /// few byte compares). The caller gets the reply whatever it says; if it
+    /// panics, the panic is logged and the reply counts as a success.
     /// Default: none (every reply is a success).
     pub fn classify<F>(mut self, f: F) -> Self
     where
@@ -173,8 +174,11 @@ impl Lifecycle {
 /// written by callers and nothing in flight), the pool sends `payload` on it,
 /// as a real tagged request, and checks the reply. A reply that fails the
 /// [check](Self::check), or none within the [timeout](Self::timeout), is a
-/// heartbeat miss: the connection is retired (it refuses new requests, what is
-/// in flight finishes within its close grace) and replaced. This is how a
+/// heartbeat miss: the connection is retired (it refuses new requests as
+/// [`Kind::NotSent`](crate::Kind::NotSent), retried elsewhere; what is in
+/// flight may finish within its close grace, and what is still in flight when
+/// the grace ends fails with [`Kind::ConnectionLost`](crate::Kind::ConnectionLost))
+/// and replaced. A check that panics counts as a miss. This is how a
 /// half-open TCP connection (a peer gone without a FIN, a firewall that
 /// dropped the flow) is found when TCP keepalive is off or too slow.
 ///
@@ -250,9 +254,14 @@ impl Heartbeat {
         match sent {
             Err(_) => Err(format!("no reply within {timeout:?}")),
             Ok(Err(error)) => Err(error.to_string()),
+            // A panicking check (a bug) is a miss, not the end of the watcher.
             Ok(Ok(reply)) => match &self.check {
-                Some(check) if !check(&reply) => Err(format!("reply {reply:?} failed the check")),
-                _ => Ok(()),
+                Some(check) => match super::pool::catch_unwind(|| check(&reply)) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(format!("reply {reply:?} failed the check")),
+                    Err(panic) => Err(format!("the check panicked on reply {reply:?}: {panic}")),
+                },
+                None => Ok(()),
             },
         }
     }

@@ -42,6 +42,7 @@ use std::{
             Ordering::{AcqRel, Acquire, Relaxed, Release},
         },
     },
+    task::Poll,
     time::Duration,
 };
 
@@ -50,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 
 use bytes::Bytes;
 
+use super::connection::panic_message;
 use super::{
     Backoff, Classification, Connection, Heartbeat, Lifecycle,
     connection::{ConnectionFuture, ReplyHook, Unit},
@@ -150,7 +152,14 @@ impl PoolConfig {
     }
 
     /// After coming back, how long an endpoint stays on probation, during which
-    /// a single failure marks it down again. Default: 10 s.
+    /// a single failure marks it down again. Each time replies classified as
+    /// its failures mark it down, the backoff grows ([`Backoff::delay`] of the
+    /// count); the count starts again only once the endpoint has passed its
+    /// probation and had a reply classified as a success since it came back
+    /// (a caller's or a heartbeat's), not when the probation's time runs out
+    /// alone: a standby failover group keeps the traffic during a primary's
+    /// probation, so the primary may not have been tried at all.
+    /// Default: 10 s.
     pub const fn probation(mut self, period: Duration) -> Self {
         self.probation = period;
         self
@@ -169,9 +178,13 @@ impl PoolConfig {
 impl PoolConfig {
     /// Connections older than this retire gracefully: the pool dials the
     /// replacement first (when the retirement would leave it below its
-    /// minimum), then the old connection refuses new requests and finishes
-    /// those in flight within its close grace, so no request fails because of
-    /// it. Each connection's limit is drawn between 90% and 100% of `age`, so
+    /// minimum), then the old connection refuses new requests (as
+    /// [`Kind::NotSent`], so one that raced the retirement is retried
+    /// elsewhere) and finishes those in flight within its
+    /// [close grace](super::ConnectionConfig::close_grace). Requests answered
+    /// within the grace do not fail; any still in flight when it ends fail
+    /// with [`Kind::ConnectionLost`] (they may have reached the server:
+    /// retried only when idempotent). Each connection's limit is drawn between 90% and 100% of `age`, so
     /// that connections made together do not retire together. For devices
     /// and middleboxes that drop long-lived sessions, and to rebalance after a
     /// backend was added behind a virtual address. Default: `None` (no limit).
@@ -229,6 +242,10 @@ pub(crate) struct AppHealth {
     failures: AtomicU64,
     /// Replies classified as connection failures (each retired its connection).
     connection_failures: AtomicU64,
+    /// A reply was classified as a success since the endpoint last came back
+    /// from being marked down (a caller's reply or a heartbeat's): only then
+    /// does the escalation of its backoffs start again from the base.
+    answered: AtomicBool,
 }
 
 /// What the balancer and the maintenance task share about one endpoint.
@@ -503,6 +520,9 @@ impl Endpoint {
                 if health.streak.load(Relaxed) != 0 {
                     health.streak.store(0, Relaxed);
                 }
+                if !health.answered.load(Relaxed) {
+                    health.answered.store(true, Relaxed);
+                }
                 false
             }
             Classification::EndpointFailure => {
@@ -513,6 +533,9 @@ impl Endpoint {
             }
             Classification::ConnectionFailure => {
                 health.connection_failures.fetch_add(1, Relaxed);
+                // The driver retires the connection and then wakes the
+                // maintenance task (see `Connection::set_owner_wake`), which
+                // dials the replacement at once.
                 true
             }
         }))
@@ -794,7 +817,10 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
     let mut down = false;
     let mut probation_until: Option<Instant> = None;
     // Times the endpoint was marked down for replies classified as its
-    // failures, since its last clean probation.
+    // failures, since it last answered (a reply classified as a success)
+    // after a probation. Not reset by the probation's clock alone: a standby
+    // group keeps the traffic during a primary's probation, so a primary
+    // failing at application level would "pass" it without being tried.
     let mut app_trips: u32 = 0;
     // While failures are counted: when the newest connection will have settled
     // (a wake-up to see whether it proved itself).
@@ -815,16 +841,29 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
                 probation_until = Some(later(now, config.probation));
                 set_bit(&endpoint, &cx, PROBATION, true);
                 // Replies classified while it was down (requests in flight
-                // then) do not count against its probation.
+                // then) do not count against its probation, nor for it.
                 endpoint.health.streak.store(0, Relaxed);
+                endpoint.health.answered.store(false, Relaxed);
             }
         }
         if probation_until.is_some_and(|t| now >= t) {
             probation_until = None;
-            app_trips = 0;
             if set_bit(&endpoint, &cx, PROBATION, false) {
                 tracing::info!("endpoint passed its probation");
             }
+        }
+        // Past its probation and answering: the next trip backs off from the
+        // base again.
+        if app_trips > 0
+            && probation_until.is_none()
+            && !down
+            && endpoint.health.answered.load(Relaxed)
+        {
+            tracing::debug!(
+                app_trips,
+                "endpoint answering after its probation; escalation reset"
+            );
+            app_trips = 0;
         }
         if settle_at.is_some_and(|t| now >= t) {
             settle_at = None;
@@ -941,6 +980,10 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
             set_pending(&endpoint, &cx, true);
         }
         set_up(&endpoint, &cx, live > 0 && !down);
+        if !dial_now {
+            // After `up` (see above); pending only while a dial is under way.
+            set_pending(&endpoint, &cx, false);
+        }
 
         if dial_now {
             endpoint.dials.fetch_add(1, Relaxed);
@@ -974,7 +1017,14 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
                         settle_at = Some(later(Instant::now(), config.settle));
                     }
                     set_up(&endpoint, &cx, !down);
-                    set_pending(&endpoint, &cx, false);
+                    // Marked down, its backoff over: the next pass brings it
+                    // back (on probation) and marks it up. Until then it stays
+                    // pending, so a request never sees it neither up nor
+                    // pending meanwhile (it would fail `Unavailable`).
+                    let back = down && backoff_until.is_some_and(|t| Instant::now() >= t);
+                    if !back {
+                        set_pending(&endpoint, &cx, false);
+                    }
                 }
                 Err((error, handshake)) => {
                     if handshake {
@@ -1057,9 +1107,24 @@ async fn establish(endpoint: &Endpoint, cx: &PoolContext) -> Result<Connection, 
         let limit = cx
             .lifecycle
             .effective_handshake_timeout(cx.dialer.connect_timeout());
-        let failed = match tokio::time::timeout(limit, handshake(conn.clone())).await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(Error::with_source(Kind::Connect, HandshakeFailed(e))),
+        // A panic in the handshake (a bug on some odd logon reply) is a
+        // failed handshake: it must not end this endpoint's maintenance.
+        let run = async {
+            let mut fut = catch_unwind(|| handshake(conn.clone()))?;
+            std::future::poll_fn(|cx| match catch_unwind(|| fut.as_mut().poll(cx)) {
+                Ok(Poll::Ready(done)) => Poll::Ready(Ok(done)),
+                Ok(Poll::Pending) => Poll::Pending,
+                Err(panic) => Poll::Ready(Err(panic)),
+            })
+            .await
+        };
+        let failed = match tokio::time::timeout(limit, run).await {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(e))) => Some(Error::with_source(Kind::Connect, HandshakeFailed(e))),
+            Ok(Err(panic)) => Some(Error::with_source(
+                Kind::Connect,
+                format!("handshake panicked: {panic}"),
+            )),
             Err(_) => Some(Error::with_source(
                 Kind::Connect,
                 format!("handshake timed out after {limit:?}"),
@@ -1074,7 +1139,18 @@ async fn establish(endpoint: &Endpoint, cx: &PoolContext) -> Result<Connection, 
     if let Some(classify) = &cx.lifecycle.classifier {
         conn.set_reply_hook(endpoint.reply_hook(classify.clone()));
     }
+    // A retirement decided by the connection itself (a reply classified as a
+    // connection failure, too many tags held) wakes the maintenance task, so
+    // that the replacement is dialed at once.
+    conn.set_owner_wake(endpoint.wake.clone());
     Ok(conn)
+}
+
+/// Runs `f`, turning a panic into its message (user code: a handshake, a
+/// heartbeat check).
+pub(crate) fn catch_unwind<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|panic| panic_message(&*panic).to_owned())
 }
 
 /// A handshake's own error, as the source of the `Connect` error it becomes.

@@ -37,10 +37,6 @@ pub(crate) struct Registry {
     discovering: AtomicUsize,
     /// How long a request waits for an endpoint whose first connect is under way.
     pub(crate) pending_wait: Duration,
-    /// The endpoints have more than one priority (failover groups): routing
-    /// looks at the groups in order. False in the common single-group case,
-    /// which then routes as if groups did not exist.
-    grouped: AtomicBool,
 }
 
 /// The owners of each address: the user (the static list and the [`Endpoints`]
@@ -64,7 +60,6 @@ impl Registry {
             closed: AtomicBool::new(false),
             discovering: AtomicUsize::new(0),
             pending_wait,
-            grouped: AtomicBool::new(false),
         })
     }
 
@@ -150,7 +145,6 @@ impl Registry {
         let mut next: Vec<_> = guard.iter().cloned().collect();
         let at = next.partition_point(|e| e.priority <= priority);
         next.insert(at, endpoint.clone());
-        self.set_grouped(&next);
         *guard = Arc::from(next);
         drop(guard);
         let span = tracing::info_span!("anet.endpoint", %addr);
@@ -169,7 +163,6 @@ impl Registry {
             return false;
         };
         let next: Vec<_> = guard.iter().filter(|e| e.addr != addr).cloned().collect();
-        self.set_grouped(&next);
         *guard = Arc::from(next);
         drop(guard);
         endpoint.remove();
@@ -178,21 +171,6 @@ impl Registry {
         retired.push(endpoint);
         tracing::info!(%addr, "endpoint removed");
         true
-    }
-
-    /// Notes whether `set` (ordered by priority) has more than one group.
-    fn set_grouped(&self, set: &[Arc<Endpoint>]) {
-        let grouped = set
-            .first()
-            .zip(set.last())
-            .is_some_and(|(a, b)| a.priority != b.priority);
-        self.grouped.store(grouped, Relaxed);
-    }
-
-    /// Whether the endpoints form more than one failover group.
-    #[inline]
-    pub(crate) fn is_grouped(&self) -> bool {
-        self.grouped.load(Relaxed)
     }
 
     pub(crate) fn addrs(&self) -> Vec<SocketAddr> {

@@ -41,7 +41,7 @@ enum Choice<T> {
 /// With failover groups, the same within the first group that can take it.
 fn choose<T>(registry: &Registry, mut attempt: impl FnMut(&Endpoint) -> Attempt<T>) -> Choice<T> {
     let endpoints = registry.endpoints();
-    let chosen = if registry.is_grouped() {
+    let chosen = if is_grouped(&endpoints) {
         choose_grouped(&endpoints, &mut attempt)
     } else {
         choose_in(&endpoints, &mut attempt)
@@ -52,6 +52,18 @@ fn choose<T>(registry: &Registry, mut attempt: impl FnMut(&Endpoint) -> Attempt<
             Choice::Nowhere(registry.is_discovering() || endpoints.iter().any(|e| e.may_come_up()))
         }
     }
+}
+
+/// Whether `endpoints` (ordered by priority) form more than one failover
+/// group. Read from the set itself (two loads), never from a flag stored
+/// beside it, so a request never sees a new set with the old answer. In the
+/// common single-group case routing then ignores groups altogether.
+#[inline]
+fn is_grouped(endpoints: &[Arc<Endpoint>]) -> bool {
+    endpoints
+        .first()
+        .zip(endpoints.last())
+        .is_some_and(|(a, b)| a.priority != b.priority)
 }
 
 /// Failover groups (the endpoints are ordered by priority): the first group

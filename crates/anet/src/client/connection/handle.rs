@@ -173,13 +173,15 @@ impl Connection {
     /// Retires a working connection for its owner (age, idle, a heartbeat
     /// miss): like [`close`](Self::close), but new requests are refused as
     /// [`Kind::NotSent`], so a request that raced the retirement is retried
-    /// elsewhere rather than failed as if the client had closed.
+    /// elsewhere rather than failed as if the client had closed, and those
+    /// still unanswered when the close grace ends fail as
+    /// [`Kind::ConnectionLost`] (they may have reached the server).
     pub(crate) fn retire(&self, why: &'static str) {
         self.shared.refuse(Error::with_source(
             Kind::NotSent,
             format!("connection retired: {why}"),
         ));
-        let _ = self.tx.send(Message::Close);
+        let _ = self.tx.send(Message::Retire(why));
     }
 
     /// Waits until the driver has finished: every request answered or failed, the
@@ -219,6 +221,12 @@ impl Connection {
     /// Installs the owner's look at each reply (once; later calls do nothing).
     pub(crate) fn set_reply_hook(&self, hook: super::ReplyHook) {
         let _ = self.shared.hook.set(hook);
+    }
+
+    /// Has the driver wake `wake` when it starts refusing requests on its
+    /// own (once; later calls do nothing).
+    pub(crate) fn set_owner_wake(&self, wake: Arc<tokio::sync::Notify>) {
+        let _ = self.shared.owner_wake.set(wake);
     }
 
     /// When the connection was made.

@@ -18,6 +18,7 @@ pub use future::ConnectionFuture;
 pub use handle::Connection;
 pub use stats::ConnectionStats;
 
+pub(crate) use driver::panic_message;
 pub(crate) use reply::Failure;
 pub(crate) use shared::ReplyHook;
 pub(crate) use unit::Unit;

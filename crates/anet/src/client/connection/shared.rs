@@ -51,6 +51,9 @@ pub(crate) struct Shared {
     /// The owner's look at each reply, if it has one (read once per driver
     /// pass: one atomic load when unset).
     pub(crate) hook: OnceLock<ReplyHook>,
+    /// Woken when the driver starts refusing requests on its own (a
+    /// retirement, a failure), so that the owner replaces the connection.
+    pub(crate) owner_wake: OnceLock<Arc<Notify>>,
 }
 
 /// Counters the driver publishes for [`ConnectionStats`](super::ConnectionStats).
@@ -77,6 +80,7 @@ impl Shared {
             opened: Instant::now(),
             room: OnceLock::new(),
             hook: OnceLock::new(),
+            owner_wake: OnceLock::new(),
         }
     }
 
@@ -99,6 +103,13 @@ impl Shared {
             .get()
             .cloned()
             .unwrap_or_else(|| Error::new(Kind::Closed))
+    }
+
+    /// Wakes the owner, if it asked to be (see `owner_wake`).
+    pub(crate) fn wake_owner(&self) {
+        if let Some(wake) = self.owner_wake.get() {
+            wake.notify_one();
+        }
     }
 
     /// Whether the connection stopped taking requests.

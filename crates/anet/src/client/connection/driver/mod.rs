@@ -51,6 +51,29 @@ pub(super) enum Message {
     Request(Request),
     /// Close gracefully.
     Close,
+    /// Close gracefully for the owner (age, idle, a heartbeat miss): requests
+    /// still unanswered when the grace ends fail as `ConnectionLost`.
+    Retire(&'static str),
+}
+
+/// Refuses the connection and marks it done if the driver task ends by a
+/// panic; the handles then fail their requests (see `ConnectionFuture`: a
+/// reply dropped unanswered is `ConnectionLost`, a request queued after it is
+/// `NotSent`) and the owner replaces the connection.
+struct PanicGuard(Arc<Shared>);
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("connection driver panicked; connection closed");
+            self.0.refuse(Error::with_source(
+                Kind::ConnectionLost,
+                "connection driver panicked",
+            ));
+            self.0.mark_done();
+            self.0.wake_owner();
+        }
+    }
 }
 
 /// One request on its way to the driver.
@@ -155,6 +178,9 @@ where
     /// Drives the connection until it is closed or fails.
     pub(super) async fn run(mut self) {
         tracing::debug!("connection driver started");
+        // Should the task end by a panic (a bug), the connection must not stay
+        // listed as live: the guard refuses it and marks it done on the way out.
+        let _guard = PanicGuard(self.shared.clone());
         let exit = std::future::poll_fn(|cx| self.poll_drive(cx)).await;
         self.finish(exit);
         // The transport and the table go now; the queue is closed. A handle
@@ -260,6 +286,7 @@ where
             match message {
                 Message::Request(request) => self.write_request(request),
                 Message::Close => self.close_requested(),
+                Message::Retire(why) => self.retire_requested(why),
             }
         }
         Ok(())
@@ -293,6 +320,10 @@ where
                 Poll::Ready(Some(Message::Close)) => {
                     *progress = true;
                     self.close_requested();
+                }
+                Poll::Ready(Some(Message::Retire(why))) => {
+                    *progress = true;
+                    self.retire_requested(why);
                 }
                 Poll::Ready(None) => {
                     self.rx_open = false;
@@ -468,8 +499,9 @@ where
     }
 
     /// The owner's response classifier said a reply was a connection-level
-    /// failure: retire (refuse new requests as `Closed`, finish the rest
-    /// within the close grace, close).
+    /// failure: retire (refuse new requests as `NotSent`, so that one racing
+    /// the retirement is retried elsewhere; finish the rest within the close
+    /// grace, then fail what is left as `ConnectionLost`; close).
     fn retire_classified(&mut self) {
         if self.drain.is_some() {
             return;
@@ -477,7 +509,7 @@ where
         tracing::warn!("reply classified as a connection failure; retiring connection");
         let why = "connection retired: a reply was classified as a connection failure";
         self.begin_drain(
-            Error::with_source(Kind::Closed, why),
+            Error::with_source(Kind::NotSent, why),
             Error::with_source(Kind::ConnectionLost, why),
         );
     }
@@ -485,6 +517,18 @@ where
     /// A close asked for by a handle (or by the last handle going away).
     fn close_requested(&mut self) {
         self.begin_drain(Error::new(Kind::Closed), Error::new(Kind::Closed));
+    }
+
+    /// A retirement asked for by the owner (age, idle, a heartbeat miss): new
+    /// requests are refused as `NotSent` (the handle already did so); those
+    /// still unanswered when the grace ends may have reached the server:
+    /// `ConnectionLost`.
+    fn retire_requested(&mut self, why: &'static str) {
+        let why = format!("connection retired: {why}");
+        self.begin_drain(
+            Error::with_source(Kind::NotSent, why.clone()),
+            Error::with_source(Kind::ConnectionLost, why),
+        );
     }
 
     /// Stops taking requests (refusing them with `reason`) and starts the close
@@ -496,6 +540,7 @@ where
         // Counters first: whoever sees the refusal sees what it answered.
         self.publish();
         self.shared.refuse(reason);
+        self.shared.wake_owner();
         self.rx.close();
         self.drain = Some(Drain {
             deadline: later(Instant::now(), self.close_grace),
@@ -545,6 +590,7 @@ where
         // Counters first: whoever sees the refusal sees what it answered.
         self.publish();
         self.shared.refuse(error.clone());
+        self.shared.wake_owner();
         for reply in self.table.drain_waiting() {
             reply.fail(error.clone());
         }
@@ -582,7 +628,7 @@ fn dispatch(
     match matched {
         Matched::Waiting(reply) => {
             if let Some(hook) = hook {
-                retire = (hook.0)(&frame.payload);
+                retire = run_hook(hook, &frame.payload);
             }
             if reply.succeed(frame.payload) {
                 counts.responses += 1;
@@ -598,4 +644,29 @@ fn dispatch(
         }
     }
     retire
+}
+
+/// Runs the owner's hook on a reply. A panic in it (a bug in a user
+/// classifier) is logged and the reply counts as a success: it must not end
+/// the driver, whose requests would then be left without an answer.
+fn run_hook(hook: &ReplyHook, payload: &Bytes) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (hook.0)(payload))) {
+        Ok(retire) => retire,
+        Err(panic) => {
+            tracing::error!(
+                panic = panic_message(&panic),
+                "response classifier panicked; reply counted as a success"
+            );
+            false
+        }
+    }
+}
+
+/// The message of a caught panic, when it has one.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
