@@ -3,6 +3,7 @@
 use std::{
     any::Any,
     future::Future,
+    net::SocketAddr,
     panic::{AssertUnwindSafe, catch_unwind},
     pin::Pin,
     task::{Context, Poll},
@@ -12,6 +13,8 @@ use anet_proto::Tag;
 use bytes::Bytes;
 use pin_project_lite::pin_project;
 
+use crate::observe;
+
 /// How a call ended.
 #[derive(Debug)]
 pub(crate) enum Outcome<E> {
@@ -20,11 +23,44 @@ pub(crate) enum Outcome<E> {
     Panicked(String),
 }
 
+/// A request's span at `DEBUG` (`anet.request`: peer, outcome) and its
+/// metrics' start (feature `metrics`).
+#[derive(Debug)]
+pub(crate) struct Observed {
+    pub(crate) span: tracing::Span,
+    started: observe::Started,
+}
+
+impl Observed {
+    /// A request read from `peer`.
+    #[inline]
+    pub(crate) fn start(metrics: &observe::ServerMetrics, peer: Option<SocketAddr>) -> Observed {
+        let span = tracing::debug_span!(
+            "anet.request",
+            peer = ?peer,
+            outcome = tracing::field::Empty
+        );
+        Observed {
+            span,
+            started: metrics.started(),
+        }
+    }
+
+    /// The request ended: `ok`, `error` or `panic`.
+    #[inline]
+    pub(crate) fn finish(&self, metrics: &observe::ServerMetrics, outcome: &'static str) {
+        metrics.finished(&self.started, outcome);
+        self.span.record("outcome", outcome);
+    }
+}
+
 pin_project! {
     /// The service's future, remembering the tag to echo and catching a panic in
     /// the handler so that only this request is affected.
     pub(crate) struct Call<F> {
         tag: Tag,
+        // Taken when the call ends.
+        observed: Option<Observed>,
         #[pin]
         state: CallState<F>,
     }
@@ -41,14 +77,20 @@ pin_project! {
 
 impl<F> Call<F> {
     /// Runs `call`, catching a panic of the call itself.
-    pub(crate) fn start(tag: Tag, call: impl FnOnce() -> F) -> Call<F> {
+    pub(crate) fn start(tag: Tag, observed: Observed, call: impl FnOnce() -> F) -> Call<F> {
+        let entered = observed.span.enter();
         let state = match catch_unwind(AssertUnwindSafe(call)) {
             Ok(future) => CallState::Running { future },
             Err(panic) => CallState::Panicked {
                 message: Some(panic_message(&*panic)),
             },
         };
-        Call { tag, state }
+        drop(entered);
+        Call {
+            tag,
+            observed: Some(observed),
+            state,
+        }
     }
 }
 
@@ -56,12 +98,14 @@ impl<F, E> Future for Call<F>
 where
     F: Future<Output = Result<Bytes, E>>,
 {
-    type Output = (Tag, Outcome<E>);
+    type Output = (Tag, Outcome<E>, Observed);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let outcome = match this.state.project() {
             CallStateProj::Running { future } => {
+                let span = &this.observed.as_ref().expect("polled after completion").span;
+                let _entered = span.enter();
                 match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
                     Ok(Poll::Pending) => return Poll::Pending,
                     Ok(Poll::Ready(Ok(bytes))) => Outcome::Response(bytes),
@@ -73,7 +117,8 @@ where
                 Outcome::Panicked(message.take().unwrap_or_default())
             }
         };
-        Poll::Ready((*this.tag, outcome))
+        let observed = this.observed.take().expect("polled after completion");
+        Poll::Ready((*this.tag, outcome, observed))
     }
 }
 

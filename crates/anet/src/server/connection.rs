@@ -27,11 +27,11 @@ use tower::Service;
 use super::{
     Builder, OnError, Request,
     admission::Activity,
-    call::{Call, Outcome},
+    call::{Call, Observed, Outcome},
     stats::Counters,
 };
-use crate::BoxError;
 use crate::time::later;
+use crate::{BoxError, observe};
 
 /// Unflushed response bytes past which a connection stops reading requests.
 const WRITE_BUFFER_LIMIT: usize = 256 * 1024;
@@ -113,6 +113,8 @@ where
     activity: Arc<Activity>,
     /// The word last stored in `activity`, so it is stored only when it changes.
     published_activity: u64,
+    /// Metric handles (feature `metrics`).
+    metrics: observe::ServerMetrics,
 }
 
 impl<T, S> Handler<T, S>
@@ -161,18 +163,22 @@ where
                 word
             },
             activity,
+            metrics: observe::ServerMetrics::new(),
         }
     }
 
     /// Serves the connection until it ends.
     pub(crate) async fn run(mut self) {
         let exit = std::future::poll_fn(|cx| self.poll_drive(cx)).await;
+        self.metrics.dropped(self.calls.len());
+        self.calls.clear();
         let peer = self.peer;
         match &exit {
             Exit::Done => tracing::debug!(?peer, "connection done"),
             Exit::Io(e) => tracing::debug!(?peer, error = %e, "connection i/o ended"),
             Exit::Protocol(e) => {
                 Counters::add(&self.counters.protocol_errors, 1);
+                crate::observe::server_protocol_error();
                 tracing::warn!(?peer, error = %e, "client broke the protocol; closing connection");
             }
             Exit::Timeout(which) => {
@@ -277,9 +283,11 @@ where
 
     /// Writes the responses of finished calls into the write buffer.
     fn poll_calls(&mut self, cx: &mut Context<'_>, progress: &mut bool) {
-        while let Poll::Ready(Some((tag, outcome))) = Pin::new(&mut self.calls).poll_next(cx) {
+        while let Poll::Ready(Some((tag, outcome, observed))) =
+            Pin::new(&mut self.calls).poll_next(cx)
+        {
             *progress = true;
-            self.complete(tag, outcome);
+            self.complete(tag, outcome, observed);
             if self.closing {
                 return;
             }
@@ -287,7 +295,8 @@ where
     }
 
     /// Writes a finished call's response, or applies the error policy.
-    fn complete(&mut self, tag: Tag, outcome: Outcome<S::Error>) {
+    fn complete(&mut self, tag: Tag, outcome: Outcome<S::Error>, observed: Observed) {
+        let _entered = observed.span.enter();
         let failed = match outcome {
             Outcome::Response(payload) => {
                 match self
@@ -302,6 +311,7 @@ where
                     Err(e) => {
                         Counters::add(&self.counters.service_errors, 1);
                         tracing::warn!(peer = ?self.peer, ?tag, error = %e, "response cannot be framed; dropped");
+                        observed.finish(&self.metrics, "error");
                         true
                     }
                 }
@@ -310,17 +320,23 @@ where
                 Counters::add(&self.counters.service_errors, 1);
                 let e: BoxError = e.into();
                 tracing::warn!(peer = ?self.peer, ?tag, error = %e, "service failed a request");
+                observed.finish(&self.metrics, "error");
                 true
             }
             Outcome::Panicked(message) => {
                 Counters::add(&self.counters.panics, 1);
                 tracing::error!(peer = ?self.peer, ?tag, panic = %message, "request handler panicked");
+                observed.finish(&self.metrics, "panic");
                 true
             }
         };
+        if !failed {
+            observed.finish(&self.metrics, "ok");
+        }
         if failed && self.config.on_error == OnError::Close {
             self.closing = true;
             // Requests still being served are dropped with the connection.
+            self.metrics.dropped(self.calls.len());
             self.calls.clear();
         }
     }
@@ -392,11 +408,12 @@ where
         self.unpublished.requests += 1;
         let request = Request::new(frame.payload, self.peer);
         let service = &mut self.service;
-        let mut call = Box::pin(Call::start(frame.tag, || service.call(request)));
+        let observed = Observed::start(&self.metrics, self.peer);
+        let mut call = Box::pin(Call::start(frame.tag, observed, || service.call(request)));
         // Poll once here: a handler that answers at once (the common case) never
         // enters the set of pending calls.
         match call.as_mut().poll(cx) {
-            Poll::Ready((tag, outcome)) => self.complete(tag, outcome),
+            Poll::Ready((tag, outcome, observed)) => self.complete(tag, outcome, observed),
             Poll::Pending => self.calls.push(call),
         }
     }
