@@ -27,6 +27,9 @@ use crate::{ProxyArgs, ProxyOnError, common};
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+    if let Some(addr) = args.metrics {
+        crate::metrics::serve(addr)?;
+    }
     let timeout = common::timeout(args.timeout, args.timeout_ms, Duration::from_secs(2))
         .max(Duration::from_millis(1));
     let front = args.frame.builder().max_frame_length(args.max_frame);
