@@ -17,7 +17,9 @@
 
 #[cfg(feature = "metrics")]
 mod on {
-    use std::{net::SocketAddr, sync::Arc, time::Instant};
+    use std::{net::SocketAddr, sync::Arc};
+
+    use tokio::time::Instant;
 
     use metrics::{Counter, Gauge, Histogram, SharedString, counter, gauge, histogram};
 

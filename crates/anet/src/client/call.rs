@@ -26,7 +26,7 @@ use crate::{Error, Kind, observe};
 /// latency_us), and when it started, read only when the span is enabled.
 struct CallSpan {
     span: tracing::Span,
-    started: Option<std::time::Instant>,
+    started: Option<Instant>,
 }
 
 impl CallSpan {
@@ -40,7 +40,7 @@ impl CallSpan {
             outcome = Empty,
             latency_us = Empty
         );
-        let started = (!span.is_disabled()).then(std::time::Instant::now);
+        let started = (!span.is_disabled()).then(Instant::now);
         CallSpan { span, started }
     }
 
