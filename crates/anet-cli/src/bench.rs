@@ -185,8 +185,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     report.endpoints = EndpointLine::all(&endpoints);
     report.print_text(&targets, concurrency, size);
     if let Some(path) = &args.histogram {
-        crate::chart::latency(path, &total.latency_us, &format!("anet bench, concurrency {concurrency}, {size} B"))
-            .with_context(|| format!("cannot draw {}", path.display()))?;
+        crate::chart::latency(
+            path,
+            &total.latency_us,
+            &format!("anet bench, concurrency {concurrency}, {size} B"),
+        )
+        .with_context(|| format!("cannot draw {}", path.display()))?;
         eprintln!("latency histogram in {}", path.display());
     }
     if args.json {
@@ -218,7 +222,11 @@ impl EndpointLine {
             .into_iter()
             .map(|(address, tally)| {
                 let outcomes = tally.outcomes();
-                let ok = outcomes.iter().filter(|(o, _)| o == "ok").map(|(_, n)| n).sum();
+                let ok = outcomes
+                    .iter()
+                    .filter(|(o, _)| o == "ok")
+                    .map(|(_, n)| n)
+                    .sum();
                 let errors: Vec<(String, u64)> = outcomes
                     .into_iter()
                     .filter(|(o, n)| o != "ok" && *n > 0)

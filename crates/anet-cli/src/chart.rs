@@ -17,7 +17,9 @@ pub(crate) fn latency(path: &Path, latency_us: &Histogram<u64>, title: &str) -> 
     } else {
         (
             latency_us.min(),
-            latency_us.value_at_quantile(0.999).max(latency_us.min() + 1),
+            latency_us
+                .value_at_quantile(0.999)
+                .max(latency_us.min() + 1),
         )
     };
     let step = (high - low).div_ceil(BARS).max(1);

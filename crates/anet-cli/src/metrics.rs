@@ -25,8 +25,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
 /// Histogram buckets for the durations, in seconds (50 µs to 10 s).
 const BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0, 10.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
 ];
 
 /// The Prometheus recorder, with its HTTP listener on `addr` spawned on the
@@ -108,7 +108,9 @@ impl EndpointTally {
     /// Requests by outcome (`ok` or an error kind).
     pub(crate) fn outcomes(&self) -> Vec<(String, u64)> {
         let map = self.outcomes.lock().unwrap_or_else(PoisonError::into_inner);
-        map.iter().map(|(k, v)| (k.clone(), v.load(Relaxed))).collect()
+        map.iter()
+            .map(|(k, v)| (k.clone(), v.load(Relaxed)))
+            .collect()
     }
 }
 
@@ -191,7 +193,11 @@ impl Tee {
         if key.name() != name {
             return None;
         }
-        let label = |k: &str| key.labels().find(|l| l.key() == k).map(|l| l.value().to_owned());
+        let label = |k: &str| {
+            key.labels()
+                .find(|l| l.key() == k)
+                .map(|l| l.value().to_owned())
+        };
         Some((label("endpoint")?, label("outcome")?))
     }
 }

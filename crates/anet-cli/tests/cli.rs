@@ -585,7 +585,15 @@ fn echo_metrics_count_the_requests_of_a_bench_run_and_their_duration_histogram()
     let metrics = free_addr();
     let echo = Daemon::echo(&["--metrics", &metrics.to_string()]);
     let out = anet()
-        .args(["bench", "--connect", &echo.addr.to_string(), "-d", "1s", "-c", "8"])
+        .args([
+            "bench",
+            "--connect",
+            &echo.addr.to_string(),
+            "-d",
+            "1s",
+            "-c",
+            "8",
+        ])
         .arg("--json")
         .output()
         .expect("run bench");
@@ -611,7 +619,10 @@ fn echo_metrics_count_the_requests_of_a_bench_run_and_their_duration_histogram()
         Some(ok as f64),
         "{body}"
     );
-    assert!(body.contains("# TYPE anet_server_request_duration histogram"), "{body}");
+    assert!(
+        body.contains("# TYPE anet_server_request_duration histogram"),
+        "{body}"
+    );
     assert_eq!(sample(&body, "anet_server_in_flight"), Some(0.0), "{body}");
 }
 
@@ -619,7 +630,12 @@ fn echo_metrics_count_the_requests_of_a_bench_run_and_their_duration_histogram()
 fn bench_reports_requests_ok_errors_and_latency_for_each_of_two_endpoints() {
     let (a, b) = (Daemon::echo(&[]), Daemon::echo(&[]));
     let out = anet()
-        .args(["bench", "--connect", &a.addr.to_string(), &b.addr.to_string()])
+        .args([
+            "bench",
+            "--connect",
+            &a.addr.to_string(),
+            &b.addr.to_string(),
+        ])
         .args(["-d", "1s", "-c", "16", "--json"])
         .output()
         .expect("run bench");
@@ -648,7 +664,11 @@ fn bench_reports_requests_ok_errors_and_latency_for_each_of_two_endpoints() {
         assert!(p50 > 0 && p50 <= p99, "{e}");
         sum += requests;
     }
-    assert_eq!(sum, report["requests"].as_u64().expect("requests"), "{report}");
+    assert_eq!(
+        sum,
+        report["requests"].as_u64().expect("requests"),
+        "{report}"
+    );
     // The human report has a line for each.
     let text = stdout(&out);
     for addr in &want {
@@ -665,7 +685,12 @@ fn bench_reports_errors_by_kind_for_an_endpoint_that_stops_answering() {
     let a = Daemon::echo(&[]);
     let silent = silent_server();
     let out = anet()
-        .args(["bench", "--connect", &a.addr.to_string(), &silent.to_string()])
+        .args([
+            "bench",
+            "--connect",
+            &a.addr.to_string(),
+            &silent.to_string(),
+        ])
         .args(["-d", "1s", "-c", "8", "--timeout", "200ms", "--json"])
         .output()
         .expect("run bench");
@@ -676,7 +701,10 @@ fn bench_reports_errors_by_kind_for_an_endpoint_that_stops_answering() {
         .find(|e| e["address"] == silent.to_string())
         .unwrap_or_else(|| panic!("no line for the silent endpoint: {report}"));
     assert_eq!(silent_line["ok"], 0, "{report}");
-    assert!(silent_line["errors"]["timeout"].as_u64().expect("timeouts") > 0, "{report}");
+    assert!(
+        silent_line["errors"]["timeout"].as_u64().expect("timeouts") > 0,
+        "{report}"
+    );
     let live = endpoints
         .iter()
         .find(|e| e["address"] == a.addr.to_string())
@@ -692,7 +720,15 @@ fn bench_serves_its_client_metrics_and_draws_a_latency_histogram() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let svg = dir.join("latency.svg");
     let mut bench = anet()
-        .args(["bench", "--connect", &echo.addr.to_string(), "-d", "3s", "-c", "4"])
+        .args([
+            "bench",
+            "--connect",
+            &echo.addr.to_string(),
+            "-d",
+            "3s",
+            "-c",
+            "4",
+        ])
         .args(["--metrics", &metrics.to_string()])
         .arg("--histogram")
         .arg(&svg)
@@ -701,7 +737,10 @@ fn bench_serves_its_client_metrics_and_draws_a_latency_histogram() {
         .spawn()
         .expect("spawn bench");
     // While it runs: the client's requests, by endpoint and outcome.
-    let series = format!(r#"anet_client_requests{{endpoint="{}",outcome="ok"}}"#, echo.addr);
+    let series = format!(
+        r#"anet_client_requests{{endpoint="{}",outcome="ok"}}"#,
+        echo.addr
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let seen = loop {
         if let Some(n) = scrape(metrics).and_then(|body| sample(&body, &series)) {

@@ -226,7 +226,8 @@ impl Future for CallFuture {
             let error = match result {
                 Ok(response) => {
                     this.shared.retry.deposit();
-                    this.span.finish(Ok(()), this.shared.retry.max_retries() - *this.retries_left);
+                    this.span
+                        .finish(Ok(()), this.shared.retry.max_retries() - *this.retries_left);
                     return Poll::Ready(Ok(response));
                 }
                 Err(error) => error,

@@ -104,7 +104,11 @@ where
         let this = self.project();
         let outcome = match this.state.project() {
             CallStateProj::Running { future } => {
-                let span = &this.observed.as_ref().expect("polled after completion").span;
+                let span = &this
+                    .observed
+                    .as_ref()
+                    .expect("polled after completion")
+                    .span;
                 let _entered = span.enter();
                 match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
                     Ok(Poll::Pending) => return Poll::Pending,
