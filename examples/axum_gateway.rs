@@ -57,7 +57,10 @@ async fn main() -> anyhow::Result<()> {
         "gateway_http_requests{status=\"200\"} 1",
         "anet_server_requests{outcome=\"ok\"} 1",
     ] {
-        anyhow::ensure!(status == 200 && page.contains(series), "no {series} in /metrics");
+        anyhow::ensure!(
+            status == 200 && page.contains(series),
+            "no {series} in /metrics"
+        );
     }
     println!("GET /metrics -> {status}, with gateway_http_requests and anet_* on one page");
 

@@ -146,7 +146,11 @@ async fn metrics_page_has_the_http_and_the_anet_metrics_from_one_recorder() {
     })));
     let client = Client::builder().endpoint(backend_addr).build();
     let app = gateway::with_metrics(
-        gateway::router(gateway::backend(client.balancer(), Duration::from_secs(2), 64)),
+        gateway::router(gateway::backend(
+            client.balancer(),
+            Duration::from_secs(2),
+            64,
+        )),
         handle,
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
