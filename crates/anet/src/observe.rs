@@ -154,19 +154,22 @@ mod on {
             }
         }
 
-        /// A request read: in flight from now.
+        /// A request read: in flight from now until the returned value is
+        /// dropped (answered, or dropped with its connection).
         #[inline]
         pub(crate) fn started(&self) -> Started {
             self.in_flight.increment(1.0);
-            Started(Instant::now())
+            Started {
+                in_flight: self.in_flight.clone(),
+                at: Instant::now(),
+            }
         }
 
         /// A request finished: `ok`, `error` (the service failed it, or its
         /// response could not be framed) or `panic`.
         #[inline]
         pub(crate) fn finished(&self, started: &Started, outcome: &'static str) {
-            self.in_flight.decrement(1.0);
-            let elapsed = started.0.elapsed();
+            let elapsed = started.at.elapsed();
             if outcome == "ok" {
                 self.ok.increment(1);
                 self.ok_duration.record(elapsed);
@@ -175,18 +178,20 @@ mod on {
                 histogram!("anet_server_request_duration", "outcome" => outcome).record(elapsed);
             }
         }
-
-        /// Requests dropped unfinished (their connection closed).
-        pub(crate) fn dropped(&self, n: usize) {
-            if n > 0 {
-                self.in_flight.decrement(n as f64);
-            }
-        }
     }
 
-    /// When a server request started.
+    /// When a server request started; counted in flight until dropped.
     #[derive(Debug)]
-    pub(crate) struct Started(Instant);
+    pub(crate) struct Started {
+        in_flight: Gauge,
+        at: Instant,
+    }
+
+    impl Drop for Started {
+        fn drop(&mut self) {
+            self.in_flight.decrement(1.0);
+        }
+    }
 
     /// A server connection opened (`1.0`) or closed (`-1.0`).
     pub(crate) fn server_connections(delta: f64) {
@@ -257,8 +262,6 @@ mod on {
         }
         #[inline(always)]
         pub(crate) fn finished(&self, _: &Started, _: &'static str) {}
-        #[inline(always)]
-        pub(crate) fn dropped(&self, _: usize) {}
     }
 
     #[derive(Debug)]

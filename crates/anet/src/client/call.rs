@@ -33,6 +33,15 @@ impl CallSpan {
     #[inline]
     fn new() -> CallSpan {
         use tracing::field::Empty;
+        // One load of the global level hint first: below DEBUG (or with no
+        // subscriber) no span is built, so nothing reaches `tracing`'s `log`
+        // fallback (tower's default features turn it on).
+        if !tracing::level_enabled!(tracing::Level::DEBUG) {
+            return CallSpan {
+                span: tracing::Span::none(),
+                started: None,
+            };
+        }
         let span = tracing::debug_span!(
             "anet.call",
             endpoint = Empty,

@@ -35,11 +35,16 @@ impl Observed {
     /// A request read from `peer`.
     #[inline]
     pub(crate) fn start(metrics: &observe::ServerMetrics, peer: Option<SocketAddr>) -> Observed {
-        let span = tracing::debug_span!(
-            "anet.request",
-            peer = ?peer,
-            outcome = tracing::field::Empty
-        );
+        // Not built below DEBUG (see the client's call span).
+        let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::debug_span!(
+                "anet.request",
+                peer = ?peer,
+                outcome = tracing::field::Empty
+            )
+        } else {
+            tracing::Span::none()
+        };
         Observed {
             span,
             started: metrics.started(),

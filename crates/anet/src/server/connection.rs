@@ -170,8 +170,6 @@ where
     /// Serves the connection until it ends.
     pub(crate) async fn run(mut self) {
         let exit = std::future::poll_fn(|cx| self.poll_drive(cx)).await;
-        self.metrics.dropped(self.calls.len());
-        self.calls.clear();
         let peer = self.peer;
         match &exit {
             Exit::Done => tracing::debug!(?peer, "connection done"),
@@ -336,7 +334,6 @@ where
         if failed && self.config.on_error == OnError::Close {
             self.closing = true;
             // Requests still being served are dropped with the connection.
-            self.metrics.dropped(self.calls.len());
             self.calls.clear();
         }
     }

@@ -498,7 +498,11 @@ where
             let (unknown, held) = (self.counts.unknown, self.table.held_tags());
             let unknown_before = c.unknown.swap(unknown, Relaxed);
             let held_before = c.held.swap(held, Relaxed);
-            crate::observe::connection_published(unknown - unknown_before, held_before, held);
+            crate::observe::connection_published(
+                unknown.saturating_sub(unknown_before),
+                held_before,
+                held,
+            );
         } else {
             c.unknown.store(self.counts.unknown, Relaxed);
             c.held.store(self.table.held_tags(), Relaxed);
