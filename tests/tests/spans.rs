@@ -36,7 +36,10 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Spans {
         let mut fields = BTreeMap::new();
         attrs.record(&mut Fields(&mut fields));
         let name = attrs.metadata().name().to_owned();
-        self.0.lock().expect("lock").insert(id.into_u64(), (name, fields));
+        self.0
+            .lock()
+            .expect("lock")
+            .insert(id.into_u64(), (name, fields));
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {

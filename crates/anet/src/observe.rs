@@ -9,9 +9,15 @@
 //!
 //! Handles are registered once (per endpoint, per server connection) with the
 //! recorder installed at that moment, so the recorder must be installed before
-//! clients and servers are built (the `metrics` convention). With the feature
-//! compiled in and no recorder, each request costs two clock reads and a few
-//! checks of empty handles; nothing is allocated.
+//! clients and servers are built (the `metrics` convention). Durations are
+//! measured (two clock reads per request) only when that recorder is not
+//! zero-sized: `metrics`' no-op recorder is, every recorder that keeps values
+//! holds state. So with the feature compiled in and no recorder, a request
+//! costs a few checks of empty handles, no clock read and no allocation.
+//!
+//! The server's request counter and in-flight gauge are published once per
+//! wake-up of a connection, like its stats; the duration histogram records
+//! each request.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -24,6 +30,11 @@ mod on {
     use metrics::{Counter, Gauge, Histogram, SharedString, counter, gauge, histogram};
 
     use crate::Kind;
+
+    /// Whether the recorder in place keeps values (see the module docs).
+    fn recording() -> bool {
+        metrics::with_recorder(|recorder| std::mem::size_of_val(recorder) != 0)
+    }
 
     /// Client request counter (labels `endpoint`, `outcome`).
     pub(crate) const CLIENT_REQUESTS: &str = "anet_client_requests";
@@ -39,6 +50,8 @@ mod on {
         in_flight: Gauge,
         live: Gauge,
         draining: Gauge,
+        // Durations are measured (a recorder keeps them).
+        timed: bool,
     }
 
     impl EndpointMetrics {
@@ -52,6 +65,7 @@ mod on {
                 live: gauge!("anet_client_connections", "endpoint" => e(), "state" => "live"),
                 draining: gauge!("anet_client_connections", "endpoint" => e(), "state" => "draining"),
                 endpoint,
+                timed: recording(),
             }
         }
 
@@ -67,7 +81,7 @@ mod on {
             self.in_flight.increment(1.0);
             Attempt {
                 in_flight: self.in_flight.clone(),
-                started: Instant::now(),
+                started: self.timed.then(Instant::now),
             }
         }
     }
@@ -76,26 +90,30 @@ mod on {
     #[derive(Debug)]
     pub(crate) struct Attempt {
         in_flight: Gauge,
-        started: Instant,
+        started: Option<Instant>,
     }
 
     impl Attempt {
         /// The request has its answer: `Ok(())` or the error's kind.
         #[inline]
         pub(crate) fn finish(&self, endpoint: &EndpointMetrics, outcome: Result<(), Kind>) {
-            let elapsed = self.started.elapsed();
+            let elapsed = self.started.map(|at| at.elapsed());
             match outcome {
                 Ok(()) => {
                     endpoint.ok.increment(1);
-                    endpoint.ok_duration.record(elapsed);
+                    if let Some(elapsed) = elapsed {
+                        endpoint.ok_duration.record(elapsed);
+                    }
                 }
                 // Errors are rare: their handles are looked up when they happen.
                 Err(kind) => {
                     let (e, outcome) = (endpoint.endpoint.clone(), kind.as_str());
                     counter!(CLIENT_REQUESTS, "endpoint" => e.clone(), "outcome" => outcome)
                         .increment(1);
-                    histogram!(CLIENT_REQUEST_DURATION, "endpoint" => e, "outcome" => outcome)
-                        .record(elapsed);
+                    if let Some(elapsed) = elapsed {
+                        histogram!(CLIENT_REQUEST_DURATION, "endpoint" => e, "outcome" => outcome)
+                            .record(elapsed);
+                    }
                 }
             }
         }
@@ -137,12 +155,18 @@ mod on {
         }
     }
 
-    /// A server connection's handles, registered when it is accepted.
+    /// A server connection's handles, registered when it is accepted, and
+    /// what it has not published yet.
     #[derive(Debug)]
     pub(crate) struct ServerMetrics {
         ok: Counter,
         ok_duration: Histogram,
         in_flight: Gauge,
+        timed: bool,
+        /// Requests answered `ok` since the last publication.
+        ok_unpublished: u64,
+        /// The connection's share of the in-flight gauge.
+        in_flight_published: usize,
     }
 
     impl ServerMetrics {
@@ -151,47 +175,62 @@ mod on {
                 ok: counter!("anet_server_requests", "outcome" => "ok"),
                 ok_duration: histogram!("anet_server_request_duration", "outcome" => "ok"),
                 in_flight: gauge!("anet_server_in_flight"),
+                timed: recording(),
+                ok_unpublished: 0,
+                in_flight_published: 0,
             }
         }
 
-        /// A request read: in flight from now until the returned value is
-        /// dropped (answered, or dropped with its connection).
+        /// A request read.
         #[inline]
         pub(crate) fn started(&self) -> Started {
-            self.in_flight.increment(1.0);
-            Started {
-                in_flight: self.in_flight.clone(),
-                at: Instant::now(),
-            }
+            Started(self.timed.then(Instant::now))
         }
 
         /// A request finished: `ok`, `error` (the service failed it, or its
         /// response could not be framed) or `panic`.
         #[inline]
-        pub(crate) fn finished(&self, started: &Started, outcome: &'static str) {
-            let elapsed = started.at.elapsed();
+        pub(crate) fn finished(&mut self, started: &Started, outcome: &'static str) {
+            let elapsed = started.0.map(|at| at.elapsed());
             if outcome == "ok" {
-                self.ok.increment(1);
-                self.ok_duration.record(elapsed);
+                self.ok_unpublished += 1;
+                if let Some(elapsed) = elapsed {
+                    self.ok_duration.record(elapsed);
+                }
             } else {
                 counter!("anet_server_requests", "outcome" => outcome).increment(1);
-                histogram!("anet_server_request_duration", "outcome" => outcome).record(elapsed);
+                if let Some(elapsed) = elapsed {
+                    histogram!("anet_server_request_duration", "outcome" => outcome)
+                        .record(elapsed);
+                }
+            }
+        }
+
+        /// Once per wake-up of the connection: the requests answered, and
+        /// the ones in flight now.
+        #[inline]
+        pub(crate) fn publish(&mut self, in_flight: usize) {
+            if self.ok_unpublished > 0 {
+                self.ok.increment(std::mem::take(&mut self.ok_unpublished));
+            }
+            if in_flight != self.in_flight_published {
+                self.in_flight
+                    .increment(in_flight as f64 - self.in_flight_published as f64);
+                self.in_flight_published = in_flight;
             }
         }
     }
 
-    /// When a server request started; counted in flight until dropped.
-    #[derive(Debug)]
-    pub(crate) struct Started {
-        in_flight: Gauge,
-        at: Instant,
-    }
-
-    impl Drop for Started {
+    impl Drop for ServerMetrics {
+        /// The connection has ended: what it had in flight is gone.
         fn drop(&mut self) {
-            self.in_flight.decrement(1.0);
+            self.publish(0);
         }
     }
+
+    /// When a server request started (if durations are measured).
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) struct Started(Option<Instant>);
 
     /// A server connection opened (`1.0`) or closed (`-1.0`).
     pub(crate) fn server_connections(delta: f64) {
@@ -261,7 +300,9 @@ mod on {
             Started
         }
         #[inline(always)]
-        pub(crate) fn finished(&self, _: &Started, _: &'static str) {}
+        pub(crate) fn finished(&mut self, _: &Started, _: &'static str) {}
+        #[inline(always)]
+        pub(crate) fn publish(&mut self, _: usize) {}
     }
 
     #[derive(Debug)]

@@ -53,7 +53,7 @@ impl Observed {
 
     /// The request ended: `ok`, `error` or `panic`.
     #[inline]
-    pub(crate) fn finish(&self, metrics: &observe::ServerMetrics, outcome: &'static str) {
+    pub(crate) fn finish(&self, metrics: &mut observe::ServerMetrics, outcome: &'static str) {
         metrics.finished(&self.started, outcome);
         self.span.record("outcome", outcome);
     }

@@ -211,6 +211,7 @@ where
         let counts = std::mem::take(&mut self.unpublished);
         Counters::add(&self.counters.requests, counts.requests);
         Counters::add(&self.counters.responses, counts.responses);
+        self.metrics.publish(self.calls.len());
     }
 
     /// Tells the accept loop whether this connection is busy and when it was
@@ -309,7 +310,7 @@ where
                     Err(e) => {
                         Counters::add(&self.counters.service_errors, 1);
                         tracing::warn!(peer = ?self.peer, ?tag, error = %e, "response cannot be framed; dropped");
-                        observed.finish(&self.metrics, "error");
+                        observed.finish(&mut self.metrics, "error");
                         true
                     }
                 }
@@ -318,18 +319,18 @@ where
                 Counters::add(&self.counters.service_errors, 1);
                 let e: BoxError = e.into();
                 tracing::warn!(peer = ?self.peer, ?tag, error = %e, "service failed a request");
-                observed.finish(&self.metrics, "error");
+                observed.finish(&mut self.metrics, "error");
                 true
             }
             Outcome::Panicked(message) => {
                 Counters::add(&self.counters.panics, 1);
                 tracing::error!(peer = ?self.peer, ?tag, panic = %message, "request handler panicked");
-                observed.finish(&self.metrics, "panic");
+                observed.finish(&mut self.metrics, "panic");
                 true
             }
         };
         if !failed {
-            observed.finish(&self.metrics, "ok");
+            observed.finish(&mut self.metrics, "ok");
         }
         if failed && self.config.on_error == OnError::Close {
             self.closing = true;
