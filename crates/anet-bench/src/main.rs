@@ -5,9 +5,10 @@
 //!     [--concurrency 1,16,256] [--size 64] [--threads 2] [--json] [--plot FILE.svg]
 //! ```
 //!
-//! The rows `anet-stack-info` (a `tracing` subscriber at `INFO`) and
-//! `anet-stack-metrics` (a Prometheus recorder installed; feature `metrics`, on
-//! by default) measure the cost of observability against `anet-stack`.
+//! The row `anet-stack-info` (a `tracing` subscriber at `INFO`) and the flag
+//! `--recorder` (a Prometheus recorder installed for the whole run; feature
+//! `metrics`, on by default) measure the cost of observability against
+//! `anet-stack`.
 //!
 //! Every client runs closed-loop on loopback against two servers (`raw`, a plain
 //! TCP echo, and the anet `Server`), each server on its own thread with a
@@ -75,9 +76,13 @@ struct Args {
     /// row into this SVG file.
     #[arg(long, value_name = "FILE")]
     plot: Option<std::path::PathBuf>,
+    /// Install a Prometheus recorder (anet's metrics, feature `metrics`) for
+    /// the whole run: every anet client and server records into it.
+    #[arg(long)]
+    recorder: bool,
 }
 
-const CLIENTS: [&str; 12] = [
+const CLIENTS: [&str; 11] = [
     "floor",
     "wire-floor",
     "anet-mux",
@@ -87,7 +92,6 @@ const CLIENTS: [&str; 12] = [
     "anet-timeout",
     "anet-stack",
     "anet-stack-info",
-    "anet-stack-metrics",
     "tokio-tower",
     "sequential",
 ];
@@ -304,15 +308,10 @@ fn measure(
                 let shared: TowerP2c = tower::buffer::Buffer::new(balance, 1024);
                 run_callers(shared, concurrency, args.size, warmup, duration).await
             }
-            "anet-stack" | "anet-stack-info" | "anet-stack-metrics" => {
-                // The recorder hands out real handles to what registers during
-                // this row: the client's endpoint, the server's connections.
-                variants::set_recording(name == "anet-stack-metrics");
+            "anet-stack" | "anet-stack-info" => {
                 let client = Client::builder().endpoint(addr).build();
                 client.call(Bytes::from_static(b"warm")).await?;
-                let measured = run_callers(client, concurrency, args.size, warmup, duration).await;
-                variants::set_recording(false);
-                measured
+                run_callers(client, concurrency, args.size, warmup, duration).await
             }
             "tokio-tower" => {
                 let peer = tokio_tower_peer::TokioTower::connect(addr).await;
@@ -452,7 +451,10 @@ fn peak_rss_mb() -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    variants::install_recorder();
+    // Before the servers start: their connections register their handles.
+    if args.recorder {
+        variants::install_recorder()?;
+    }
     let clients: Vec<&'static str> = CLIENTS
         .iter()
         .copied()
