@@ -21,11 +21,13 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+// Durations are wall-clock measures for dashboards, not deadlines: std's clock
+// (tokio's checks for paused time first, which costs on every read when
+// `test-util` is compiled in; paused-time tests have no use for durations).
 #[cfg(feature = "metrics")]
+#[allow(clippy::disallowed_types)]
 mod on {
-    use std::{net::SocketAddr, sync::Arc};
-
-    use tokio::time::Instant;
+    use std::{net::SocketAddr, sync::Arc, time::Instant};
 
     use metrics::{Counter, Gauge, Histogram, SharedString, counter, gauge, histogram};
 
