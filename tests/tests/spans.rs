@@ -16,9 +16,12 @@ use tracing::{
 };
 use tracing_subscriber::{Layer, layer::Context, prelude::*, registry::LookupSpan};
 
-/// Every span's name and fields as recorded (by span id).
+/// A span's name and its fields as recorded.
+type Seen = (String, BTreeMap<String, String>);
+
+/// Every span seen, by span id.
 #[derive(Clone, Default)]
-struct Spans(Arc<Mutex<BTreeMap<u64, (String, BTreeMap<String, String>)>>>);
+struct Spans(Arc<Mutex<BTreeMap<u64, Seen>>>);
 
 struct Fields<'a>(&'a mut BTreeMap<String, String>);
 
@@ -51,7 +54,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Spans {
 
 /// Three calls to an anet echo server on a current-thread runtime with a
 /// subscriber at `level` on this thread; the spans it saw.
-fn spans_at(level: tracing::Level) -> Vec<(String, BTreeMap<String, String>)> {
+fn spans_at(level: tracing::Level) -> Vec<Seen> {
     let spans = Spans::default();
     let subscriber = tracing_subscriber::registry().with(
         spans
