@@ -107,3 +107,66 @@ fn every_error_kind_has_its_documented_http_status() {
         assert!(body.ends_with(b": why\n"), "{body:?}");
     }
 }
+
+/// `GET /metrics` shows the gateway's HTTP counts and anet's client and server
+/// metrics on one page, from one recorder (the only test here that installs
+/// one: a process has one global recorder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_page_has_the_http_and_the_anet_metrics_from_one_recorder() {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the test's recorder");
+    let backend = Server::builder()
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let backend_addr = backend.local_addr();
+    tokio::spawn(backend.serve(service_fn(|req: Request| async move {
+        Ok::<_, Infallible>(req.into_payload())
+    })));
+    let client = Client::builder().endpoint(backend_addr).build();
+    let app = gateway::with_metrics(
+        gateway::router(gateway::backend(
+            client.balancer(),
+            Duration::from_secs(2),
+            64,
+        )),
+        handle,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    for _ in 0..3 {
+        let (status, _) = gateway::post_forward(addr, b"ping").await.expect("http");
+        assert_eq!(status, 200);
+    }
+    let (status, page) = gateway::get_path(addr, "/metrics").await.expect("http");
+    assert_eq!(status, 200);
+    let page = String::from_utf8_lossy(&page);
+    let endpoint = format!(r#"endpoint="{backend_addr}""#);
+    // This client's series are its own (labelled by its backend) ...
+    for series in [
+        format!(r#"anet_client_requests{{{endpoint},outcome="ok"}} 3"#),
+        format!(r#"anet_client_in_flight{{{endpoint}}} 0"#),
+        format!(r#"anet_client_connections{{{endpoint},state="live"}} 1"#),
+    ] {
+        assert!(page.contains(&series), "no {series} in:\n{page}");
+    }
+    assert!(page.contains("anet_client_request_duration"), "{page}");
+    // ... the others count the whole process (other tests run beside this one).
+    for series in [
+        r#"gateway_http_requests{status="200"}"#,
+        r#"anet_server_requests{outcome="ok"}"#,
+        "anet_client_connects",
+    ] {
+        let value = page
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{page}"));
+        assert!(value >= 1.0, "{series} {value}");
+    }
+}

@@ -2,8 +2,13 @@
 //!
 //! ```text
 //! cargo run --release -p anet-bench -- [--duration 5] [--rounds 3]
-//!     [--concurrency 1,16,256] [--size 64] [--threads 2] [--json]
+//!     [--concurrency 1,16,256] [--size 64] [--threads 2] [--json] [--plot FILE.svg]
 //! ```
+//!
+//! The row `anet-stack-info` (a `tracing` subscriber at `INFO`) and the flag
+//! `--recorder` (a Prometheus recorder installed for the whole run; feature
+//! `metrics`, on by default) measure the cost of observability against
+//! `anet-stack`.
 //!
 //! Every client runs closed-loop on loopback against two servers (`raw`, a plain
 //! TCP echo, and the anet `Server`), each server on its own thread with a
@@ -35,9 +40,11 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 mod floor;
+mod plot;
 mod sequential;
 mod servers;
 mod tokio_tower_peer;
+mod variants;
 mod wire_floor;
 
 /// Command-line options.
@@ -65,9 +72,17 @@ struct Args {
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
+    /// Draw throughput and p99 latency against concurrency for every client
+    /// row into this SVG file.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<std::path::PathBuf>,
+    /// Install a Prometheus recorder (anet's metrics, feature `metrics`) for
+    /// the whole run: every anet client and server records into it.
+    #[arg(long)]
+    recorder: bool,
 }
 
-const CLIENTS: [&str; 10] = [
+const CLIENTS: [&str; 11] = [
     "floor",
     "wire-floor",
     "anet-mux",
@@ -76,6 +91,7 @@ const CLIENTS: [&str; 10] = [
     "tower-p2c",
     "anet-timeout",
     "anet-stack",
+    "anet-stack-info",
     "tokio-tower",
     "sequential",
 ];
@@ -203,6 +219,12 @@ fn payload(worker: usize, seq: u64, size: usize) -> Bytes {
 }
 
 fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    runtime_with(threads, None)
+}
+
+/// The client runtime; with `dispatch`, every worker thread has it as its
+/// `tracing` subscriber.
+fn runtime_with(threads: usize, dispatch: Option<tracing::Dispatch>) -> tokio::runtime::Runtime {
     let mut builder = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -210,6 +232,12 @@ fn runtime(threads: usize) -> tokio::runtime::Runtime {
         b.worker_threads(threads);
         b
     };
+    if let Some(dispatch) = dispatch {
+        builder.on_thread_start(move || {
+            // Kept for the thread's life: it ends with the runtime.
+            std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+        });
+    }
     builder.enable_all().build().expect("client runtime")
 }
 
@@ -221,7 +249,10 @@ fn measure(
     concurrency: usize,
     args: &Args,
 ) -> anyhow::Result<Point> {
-    let rt = runtime(args.threads);
+    let dispatch = (name == "anet-stack-info").then(variants::info_subscriber);
+    // The thread that blocks on the runtime (a current-thread runtime's only one).
+    let _subscriber = dispatch.as_ref().map(tracing::dispatcher::set_default);
+    let rt = runtime_with(args.threads, dispatch);
     let duration = Duration::from_secs_f64(args.duration);
     let warmup = Duration::from_millis(300);
     let (count, hist, elapsed) = rt.block_on(async {
@@ -277,7 +308,7 @@ fn measure(
                 let shared: TowerP2c = tower::buffer::Buffer::new(balance, 1024);
                 run_callers(shared, concurrency, args.size, warmup, duration).await
             }
-            "anet-stack" => {
+            "anet-stack" | "anet-stack-info" => {
                 let client = Client::builder().endpoint(addr).build();
                 client.call(Bytes::from_static(b"warm")).await?;
                 run_callers(client, concurrency, args.size, warmup, duration).await
@@ -420,6 +451,10 @@ fn peak_rss_mb() -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Before the servers start: their connections register their handles.
+    if args.recorder {
+        variants::install_recorder()?;
+    }
     let clients: Vec<&'static str> = CLIENTS
         .iter()
         .copied()
@@ -447,7 +482,7 @@ fn main() -> anyhow::Result<()> {
                 for &client in &clients {
                     let point = measure(client, server, addr, concurrency, &args)?;
                     eprintln!(
-                        "  round {round}/{rounds} {server:>4} c={concurrency:<4} {client:<13} {:>10.0} req/s  p50 {:>6} us  p99 {:>6} us",
+                        "  round {round}/{rounds} {server:>4} c={concurrency:<4} {client:<18} {:>10.0} req/s  p50 {:>6} us  p99 {:>6} us",
                         point.rps, point.p50_us, point.p99_us
                     );
                     points.push(point);
@@ -460,10 +495,11 @@ fn main() -> anyhow::Result<()> {
     let rss = peak_rss_mb();
 
     println!(
-        "{:<13} {:>6} {:>6} {:>12} {:>8} {:>8} {:>9}",
+        "{:<18} {:>6} {:>6} {:>12} {:>8} {:>8} {:>9}",
         "client", "server", "conc", "req/s", "p50 us", "p99 us", "vs floor"
     );
     let mut results = Vec::new();
+    let mut rows = Vec::new();
     for (i, p) in measured[0].iter().enumerate() {
         let across = |f: &dyn Fn(&Point) -> f64| median(measured.iter().map(|r| f(&r[i])));
         let ratio = median_opt(measured.iter().map(|round| {
@@ -479,8 +515,15 @@ fn main() -> anyhow::Result<()> {
             across(&|q| q.p50_us as f64),
             across(&|q| q.p99_us as f64),
         );
+        rows.push(plot::Row {
+            client: p.client,
+            server: p.server,
+            concurrency: p.concurrency,
+            rps,
+            p99_us: p99,
+        });
         println!(
-            "{:<13} {:>6} {:>6} {:>12.0} {:>8.0} {:>8.0} {:>9}",
+            "{:<18} {:>6} {:>6} {:>12.0} {:>8.0} {:>8.0} {:>9}",
             p.client,
             p.server,
             p.concurrency,
@@ -498,6 +541,10 @@ fn main() -> anyhow::Result<()> {
             "p99_us": p99.round() as u64,
             "ratio_vs_floor": ratio,
         }));
+    }
+    if let Some(path) = &args.plot {
+        plot::draw(path, &rows)?;
+        eprintln!("chart in {}", path.display());
     }
     println!("anet-stack heap allocations per request: {allocs:.3}");
     println!("peak RSS of the benchmark process: {rss:.1} MiB");

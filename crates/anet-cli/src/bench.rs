@@ -97,6 +97,8 @@ async fn embedded_echo(
 }
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    // Before the client is built: its per-endpoint handles come from it.
+    let endpoints = crate::metrics::install_bench(args.metrics)?;
     let mut embedded = None;
     let targets = if args.connect.is_empty() {
         let frame = args.frame.builder().max_frame_length(args.max_frame);
@@ -183,8 +185,18 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("warning: {abandoned} callers still waiting at the hard stop were abandoned");
     }
 
-    let report = Report::new(&total, elapsed);
+    let mut report = Report::new(&total, elapsed);
+    report.endpoints = EndpointLine::all(&endpoints);
     report.print_text(&targets, concurrency, size);
+    if let Some(path) = &args.histogram {
+        crate::chart::latency(
+            path,
+            &total.latency_us,
+            &format!("anet bench, concurrency {concurrency}, {size} B"),
+        )
+        .with_context(|| format!("cannot draw {}", path.display()))?;
+        eprintln!("latency histogram in {}", path.display());
+    }
     if args.json {
         println!("{}", report.json());
     }
@@ -195,11 +207,70 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// One endpoint's share of a run, from the client's metrics.
+struct EndpointLine {
+    /// The endpoint's address; `none` for requests that failed before reaching one.
+    address: String,
+    requests: u64,
+    ok: u64,
+    /// By error kind, only those that happened.
+    errors: Vec<(String, u64)>,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+impl EndpointLine {
+    fn all(endpoints: &crate::metrics::Endpoints) -> Vec<EndpointLine> {
+        endpoints
+            .snapshot()
+            .into_iter()
+            .map(|(address, tally)| {
+                let outcomes = tally.outcomes();
+                let ok = outcomes
+                    .iter()
+                    .filter(|(o, _)| o == "ok")
+                    .map(|(_, n)| n)
+                    .sum();
+                let errors: Vec<(String, u64)> = outcomes
+                    .into_iter()
+                    .filter(|(o, n)| o != "ok" && *n > 0)
+                    .collect();
+                EndpointLine {
+                    address,
+                    requests: ok + errors.iter().map(|(_, n)| n).sum::<u64>(),
+                    ok,
+                    errors,
+                    p50_us: tally.latency.quantile(0.5),
+                    p99_us: tally.latency.quantile(0.99),
+                }
+            })
+            .filter(|line| line.requests > 0)
+            .collect()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let errors: serde_json::Map<String, serde_json::Value> = self
+            .errors
+            .iter()
+            .map(|(kind, n)| (kind.clone(), (*n).into()))
+            .collect();
+        serde_json::json!({
+            "address": self.address,
+            "requests": self.requests,
+            "ok": self.ok,
+            "errors": errors,
+            "latency_us": { "p50": self.p50_us, "p99": self.p99_us },
+        })
+    }
+}
+
 /// Final numbers of a run.
 struct Report<'a> {
     tally: &'a Tally,
     duration_s: f64,
     rps: f64,
+    /// Per endpoint (attempts: a retried request counts at each endpoint it tried).
+    endpoints: Vec<EndpointLine>,
 }
 
 impl<'a> Report<'a> {
@@ -209,6 +280,7 @@ impl<'a> Report<'a> {
             tally,
             duration_s,
             rps: tally.requests() as f64 / duration_s.max(1e-9),
+            endpoints: Vec::new(),
         }
     }
 
@@ -244,6 +316,26 @@ impl<'a> Report<'a> {
             self.quantile(0.999),
             t.latency_us.max()
         );
+        if !self.endpoints.is_empty() {
+            println!("endpoints");
+        }
+        for e in &self.endpoints {
+            let errors: Vec<String> = e.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            println!(
+                "  {:<22} requests {} | ok {} | errors {}{} | p50 {} us | p99 {} us",
+                e.address,
+                e.requests,
+                e.ok,
+                e.requests - e.ok,
+                if errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", errors.join(", "))
+                },
+                e.p50_us,
+                e.p99_us
+            );
+        }
     }
 
     fn json(&self) -> serde_json::Value {
@@ -273,6 +365,7 @@ impl<'a> Report<'a> {
                 "p999": self.quantile(0.999),
                 "max": t.latency_us.max(),
             },
+            "endpoints": self.endpoints.iter().map(EndpointLine::json).collect::<Vec<_>>(),
         })
     }
 }
@@ -354,5 +447,6 @@ mod tests {
         assert_eq!(json["mismatches"], 0);
         assert_eq!(json["latency_us"]["p50"], 100);
         assert!(json["rps"].as_f64().is_some());
+        assert_eq!(json["endpoints"], serde_json::json!([]));
     }
 }

@@ -24,6 +24,9 @@ fn optional(
 
 pub(crate) async fn run(args: EchoArgs) -> anyhow::Result<ExitCode> {
     common::init_logging();
+    if let Some(addr) = args.metrics {
+        crate::metrics::serve(addr)?;
+    }
     let builder = Server::builder()
         .max_connections(args.max_connections)
         .first_frame_timeout(args.first_frame_timeout.0.filter(|t| !t.is_zero()))

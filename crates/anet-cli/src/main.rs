@@ -6,11 +6,13 @@
 //! anet echo  [--listen 127.0.0.1:7878] [--tag binary:4] [--length-width 2]
 //!            [--max-in-flight-bytes 64MiB] [--max-in-flight-requests 10000] ...
 //! anet send  --connect HOST:PORT [--timeout 1s] [--hex] [--hex-input] PAYLOAD
-//! anet bench [--connect HOST:PORT]... [-c 256] [-d 10s] [--size 64] [--json]
+//! anet bench [--connect HOST:PORT]... [-c 256] [-d 10s] [--size 64] [--json] [--histogram FILE.svg]
+//!
+//! echo, bench and proxy take --metrics ADDR: Prometheus text at http://ADDR/metrics.
 //! anet proxy --listen HOST:PORT --connect HOST:PORT... [--backend-tag ...]
 //! ```
 
-use std::{process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anet_proto::TagFormat;
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum, error::ErrorKind};
@@ -18,8 +20,10 @@ use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum, error::Erro
 use crate::common::{FrameArgs, Target, duration, parse_length_width, parse_tag, parse_target};
 
 mod bench;
+mod chart;
 mod common;
 mod echo;
+mod metrics;
 mod proxy;
 mod send;
 
@@ -51,6 +55,10 @@ struct EchoArgs {
     /// port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:7878", value_parser = parse_target)]
     listen: Target,
+    /// Serve anet's metrics as Prometheus text at `http://ADDR/metrics` while
+    /// the command runs.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     #[command(flatten)]
     frame: FrameArgs,
     /// Most connections open at once. At the limit a newcomer takes the place of
@@ -180,6 +188,13 @@ struct BenchArgs {
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
+    /// Serve anet's metrics as Prometheus text at `http://ADDR/metrics` while
+    /// the command runs.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Draw the latency distribution of the run as an SVG chart in FILE.
+    #[arg(long, value_name = "FILE")]
+    histogram: Option<PathBuf>,
 }
 
 /// Options of `anet proxy`.
@@ -189,6 +204,10 @@ struct ProxyArgs {
     /// resolved once); port 0 picks a free port.
     #[arg(long, value_parser = parse_target)]
     listen: Target,
+    /// Serve anet's metrics as Prometheus text at `http://ADDR/metrics` while
+    /// the command runs.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Backend address, `HOST:PORT` or an IP literal (repeat, or list several
     /// after one --connect); a name's every address becomes an endpoint,
     /// re-resolved every --resolve-every.

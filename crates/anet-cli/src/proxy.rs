@@ -83,6 +83,9 @@ impl Stats {
 
 pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     common::init_logging();
+    if let Some(addr) = args.metrics {
+        crate::metrics::serve(addr)?;
+    }
     let timeout = common::timeout(args.timeout, args.timeout_ms, Duration::from_secs(2));
     let (front, back) = matched_frames(
         args.frame.builder().max_frame_length(args.max_frame),

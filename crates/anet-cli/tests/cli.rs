@@ -675,3 +675,222 @@ fn send_and_bench_with_a_4_byte_length_and_max_frame_carry_payloads_over_64_kib(
     assert_eq!(report["ok"], report["requests"], "{report}");
     assert!(report["ok"].as_u64().expect("ok") > 0, "{report}");
 }
+
+/// A loopback address with a port free a moment ago (for `--metrics`, which
+/// does not print the port it bound).
+fn free_addr() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// `GET http://addr/metrics`, the body; `None` while nothing answers.
+fn scrape(addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::Write;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    Some(body.to_owned())
+}
+
+/// Scrapes until the endpoint answers (it starts with the command), for up to
+/// 10 s.
+fn scrape_when_up(addr: std::net::SocketAddr) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(body) = scrape(addr) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "nothing serves {addr}/metrics");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The value of the sample `series` (name and labels exactly as rendered).
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().expect("a number"))
+}
+
+#[test]
+fn echo_metrics_count_the_requests_of_a_bench_run_and_their_duration_histogram() {
+    let metrics = free_addr();
+    let echo = Daemon::echo(&["--metrics", &metrics.to_string()]);
+    let out = anet()
+        .args([
+            "bench",
+            "--connect",
+            &echo.addr.to_string(),
+            "-d",
+            "1s",
+            "-c",
+            "8",
+        ])
+        .arg("--json")
+        .output()
+        .expect("run bench");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report = last_json_line(&out.stdout);
+    let ok = report["ok"].as_u64().expect("ok");
+    assert!(ok > 0);
+    assert_eq!(report["requests"], ok);
+
+    let body = scrape_when_up(metrics);
+    let served = sample(&body, r#"anet_server_requests{outcome="ok"}"#);
+    assert_eq!(served, Some(ok as f64), "{body}");
+    assert_eq!(
+        sample(&body, r#"anet_server_request_duration_count{outcome="ok"}"#),
+        Some(ok as f64),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            r#"anet_server_request_duration_bucket{outcome="ok",le="+Inf"}"#
+        ),
+        Some(ok as f64),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE anet_server_request_duration histogram"),
+        "{body}"
+    );
+    assert_eq!(sample(&body, "anet_server_in_flight"), Some(0.0), "{body}");
+}
+
+#[test]
+fn bench_reports_requests_ok_errors_and_latency_for_each_of_two_endpoints() {
+    let (a, b) = (Daemon::echo(&[]), Daemon::echo(&[]));
+    let out = anet()
+        .args([
+            "bench",
+            "--connect",
+            &a.addr.to_string(),
+            &b.addr.to_string(),
+        ])
+        .args(["-d", "1s", "-c", "16", "--json"])
+        .output()
+        .expect("run bench");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report = last_json_line(&out.stdout);
+    let endpoints = report["endpoints"].as_array().expect("endpoints");
+    let mut addresses: Vec<&str> = endpoints
+        .iter()
+        .map(|e| e["address"].as_str().expect("address"))
+        .collect();
+    addresses.sort_unstable();
+    let mut want = vec![a.addr.to_string(), b.addr.to_string()];
+    want.sort_unstable();
+    assert_eq!(addresses, want, "{report}");
+    let mut sum = 0;
+    for e in endpoints {
+        let requests = e["requests"].as_u64().expect("requests");
+        // Both take a share: the balancer spreads 16 callers over the two.
+        assert!(requests > 0, "{e}");
+        assert_eq!(e["ok"], requests, "{e}");
+        assert_eq!(e["errors"], serde_json::json!({}), "{e}");
+        let (p50, p99) = (
+            e["latency_us"]["p50"].as_u64().expect("p50"),
+            e["latency_us"]["p99"].as_u64().expect("p99"),
+        );
+        assert!(p50 > 0 && p50 <= p99, "{e}");
+        sum += requests;
+    }
+    assert_eq!(
+        sum,
+        report["requests"].as_u64().expect("requests"),
+        "{report}"
+    );
+    // The human report has a line for each.
+    let text = stdout(&out);
+    for addr in &want {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(addr.as_str()))
+            .unwrap_or_else(|| panic!("no line for {addr} in {text}"));
+        assert!(line.contains("requests") && line.contains("p99"), "{line}");
+    }
+}
+
+#[test]
+fn bench_reports_errors_by_kind_for_an_endpoint_that_stops_answering() {
+    let a = Daemon::echo(&[]);
+    let silent = silent_server();
+    let out = anet()
+        .args([
+            "bench",
+            "--connect",
+            &a.addr.to_string(),
+            &silent.to_string(),
+        ])
+        .args(["-d", "1s", "-c", "8", "--timeout", "200ms", "--json"])
+        .output()
+        .expect("run bench");
+    let report = last_json_line(&out.stdout);
+    let endpoints = report["endpoints"].as_array().expect("endpoints");
+    let silent_line = endpoints
+        .iter()
+        .find(|e| e["address"] == silent.to_string())
+        .unwrap_or_else(|| panic!("no line for the silent endpoint: {report}"));
+    assert_eq!(silent_line["ok"], 0, "{report}");
+    assert!(
+        silent_line["errors"]["timeout"].as_u64().expect("timeouts") > 0,
+        "{report}"
+    );
+    let live = endpoints
+        .iter()
+        .find(|e| e["address"] == a.addr.to_string())
+        .expect("the live endpoint");
+    assert!(live["ok"].as_u64().expect("ok") > 0, "{report}");
+}
+
+#[test]
+fn bench_serves_its_client_metrics_and_draws_a_latency_histogram() {
+    let echo = Daemon::echo(&[]);
+    let metrics = free_addr();
+    let dir = std::env::temp_dir().join(format!("anet-cli-histogram-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let svg = dir.join("latency.svg");
+    let mut bench = anet()
+        .args([
+            "bench",
+            "--connect",
+            &echo.addr.to_string(),
+            "-d",
+            "3s",
+            "-c",
+            "4",
+        ])
+        .args(["--metrics", &metrics.to_string()])
+        .arg("--histogram")
+        .arg(&svg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn bench");
+    // While it runs: the client's requests, by endpoint and outcome.
+    let series = format!(
+        r#"anet_client_requests{{endpoint="{}",outcome="ok"}}"#,
+        echo.addr
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        if let Some(n) = scrape(metrics).and_then(|body| sample(&body, &series)) {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "no {series} while bench ran");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(seen > 0.0);
+    let status = bench.wait().expect("bench ends");
+    assert!(status.success(), "{status:?}");
+    let drawn = std::fs::read_to_string(&svg).expect("the histogram");
+    assert!(drawn.contains("<svg") && drawn.contains("p99"), "{drawn}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -54,6 +54,7 @@ mod assertions;
 #[cfg(feature = "client")]
 pub mod client;
 mod error;
+mod observe;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(any(feature = "http", feature = "tonic"))]

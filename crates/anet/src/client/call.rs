@@ -20,7 +20,52 @@ use super::{
     future::BalanceFuture,
 };
 use crate::time::later;
-use crate::{Error, Kind};
+use crate::{Error, Kind, observe};
+
+/// A call's span at `DEBUG` (`anet.call`: endpoint, attempt, outcome,
+/// latency_us), and when it started, read only when the span is enabled.
+struct CallSpan {
+    span: tracing::Span,
+    started: Option<Instant>,
+}
+
+impl CallSpan {
+    #[inline]
+    fn new() -> CallSpan {
+        use tracing::field::Empty;
+        // One load of the global level hint first: below DEBUG (or with no
+        // subscriber) no span is built, so nothing reaches `tracing`'s `log`
+        // fallback (tower's default features turn it on).
+        if !tracing::level_enabled!(tracing::Level::DEBUG) {
+            return CallSpan {
+                span: tracing::Span::none(),
+                started: None,
+            };
+        }
+        let span = tracing::debug_span!(
+            "anet.call",
+            endpoint = Empty,
+            attempt = Empty,
+            outcome = Empty,
+            latency_us = Empty
+        );
+        let started = (!span.is_disabled()).then(Instant::now);
+        CallSpan { span, started }
+    }
+
+    /// The call ended after `attempts` retries (the endpoint was recorded by the
+    /// attempt that reached one).
+    #[inline]
+    fn finish(&self, outcome: Result<(), Kind>, retries: usize) {
+        if let Some(started) = self.started {
+            let span = &self.span;
+            span.record("attempt", retries + 1);
+            span.record("outcome", outcome.err().map_or("ok", |k| k.as_str()));
+            let latency = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            span.record("latency_us", latency);
+        }
+    }
+}
 
 pin_project! {
     /// The future of a [`Client`] call: waits for the limits, routes, sends and
@@ -48,6 +93,9 @@ pin_project! {
         // Relative until something on the path reads the clock; the instant a
         // failed attempt reports is kept for the retries.
         deadline: Deadline,
+        // The call's `DEBUG` span (disabled, and no clock read, without a
+        // subscriber that wants it).
+        span: CallSpan,
     }
 }
 
@@ -108,6 +156,7 @@ impl CallFuture {
             retries_left,
             shared: shared.clone(),
             deadline,
+            span: CallSpan::new(),
         }
     }
 }
@@ -159,6 +208,7 @@ impl fmt::Debug for CallFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CallFuture")
             .field("deadline", &self.deadline)
+            .field("span", &self.span.span)
             .finish_non_exhaustive()
     }
 }
@@ -168,6 +218,7 @@ impl Future for CallFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _entered = this.span.span.enter();
         loop {
             let result = match this.attempt.as_mut().project() {
                 AttemptProj::Direct { future } => match ready!(future.poll_answer(cx)) {
@@ -184,18 +235,24 @@ impl Future for CallFuture {
             let error = match result {
                 Ok(response) => {
                     this.shared.retry.deposit();
+                    this.span
+                        .finish(Ok(()), this.shared.retry.max_retries() - *this.retries_left);
                     return Poll::Ready(Ok(response));
                 }
                 Err(error) => error,
             };
+            let attempts = this.shared.retry.max_retries() - *this.retries_left;
             if *this.retries_left == 0 || !this.shared.retry.allows(&error) {
+                this.span.finish(Err(error.kind()), attempts);
                 return Poll::Ready(Err(error));
             }
             // No retry once the call's deadline has passed.
             let now = Instant::now();
             if this.deadline.fix(|| now).is_some_and(|at| at <= now) {
+                this.span.finish(Err(error.kind()), attempts);
                 return Poll::Ready(Err(error));
             }
+            observe::retry();
             *this.retries_left -= 1;
             tracing::debug!(error = %error, left = *this.retries_left, "retrying request");
             let request = if *this.retries_left > 0 {

@@ -59,6 +59,15 @@ impl Dialer {
     }
 
     pub(crate) fn dial(&self, addr: SocketAddr) -> DialFuture {
-        (self.dial)(addr)
+        let dial = (self.dial)(addr);
+        if cfg!(feature = "metrics") {
+            Box::pin(async move {
+                let dialed = dial.await;
+                crate::observe::dialed(dialed.is_ok());
+                dialed
+            })
+        } else {
+            dial
+        }
     }
 }

@@ -61,7 +61,7 @@ use super::{
     room::Room,
 };
 use crate::time::later;
-use crate::{Error, Kind};
+use crate::{Error, Kind, observe};
 
 /// How each endpoint's pool behaves. `Copy`; setters take and return it by
 /// value.
@@ -295,6 +295,8 @@ pub(crate) struct Endpoint {
     failed_dials: AtomicU64,
     /// The current backoff delay in nanoseconds; 0 when not backing off.
     backoff_nanos: AtomicU64,
+    /// Its metric handles (feature `metrics`).
+    pub(crate) metrics: observe::EndpointMetrics,
 }
 
 impl Endpoint {
@@ -323,6 +325,7 @@ impl Endpoint {
             dials: AtomicU64::new(0),
             failed_dials: AtomicU64::new(0),
             backoff_nanos: AtomicU64::new(0),
+            metrics: observe::EndpointMetrics::new(addr),
         }
     }
 
@@ -562,6 +565,7 @@ impl Endpoint {
             }
         });
         self.forget_finished(&mut draining);
+        self.metrics.connections(conns.len(), draining.len());
         (conns.len(), ended)
     }
 
@@ -613,10 +617,9 @@ impl Endpoint {
     }
 
     fn push(&self, conn: Connection) {
-        self.conns
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(conn);
+        let mut conns = self.conns.write().unwrap_or_else(|p| p.into_inner());
+        conns.push(conn);
+        self.metrics.connections(conns.len(), self.draining().len());
     }
 
     /// Moves every live connection to the draining list; returns them all.
@@ -624,6 +627,7 @@ impl Endpoint {
         let live = std::mem::take(&mut *self.conns.write().unwrap_or_else(|p| p.into_inner()));
         let mut draining = self.draining();
         draining.extend(live);
+        self.metrics.connections(0, draining.len());
         draining.clone()
     }
 }
@@ -1090,6 +1094,7 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
         conn.closed().await;
     }
     endpoint.forget_finished(&mut endpoint.draining());
+    endpoint.metrics.connections(0, 0);
     endpoint.stopped.store(true, Release);
     tracing::debug!("endpoint stopped");
 }

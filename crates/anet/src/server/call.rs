@@ -3,6 +3,7 @@
 use std::{
     any::Any,
     future::Future,
+    net::SocketAddr,
     panic::{AssertUnwindSafe, catch_unwind},
     pin::Pin,
     task::{Context, Poll},
@@ -12,12 +13,50 @@ use anet_proto::Tag;
 use bytes::Bytes;
 use pin_project_lite::pin_project;
 
+use crate::observe;
+
 /// How a call ended.
 #[derive(Debug)]
 pub(crate) enum Outcome<E> {
     Response(Bytes),
     Failed(E),
     Panicked(String),
+}
+
+/// A request's span at `DEBUG` (`anet.request`: peer, outcome) and its
+/// metrics' start (feature `metrics`).
+#[derive(Debug)]
+pub(crate) struct Observed {
+    pub(crate) span: tracing::Span,
+    started: observe::Started,
+}
+
+impl Observed {
+    /// A request read from `peer`.
+    #[inline]
+    pub(crate) fn start(metrics: &observe::ServerMetrics, peer: Option<SocketAddr>) -> Observed {
+        // Not built below DEBUG (see the client's call span).
+        let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::debug_span!(
+                "anet.request",
+                peer = ?peer,
+                outcome = tracing::field::Empty
+            )
+        } else {
+            tracing::Span::none()
+        };
+        Observed {
+            span,
+            started: metrics.started(),
+        }
+    }
+
+    /// The request ended: `ok`, `error` or `panic`.
+    #[inline]
+    pub(crate) fn finish(&self, metrics: &mut observe::ServerMetrics, outcome: &'static str) {
+        metrics.finished(&self.started, outcome);
+        self.span.record("outcome", outcome);
+    }
 }
 
 pin_project! {
@@ -28,6 +67,8 @@ pin_project! {
         // The request's charge on the server-wide budget, given back when the
         // call ends.
         charge: u64,
+        // Taken when the call ends.
+        observed: Option<Observed>,
         #[pin]
         state: CallState<F>,
     }
@@ -43,15 +84,28 @@ pin_project! {
 }
 
 impl<F> Call<F> {
-    /// Runs `call` for a request charged `charge` bytes, catching a panic of the call itself.
-    pub(crate) fn start(tag: Tag, charge: u64, call: impl FnOnce() -> F) -> Call<F> {
+    /// Runs `call` for a request charged `charge` bytes, catching a panic of
+    /// the call itself.
+    pub(crate) fn start(
+        tag: Tag,
+        charge: u64,
+        observed: Observed,
+        call: impl FnOnce() -> F,
+    ) -> Call<F> {
+        let entered = observed.span.enter();
         let state = match catch_unwind(AssertUnwindSafe(call)) {
             Ok(future) => CallState::Running { future },
             Err(panic) => CallState::Panicked {
                 message: Some(panic_message(&*panic)),
             },
         };
-        Call { tag, charge, state }
+        drop(entered);
+        Call {
+            tag,
+            charge,
+            observed: Some(observed),
+            state,
+        }
     }
 }
 
@@ -59,12 +113,18 @@ impl<F, E> Future for Call<F>
 where
     F: Future<Output = Result<Bytes, E>>,
 {
-    type Output = (Tag, u64, Outcome<E>);
+    type Output = (Tag, u64, Outcome<E>, Observed);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let outcome = match this.state.project() {
             CallStateProj::Running { future } => {
+                let span = &this
+                    .observed
+                    .as_ref()
+                    .expect("polled after completion")
+                    .span;
+                let _entered = span.enter();
                 match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
                     Ok(Poll::Pending) => return Poll::Pending,
                     Ok(Poll::Ready(Ok(bytes))) => Outcome::Response(bytes),
@@ -76,7 +136,8 @@ where
                 Outcome::Panicked(message.take().unwrap_or_default())
             }
         };
-        Poll::Ready((*this.tag, *this.charge, outcome))
+        let observed = this.observed.take().expect("polled after completion");
+        Poll::Ready((*this.tag, *this.charge, outcome, observed))
     }
 }
 

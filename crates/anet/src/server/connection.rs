@@ -24,13 +24,13 @@ use super::{
     Builder, OnError, Request,
     admission::Activity,
     budget::Lease,
-    call::{Call, Outcome},
+    call::{Call, Observed, Outcome},
     reader::Reader,
     stats::Counters,
     writer::Writer,
 };
-use crate::BoxError;
 use crate::time::later;
+use crate::{BoxError, observe};
 
 /// Unflushed response bytes past which a connection stops reading requests.
 const WRITE_BUFFER_LIMIT: usize = 256 * 1024;
@@ -125,6 +125,8 @@ where
     activity: Arc<Activity>,
     /// The word last stored in `activity`, so it is stored only when it changes.
     published_activity: u64,
+    /// Metric handles (feature `metrics`).
+    metrics: observe::ServerMetrics,
 }
 
 impl<T, S> Handler<T, S>
@@ -179,6 +181,7 @@ where
                 word
             },
             activity,
+            metrics: observe::ServerMetrics::new(),
         }
     }
 
@@ -191,6 +194,7 @@ where
             Exit::Io(e) => tracing::debug!(?peer, error = %e, "connection i/o ended"),
             Exit::Protocol(e) => {
                 Counters::add(&self.counters.protocol_errors, 1);
+                crate::observe::server_protocol_error();
                 tracing::warn!(?peer, error = %e, "client broke the protocol; closing connection");
             }
             Exit::Timeout(which) => {
@@ -225,6 +229,7 @@ where
         Counters::add(&self.counters.requests, counts.requests);
         Counters::add(&self.counters.responses, counts.responses);
         self.lease.sync();
+        self.metrics.publish(self.calls.len());
     }
 
     /// Tells the accept loop whether this connection is busy and when it was
@@ -307,12 +312,13 @@ where
                 self.calls_blocked = true;
                 return;
             }
-            let Poll::Ready(Some((tag, charge, outcome))) = Pin::new(&mut self.calls).poll_next(cx)
+            let Poll::Ready(Some((tag, charge, outcome, observed))) =
+                Pin::new(&mut self.calls).poll_next(cx)
             else {
                 return;
             };
             *progress = true;
-            self.complete(tag, charge, outcome);
+            self.complete(tag, charge, outcome, observed);
             if self.closing {
                 return;
             }
@@ -320,7 +326,8 @@ where
     }
 
     /// Writes a finished call's response, or applies the error policy.
-    fn complete(&mut self, tag: Tag, charge: u64, outcome: Outcome<S::Error>) {
+    fn complete(&mut self, tag: Tag, charge: u64, outcome: Outcome<S::Error>, observed: Observed) {
+        let _entered = observed.span.enter();
         self.lease.answered(charge);
         let failed = match outcome {
             Outcome::Response(payload) => match self.writer.push(&self.encoder, &tag, payload) {
@@ -333,6 +340,7 @@ where
                 Err(e) => {
                     Counters::add(&self.counters.service_errors, 1);
                     tracing::warn!(peer = ?self.peer, ?tag, error = %e, "response cannot be framed; dropped");
+                    observed.finish(&mut self.metrics, "error");
                     true
                 }
             },
@@ -340,14 +348,19 @@ where
                 Counters::add(&self.counters.service_errors, 1);
                 let e: BoxError = e.into();
                 tracing::warn!(peer = ?self.peer, ?tag, error = %e, "service failed a request");
+                observed.finish(&mut self.metrics, "error");
                 true
             }
             Outcome::Panicked(message) => {
                 Counters::add(&self.counters.panics, 1);
                 tracing::error!(peer = ?self.peer, ?tag, panic = %message, "request handler panicked");
+                observed.finish(&mut self.metrics, "panic");
                 true
             }
         };
+        if !failed {
+            observed.finish(&mut self.metrics, "ok");
+        }
         if failed && self.config.on_error == OnError::Close {
             self.closing = true;
             // Requests still being served are dropped with the connection.
@@ -431,11 +444,16 @@ where
         let charge = frame.payload.len() as u64 + self.tag_len;
         let request = Request::new(frame.payload, self.peer);
         let service = &mut self.service;
-        let mut call = Box::pin(Call::start(frame.tag, charge, || service.call(request)));
+        let observed = Observed::start(&self.metrics, self.peer);
+        let mut call = Box::pin(Call::start(frame.tag, charge, observed, || {
+            service.call(request)
+        }));
         // Poll once here: a handler that answers at once (the common case) never
         // enters the set of pending calls.
         match call.as_mut().poll(cx) {
-            Poll::Ready((tag, charge, outcome)) => self.complete(tag, charge, outcome),
+            Poll::Ready((tag, charge, outcome, observed)) => {
+                self.complete(tag, charge, outcome, observed)
+            }
             Poll::Pending => self.calls.push(call),
         }
     }

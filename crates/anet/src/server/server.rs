@@ -213,7 +213,7 @@ impl Server {
                                         let Ok(Ok(slot)) = acquired else {
                                             // Counted as evicted (by admit) and
                                             // as rejected.
-                                            Counters::add(&counters.rejected, 1);
+                                            counters.reject();
                                             Counters::add(&counters.rejected_after_wait, 1);
                                             tracing::debug!(%peer, "no room made in time; closing new connection");
                                             return;
@@ -348,7 +348,7 @@ fn admit(
     let mut registry = counters.registry();
     let registry = registry.as_mut()?;
     if registry.peer_full(peer.ip()) {
-        Counters::add(&counters.rejected, 1);
+        counters.reject();
         Counters::add(&counters.rejected_per_peer, 1);
         tracing::debug!(%peer, "per-peer connection limit reached; closing new connection");
         pressure.log(counters);
@@ -374,7 +374,7 @@ fn admit(
             Some(Slot::Evicting)
         }
         None => {
-            Counters::add(&counters.rejected, 1);
+            counters.reject();
             tracing::debug!(%peer, "connection limit reached and every connection busy or recent; closing new connection");
             pressure.log(counters);
             None
@@ -447,6 +447,7 @@ impl OpenGuard {
     fn new(counters: Arc<Counters>) -> OpenGuard {
         Counters::add(&counters.accepted, 1);
         Counters::add(&counters.open, 1);
+        crate::observe::server_connections(1.0);
         OpenGuard(counters)
     }
 }
@@ -456,5 +457,6 @@ impl Drop for OpenGuard {
         self.0
             .open
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        crate::observe::server_connections(-1.0);
     }
 }

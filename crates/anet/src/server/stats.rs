@@ -61,6 +61,12 @@ impl Counters {
         }
     }
 
+    /// A connection refused (closed without being served).
+    pub(crate) fn reject(&self) {
+        Counters::add(&self.rejected, 1);
+        crate::observe::server_rejected();
+    }
+
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         if n != 0 {
             counter.fetch_add(n, Relaxed);

@@ -25,7 +25,7 @@ use crate::client::{
     registry::Registry,
 };
 use crate::time::later;
-use crate::{Error, Kind};
+use crate::{Error, Kind, observe};
 
 /// Re-picks allowed when a chosen connection turns out broken.
 const MAX_REPICKS: u8 = 3;
@@ -63,11 +63,25 @@ pin_project! {
             endpoint: Arc<Endpoint>,
             #[pin]
             future: ConnectionFuture,
+            // In flight on the endpoint (metrics; nothing without the feature).
+            attempt: observe::Attempt,
         },
         /// Not sent yet: waiting for an endpoint or for room. The slow path,
         /// boxed so that the common future stays small.
         Waiting { wait: Pin<Box<Wait>> },
         Failed { error: Option<Error> },
+    }
+}
+
+impl State {
+    /// On a connection of `endpoint`.
+    #[inline]
+    fn sent(endpoint: Arc<Endpoint>, future: ConnectionFuture) -> State {
+        State::Sent {
+            attempt: endpoint.metrics.sent(),
+            endpoint,
+            future,
+        }
     }
 }
 
@@ -85,7 +99,7 @@ impl BalanceFuture {
             }
         } else {
             match route(registry, request, deadline) {
-                Routed::Sent(endpoint, future) => State::Sent { endpoint, future },
+                Routed::Sent(endpoint, future) => State::sent(endpoint, future),
                 Routed::Full(back, endpoint, conn) => State::Waiting {
                     wait: Wait::boxed(registry, back, Stage::ready(endpoint, conn)),
                 },
@@ -106,7 +120,7 @@ impl BalanceFuture {
     ) -> BalanceFuture {
         BalanceFuture {
             deadline,
-            state: State::Sent { endpoint, future },
+            state: State::sent(endpoint, future),
         }
     }
 
@@ -127,8 +141,19 @@ impl BalanceFuture {
         let mut this = self.project();
         loop {
             let error = match this.state.as_mut().project() {
-                StateProj::Sent { endpoint, future } => {
+                StateProj::Sent {
+                    endpoint,
+                    future,
+                    attempt,
+                } => {
                     let answer = ready!(future.get_mut().poll_answer(cx));
+                    let outcome = answer.as_ref().map(|_| ()).map_err(|f| f.error.kind());
+                    attempt.finish(&endpoint.metrics, outcome);
+                    if tracing::level_enabled!(tracing::Level::DEBUG) {
+                        // The call's span, if it has one, learns where it went.
+                        tracing::Span::current()
+                            .record("endpoint", tracing::field::display(endpoint.addr));
+                    }
                     return Poll::Ready(answer.map_err(|mut failure| {
                         endpoint.record(&failure.error);
                         failure.deadline = failure.deadline.or(this.deadline.instant());
@@ -138,7 +163,7 @@ impl BalanceFuture {
                 StateProj::Waiting { wait } => {
                     match ready!(wait.as_mut().poll_send(cx, this.deadline)) {
                         Ok((endpoint, future)) => {
-                            this.state.set(State::Sent { endpoint, future });
+                            this.state.set(State::sent(endpoint, future));
                             continue;
                         }
                         Err(error) => error,
@@ -146,6 +171,7 @@ impl BalanceFuture {
                 }
                 StateProj::Failed { error } => error.take().expect("polled after completion"),
             };
+            observe::unrouted(error.kind());
             return Poll::Ready(Err(Failure {
                 error,
                 deadline: this.deadline.instant(),

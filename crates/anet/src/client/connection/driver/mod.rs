@@ -555,11 +555,22 @@ where
         c.written.store(self.counts.written, Relaxed);
         c.responses.store(self.counts.responses, Relaxed);
         c.late.store(self.counts.late, Relaxed);
-        c.unknown.store(self.counts.unknown, Relaxed);
         c.abandoned_unwritten
             .store(self.counts.abandoned_unwritten, Relaxed);
         c.quarantined.store(self.table.quarantined(), Relaxed);
-        c.held.store(self.table.held_tags(), Relaxed);
+        if cfg!(feature = "metrics") {
+            let (unknown, held) = (self.counts.unknown, self.table.held_tags());
+            let unknown_before = c.unknown.swap(unknown, Relaxed);
+            let held_before = c.held.swap(held, Relaxed);
+            crate::observe::connection_published(
+                unknown.saturating_sub(unknown_before),
+                held_before,
+                held,
+            );
+        } else {
+            c.unknown.store(self.counts.unknown, Relaxed);
+            c.held.store(self.table.held_tags(), Relaxed);
+        }
     }
 
     /// Fails whatever is left and closes the queue (`run` then fails what is
@@ -600,6 +611,8 @@ where
             request.reply.fail(not_sent(&self.shared));
         }
         self.publish();
+        // Its held tags end with it (the stats keep the last count).
+        crate::observe::connection_published(0, self.table.held_tags(), 0);
     }
 }
 

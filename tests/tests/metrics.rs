@@ -1,0 +1,261 @@
+//! anet's metrics (feature `metrics`) as a recorder sees them: names, labels
+//! and values, for the client and the server, over real loopback TCP.
+//!
+//! Each test runs on a current-thread runtime with a thread-local recorder, so
+//! the tests of this file do not see each other's metrics.
+
+use std::time::Duration;
+
+use anet::{
+    Kind,
+    client::{Client, RetryPolicy},
+    server::{Request, Server},
+};
+use anet_proto::Tag;
+use anet_tests::{Action, encode, start_scripted};
+use bytes::Bytes;
+use metrics_util::{
+    CompositeKey, MetricKind,
+    debugging::{DebugValue, DebuggingRecorder, Snapshotter},
+};
+use tower::service_fn;
+
+/// Runs `test` on a current-thread runtime (every task on this thread) with
+/// a fresh recorder; returns its snapshotter.
+fn recorded<F: std::future::Future<Output = ()>>(
+    test: impl FnOnce(Snapshotter) -> F,
+) -> Snapshotter {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(test(recorder.snapshotter()));
+    snapshotter
+}
+
+/// The recorded metrics, as `(kind, name, sorted labels, value)`.
+type Sample = (MetricKind, String, Vec<(String, String)>, DebugValue);
+
+fn samples(snapshotter: &Snapshotter) -> Vec<Sample> {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value): (CompositeKey, _, _, DebugValue)| {
+            let (kind, key) = key.into_parts();
+            let mut labels: Vec<(String, String)> = key
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            labels.sort();
+            (kind, key.name().to_owned(), labels, value)
+        })
+        .collect()
+}
+
+/// The value of the metric `name` with exactly `labels`.
+fn find<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Option<&'a DebugValue> {
+    let mut want: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    want.sort();
+    samples
+        .iter()
+        .find(|(_, n, l, _)| n == name && *l == want)
+        .map(|(_, _, _, v)| v)
+}
+
+fn counter(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> u64 {
+    match find(samples, name, labels) {
+        Some(DebugValue::Counter(n)) => *n,
+        other => panic!("{name} {labels:?}: {other:?} in {samples:#?}"),
+    }
+}
+
+fn gauge(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    match find(samples, name, labels) {
+        Some(DebugValue::Gauge(v)) => v.into_inner(),
+        other => panic!("{name} {labels:?}: {other:?} in {samples:#?}"),
+    }
+}
+
+fn histogram_len(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> usize {
+    match find(samples, name, labels) {
+        Some(DebugValue::Histogram(v)) => v.len(),
+        other => panic!("{name} {labels:?}: {other:?} in {samples:#?}"),
+    }
+}
+
+#[test]
+fn client_metrics_count_requests_by_endpoint_and_outcome_with_durations() {
+    let mut endpoint = String::new();
+    let snapshotter = recorded(|_| async {
+        // Echoes, except that "slow" is never answered and "forge" is followed
+        // by an answer under a tag the client never used.
+        let server = start_scripted(|_, frame| match &frame.payload[..] {
+            b"slow" => Action::Ignore,
+            b"forge" => Action::Raw(
+                Duration::ZERO,
+                encode(&Tag::from_u32(0xdead_0001), b"forged"),
+            ),
+            _ => Action::Echo(Duration::ZERO),
+        })
+        .await;
+        endpoint = server.addr.to_string();
+        let client = Client::builder()
+            .endpoint(server.addr)
+            .request_timeout(Duration::from_millis(200))
+            .retry(RetryPolicy::new(0))
+            .build();
+        for _ in 0..5 {
+            client.call(Bytes::from_static(b"hi")).await.expect("echo");
+        }
+        let slow = client.call(Bytes::from_static(b"slow")).await;
+        assert_eq!(slow.expect_err("ignored").kind(), Kind::Timeout);
+        // Answered only under a forged tag: it times out too.
+        let forge = client.call(Bytes::from_static(b"forge")).await;
+        assert_eq!(forge.expect_err("not answered").kind(), Kind::Timeout);
+        // The driver publishes the unknown answer with its next batch.
+        client.call(Bytes::from_static(b"hi")).await.expect("echo");
+        client.close();
+        let unreachable = client.call(Bytes::from_static(b"late")).await;
+        assert_eq!(unreachable.expect_err("closed").kind(), Kind::Closed);
+    });
+    let s = samples(&snapshotter);
+    let e = endpoint.as_str();
+    assert_eq!(
+        counter(
+            &s,
+            "anet_client_requests",
+            &[("endpoint", e), ("outcome", "ok")]
+        ),
+        6
+    );
+    assert_eq!(
+        counter(
+            &s,
+            "anet_client_requests",
+            &[("endpoint", e), ("outcome", "timeout")]
+        ),
+        2
+    );
+    assert_eq!(
+        histogram_len(
+            &s,
+            "anet_client_request_duration",
+            &[("endpoint", e), ("outcome", "ok")]
+        ),
+        6
+    );
+    let timeouts = histogram_len(
+        &s,
+        "anet_client_request_duration",
+        &[("endpoint", e), ("outcome", "timeout")],
+    );
+    assert_eq!(timeouts, 2);
+    // Nothing else under this endpoint.
+    let all: u64 = s
+        .iter()
+        .filter(|(_, n, l, _)| {
+            n == "anet_client_requests" && l.iter().any(|(k, v)| k == "endpoint" && v == e)
+        })
+        .map(|(_, _, _, v)| {
+            if let DebugValue::Counter(n) = v {
+                *n
+            } else {
+                0
+            }
+        })
+        .sum();
+    assert_eq!(all, 8, "{s:#?}");
+    // A call after close reached no endpoint.
+    assert_eq!(
+        counter(
+            &s,
+            "anet_client_requests",
+            &[("endpoint", "none"), ("outcome", "closed")]
+        ),
+        1
+    );
+    assert_eq!(gauge(&s, "anet_client_in_flight", &[("endpoint", e)]), 0.0);
+    assert_eq!(counter(&s, "anet_client_connects", &[]), 1);
+    assert!(
+        counter(&s, "anet_client_unknown_responses", &[]) >= 1,
+        "{s:#?}"
+    );
+    // Label values are bounded: no tag or payload ever appears.
+    for (_, name, labels, _) in &s {
+        for (key, _) in labels {
+            assert!(
+                ["endpoint", "outcome", "state"].contains(&key.as_str()),
+                "{name} {key}"
+            );
+        }
+    }
+}
+
+#[test]
+fn server_metrics_count_requests_by_outcome_connections_and_protocol_errors() {
+    recorded(|snapshotter| async move {
+        let server = Server::builder()
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = server.local_addr();
+        let service = service_fn(|req: Request| async move {
+            match req.payload().as_ref() {
+                b"fail" => Err("refused"),
+                _ => Ok::<_, &str>(req.into_payload()),
+            }
+        });
+        tokio::spawn(server.serve(service));
+        let client = Client::builder()
+            .endpoint(addr)
+            .retry(RetryPolicy::new(0))
+            .build();
+        for _ in 0..3 {
+            client.call(Bytes::from_static(b"hi")).await.expect("echo");
+        }
+        // A service error: no answer (the default keeps the connection open).
+        let failed = tokio::time::timeout(
+            Duration::from_millis(300),
+            client.call(Bytes::from_static(b"fail")),
+        )
+        .await;
+        assert!(!matches!(failed, Ok(Ok(_))), "{failed:?}");
+        // A peer that breaks the protocol: a frame shorter than its tag.
+        let mut raw = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tokio::io::AsyncWriteExt::write_all(&mut raw, &[0, 1, 0xff])
+            .await
+            .expect("write");
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut rest),
+        )
+        .await;
+        // One snapshot (it drains what it reads), while the client's
+        // connection is open and the broken one has closed.
+        let s = samples(&snapshotter);
+        assert_eq!(counter(&s, "anet_server_requests", &[("outcome", "ok")]), 3);
+        assert_eq!(
+            counter(&s, "anet_server_requests", &[("outcome", "error")]),
+            1
+        );
+        assert_eq!(
+            histogram_len(&s, "anet_server_request_duration", &[("outcome", "ok")]),
+            3
+        );
+        assert_eq!(counter(&s, "anet_server_protocol_errors", &[]), 1);
+        assert_eq!(gauge(&s, "anet_server_in_flight", &[]), 0.0);
+        assert_eq!(gauge(&s, "anet_server_connections", &[]), 1.0);
+        let endpoint = addr.to_string();
+        let live = [("endpoint", endpoint.as_str()), ("state", "live")];
+        assert_eq!(gauge(&s, "anet_client_connections", &live), 1.0);
+        client.close();
+    });
+}
