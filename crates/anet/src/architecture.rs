@@ -15,8 +15,10 @@
 //!    │
 //!    ▼
 //! Endpoint = one address's pool                     client/pool.rs, client/pool_service.rs
-//!   min..max connections, dials with backoff, failure accrual, probation;
-//!   the same Endpoint is behind the public Pool (one address, for tower's p2c)
+//!   min..max connections, dials with backoff, failure accrual, probation,
+//!   the lifecycle of each connection (handshake, heartbeat, age, idle:
+//!   client/lifecycle.rs); the same Endpoint is behind the public Pool (one
+//!   address, for tower's p2c)
 //!    │
 //!    ▼
 //! Connection handle                                 client/connection/handle.rs
@@ -42,10 +44,15 @@
 //!
 //! The server ([`crate::server`]) is simpler: an accept loop with admission
 //! (connection limits, eviction of idle connections, first-frame timeout:
-//! `server/admission.rs`), and per connection one task that reads frames, calls
-//! the user's service concurrently up to a limit (`server/call.rs`) and writes
-//! the answers in completion order with the request's tag
-//! (`server/connection.rs`).
+//! `server/admission.rs`), and per connection one task that reads frames
+//! (`server/reader.rs`), charges each request to the server-wide memory budget
+//! before reading its body (`server/budget.rs`), calls the user's service
+//! concurrently up to a limit (`server/call.rs`) and writes the answers in
+//! completion order with the request's tag (`server/writer.rs`,
+//! `server/connection.rs`).
+//!
+//! Metrics (feature `metrics`) and per-request spans are recorded in one place,
+//! `observe.rs`, from one hook per event on these paths.
 //!
 //! # The tag lifecycle
 //!
@@ -85,7 +92,9 @@
 //!
 //! - **Taken** by `Connection::poll_ready` (or by the balancer's and the pool's
 //!   `poll_ready`, which reserve on a chosen connection; `client/readiness.rs`),
-//!   or by a direct send when there is room.
+//!   or by a direct send when there is room. A handle waiting for room queues on
+//!   one connection and is also woken when another connection of its pool (or
+//!   balancer) has units nobody queued for (`client/room.rs`).
 //! - **Carried** as a value with the request into its table slot.
 //! - **Given back** by dropping it: when the answer arrives, when the request
 //!   fails unwritten, when an unused reservation is dropped, or when the
