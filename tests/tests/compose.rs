@@ -186,12 +186,10 @@ async fn retry_policy_sits_directly_on_one_connection() {
     assert_eq!(call_once(svc, b"e").await.unwrap(), "e");
 }
 
-/// Review (rev13b): invariant 5 and `Error::maybe_sent`'s contract: an error
-/// that says its request may have reached the server is retried only when the
-/// caller declared the request idempotent, **whatever its kind**. `RetryPolicy`
-/// matches `Kind::NotSent | Kind::Connect => true` before it looks at the flag,
-/// so `maybe_sent(Kind::Connect, ..)` (and `maybe_sent(Kind::NotSent, ..)`) are
-/// retried on a non-idempotent policy.
+/// Invariant 5 and `Error::maybe_sent`'s contract: an error that says its
+/// request may have reached the server is retried only when the caller
+/// declared the request idempotent, **whatever its kind** — also the kinds
+/// that are unsent by default (`NotSent`, `Connect`).
 #[test]
 fn a_maybe_sent_error_of_any_kind_is_not_retried_unless_idempotent() {
     let policy = RetryPolicy::new(2);
@@ -206,7 +204,7 @@ fn a_maybe_sent_error_of_any_kind_is_not_retried_unless_idempotent() {
     );
 }
 
-/// Review (rev13b): the same through `tower::retry::Retry`: a custom layer
+/// The same through `tower::retry::Retry`: a custom layer
 /// that says its request may have been written (a proxy hop that forwarded
 /// the request and then failed to reach the upstream) must not be called again
 /// by a non-idempotent policy.

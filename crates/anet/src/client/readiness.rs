@@ -4,9 +4,11 @@
 //!
 //! `poll_ready` is ready only once the handle holds a unit of a connection's
 //! window (the value whose drop gives it back), so `call` sends at once on that
-//! connection and a handle dropped unused gives the unit back. When every candidate window is full it waits in the
-//! connection's queue for a unit, and at the same time for any change of the
-//! endpoints (one up or down, a new connection): whichever comes first wakes it.
+//! connection and a handle dropped unused gives the unit back. When every
+//! candidate window is full it waits in one connection's queue for a unit, and
+//! at the same time for any change of the endpoints (one up or down, a new
+//! connection) or units left over on another connection ([`Room`]): whichever
+//! comes first wakes it.
 
 use std::{
     future::Future,
@@ -238,11 +240,10 @@ impl Readiness {
     /// Gives back a unit held for a call that will not come (the handle is
     /// dropped or its service closed), waking the handles waiting for room.
     pub(crate) fn release(&mut self, room: &Room) {
-        if matches!(self.state, State::Held { .. }) {
-            self.state = State::Idle;
+        let held = matches!(self.state, State::Held { .. });
+        self.state = State::Idle;
+        if held {
             room.returned();
-        } else {
-            self.state = State::Idle;
         }
     }
 

@@ -65,8 +65,7 @@ impl Room {
     /// wakes the waiting handles if some of them are left over (no handle
     /// queued on this connection took them).
     pub(crate) fn freed(&self, window: &Semaphore) {
-        fence(Ordering::SeqCst);
-        if self.waiters.load(Ordering::Relaxed) > 0 && window.available_permits() > 0 {
+        if self.anyone_waits() && window.available_permits() > 0 {
             self.wake.notify_waiters();
         }
     }
@@ -74,10 +73,16 @@ impl Room {
     /// A reserved unit went back unused: wake the waiting handles to pick
     /// again.
     pub(crate) fn returned(&self) {
-        fence(Ordering::SeqCst);
-        if self.waiters.load(Ordering::Relaxed) > 0 {
+        if self.anyone_waits() {
             self.wake.notify_waiters();
         }
+    }
+
+    /// Whether a handle waits, read after the units given back are visible.
+    fn anyone_waits(&self) -> bool {
+        // Pairs with the fence in `enter`.
+        fence(Ordering::SeqCst);
+        self.waiters.load(Ordering::Relaxed) > 0
     }
 }
 
