@@ -262,9 +262,9 @@ async fn flooder() {
     println!("FLOOD {sent} {answered}");
 }
 
-/// An echo server with default settings whose handler takes [`HANDLER`], on a
-/// listener whose accepted sockets have small buffers.
-async fn start_slow_echo() -> RunningServer {
+/// A TCP socket with [`SOCKET_BUFFER`]-byte kernel buffers (so the kernel
+/// holds little of a flood and the server's own memory shows).
+fn small_buffered_socket() -> tokio::net::TcpSocket {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket
         .set_recv_buffer_size(SOCKET_BUFFER)
@@ -272,6 +272,13 @@ async fn start_slow_echo() -> RunningServer {
     socket
         .set_send_buffer_size(SOCKET_BUFFER)
         .expect("SO_SNDBUF");
+    socket
+}
+
+/// An echo server with default settings whose handler takes [`HANDLER`], on a
+/// listener whose accepted sockets have small buffers.
+async fn start_slow_echo() -> RunningServer {
+    let socket = small_buffered_socket();
     socket
         .bind("127.0.0.1:0".parse().expect("addr"))
         .expect("bind");
@@ -314,14 +321,10 @@ async fn flood(
     for _ in 0..conns {
         let frame = frame.clone();
         tasks.spawn(async move {
-            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-            socket
-                .set_recv_buffer_size(SOCKET_BUFFER)
-                .expect("SO_RCVBUF");
-            socket
-                .set_send_buffer_size(SOCKET_BUFFER)
-                .expect("SO_SNDBUF");
-            let stream = socket.connect(addr).await.expect("connect");
+            let stream = small_buffered_socket()
+                .connect(addr)
+                .await
+                .expect("connect");
             let (mut rd, mut wr) = stream.into_split();
             let writing = async move {
                 let mut sent = 0u64;
