@@ -259,3 +259,103 @@ fn server_metrics_count_requests_by_outcome_connections_and_protocol_errors() {
         client.close();
     });
 }
+
+#[test]
+fn server_series_exist_before_their_first_event_and_refusals_are_counted() {
+    recorded(|snapshotter| async move {
+        let server = Server::builder()
+            .max_connections_per_peer(Some(1))
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = server.local_addr();
+        let stats = server.stats();
+        let service = service_fn(|req: Request| async move { Ok::<_, &str>(req.into_payload()) });
+        tokio::spawn(server.serve(service));
+        // Wait until the server runs (it registers its series when it starts).
+        let first = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        anet_tests::eventually(Duration::from_secs(10), || {
+            stats.snapshot().connections_open == 1
+        })
+        .await;
+        let s = samples(&snapshotter);
+        assert_eq!(counter(&s, "anet_server_rejected_connections", &[]), 0);
+        assert_eq!(counter(&s, "anet_server_protocol_errors", &[]), 0);
+        assert_eq!(gauge(&s, "anet_server_connections", &[]), 1.0);
+        // A second connection from the same peer is refused: closed unserved.
+        let mut second = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read_to_end(&mut second, &mut rest),
+        )
+        .await;
+        assert!(
+            matches!(read, Ok(_)),
+            "the refused connection was not closed"
+        );
+        anet_tests::eventually(Duration::from_secs(10), || {
+            stats.snapshot().connections_rejected == 1
+        })
+        .await;
+        let s = samples(&snapshotter);
+        assert_eq!(counter(&s, "anet_server_rejected_connections", &[]), 1);
+        // A snapshot drains what it reads: this one holds the changes since the
+        // last one, and the refused connection was never counted open.
+        assert_eq!(gauge(&s, "anet_server_connections", &[]), 0.0);
+        drop(first);
+    });
+}
+
+#[test]
+fn serve_connection_counts_its_connection_while_it_is_served() {
+    recorded(|snapshotter| async move {
+        let (client_io, server_io) = tokio::io::duplex(4096);
+        let service = service_fn(|req: Request| async move { Ok::<_, &str>(req.into_payload()) });
+        let served = tokio::spawn(async move {
+            Server::builder()
+                .serve_connection(server_io, None, service)
+                .await
+        });
+        let mut client_io = client_io;
+        // One request (tag 7, payload "hi"), and its answer.
+        let frame = encode(&Tag::from_u32(7), b"hi");
+        tokio::io::AsyncWriteExt::write_all(&mut client_io, &frame)
+            .await
+            .expect("write");
+        let mut answer = vec![0; frame.len()];
+        tokio::io::AsyncReadExt::read_exact(&mut client_io, &mut answer)
+            .await
+            .expect("answer");
+        assert_eq!(answer, frame);
+        let s = samples(&snapshotter);
+        assert_eq!(gauge(&s, "anet_server_connections", &[]), 1.0);
+        drop(client_io);
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("serve_connection ends when its peer goes")
+            .expect("join");
+        // A snapshot drains what it reads: the change since the last one.
+        let s = samples(&snapshotter);
+        assert_eq!(gauge(&s, "anet_server_connections", &[]), -1.0);
+    });
+}
+
+#[test]
+fn client_series_of_rare_events_exist_before_their_first_event() {
+    recorded(|snapshotter| async move {
+        let server = start_scripted(|_, _| Action::Echo(Duration::ZERO)).await;
+        let client = Client::builder().endpoint(server.addr).build();
+        let s = samples(&snapshotter);
+        for name in [
+            "anet_client_connects",
+            "anet_client_connect_failures",
+            "anet_client_retries",
+            "anet_client_unknown_responses",
+        ] {
+            assert_eq!(counter(&s, name, &[]), 0, "{name}");
+        }
+        assert_eq!(gauge(&s, "anet_client_held_tags", &[]), 0.0);
+        client.close();
+    });
+}

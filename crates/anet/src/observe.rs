@@ -234,6 +234,25 @@ mod on {
     #[derive(Debug, Clone, Copy)]
     pub(crate) struct Started(Option<Instant>);
 
+    /// A client is built: its series that count rare events exist from now on
+    /// (at zero), so a dashboard sees them before the first event.
+    pub(crate) fn client_started() {
+        counter!("anet_client_connects").increment(0);
+        counter!("anet_client_connect_failures").increment(0);
+        counter!("anet_client_retries").increment(0);
+        counter!("anet_client_unknown_responses").increment(0);
+        gauge!("anet_client_held_tags").increment(0.0);
+    }
+
+    /// A server starts serving: its series that count rare events exist from
+    /// now on (at zero), so a dashboard sees them before the first event.
+    pub(crate) fn server_started() {
+        gauge!("anet_server_connections").increment(0.0);
+        gauge!("anet_server_in_flight").increment(0.0);
+        counter!("anet_server_rejected_connections").increment(0);
+        counter!("anet_server_protocol_errors").increment(0);
+    }
+
     /// A server connection opened (`1.0`) or closed (`-1.0`).
     pub(crate) fn server_connections(delta: f64) {
         gauge!("anet_server_connections").increment(delta);
@@ -310,6 +329,10 @@ mod on {
     #[derive(Debug)]
     pub(crate) struct Started;
 
+    #[inline(always)]
+    pub(crate) fn client_started() {}
+    #[inline(always)]
+    pub(crate) fn server_started() {}
     #[inline(always)]
     pub(crate) fn server_connections(_: f64) {}
     #[inline(always)]

@@ -413,6 +413,7 @@ impl ClientBuilder {
         }
         let pool = PoolContext::new(self.pool, dialer, self.lifecycle);
         let registry = Registry::new(pool, pending_wait);
+        crate::observe::client_started();
         for (addr, priority) in self.endpoints {
             registry.add_by_user(addr, priority);
         }

@@ -153,6 +153,7 @@ impl Server {
         };
         // Also when this future is dropped: no stale counts by state.
         let _registry = RegistryGuard(counters.clone());
+        crate::observe::server_started();
         // How long a newcomer that evicted an idle connection waits for its slot
         // (the evicted connection first answers what it had received). See
         // `Builder::max_connections`.
@@ -318,6 +319,8 @@ impl Builder {
         let never = CancellationToken::new().cancelled_owned();
         let activity = Arc::new(Activity::new(Instant::now()));
         let counters = Arc::new(Counters::new(self));
+        // Counted in `anet_server_connections` like an accepted connection.
+        let _open = OpenGuard::new(counters.clone());
         Handler::new(io, peer, service, *self, counters, activity, never)
             .run()
             .await
