@@ -290,10 +290,7 @@ fn server_series_exist_before_their_first_event_and_refusals_are_counted() {
             tokio::io::AsyncReadExt::read_to_end(&mut second, &mut rest),
         )
         .await;
-        assert!(
-            matches!(read, Ok(_)),
-            "the refused connection was not closed"
-        );
+        assert!(read.is_ok(), "the refused connection was not closed");
         anet_tests::eventually(Duration::from_secs(10), || {
             stats.snapshot().connections_rejected == 1
         })
