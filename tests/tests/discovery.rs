@@ -304,3 +304,57 @@ async fn a_draining_connection_stays_in_the_stats_until_it_has_closed() {
         assert!(conn.client_closed(WAIT).await);
     }
 }
+
+/// Requests route on snapshots of the endpoint set and of each endpoint's
+/// connections, read without a lock: endpoints added and removed over and over
+/// while callers on two worker threads send must never cost a request, hand it
+/// another's response, or leave a removed endpoint's connections open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_churning_under_load_from_two_threads_lose_and_misdeliver_nothing() {
+    let a = echo_server(Duration::ZERO, None).await;
+    let b = echo_server(Duration::ZERO, None).await;
+    let c = echo_server(Duration::ZERO, None).await;
+    let client = Client::builder().endpoint(a.addr).build();
+    client.wait_connected(WAIT).await.expect("a is up");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = tokio::task::JoinSet::new();
+    for caller in 0..32 {
+        let (client, stop) = (client.clone(), stop.clone());
+        callers.spawn(async move {
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let request = Bytes::from(format!("{caller}-{sent}"));
+                let response = client.call(request.clone()).await;
+                assert_eq!(response.expect("every request is answered"), request);
+                sent += 1;
+            }
+            sent
+        });
+    }
+    let endpoints = client.endpoints();
+    for round in 0..20 {
+        let extra = if round % 2 == 0 { b.addr } else { c.addr };
+        assert!(endpoints.add(extra));
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        assert!(endpoints.remove(extra));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent: u64 = callers.join_all().await.into_iter().sum();
+    assert!(sent > 0);
+    assert!(
+        b.stats.snapshot().requests + c.stats.snapshot().requests > 0,
+        "the added endpoints took traffic while they were listed"
+    );
+    assert_eq!(endpoints.list(), vec![a.addr]);
+    assert!(
+        eventually(WAIT, || b.stats.snapshot().connections_open == 0
+            && c.stats.snapshot().connections_open == 0)
+        .await,
+        "the removed endpoints' connections close"
+    );
+    assert!(
+        eventually(WAIT, || client.stats().endpoints.len() == 1).await,
+        "drained endpoints leave the stats"
+    );
+}

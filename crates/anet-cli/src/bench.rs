@@ -80,19 +80,97 @@ fn payload(seq: u64, size: usize) -> Bytes {
     Bytes::from(bytes)
 }
 
-async fn embedded_echo(
+/// The client runtime's worker threads: `--threads`, or by default the cores
+/// left beside the embedded echo server's thread (at least 1), or every core
+/// with `--connect`.
+pub(crate) fn client_threads(args: &BenchArgs) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match args.threads {
+        Some(n) => n.max(1),
+        None if args.connect.is_empty() => cores.saturating_sub(1).max(1),
+        None => cores,
+    }
+}
+
+/// The client's runtime: current-thread for one thread, else multi-thread
+/// with `threads` workers.
+pub(crate) fn client_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder.enable_all().build()
+}
+
+/// How the run is laid out on threads, for the report.
+fn setup(threads: usize, embedded: bool) -> String {
+    let client = if threads <= 1 {
+        "client runtime current-thread (1 thread)".to_owned()
+    } else {
+        format!("client runtime multi-thread ({threads} workers)")
+    };
+    let server = if embedded {
+        "embedded echo server on its own thread (current-thread runtime)"
+    } else {
+        "external server"
+    };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{client}; {server}; {cores} cores")
+}
+
+/// Starts the embedded echo server on an OS thread of its own with a
+/// current-thread runtime, so client and server never compete for one
+/// runtime's workers (a shared runtime made runs of one binary bimodal).
+/// Sending on (or dropping) the returned sender stops it.
+fn embedded_echo(
     frame: anet_proto::Builder,
 ) -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
-    let server = Server::builder()
-        .frame(frame)
-        .bind("127.0.0.1:0".parse().expect("loopback address"))
-        .await?;
-    let addr = server.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let echo = service_fn(|req: Request| async move { Ok::<_, Infallible>(req.into_payload()) });
-    tokio::spawn(server.serve_with_shutdown(echo, async {
-        let _ = stopped.await;
-    }));
+    let (bound, addr) = std::sync::mpsc::channel::<anyhow::Result<SocketAddr>>();
+    std::thread::Builder::new()
+        .name("anet-bench-echo".to_owned())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = bound.send(Err(e.into()));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let server = match Server::builder()
+                    .frame(frame)
+                    .bind("127.0.0.1:0".parse().expect("loopback address"))
+                    .await
+                {
+                    Ok(server) => server,
+                    Err(e) => {
+                        let _ = bound.send(Err(e.into()));
+                        return;
+                    }
+                };
+                let _ = bound.send(Ok(server.local_addr()));
+                let echo =
+                    service_fn(
+                        |req: Request| async move { Ok::<_, Infallible>(req.into_payload()) },
+                    );
+                let _ = server
+                    .serve_with_shutdown(echo, async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+        })
+        .context("cannot start the embedded echo server's thread")?;
+    let addr = addr
+        .recv()
+        .context("the embedded echo server's thread ended")??;
     Ok((addr, stop))
 }
 
@@ -102,7 +180,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut embedded = None;
     let targets = if args.connect.is_empty() {
         let frame = args.frame.builder().max_frame_length(args.max_frame);
-        let (addr, stop) = embedded_echo(frame).await?;
+        let (addr, stop) = embedded_echo(frame)?;
         embedded = Some(stop);
         eprintln!("embedded echo server on {addr}");
         vec![Target::Addr(addr)]
@@ -129,6 +207,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         builder = builder.connections_per_endpoint(n, n);
     }
     let client = builder.build();
+    let threads = client_threads(&args);
+    let is_embedded = embedded.is_some();
+    let setup = setup(threads, is_embedded);
     let size = args.size.max(MIN_SIZE);
     let concurrency = args.concurrency.max(1);
 
@@ -187,7 +268,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     let mut report = Report::new(&total, elapsed);
     report.endpoints = EndpointLine::all(&endpoints);
-    report.print_text(&targets, concurrency, size);
+    report.client_threads = threads;
+    report.embedded_server = is_embedded;
+    report.print_text(&targets, concurrency, size, &setup);
     if let Some(path) = &args.histogram {
         crate::chart::latency(
             path,
@@ -271,6 +354,10 @@ struct Report<'a> {
     rps: f64,
     /// Per endpoint (attempts: a retried request counts at each endpoint it tried).
     endpoints: Vec<EndpointLine>,
+    /// The client runtime's worker threads (1: current-thread).
+    client_threads: usize,
+    /// Whether the server was the embedded one (on its own thread).
+    embedded_server: bool,
 }
 
 impl<'a> Report<'a> {
@@ -281,6 +368,8 @@ impl<'a> Report<'a> {
             duration_s,
             rps: tally.requests() as f64 / duration_s.max(1e-9),
             endpoints: Vec::new(),
+            client_threads: 1,
+            embedded_server: false,
         }
     }
 
@@ -292,7 +381,7 @@ impl<'a> Report<'a> {
         }
     }
 
-    fn print_text(&self, targets: &[Target], concurrency: usize, size: usize) {
+    fn print_text(&self, targets: &[Target], concurrency: usize, size: usize, setup: &str) {
         let t = self.tally;
         let targets: Vec<String> = targets.iter().map(ToString::to_string).collect();
         println!(
@@ -300,6 +389,7 @@ impl<'a> Report<'a> {
             targets.join(", "),
             self.duration_s
         );
+        println!("setup        {setup}");
         println!("requests     {}", t.requests());
         println!("ok           {}", t.ok);
         println!("mismatches   {}", t.mismatches);
@@ -366,6 +456,10 @@ impl<'a> Report<'a> {
                 "max": t.latency_us.max(),
             },
             "endpoints": self.endpoints.iter().map(EndpointLine::json).collect::<Vec<_>>(),
+            "setup": {
+                "client_threads": self.client_threads,
+                "embedded_server": self.embedded_server,
+            },
         })
     }
 }
@@ -448,5 +542,7 @@ mod tests {
         assert_eq!(json["latency_us"]["p50"], 100);
         assert!(json["rps"].as_f64().is_some());
         assert_eq!(json["endpoints"], serde_json::json!([]));
+        assert_eq!(json["setup"]["client_threads"], 1);
+        assert_eq!(json["setup"]["embedded_server"], false);
     }
 }

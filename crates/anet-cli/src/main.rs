@@ -6,7 +6,8 @@
 //! anet echo  [--listen 127.0.0.1:7878] [--tag binary:4] [--length-width 2]
 //!            [--max-in-flight-bytes 64MiB] [--max-in-flight-requests 10000] ...
 //! anet send  --connect HOST:PORT [--timeout 1s] [--hex] [--hex-input] PAYLOAD
-//! anet bench [--connect HOST:PORT]... [-c 256] [-d 10s] [--size 64] [--json] [--histogram FILE.svg]
+//! anet bench [--connect HOST:PORT]... [-c 256] [-d 10s] [--size 64] [--threads N] [--json]
+//!            [--histogram FILE.svg]
 //!
 //! echo, bench and proxy take --metrics ADDR: Prometheus text at http://ADDR/metrics.
 //! anet proxy --listen HOST:PORT --connect HOST:PORT... [--backend-tag ...]
@@ -171,6 +172,11 @@ struct BenchArgs {
     /// most what a --max-frame frame carries).
     #[arg(long, default_value_t = 64)]
     size: usize,
+    /// Client runtime worker threads, at least 1 (1: a current-thread runtime).
+    /// [default: with the embedded echo server (which runs on a thread of its
+    /// own), the cores less one, at least 1; with --connect, the cores]
+    #[arg(long, value_parser = positive)]
+    threads: Option<usize>,
     /// Connections per endpoint, at least 1 (default: the client's, 1 growing
     /// to 4).
     #[arg(long, value_parser = positive)]
@@ -388,10 +394,13 @@ fn main() -> ExitCode {
             .error(ErrorKind::ValueValidation, message)
             .exit();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match &cli.command {
+        Command::Bench(args) => bench::client_runtime(bench::client_threads(args)),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

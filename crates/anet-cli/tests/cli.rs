@@ -163,6 +163,47 @@ fn bench_against_the_embedded_server_reports_no_mismatch_and_no_error() {
 }
 
 #[test]
+fn bench_prints_its_thread_setup_and_takes_a_client_thread_count() {
+    let out = anet()
+        .args([
+            "bench",
+            "--json",
+            "-d",
+            "300ms",
+            "-c",
+            "8",
+            "--threads",
+            "2",
+        ])
+        .output()
+        .expect("run bench");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "setup        client runtime multi-thread (2 workers); \
+             embedded echo server on its own thread (current-thread runtime)"
+        ),
+        "{stdout}"
+    );
+    let report = last_json_line(&out.stdout);
+    assert_eq!(report["setup"]["client_threads"], 2, "{report}");
+    assert_eq!(report["setup"]["embedded_server"], true, "{report}");
+    assert_eq!(report["mismatches"], 0, "{report}");
+
+    let out = anet()
+        .args(["bench", "-d", "300ms", "-c", "8", "--threads", "1"])
+        .output()
+        .expect("run bench");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("setup        client runtime current-thread (1 thread)"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn bench_against_an_external_echo_server() {
     let echo = Daemon::echo(&[]);
     let out = anet()

@@ -36,7 +36,7 @@
 use std::{
     net::SocketAddr,
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, Mutex,
         atomic::{
             AtomicBool, AtomicU8, AtomicU32, AtomicU64,
             Ordering::{AcqRel, Acquire, Relaxed, Release},
@@ -46,6 +46,7 @@ use std::{
     time::Duration,
 };
 
+use arc_swap::ArcSwap;
 use tokio::{sync::Notify, task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -254,8 +255,11 @@ pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
     /// Failover group: 0 is the first choice, higher numbers stand by.
     pub(crate) priority: u32,
-    /// Live connections; written by the maintenance task, read per request.
-    conns: RwLock<Vec<Connection>>,
+    /// Live connections; written by the maintenance task, read per request
+    /// as a snapshot without a lock (no shared counter bounces between the
+    /// threads of a multi-thread runtime). Replaced whole, only with
+    /// `draining` locked, so a reader holding that lock sees both lists agree.
+    conns: ArcSwap<Vec<Connection>>,
     /// Connections that refuse new requests but have not finished (requests
     /// still in flight): off the request path, still in the stats.
     draining: Mutex<Vec<Connection>>,
@@ -304,7 +308,7 @@ impl Endpoint {
         Endpoint {
             addr,
             priority,
-            conns: RwLock::new(Vec::new()),
+            conns: ArcSwap::from_pointee(Vec::new()),
             draining: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
             state: AtomicU8::new(PENDING), // the first dial starts at once
@@ -359,8 +363,7 @@ impl Endpoint {
     /// Window slots in use over its live connections: requests in flight and
     /// tags still quarantined (a slow backend keeps them longer).
     pub(crate) fn load(&self) -> usize {
-        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
-        conns.iter().map(tower::load::Load::load).sum()
+        self.conns.load().iter().map(tower::load::Load::load).sum()
     }
 
     /// Sends on the live connection with the fewest requests in flight, if it
@@ -372,7 +375,7 @@ impl Endpoint {
         payload: Bytes,
         deadline: Deadline,
     ) -> Result<ConnectionFuture, (Bytes, Option<Connection>)> {
-        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        let conns = self.conns.load();
         let Some(conn) = least_loaded(&conns) else {
             return Err((payload, None));
         };
@@ -384,7 +387,7 @@ impl Endpoint {
     /// requests in flight; or gives that connection, full, to wait on; or
     /// nothing when there is no live connection.
     pub(crate) fn reserve(&self) -> Reserve {
-        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        let conns = self.conns.load();
         let Some(conn) = least_loaded(&conns) else {
             return Reserve::Empty;
         };
@@ -403,8 +406,7 @@ impl Endpoint {
         payload: Bytes,
         deadline: Deadline,
     ) -> ConnectionFuture {
-        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
-        match conns.iter().find(|c| c.owns(&unit)) {
+        match self.conns.load().iter().find(|c| c.owns(&unit)) {
             Some(conn) => conn.send_reserved(unit, payload, deadline),
             None => ConnectionFuture::failed(Error::with_source(
                 Kind::NotSent,
@@ -445,8 +447,10 @@ impl Endpoint {
     }
 
     pub(crate) fn stats(&self) -> EndpointStats {
-        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        // `draining` first: the live list is replaced only under it, so the
+        // two agree (no connection counted twice or missed).
         let draining = self.draining();
+        let conns = self.conns.load();
         // Live or draining: every connection that has not finished.
         let all = || conns.iter().chain(draining.iter());
         let state = self.state.load(Acquire);
@@ -552,35 +556,39 @@ impl Endpoint {
     /// forgets draining ones that have finished; returns how many stay live and
     /// the ones moved.
     fn prune(&self) -> (usize, Vec<Connection>) {
-        let mut conns = self.conns.write().unwrap_or_else(|p| p.into_inner());
         let mut draining = self.draining();
+        let current = self.conns.load_full();
         let mut ended = Vec::new();
-        conns.retain(|c| {
+        let mut live = Vec::with_capacity(current.len());
+        for c in current.iter() {
             if c.is_closed() {
                 draining.push(c.clone());
                 ended.push(c.clone());
-                false
             } else {
-                true
+                live.push(c.clone());
             }
-        });
+        }
+        let count = live.len();
+        if !ended.is_empty() {
+            self.conns.store(Arc::new(live));
+        }
         self.forget_finished(&mut draining);
-        self.metrics.connections(conns.len(), draining.len());
-        (conns.len(), ended)
+        self.metrics.connections(count, draining.len());
+        (count, ended)
     }
 
     /// Whether a live connection opened after `since` has proven itself.
     fn proven_since(&self, since: Instant, now: Instant, settle: Duration) -> bool {
-        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
-        conns
+        self.conns
+            .load()
             .iter()
             .any(|c| c.opened_at() > since && is_proven(c, now, settle))
     }
 
     /// Whether a live connection has proven itself (it is serving).
     fn serving(&self, now: Instant, settle: Duration) -> bool {
-        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
-        conns
+        self.conns
+            .load()
             .iter()
             .any(|c| !c.is_closed() && is_proven(c, now, settle))
     }
@@ -604,29 +612,31 @@ impl Endpoint {
 
     /// Live connections (not refusing requests).
     pub(crate) fn live(&self) -> usize {
-        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
-        conns.iter().filter(|c| !c.is_closed()).count()
+        self.conns.load().iter().filter(|c| !c.is_closed()).count()
     }
 
     fn all_busy(&self) -> bool {
-        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
-        conns.iter().all(|c| {
+        self.conns.load().iter().all(|c| {
             let load = tower::load::Load::load(c);
             load * 4 >= c.max_in_flight() * 3
         })
     }
 
     fn push(&self, conn: Connection) {
-        let mut conns = self.conns.write().unwrap_or_else(|p| p.into_inner());
-        conns.push(conn);
-        self.metrics.connections(conns.len(), self.draining().len());
+        let draining = self.draining();
+        let mut next: Vec<_> = self.conns.load().iter().cloned().collect();
+        next.push(conn);
+        self.metrics.connections(next.len(), draining.len());
+        self.conns.store(Arc::new(next));
     }
 
-    /// Moves every live connection to the draining list; returns them all.
+    /// Moves every live connection to the draining list; returns them all. A
+    /// request routed on a snapshot taken just before is then in flight on a
+    /// connection that drains (or refused unsent once it has closed).
     fn drain_all(&self) -> Vec<Connection> {
-        let live = std::mem::take(&mut *self.conns.write().unwrap_or_else(|p| p.into_inner()));
         let mut draining = self.draining();
-        draining.extend(live);
+        let live = self.conns.swap(Arc::new(Vec::new()));
+        draining.extend(live.iter().cloned());
         self.metrics.connections(0, draining.len());
         draining.clone()
     }

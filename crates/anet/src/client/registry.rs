@@ -7,12 +7,13 @@ use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
     },
     time::Duration,
 };
 
+use arc_swap::ArcSwap;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -22,7 +23,10 @@ use super::pool::{Endpoint, EndpointStats, PoolContext, maintain};
 #[derive(Debug)]
 pub(crate) struct Registry {
     /// The routable set, replaced whole on every change (changes are rare).
-    endpoints: RwLock<Arc<[Arc<Endpoint>]>>,
+    /// Requests read a snapshot without a lock (no shared counter bounces
+    /// between the threads of a multi-thread runtime); changes are made under
+    /// `owners`, so they never race each other.
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     /// Removed endpoints whose connections are still draining: in the stats
     /// until they have finished.
     retired: Mutex<Vec<Arc<Endpoint>>>,
@@ -39,6 +43,10 @@ pub(crate) struct Registry {
     pub(crate) pending_wait: Duration,
 }
 
+/// A snapshot of the routable endpoints (held briefly: it keeps the set it
+/// was taken from alive).
+pub(crate) type Snapshot = arc_swap::Guard<Arc<Vec<Arc<Endpoint>>>>;
+
 /// The owners of each address: the user (the static list and the [`Endpoints`]
 /// handle, together one owner), each DNS source and each `Discover` key.
 #[derive(Debug, Default)]
@@ -52,7 +60,7 @@ struct Owners {
 impl Registry {
     pub(crate) fn new(pool: PoolContext, pending_wait: Duration) -> Arc<Registry> {
         Arc::new(Registry {
-            endpoints: RwLock::new(Arc::from(Vec::new())),
+            endpoints: ArcSwap::from_pointee(Vec::new()),
             owners: Mutex::default(),
             retired: Mutex::default(),
             pool,
@@ -63,8 +71,8 @@ impl Registry {
         })
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Arc<[Arc<Endpoint>]>> {
-        self.endpoints.read().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> Snapshot {
+        self.endpoints.load()
     }
 
     fn owners(&self) -> std::sync::MutexGuard<'_, Owners> {
@@ -132,21 +140,21 @@ impl Registry {
     }
 
     /// Adds an endpoint and starts its pool; false if it is already present.
-    /// The set stays ordered by priority (then by arrival).
+    /// The set stays ordered by priority (then by arrival). Called with
+    /// `owners` held (see `endpoints`).
     fn add(&self, addr: SocketAddr, priority: u32) -> bool {
         if self.closed.load(Relaxed) {
             return false;
         }
-        let mut guard = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
-        if guard.iter().any(|e| e.addr == addr) {
+        let current = self.endpoints.load_full();
+        if current.iter().any(|e| e.addr == addr) {
             return false;
         }
         let endpoint = Arc::new(Endpoint::new(addr, priority));
-        let mut next: Vec<_> = guard.iter().cloned().collect();
+        let mut next: Vec<_> = current.iter().cloned().collect();
         let at = next.partition_point(|e| e.priority <= priority);
         next.insert(at, endpoint.clone());
-        *guard = Arc::from(next);
-        drop(guard);
+        self.endpoints.store(Arc::new(next));
         let span = tracing::info_span!("anet.endpoint", %addr);
         self.tracker
             .spawn(maintain(endpoint, self.pool.clone()).instrument(span));
@@ -156,15 +164,17 @@ impl Registry {
     }
 
     /// Removes an endpoint: no new requests go to it, its connections drain and
-    /// close. False if it was not present.
+    /// close. False if it was not present. Called with `owners` held (see
+    /// `endpoints`). A request routed on a snapshot taken just before may
+    /// still reach it: it is then in flight on a connection that drains (or,
+    /// once that has closed, refused unsent), as on any draining connection.
     fn remove(&self, addr: SocketAddr) -> bool {
-        let mut guard = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
-        let Some(endpoint) = guard.iter().find(|e| e.addr == addr).cloned() else {
+        let current = self.endpoints.load_full();
+        let Some(endpoint) = current.iter().find(|e| e.addr == addr).cloned() else {
             return false;
         };
-        let next: Vec<_> = guard.iter().filter(|e| e.addr != addr).cloned().collect();
-        *guard = Arc::from(next);
-        drop(guard);
+        let next: Vec<_> = current.iter().filter(|e| e.addr != addr).cloned().collect();
+        self.endpoints.store(Arc::new(next));
         endpoint.remove();
         let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
         retired.retain(|e| !e.is_stopped());
@@ -209,8 +219,8 @@ impl Registry {
         self.closed.load(Relaxed)
     }
 
-    /// The routable endpoints now.
-    pub(crate) fn endpoints(&self) -> std::sync::RwLockReadGuard<'_, Arc<[Arc<Endpoint>]>> {
+    /// The routable endpoints now: a snapshot, read without a lock.
+    pub(crate) fn endpoints(&self) -> Snapshot {
         self.read()
     }
 
