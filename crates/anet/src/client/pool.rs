@@ -54,7 +54,7 @@ use bytes::Bytes;
 use super::connection::panic_message;
 use super::{
     Backoff, Classification, Connection, Heartbeat, Lifecycle,
-    connection::{ConnectionFuture, ReplyHook, Unit},
+    connection::{ConnectionFuture, ReplyHook, Unit, Verdict},
     deadline::Deadline,
     dial::Dialer,
     lifecycle::{Classifier, Retire, age_limit},
@@ -363,6 +363,19 @@ impl Endpoint {
         conns.iter().map(tower::load::Load::load).sum()
     }
 
+    /// Its load as the balancer compares it: window slots in use over its
+    /// live connections, and their highest response-time estimate (see
+    /// [`Cost::below`](super::latency::Cost::below)).
+    #[inline]
+    pub(crate) fn cost(&self) -> super::latency::Cost {
+        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        let mut cost = super::latency::Cost::default();
+        for conn in conns.iter() {
+            cost.add(tower::load::Load::load(conn), conn.rtt_estimate_ns());
+        }
+        cost
+    }
+
     /// Sends on the live connection with the fewest requests in flight, if it
     /// has room, without cloning its handle (the common case, on the request path).
     /// Otherwise gives the payload back with that connection to wait on, or with
@@ -514,7 +527,7 @@ impl Endpoint {
     }
 
     /// The hook each connection calls on its replies: the user's classifier,
-    /// counted here; `true` retires the connection.
+    /// counted here; [`Verdict::Retire`] retires the connection.
     fn reply_hook(&self, classify: Classifier) -> ReplyHook {
         let health = self.health.clone();
         let wake = self.wake.clone();
@@ -526,20 +539,20 @@ impl Endpoint {
                 if !health.answered.load(Relaxed) {
                     health.answered.store(true, Relaxed);
                 }
-                false
+                Verdict::Success
             }
             Classification::EndpointFailure => {
                 health.failures.fetch_add(1, Relaxed);
                 health.streak.fetch_add(1, Relaxed);
                 wake.notify_one();
-                false
+                Verdict::Failure
             }
             Classification::ConnectionFailure => {
                 health.connection_failures.fetch_add(1, Relaxed);
                 // The driver retires the connection and then wakes the
                 // maintenance task (see `Connection::set_owner_wake`), which
                 // dials the replacement at once.
-                true
+                Verdict::Retire
             }
         }))
     }
