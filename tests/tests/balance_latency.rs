@@ -195,8 +195,11 @@ async fn a_backend_that_fails_fast_is_not_preferred() {
 async fn a_backend_that_was_slow_gets_its_traffic_back_once_it_is_fast() {
     let slow = Arc::new(AtomicBool::new(true));
     let s = slow.clone();
+    // Far slower than the others ever cost (5 ms × 9 in flight), so that
+    // only the decay brings it back, not the others filling up.
+    let very_slow = Duration::from_millis(200);
     let recovering: Script = Box::new(move |_, _| {
-        Action::Echo(if s.load(SeqCst) { SLOW } else { FAST })
+        Action::Echo(if s.load(SeqCst) { very_slow } else { FAST })
     });
     let net = Net::new(vec![echo_after(FAST), echo_after(FAST), recovering]);
     let decay = Duration::from_secs(1);
@@ -209,8 +212,8 @@ async fn a_backend_that_was_slow_gets_its_traffic_back_once_it_is_fast() {
     let while_slow = net.requests(2);
     assert!(while_slow < 40, "{while_slow} sent while it was slow");
     slow.store(false, SeqCst);
-    // 50 ms decays below the others' cost within a few decay constants; the
-    // first fast answer then brings the estimate down with it.
+    // 200 ms decays below the others' cost within two decay constants; the
+    // first fast answers then bring the estimate down with them.
     load(&client, 4 * decay).await;
     let before: Vec<usize> = (0..3).map(|i| net.requests(i)).collect();
     load(&client, Duration::from_secs(2)).await;
