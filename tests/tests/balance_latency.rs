@@ -95,7 +95,10 @@ async fn load(client: &Client, time: Duration) -> usize {
 async fn slow_share(measure: LoadMeasure) -> (usize, usize) {
     let net = Net::new(vec![echo_after(FAST), echo_after(FAST), echo_after(SLOW)]);
     let client = net.builder(measure).endpoints(net.addrs.clone()).build();
-    client.wait_connected(Duration::from_secs(5)).await.expect("connected");
+    client
+        .wait_connected(Duration::from_secs(5))
+        .await
+        .expect("connected");
     let answered = load(&client, Duration::from_secs(2)).await;
     (net.requests(2), answered)
 }
@@ -122,8 +125,14 @@ async fn a_slow_backend_gets_a_small_share_of_the_requests() {
 async fn a_new_endpoint_gets_its_share_at_once_neither_starved_nor_flooded() {
     for measure in [LoadMeasure::peak_ewma(), LoadMeasure::InFlight] {
         let net = Net::new(vec![echo_after(FAST), echo_after(FAST), echo_after(FAST)]);
-        let client = net.builder(measure).endpoints(net.addrs[..2].to_vec()).build();
-        client.wait_connected(Duration::from_secs(5)).await.expect("connected");
+        let client = net
+            .builder(measure)
+            .endpoints(net.addrs[..2].to_vec())
+            .build();
+        client
+            .wait_connected(Duration::from_secs(5))
+            .await
+            .expect("connected");
         let running = {
             let client = client.clone();
             tokio::spawn(async move { load(&client, Duration::from_secs(2)).await })
@@ -154,9 +163,8 @@ async fn a_new_endpoint_gets_its_share_at_once_neither_starved_nor_flooded() {
 /// Two backends: one fails every request within 1 ms (classified as its
 /// failure), one answers in 5 ms. Requests sent to the failing one.
 async fn failing_share(measure: LoadMeasure) -> (usize, usize) {
-    let failing: Script = Box::new(|_, _| {
-        Action::Reply(Duration::from_millis(1), Bytes::from_static(b"ERR"))
-    });
+    let failing: Script =
+        Box::new(|_, _| Action::Reply(Duration::from_millis(1), Bytes::from_static(b"ERR")));
     let net = Net::new(vec![failing, echo_after(FAST)]);
     let client = net
         .builder(measure)
@@ -171,7 +179,10 @@ async fn failing_share(measure: LoadMeasure) -> (usize, usize) {
             }
         })
         .build();
-    client.wait_connected(Duration::from_secs(5)).await.expect("connected");
+    client
+        .wait_connected(Duration::from_secs(5))
+        .await
+        .expect("connected");
     load(&client, Duration::from_secs(2)).await;
     (net.requests(0), net.requests(1))
 }
@@ -198,16 +209,18 @@ async fn a_backend_that_was_slow_gets_its_traffic_back_once_it_is_fast() {
     // Far slower than the others ever cost (5 ms × 9 in flight), so that
     // only the decay brings it back, not the others filling up.
     let very_slow = Duration::from_millis(200);
-    let recovering: Script = Box::new(move |_, _| {
-        Action::Echo(if s.load(SeqCst) { very_slow } else { FAST })
-    });
+    let recovering: Script =
+        Box::new(move |_, _| Action::Echo(if s.load(SeqCst) { very_slow } else { FAST }));
     let net = Net::new(vec![echo_after(FAST), echo_after(FAST), recovering]);
     let decay = Duration::from_secs(1);
     let client = net
         .builder(LoadMeasure::PeakEwma(PeakEwmaConfig::new().decay(decay)))
         .endpoints(net.addrs.clone())
         .build();
-    client.wait_connected(Duration::from_secs(5)).await.expect("connected");
+    client
+        .wait_connected(Duration::from_secs(5))
+        .await
+        .expect("connected");
     load(&client, Duration::from_secs(2)).await;
     let while_slow = net.requests(2);
     assert!(while_slow < 40, "{while_slow} sent while it was slow");
@@ -219,5 +232,8 @@ async fn a_backend_that_was_slow_gets_its_traffic_back_once_it_is_fast() {
     load(&client, Duration::from_secs(2)).await;
     let got: Vec<usize> = (0..3).map(|i| net.requests(i) - before[i]).collect();
     let share = got[2] as f64 / got.iter().sum::<usize>() as f64;
-    assert!(share > 0.2, "recovered backend's share {share:.3} ({got:?})");
+    assert!(
+        share > 0.2,
+        "recovered backend's share {share:.3} ({got:?})"
+    );
 }

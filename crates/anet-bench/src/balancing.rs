@@ -32,13 +32,16 @@ struct Row {
     rps: f64,
     p99_us: u64,
     p999_us: u64,
+    /// Share of the requests written to the last endpoint (the slow one),
+    /// warm-up included.
+    last_share: f64,
 }
 
 /// An anet echo server that answers every request after `delay`.
 fn delayed(delay: Duration) -> SocketAddr {
     on_own_thread("anet-delayed", move |tx| async move {
-        let server = anet_tests::bind_local(Server::builder().max_in_flight_per_connection(1024))
-            .await;
+        let server =
+            anet_tests::bind_local(Server::builder().max_in_flight_per_connection(1024)).await;
         tx.send(server.local_addr()).expect("send");
         let service = tower::service_fn(move |request: Request| async move {
             tokio::time::sleep(delay).await;
@@ -64,20 +67,34 @@ fn measure(
     let duration = Duration::from_secs_f64(args.duration);
     // Long enough for the slow server's first answers to come back.
     let warmup = Duration::from_millis(500);
-    let (count, hist, elapsed) = rt.block_on(async {
+    let last = *endpoints.last().expect("an endpoint");
+    let (count, hist, elapsed, last_share) = rt.block_on(async {
         let client = Client::builder()
             .endpoints(endpoints.iter().copied())
             .balance_load(measure)
             .build();
         client.wait_connected(Duration::from_secs(5)).await?;
-        run_callers(
-            client,
+        let (count, hist, elapsed) = run_callers(
+            client.clone(),
             args.balance_concurrency,
             args.size,
             warmup,
             duration,
         )
-        .await
+        .await?;
+        let stats = client.stats();
+        let total: u64 = stats.endpoints.iter().map(|e| e.requests).sum();
+        let to_last = stats.endpoint(last).map_or(0, |e| e.requests);
+        let share = to_last as f64 / total.max(1) as f64;
+        if std::env::var_os("ANET_BENCH_DEBUG").is_some() {
+            for e in &stats.endpoints {
+                eprintln!(
+                    "    {} requests {} latency {:?}",
+                    e.addr, e.requests, e.latency
+                );
+            }
+        }
+        Ok::<_, anyhow::Error>((count, hist, elapsed, share))
     })?;
     Ok(Row {
         scenario: scenario.to_owned(),
@@ -85,6 +102,7 @@ fn measure(
         rps: count as f64 / elapsed.as_secs_f64(),
         p99_us: hist.value_at_quantile(0.99),
         p999_us: hist.value_at_quantile(0.999),
+        last_share,
     })
 }
 
@@ -131,7 +149,13 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
                 args,
             )?);
         }
-        rows.push(measure("equal", "in-flight", &fast, LoadMeasure::InFlight, args)?);
+        rows.push(measure(
+            "equal",
+            "in-flight",
+            &fast,
+            LoadMeasure::InFlight,
+            args,
+        )?);
         rows.push(measure(
             "equal",
             "peak-ewma",
@@ -141,15 +165,15 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         )?);
         for row in &rows {
             eprintln!(
-                "  round {round} {:<11} {:<10} {:>10.0} req/s  p99 {:>6} us  p999 {:>6} us",
-                row.scenario, row.client, row.rps, row.p99_us, row.p999_us
+                "  round {round} {:<11} {:<10} {:>10.0} req/s  p99 {:>6} us  p999 {:>6} us  last {:.4}",
+                row.scenario, row.client, row.rps, row.p99_us, row.p999_us, row.last_share
             );
         }
         rounds.push(rows);
     }
     println!(
-        "{:<11} {:<10} {:>10} {:>8} {:>8} {:>8} {:>12}",
-        "scenario", "load", "req/s", "p99 us", "p999 us", "vs base", "p99 vs base"
+        "{:<11} {:<10} {:>10} {:>8} {:>8} {:>8} {:>12} {:>10}",
+        "scenario", "load", "req/s", "p99 us", "p999 us", "vs base", "p99 vs base", "to slow"
     );
     let mut json = Vec::new();
     for (i, row) in rounds[0].iter().enumerate() {
@@ -172,9 +196,19 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             across(&|r| r.p999_us as f64),
         );
         let (rps_ratio, p99_ratio) = (ratio(&|r| r.rps), ratio(&|r| r.p99_us as f64));
+        // The share sent to the slow server (the third endpoint; for the
+        // baseline, the second fast one).
+        let share = across(&|r| r.last_share);
         println!(
-            "{:<11} {:<10} {:>10.0} {:>8.0} {:>8.0} {:>8.2} {:>12.2}",
-            row.scenario, row.client, rps, p99, p999, rps_ratio, p99_ratio
+            "{:<11} {:<10} {:>10.0} {:>8.0} {:>8.0} {:>8.2} {:>12.2} {:>9.2}%",
+            row.scenario,
+            row.client,
+            rps,
+            p99,
+            p999,
+            rps_ratio,
+            p99_ratio,
+            100.0 * share
         );
         json.push(serde_json::json!({
             "scenario": row.scenario,
@@ -185,6 +219,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             "p999_us": p999.round() as u64,
             "rps_vs_baseline": rps_ratio,
             "p99_vs_baseline": p99_ratio,
+            "last_endpoint_share": share,
         }));
     }
     if args.json {

@@ -486,6 +486,9 @@ impl Endpoint {
             in_flight: all().map(tower::load::Load::load).sum(),
             requests: self.retired_written.load(Relaxed)
                 + all().map(|c| c.stats().written).sum::<u64>(),
+            latency: Some(self.cost().rtt_ns)
+                .filter(|&ns| ns != 0)
+                .map(Duration::from_nanos),
             errors: ErrorCounts(std::array::from_fn(|i| self.errors[i].load(Relaxed))),
             reconnects: self.reconnects.load(Relaxed),
             connect_failures: self.connect_failures.load(Relaxed),
@@ -758,6 +761,10 @@ pub struct EndpointStats {
     pub requests: u64,
     /// Of those, failures by kind.
     pub errors: ErrorCounts,
+    /// Its peak-EWMA response-time estimate, as the balancer weighs it (the
+    /// highest of its live connections'); `None` before the first answer, or
+    /// with [`LoadMeasure::InFlight`](super::LoadMeasure::InFlight).
+    pub latency: Option<Duration>,
     /// Connections re-established after one was lost.
     pub reconnects: u64,
     /// Dial attempts that failed to connect.
