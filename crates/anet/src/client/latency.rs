@@ -8,8 +8,10 @@
 //! `PeakEwma` do, the balancer compares `estimate × (in flight + 1)`:
 //!
 //! * **peak-sensitive**: a response slower than the estimate sets it at once;
-//!   faster ones pull it down as a moving average whose weight grows with the
-//!   time since the last update (`1 - exp(-elapsed / decay)`);
+//!   faster ones pull it down as a moving average in which the old estimate
+//!   weighs `exp(-elapsed / decay - answers / 16)`: by time, as tower's, and
+//!   by the answers since, so that a busy endpoint forgets a peak (a stall of
+//!   the client's own threads) within a few dozen answers;
 //! * **decaying**: with no response at all, the estimate decays towards zero
 //!   with the same time constant, so a backend that was slow is tried again
 //!   once its estimate falls below what the others cost, and gets its traffic
@@ -102,9 +104,10 @@ impl PeakEwmaConfig {
         }
     }
 
-    /// The time constant of the moving average: a response's weight is
-    /// `1 - exp(-elapsed / decay)` of the time since the last update, and an
-    /// estimate no response updates falls by `exp(-elapsed / decay)`. Shorter
+    /// The time constant of the moving average: the old estimate weighs
+    /// `exp(-elapsed / decay)` of the time since its last update (times
+    /// `exp(-answers / 16)` of the answers since), and an estimate no response
+    /// updates falls by `exp(-elapsed / decay)`. Shorter
     /// forgets a slow spell sooner (and tries a slow backend again sooner);
     /// longer smooths more. At least 1 ms. Default: 10 s (as Finagle and
     /// Linkerd).
