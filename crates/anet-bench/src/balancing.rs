@@ -10,8 +10,13 @@
 //! * `equal/in-flight` and `equal/peak-ewma`: three fast servers, to show
 //!   what latency-aware balancing costs when there is nothing to avoid.
 //!
-//! Each figure is the median over the rounds; `vs two-fast` is the median of
-//! the per-round ratios to the baseline (`vs in-flight` for the equal rows).
+//! Each figure is the median over the rounds; `vs base` is the median of the
+//! per-round ratios to the baseline (`two-fast`; `in-flight` for the equal
+//! rows), and `to slow` the share of requests written to the third endpoint.
+//! With `ANET_BENCH_DEBUG` set, each row also prints every endpoint's
+//! requests and latency estimate ([`EndpointStats::latency`]).
+//!
+//! [`EndpointStats::latency`]: anet::client::EndpointStats::latency
 
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
