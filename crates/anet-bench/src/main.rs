@@ -3,7 +3,11 @@
 //! ```text
 //! cargo run --release -p anet-bench -- [--duration 5] [--rounds 3]
 //!     [--concurrency 1,16,256] [--size 64] [--threads 2] [--json] [--plot FILE.svg]
+//! cargo run --release -p anet-bench -- --balancing [--balance-concurrency 64]
 //! ```
+//!
+//! `--balancing` runs the balancing scenario instead (three backends, one of
+//! them slow: in-flight against latency-aware load, see `balancing.rs`).
 //!
 //! The row `anet-stack-info` (a `tracing` subscriber at `INFO`) and the flag
 //! `--recorder` (a Prometheus recorder installed for the whole run; feature
@@ -39,6 +43,7 @@ use hdrhistogram::Histogram;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+mod balancing;
 mod floor;
 mod plot;
 mod sequential;
@@ -80,6 +85,13 @@ struct Args {
     /// the whole run: every anet client and server records into it.
     #[arg(long)]
     recorder: bool,
+    /// Run the balancing scenario (two fast backends and a slow one) instead
+    /// of the client set.
+    #[arg(long)]
+    balancing: bool,
+    /// Callers of the balancing scenario.
+    #[arg(long, default_value_t = 64)]
+    balance_concurrency: usize,
 }
 
 const CLIENTS: [&str; 11] = [
@@ -451,6 +463,9 @@ fn peak_rss_mb() -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.balancing {
+        return balancing::run(&args);
+    }
     // Before the servers start: their connections register their handles.
     if args.recorder {
         variants::install_recorder()?;

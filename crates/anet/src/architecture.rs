@@ -10,8 +10,9 @@
 //!    │
 //!    ▼
 //! Balancer (shared by every clone, no worker task)  client/balance/, client/registry.rs
-//!   p2c over the registry's endpoints: pick two, take the one with fewer
-//!   requests in flight whose pool has a connection with room
+//!   p2c over the registry's endpoints: pick two, take the less loaded one
+//!   whose pool has a connection with room; load = peak-EWMA response time ×
+//!   (requests in flight + 1), or requests in flight alone (client/latency.rs)
 //!    │
 //!    ▼
 //! Endpoint = one address's pool                     client/pool.rs, client/pool_service.rs
@@ -30,7 +31,8 @@
 //!   gives the request a slot in the Table → its tag; encodes the frame into the
 //!   write buffer; flushes once the queue is empty (one syscall for many frames);
 //!   reads frames, looks the tag up, completes the reply; runs the one timer
-//!   (deadlines, quarantine ends, close grace)
+//!   (deadlines, quarantine ends, close grace, the latency estimate's decay);
+//!   folds each pass's response times into the estimate it publishes
 //!    │
 //!    ▼
 //! socket ── frame = length, tag, payload (anet-proto: FrameCodec) ──► server

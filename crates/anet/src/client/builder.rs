@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::{
     Backoff, Balancer, Client, Connection, ConnectionConfig, Connector, Heartbeat, Lifecycle,
-    PoolConfig, RateLimitLayer, RetryPolicy,
+    LoadMeasure, PoolConfig, RateLimitLayer, RetryPolicy,
     client::{Shared, into_box},
     dial::Dialer,
     discover::{DnsSource, Resolve, SystemResolver, spawn_discover, spawn_dns},
@@ -49,6 +49,7 @@ use crate::BoxError;
 /// | idle shrink ([`idle_timeout`](Self::idle_timeout)) | none (a pool keeps what it grew to) |
 /// | response classifier ([`classify`](Self::classify)) | none: every reply is a success |
 /// | endpoint priority ([`endpoint_with_priority`](Self::endpoint_with_priority)) | 0 for every endpoint: one group |
+/// | balancer load ([`balance_load`](Self::balance_load)) | peak-EWMA response time × (in flight + 1); decay 10 s, failure penalty 100 ms |
 /// | warm-up | pools dial their minimum connections at `build`; [`Client::wait_connected`] waits for them |
 ///
 /// ```no_run
@@ -87,6 +88,8 @@ pub struct ClientBuilder {
     custom_dialer: Option<MakeDialer>,
     /// Handshake, heartbeat, response classifier.
     lifecycle: Lifecycle,
+    /// How the balancer weighs endpoints.
+    balance_load: LoadMeasure,
 }
 
 type MakeDialer = Arc<dyn Fn(Connector) -> Dialer + Send + Sync>;
@@ -104,6 +107,7 @@ impl fmt::Debug for ClientBuilder {
             .field("load_shed", &self.load_shed)
             .field("retry", &self.retry)
             .field("lifecycle", &self.lifecycle)
+            .field("balance_load", &self.balance_load)
             .finish_non_exhaustive()
     }
 }
@@ -130,6 +134,7 @@ impl ClientBuilder {
             retry: RetryPolicy::default(),
             custom_dialer: None,
             lifecycle: Lifecycle::new(),
+            balance_load: LoadMeasure::peak_ewma(),
         }
     }
 
@@ -365,6 +370,18 @@ impl ClientBuilder {
         self
     }
 
+    /// How the balancer weighs the two endpoints it draws for each request:
+    /// [`LoadMeasure::PeakEwma`] (a peak-sensitive moving average of each
+    /// endpoint's response time, times its requests in flight plus one: a
+    /// backend that is merely slow is avoided, not only one that queues) or
+    /// [`LoadMeasure::InFlight`] (requests in flight alone). Applies to the
+    /// client's connections whatever [`connection`](Self::connection) sets.
+    /// Default: [`LoadMeasure::peak_ewma`].
+    pub fn balance_load(mut self, measure: LoadMeasure) -> Self {
+        self.balance_load = measure;
+        self
+    }
+
     /// Builds the client and starts connecting to its endpoints.
     ///
     /// # Panics
@@ -396,8 +413,12 @@ impl ClientBuilder {
         client
     }
 
-    fn build_registry(self) -> (Client, Arc<Registry>) {
+    fn build_registry(mut self) -> (Client, Arc<Registry>) {
         self.connector.config.assert_valid();
+        self.connector.config.latency = match self.balance_load {
+            LoadMeasure::PeakEwma(config) => Some(config),
+            LoadMeasure::InFlight => None,
+        };
         let dialer = match &self.custom_dialer {
             Some(make) => make(self.connector),
             None => Dialer::tcp(self.connector),

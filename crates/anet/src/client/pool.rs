@@ -55,7 +55,7 @@ use bytes::Bytes;
 use super::connection::panic_message;
 use super::{
     Backoff, Classification, Connection, Heartbeat, Lifecycle,
-    connection::{ConnectionFuture, ReplyHook, Unit},
+    connection::{ConnectionFuture, ReplyHook, Unit, Verdict},
     deadline::Deadline,
     dial::Dialer,
     lifecycle::{Classifier, Retire, age_limit},
@@ -366,6 +366,19 @@ impl Endpoint {
         self.conns.load().iter().map(tower::load::Load::load).sum()
     }
 
+    /// Its load as the balancer compares it: window slots in use over its
+    /// live connections, and their highest response-time estimate (see
+    /// [`Cost::below`](super::latency::Cost::below)).
+    #[inline]
+    pub(crate) fn cost(&self) -> super::latency::Cost {
+        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        let mut cost = super::latency::Cost::default();
+        for conn in conns.iter() {
+            cost.add(tower::load::Load::load(conn), conn.rtt_estimate_ns());
+        }
+        cost
+    }
+
     /// Sends on the live connection with the fewest requests in flight, if it
     /// has room, without cloning its handle (the common case, on the request path).
     /// Otherwise gives the payload back with that connection to wait on, or with
@@ -477,6 +490,9 @@ impl Endpoint {
             in_flight: all().map(tower::load::Load::load).sum(),
             requests: self.retired_written.load(Relaxed)
                 + all().map(|c| c.stats().written).sum::<u64>(),
+            latency: Some(self.cost().rtt_ns)
+                .filter(|&ns| ns != 0)
+                .map(Duration::from_nanos),
             errors: ErrorCounts(std::array::from_fn(|i| self.errors[i].load(Relaxed))),
             reconnects: self.reconnects.load(Relaxed),
             connect_failures: self.connect_failures.load(Relaxed),
@@ -518,7 +534,7 @@ impl Endpoint {
     }
 
     /// The hook each connection calls on its replies: the user's classifier,
-    /// counted here; `true` retires the connection.
+    /// counted here; [`Verdict::Retire`] retires the connection.
     fn reply_hook(&self, classify: Classifier) -> ReplyHook {
         let health = self.health.clone();
         let wake = self.wake.clone();
@@ -530,20 +546,20 @@ impl Endpoint {
                 if !health.answered.load(Relaxed) {
                     health.answered.store(true, Relaxed);
                 }
-                false
+                Verdict::Success
             }
             Classification::EndpointFailure => {
                 health.failures.fetch_add(1, Relaxed);
                 health.streak.fetch_add(1, Relaxed);
                 wake.notify_one();
-                false
+                Verdict::Failure
             }
             Classification::ConnectionFailure => {
                 health.connection_failures.fetch_add(1, Relaxed);
                 // The driver retires the connection and then wakes the
                 // maintenance task (see `Connection::set_owner_wake`), which
                 // dials the replacement at once.
-                true
+                Verdict::Retire
             }
         }))
     }
@@ -755,6 +771,10 @@ pub struct EndpointStats {
     pub requests: u64,
     /// Of those, failures by kind.
     pub errors: ErrorCounts,
+    /// Its peak-EWMA response-time estimate, as the balancer weighs it (the
+    /// highest of its live connections'); `None` before the first answer, or
+    /// with [`LoadMeasure::InFlight`](super::LoadMeasure::InFlight).
+    pub latency: Option<Duration>,
     /// Connections re-established after one was lost.
     pub reconnects: u64,
     /// Dial attempts that failed to connect.

@@ -3,9 +3,12 @@
 //!
 //! tower's `p2c::Balance` needs `&mut self`, so sharing it between tasks takes a
 //! `Buffer` (a task hop and an allocation per request). [`Balancer`] runs the same
-//! algorithm — pick two endpoints at random, send to the one with fewer requests in
-//! flight — over state that every clone shares through atomics, so the caller's own
-//! task does the routing. With failover groups (endpoints of more than one
+//! algorithm — pick two endpoints at random, send to the less loaded — over state
+//! that every clone shares through atomics, so the caller's own task does the
+//! routing. The load is the client's
+//! [`LoadMeasure`](super::LoadMeasure): by default a peak-EWMA of each
+//! endpoint's response time times its requests in flight plus one (so a backend
+//! that is merely slow is avoided too), or requests in flight alone. With failover groups (endpoints of more than one
 //! [priority](super::ClientBuilder::endpoint_with_priority)) the choice is made
 //! within the first group that has an endpoint up and past its probation; with
 //! one group (the default) routing is exactly the plain p2c.

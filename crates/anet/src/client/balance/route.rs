@@ -117,7 +117,7 @@ fn choose_in<T>(
     let pair = [first, second];
     let candidates: &[&Arc<Endpoint>] = if a == b {
         &pair[..1]
-    } else if first.is_up() && second.is_up() && second.load() < first.load() {
+    } else if first.is_up() && second.is_up() && second.cost().below(&first.cost()) {
         &[second, first]
     } else {
         &pair

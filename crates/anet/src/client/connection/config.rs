@@ -44,6 +44,10 @@ pub struct ConnectionConfig {
     pub(crate) close_grace: Duration,
     pub(crate) write_buffer: usize,
     pub(crate) read_timeout: Option<Duration>,
+    /// Keep a peak-EWMA response-time estimate for the balancer (set by the
+    /// client builder from its [`LoadMeasure`](crate::client::LoadMeasure);
+    /// `None` for a connection made on its own).
+    pub(crate) latency: Option<crate::client::PeakEwmaConfig>,
 }
 
 /// The default window when the tag space allows it.
@@ -80,6 +84,7 @@ impl ConnectionConfig {
             close_grace: Duration::from_secs(5),
             write_buffer: 64 * 1024,
             read_timeout: Some(Duration::from_secs(10)),
+            latency: None,
         }
     }
 

@@ -218,6 +218,15 @@ impl Connection {
         Arc::ptr_eq(&self.shared, &other.shared)
     }
 
+    /// The driver's response-time estimate in nanoseconds; 0 while it has
+    /// none (or the connection does not measure latency).
+    #[inline]
+    pub(crate) fn rtt_estimate_ns(&self) -> u64 {
+        self.shared
+            .rtt_ns
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Installs the owner's look at each reply (once; later calls do nothing).
     pub(crate) fn set_reply_hook(&self, hook: super::ReplyHook) {
         let _ = self.shared.hook.set(hook);

@@ -20,5 +20,5 @@ pub use stats::ConnectionStats;
 
 pub(crate) use driver::panic_message;
 pub(crate) use reply::Failure;
-pub(crate) use shared::ReplyHook;
+pub(crate) use shared::{ReplyHook, Verdict};
 pub(crate) use unit::Unit;

@@ -17,10 +17,22 @@ use crate::client::room::Room;
 use crate::{Error, Kind};
 
 /// Looks at every reply delivered on a pooled connection (its owner's response
-/// classifier); `true` retires the connection. Installed once, after the
-/// connection's handshake, so handshake replies are not seen.
+/// classifier) and says what it was. Installed once, after the connection's
+/// handshake, so handshake replies are not seen.
 #[derive(Clone)]
-pub(crate) struct ReplyHook(pub(crate) Arc<dyn Fn(&Bytes) -> bool + Send + Sync>);
+pub(crate) struct ReplyHook(pub(crate) Arc<dyn Fn(&Bytes) -> Verdict + Send + Sync>);
+
+/// What a connection's owner made of a reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// A success.
+    Success,
+    /// A failure of the endpoint: counts against its latency estimate.
+    Failure,
+    /// A failure of the connection: it retires (and the reply counts against
+    /// its latency estimate).
+    Retire,
+}
 
 impl std::fmt::Debug for ReplyHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,6 +66,9 @@ pub(crate) struct Shared {
     /// Woken when the driver starts refusing requests on its own (a
     /// retirement, a failure), so that the owner replaces the connection.
     pub(crate) owner_wake: OnceLock<Arc<Notify>>,
+    /// The driver's peak-EWMA response-time estimate in nanoseconds, for the
+    /// balancer; 0 while it has none (or does not measure).
+    pub(crate) rtt_ns: AtomicU64,
 }
 
 /// Counters the driver publishes for [`ConnectionStats`](super::ConnectionStats).
@@ -81,6 +96,7 @@ impl Shared {
             room: OnceLock::new(),
             hook: OnceLock::new(),
             owner_wake: OnceLock::new(),
+            rtt_ns: AtomicU64::new(0),
         }
     }
 

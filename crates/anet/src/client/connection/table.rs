@@ -74,10 +74,12 @@ struct Slot {
 enum State {
     Free,
     /// Written; the caller awaits the response (until the reply's deadline, if
-    /// any). Holds its unit of the window.
+    /// any). Holds its unit of the window, and when it was sent if the
+    /// connection measures its latency.
     Waiting {
         reply: Reply,
         unit: Unit,
+        sent: Option<u64>,
     },
     /// The caller gave up; the tag and the unit stay held until the late
     /// response arrives or (the unit only) the quarantine ends.
@@ -129,8 +131,8 @@ impl Ids {
 /// What a response's tag matched.
 #[derive(Debug)]
 pub(crate) enum Matched {
-    /// A waiting request: deliver to it.
-    Waiting(Reply),
+    /// A waiting request: deliver to it (with its send stamp, if any).
+    Waiting(Reply, Option<u64>),
     /// A request whose caller gave up: the late response is dropped, the tag
     /// is free again.
     Late,
@@ -195,10 +197,16 @@ impl Table {
         self.quarantined + self.expired
     }
 
-    /// Reserves a slot for a request holding `unit` and returns its id (to
-    /// encode as the tag), or gives both back when no slot is free.
+    /// Reserves a slot for a request holding `unit` (sent at stamp `sent`, if
+    /// the connection measures latency) and returns its id (to encode as the
+    /// tag), or gives both back when no slot is free.
     #[inline]
-    pub(crate) fn insert(&mut self, reply: Reply, unit: Unit) -> Result<u64, (Reply, Unit)> {
+    pub(crate) fn insert(
+        &mut self,
+        reply: Reply,
+        unit: Unit,
+        sent: Option<u64>,
+    ) -> Result<u64, (Reply, Unit)> {
         let Some(index) = self.free.pop_front() else {
             return Err((reply, unit));
         };
@@ -213,7 +221,7 @@ impl Table {
         }
         let slot = &mut self.slots[index as usize];
         slot.seq = seq;
-        slot.state = State::Waiting { reply, unit };
+        slot.state = State::Waiting { reply, unit, sent };
         self.waiting += 1;
         Ok(self.ids.id(index, slot.generation))
     }
@@ -221,7 +229,7 @@ impl Table {
     /// Releases the slot of `id` after its request could not be written.
     pub(crate) fn remove(&mut self, id: u64) -> Option<Reply> {
         match self.take(id) {
-            Matched::Waiting(reply) => Some(reply),
+            Matched::Waiting(reply, _) => Some(reply),
             _ => None,
         }
     }
@@ -238,10 +246,10 @@ impl Table {
         }
         let matched = match std::mem::replace(&mut slot.state, State::Free) {
             State::Free => return Matched::Unknown,
-            State::Waiting { reply, unit } => {
+            State::Waiting { reply, unit, sent } => {
                 self.waiting -= 1;
                 self.returns.push(unit);
-                Matched::Waiting(reply)
+                Matched::Waiting(reply, sent)
             }
             State::Quarantined(unit) => {
                 self.quarantined -= 1;
@@ -298,7 +306,8 @@ impl Table {
                 continue; // answered (or abandoned) since
             }
             let slot = &mut self.slots[due.index as usize];
-            if let State::Waiting { reply, unit } = std::mem::replace(&mut slot.state, State::Free)
+            if let State::Waiting { reply, unit, .. } =
+                std::mem::replace(&mut slot.state, State::Free)
             {
                 slot.state = State::Quarantined(unit);
                 expired.push(reply);
@@ -347,7 +356,7 @@ impl Table {
         for (index, slot) in self.slots.iter_mut().enumerate() {
             match std::mem::replace(&mut slot.state, State::Free) {
                 State::Free => continue,
-                State::Waiting { reply, unit } => {
+                State::Waiting { reply, unit, .. } => {
                     replies.push(reply);
                     self.returns.push(unit);
                 }
@@ -438,7 +447,7 @@ mod tests {
                 .try_acquire_owned()
                 .expect("window room");
             let (reply, rx) = Reply::channel(deadline.map_or(Deadline::Never, Deadline::At));
-            let id = self.table.insert(reply, unit).expect("free slot");
+            let id = self.table.insert(reply, unit, None).expect("free slot");
             (id, rx)
         }
 
@@ -457,16 +466,16 @@ mod tests {
     fn response_after_reuse_is_not_delivered_to_new_occupant() {
         let mut f = Fixture::with(TagFormat::BINARY_U32, 1, 1);
         let old = f.insert();
-        assert!(matches!(f.table.take(old), Matched::Waiting(_)));
+        assert!(matches!(f.table.take(old), Matched::Waiting(..)));
         f.room();
         // Slot 0 of 2 was freed after slot 1 (never used); slot 1 comes first.
         let first = f.insert();
-        assert!(matches!(f.table.take(first), Matched::Waiting(_)));
+        assert!(matches!(f.table.take(first), Matched::Waiting(..)));
         f.room();
         let new = f.insert();
         assert_eq!(new, old + 2, "same slot, next generation");
         assert!(matches!(f.table.take(old), Matched::Unknown));
-        assert!(matches!(f.table.take(new), Matched::Waiting(_)));
+        assert!(matches!(f.table.take(new), Matched::Waiting(..)));
     }
 
     #[test]
@@ -500,7 +509,7 @@ mod tests {
             let id = f.insert();
             assert!(id < 10, "id {id} outside the tag space");
             seen.insert(id);
-            assert!(matches!(f.table.take(id), Matched::Waiting(_)));
+            assert!(matches!(f.table.take(id), Matched::Waiting(..)));
             f.room();
         }
         assert_eq!(seen.len(), 10, "every tag is used in turn");
@@ -522,7 +531,7 @@ mod tests {
         for _ in 0..10_000 {
             let id = f.insert();
             assert_ne!(id, held, "a held tag was issued again");
-            assert!(matches!(f.table.take(id), Matched::Waiting(_)));
+            assert!(matches!(f.table.take(id), Matched::Waiting(..)));
             f.room();
         }
         assert!(matches!(f.table.take(held), Matched::Late));
@@ -588,7 +597,7 @@ mod tests {
         }
         // The first ten are answered before their deadlines.
         for (id, _) in &ids[..10] {
-            assert!(matches!(f.table.take(*id), Matched::Waiting(_)));
+            assert!(matches!(f.table.take(*id), Matched::Waiting(..)));
         }
         let mut expired = Vec::new();
         f.table

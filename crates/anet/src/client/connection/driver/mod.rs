@@ -32,10 +32,11 @@ use super::{
     config::Layout,
     handle::not_sent,
     reply::Reply,
-    shared::{ReplyHook, Shared},
+    shared::{ReplyHook, Shared, Verdict},
     table::{Matched, Table},
     unit::Unit,
 };
+use crate::client::latency::Estimator;
 use crate::time::later;
 use crate::{Error, Kind};
 use timers::Timers;
@@ -134,6 +135,9 @@ pub(super) struct Driver<T> {
     /// are the table's.
     backlog_earliest: Option<Instant>,
     counts: LocalCounts,
+    /// The response-time estimate for the balancer, when the owner asked for
+    /// one (see `ConnectionConfig::latency`).
+    latency: Option<Estimator>,
 }
 
 /// Counters kept by the driver and published to [`Shared`] once per wake-up.
@@ -172,6 +176,9 @@ where
             backlog: VecDeque::new(),
             backlog_earliest: None,
             counts: LocalCounts::default(),
+            latency: config
+                .latency
+                .map(|config| Estimator::new(config, Instant::now())),
         }
     }
 
@@ -221,10 +228,11 @@ where
                 }
             }
             let (table, counts) = (&mut self.table, &mut self.counts);
+            let latency = &mut self.latency;
             let hook = self.shared.hook.get();
             let mut retire = false;
             match self.wire.poll_read(cx, |id, frame| {
-                retire |= dispatch(table, counts, hook, id, frame);
+                retire |= dispatch(table, counts, latency.as_mut(), hook, id, frame);
             }) {
                 Ok(read) => progress |= read,
                 Err(error) => return Poll::Ready(Exit::Failed(error)),
@@ -245,6 +253,7 @@ where
                 return Poll::Ready(Exit::Drained);
             }
             if !progress {
+                self.fold_latency();
                 self.publish();
                 return Poll::Pending;
             }
@@ -365,9 +374,14 @@ where
             reply.fail(overdue(true));
             return;
         }
+        // Stamped with the pass's clock: no clock read per request.
+        let sent = match &self.latency {
+            Some(latency) => Some(latency.stamp(self.timers.clock())),
+            None => None,
+        };
         // The slot now holds the request's window unit (and, until the request
         // is answered or the connection closes, its tag value).
-        let id = match self.table.insert(reply, unit) {
+        let id = match self.table.insert(reply, unit, sent) {
             Ok(id) => id,
             Err((reply, _unit)) => {
                 // Only a closing connection (whose held tags may exceed their
@@ -405,6 +419,7 @@ where
                     self.drain.as_ref().map(|d| d.deadline),
                     stall,
                     self.backlog_earliest,
+                    self.latency.as_ref().and_then(Estimator::next_decay),
                 ],
             )?;
             if stall.is_some_and(|t| t <= now) {
@@ -421,6 +436,11 @@ where
             }
             if self.timers.sweep_due(now) {
                 self.sweep(now);
+            }
+            if let Some(latency) = &mut self.latency {
+                if latency.next_decay().is_some_and(|t| t <= now) {
+                    latency.decay(now, &self.shared.rtt_ns);
+                }
             }
             self.expire_deadlines(now);
             self.table.expire_quarantine(now);
@@ -454,6 +474,11 @@ where
         let mut expired = Vec::new();
         self.table
             .expire_deadlines(now, later(now, self.quarantine), &mut expired);
+        if let Some(latency) = &mut self.latency {
+            for _ in &expired {
+                latency.failed();
+            }
+        }
         for reply in expired {
             reply.fail(overdue(false));
         }
@@ -549,6 +574,17 @@ where
         tracing::debug!(waiting = self.table.waiting(), "connection closing");
     }
 
+    /// Folds the responses and failures of this pass into the latency
+    /// estimate and publishes it (one clock reading per pass, shared with the
+    /// deadlines).
+    fn fold_latency(&mut self) {
+        if let Some(latency) = &mut self.latency {
+            if latency.has_pass() {
+                latency.fold(self.timers.clock(), &self.shared.rtt_ns);
+            }
+        }
+    }
+
     /// Publishes the local counters for `Connection::stats`.
     fn publish(&self) {
         let c = &self.shared.counters;
@@ -629,6 +665,7 @@ fn overdue(unwritten: bool) -> Error {
 fn dispatch(
     table: &mut Table,
     counts: &mut LocalCounts,
+    latency: Option<&mut Estimator>,
     hook: Option<&ReplyHook>,
     id: Option<u64>,
     frame: Frame,
@@ -639,9 +676,15 @@ fn dispatch(
     };
     let mut retire = false;
     match matched {
-        Matched::Waiting(reply) => {
-            if let Some(hook) = hook {
-                retire = run_hook(hook, &frame.payload);
+        Matched::Waiting(reply, sent) => {
+            let verdict = hook.map_or(Verdict::Success, |hook| run_hook(hook, &frame.payload));
+            retire = verdict == Verdict::Retire;
+            if let Some(latency) = latency {
+                if verdict != Verdict::Success {
+                    latency.failed();
+                } else if let Some(sent) = sent {
+                    latency.answered(sent);
+                }
             }
             if reply.succeed(frame.payload) {
                 counts.responses += 1;
@@ -662,15 +705,15 @@ fn dispatch(
 /// Runs the owner's hook on a reply. A panic in it (a bug in a user
 /// classifier) is logged and the reply counts as a success: it must not end
 /// the driver, whose requests would then be left without an answer.
-fn run_hook(hook: &ReplyHook, payload: &Bytes) -> bool {
+fn run_hook(hook: &ReplyHook, payload: &Bytes) -> Verdict {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (hook.0)(payload))) {
-        Ok(retire) => retire,
+        Ok(verdict) => verdict,
         Err(panic) => {
             tracing::error!(
                 panic = panic_message(&panic),
                 "response classifier panicked; reply counted as a success"
             );
-            false
+            Verdict::Success
         }
     }
 }

@@ -1,0 +1,239 @@
+//! Latency-aware balancing (`LoadMeasure::PeakEwma`) on paused time: a slow
+//! backend gets a small share, a new endpoint gets its fair share at once, a
+//! backend that fails fast is not preferred, and one that was slow gets its
+//! traffic back once it is fast again. Each scenario also runs with
+//! `LoadMeasure::InFlight`, which it must tell apart.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
+    },
+    time::Duration,
+};
+
+use anet::client::{
+    Classification, Client, ClientBuilder, LoadMeasure, PeakEwmaConfig, PoolConfig, RetryPolicy,
+};
+use anet_tests::{Action, MemoryConnector, ServerCounters, memory_scripted};
+use bytes::Bytes;
+use tokio::time::Instant;
+
+const FAST: Duration = Duration::from_millis(5);
+const SLOW: Duration = Duration::from_millis(50);
+const CALLERS: usize = 16;
+
+/// Scripted in-memory backends, one per address `127.0.0.1:1..`, behind one
+/// connector that dials each address's own backend.
+struct Net {
+    addrs: Vec<SocketAddr>,
+    counters: Vec<Arc<ServerCounters>>,
+    connectors: Arc<Vec<MemoryConnector>>,
+}
+
+type Script = Box<dyn Fn(usize, &anet_proto::Frame) -> Action + Send + Sync>;
+
+impl Net {
+    fn new(scripts: Vec<Script>) -> Net {
+        let mut addrs = Vec::new();
+        let mut counters = Vec::new();
+        let mut connectors = Vec::new();
+        for (i, script) in scripts.into_iter().enumerate() {
+            let (connector, c) = memory_scripted(script);
+            addrs.push(SocketAddr::from(([127, 0, 0, 1], i as u16 + 1)));
+            counters.push(c);
+            connectors.push(connector);
+        }
+        Net {
+            addrs,
+            counters,
+            connectors: Arc::new(connectors),
+        }
+    }
+
+    fn builder(&self, measure: LoadMeasure) -> ClientBuilder {
+        let connectors = self.connectors.clone();
+        Client::builder()
+            .connector(tower::service_fn(move |addr: SocketAddr| {
+                let mut connector = connectors[usize::from(addr.port()) - 1].clone();
+                tower::Service::call(&mut connector, addr)
+            }))
+            .balance_load(measure)
+            .retry(RetryPolicy::new(0))
+    }
+
+    fn requests(&self, i: usize) -> usize {
+        self.counters[i].requests.load(SeqCst)
+    }
+}
+
+fn echo_after(delay: Duration) -> Script {
+    Box::new(move |_, _| Action::Echo(delay))
+}
+
+/// Runs `CALLERS` closed-loop callers for `time`; returns the calls answered.
+async fn load(client: &Client, time: Duration) -> usize {
+    let done = Arc::new(AtomicUsize::new(0));
+    let end = Instant::now() + time;
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..CALLERS {
+        let (client, done) = (client.clone(), done.clone());
+        callers.spawn(async move {
+            while Instant::now() < end {
+                if client.call(Bytes::from_static(b"ping")).await.is_ok() {
+                    done.fetch_add(1, SeqCst);
+                }
+            }
+        });
+    }
+    while callers.join_next().await.is_some() {}
+    done.load(SeqCst)
+}
+
+/// Two fast backends and one 50 ms one: requests sent to the slow one.
+async fn slow_share(measure: LoadMeasure) -> (usize, usize) {
+    let net = Net::new(vec![echo_after(FAST), echo_after(FAST), echo_after(SLOW)]);
+    let client = net.builder(measure).endpoints(net.addrs.clone()).build();
+    client
+        .wait_connected(Duration::from_secs(5))
+        .await
+        .expect("connected");
+    let answered = load(&client, Duration::from_secs(2)).await;
+    (net.requests(2), answered)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_backend_gets_a_small_share_of_the_requests() {
+    let (slow, answered) = slow_share(LoadMeasure::peak_ewma()).await;
+    let (slow_in_flight, answered_in_flight) = slow_share(LoadMeasure::InFlight).await;
+    // In-flight alone keeps about a third of the callers parked on the slow
+    // backend; the peak-EWMA sends it only the requests of its first 50 ms.
+    assert!(
+        slow_in_flight > 100,
+        "in-flight only: {slow_in_flight} of {answered_in_flight}"
+    );
+    assert!(slow < 40, "peak-EWMA: {slow} of {answered}");
+    // Two fast backends at 5 ms serve 16 callers at 3200 calls a second.
+    assert!(
+        answered as f64 > 0.9 * 2.0 * 3200.0,
+        "peak-EWMA answered {answered} (in-flight: {answered_in_flight})"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_endpoint_gets_its_share_at_once_neither_starved_nor_flooded() {
+    for measure in [LoadMeasure::peak_ewma(), LoadMeasure::InFlight] {
+        let net = Net::new(vec![echo_after(FAST), echo_after(FAST), echo_after(FAST)]);
+        let client = net
+            .builder(measure)
+            .endpoints(net.addrs[..2].to_vec())
+            .build();
+        client
+            .wait_connected(Duration::from_secs(5))
+            .await
+            .expect("connected");
+        let running = {
+            let client = client.clone();
+            tokio::spawn(async move { load(&client, Duration::from_secs(2)).await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The two have estimates by now; the newcomer has none.
+        let before: usize = (0..2).map(|i| net.requests(i)).sum();
+        assert!(client.endpoints().add(net.addrs[2]));
+        running.await.expect("load");
+        let old: usize = (0..2).map(|i| net.requests(i)).sum::<usize>() - before;
+        let new = net.requests(2);
+        let share = new as f64 / (new + old) as f64;
+        // Its fair share is a third (less the moment it takes to connect).
+        assert!(
+            (0.25..0.4).contains(&share),
+            "{measure:?}: new endpoint got {new} of {} requests",
+            new + old
+        );
+        // Not flooded: never much more than its share of the callers at once.
+        let most = net.counters[2].max_in_flight.load(SeqCst);
+        assert!(
+            most <= CALLERS / 2,
+            "{measure:?}: {most} requests at once on the new endpoint"
+        );
+    }
+}
+
+/// Two backends: one fails every request within 1 ms (classified as its
+/// failure), one answers in 5 ms. Requests sent to the failing one.
+async fn failing_share(measure: LoadMeasure) -> (usize, usize) {
+    let failing: Script =
+        Box::new(|_, _| Action::Reply(Duration::from_millis(1), Bytes::from_static(b"ERR")));
+    let net = Net::new(vec![failing, echo_after(FAST)]);
+    let client = net
+        .builder(measure)
+        .endpoints(net.addrs.clone())
+        // Failure accrual would mark it down; the balancer alone is tested.
+        .pool(PoolConfig::new().failure_threshold(u32::MAX))
+        .classify(|reply| {
+            if reply.as_ref() == b"ERR" {
+                Classification::EndpointFailure
+            } else {
+                Classification::Success
+            }
+        })
+        .build();
+    client
+        .wait_connected(Duration::from_secs(5))
+        .await
+        .expect("connected");
+    load(&client, Duration::from_secs(2)).await;
+    (net.requests(0), net.requests(1))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_that_fails_fast_is_not_preferred() {
+    let (failed, served) = failing_share(LoadMeasure::peak_ewma()).await;
+    assert!(
+        failed * 20 < served,
+        "peak-EWMA: {failed} sent to the failing backend, {served} to the good one"
+    );
+    // In-flight alone prefers it: it never has anything in flight.
+    let (failed, served) = failing_share(LoadMeasure::InFlight).await;
+    assert!(
+        failed > served,
+        "in-flight only: {failed} sent to the failing backend, {served} to the good one"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_that_was_slow_gets_its_traffic_back_once_it_is_fast() {
+    let slow = Arc::new(AtomicBool::new(true));
+    let s = slow.clone();
+    // Far slower than the others ever cost (5 ms × 9 in flight), so that
+    // only the decay brings it back, not the others filling up.
+    let very_slow = Duration::from_millis(200);
+    let recovering: Script =
+        Box::new(move |_, _| Action::Echo(if s.load(SeqCst) { very_slow } else { FAST }));
+    let net = Net::new(vec![echo_after(FAST), echo_after(FAST), recovering]);
+    let decay = Duration::from_secs(1);
+    let client = net
+        .builder(LoadMeasure::PeakEwma(PeakEwmaConfig::new().decay(decay)))
+        .endpoints(net.addrs.clone())
+        .build();
+    client
+        .wait_connected(Duration::from_secs(5))
+        .await
+        .expect("connected");
+    load(&client, Duration::from_secs(2)).await;
+    let while_slow = net.requests(2);
+    assert!(while_slow < 40, "{while_slow} sent while it was slow");
+    slow.store(false, SeqCst);
+    // 200 ms decays below the others' cost within two decay constants; the
+    // first fast answers then bring the estimate down with them.
+    load(&client, 4 * decay).await;
+    let before: Vec<usize> = (0..3).map(|i| net.requests(i)).collect();
+    load(&client, Duration::from_secs(2)).await;
+    let got: Vec<usize> = (0..3).map(|i| net.requests(i) - before[i]).collect();
+    let share = got[2] as f64 / got.iter().sum::<usize>() as f64;
+    assert!(
+        share > 0.2,
+        "recovered backend's share {share:.3} ({got:?})"
+    );
+}
