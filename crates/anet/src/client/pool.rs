@@ -371,7 +371,7 @@ impl Endpoint {
     /// [`Cost::below`](super::latency::Cost::below)).
     #[inline]
     pub(crate) fn cost(&self) -> super::latency::Cost {
-        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        let conns = self.conns.load();
         let mut cost = super::latency::Cost::default();
         for conn in conns.iter() {
             cost.add(tower::load::Load::load(conn), conn.rtt_estimate_ns());
