@@ -111,7 +111,7 @@ const IDLE_CONNECTIONS: usize = 200;
 /// Heap bytes an idle connection may keep (its task with the handler's state,
 /// its registration, timer, shutdown signal and service); a 4 KiB read buffer
 /// alone would exceed it.
-const IDLE_HEAP_BUDGET: u64 = 2048;
+const IDLE_HEAP_BUDGET: u64 = 2560;
 
 #[test]
 fn an_idle_connection_keeps_no_buffers_after_serving_a_request() {

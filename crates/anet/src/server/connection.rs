@@ -101,7 +101,8 @@ where
     /// The calls in flight, in reusable slots (no allocation per call).
     calls: CallSet<Call<S::Future>>,
     peer: Option<SocketAddr>,
-    config: Builder,
+    /// Shared by the server's connections (one pointer each).
+    config: Arc<Builder>,
     counters: Arc<Counters>,
     /// Completes when the server shuts down or the accept loop evicts this
     /// connection.
@@ -111,7 +112,7 @@ where
     draining: bool,
     /// While draining: a request read (and charged) but not started yet (the
     /// service was not ready). Unused otherwise.
-    received: Option<Frame>,
+    received: Option<Box<Frame>>,
     /// No more requests will be started (the peer closed its sending side, or
     /// draining started every request it had received): finish what is in
     /// flight.
@@ -156,7 +157,7 @@ where
         io: T,
         peer: Option<SocketAddr>,
         service: S,
-        config: Builder,
+        config: Arc<Builder>,
         counters: Arc<Counters>,
         activity: Arc<Activity>,
         shutdown: WaitForCancellationFutureOwned,
@@ -559,7 +560,7 @@ where
                 return Ok(());
             }
             let frame = match self.received.take() {
-                Some(frame) => frame,
+                Some(frame) => *frame,
                 None => {
                     // From the buffer only: nothing more is read from the socket.
                     match self
@@ -581,7 +582,7 @@ where
                     Poll::Ready(Ok(())) => self.service_ready = true,
                     Poll::Ready(Err(e)) => return Err(Exit::ServiceFailed(e.into())),
                     Poll::Pending => {
-                        self.received = Some(frame);
+                        self.received = Some(Box::new(frame));
                         return Ok(());
                     }
                 }
