@@ -146,7 +146,12 @@ impl<F: Future> CallSet<F> {
 
     /// The next finished call's output; `Ready(None)` when none is in flight,
     /// `Pending` (the task woken later) when none of them has finished.
+    ///
+    /// Takes the woken list at most once per call: a call that wakes itself
+    /// while polled is polled again at the task's next turn (the waker has
+    /// woken the task), not in a loop here.
     pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
+        let mut refilled = false;
         loop {
             if self.next == self.polling.len() {
                 self.polling.clear();
@@ -154,6 +159,12 @@ impl<F: Future> CallSet<F> {
                 if self.len == 0 {
                     return Poll::Ready(None);
                 }
+                if refilled {
+                    // Any call woken since the list was taken has woken the
+                    // task (the list went from empty to not).
+                    return Poll::Pending;
+                }
+                refilled = true;
                 {
                     let mut state = self.woken.lock();
                     if !state.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
@@ -302,6 +313,31 @@ mod tests {
         assert!(set.push(c).is_none());
         assert!(set.push(d).is_none());
         assert_eq!(set.slots.len(), 2);
+    }
+
+    /// Pending forever, waking itself at every poll; counts its polls.
+    struct Spinner(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Future for Spinner {
+        type Output = u32;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_call_that_wakes_itself_is_polled_once_per_turn_not_in_a_loop() {
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut set = CallSet::new();
+        assert!(set.push(Spinner(polls.clone())).is_none());
+        let mut cx = Context::from_waker(Waker::noop());
+        for turn in 1..=3 {
+            assert!(set.poll_next(&mut cx).is_pending());
+            // The poll in `push`, then one per turn.
+            assert_eq!(polls.load(Ordering::Relaxed), 1 + turn);
+        }
     }
 
     #[test]
