@@ -14,6 +14,12 @@
 //! `metrics`, on by default) measure the cost of observability against
 //! `anet-stack`.
 //!
+//! After the rounds, the idle-connection memory of each server is measured
+//! (see the `idle` module): `--idle-connections` clients (5000 by default; 0
+//! skips it) each send one request and stay connected, and the growth of the
+//! server's resident set per connection is printed and reported in the JSON
+//! as `server_idle_kib_per_connection: {"raw": KiB, "anet": KiB}`.
+//!
 //! Every client runs closed-loop on loopback against two servers (`raw`, a plain
 //! TCP echo, and the anet `Server`), each server on its own thread with a
 //! current-thread runtime. Every response is checked against its request; a
@@ -45,6 +51,7 @@ use tower::ServiceExt;
 
 mod balancing;
 mod floor;
+mod idle;
 mod plot;
 mod sequential;
 mod servers;
@@ -92,6 +99,14 @@ struct Args {
     /// Callers of the balancing scenario.
     #[arg(long, default_value_t = 64)]
     balance_concurrency: usize,
+    /// Connections for the idle-server memory measurement (each sends one
+    /// request and stays open); 0 skips it.
+    #[arg(long, default_value_t = 5000)]
+    idle_connections: usize,
+    /// Internal: run only the server KIND (`raw` or `anet`) for the idle
+    /// memory measurement, until standard input closes.
+    #[arg(long, hide = true, value_name = "KIND")]
+    idle_server: Option<String>,
 }
 
 const CLIENTS: [&str; 11] = [
@@ -466,6 +481,9 @@ fn main() -> anyhow::Result<()> {
     if args.balancing {
         return balancing::run(&args);
     }
+    if let Some(kind) = &args.idle_server {
+        return idle::serve(kind);
+    }
     // Before the servers start: their connections register their handles.
     if args.recorder {
         variants::install_recorder()?;
@@ -508,6 +526,16 @@ fn main() -> anyhow::Result<()> {
     }
     let allocs = stack_allocations(servers[0].1, args.size);
     let rss = peak_rss_mb();
+    // Resident KiB per idle connection, by server (after the throughput
+    // rounds, so it does not disturb them; it runs in a child process).
+    let idle_kib: Vec<(&str, f64)> = if args.idle_connections == 0 {
+        Vec::new()
+    } else {
+        ["raw", "anet"]
+            .into_iter()
+            .map(|kind| Ok((kind, idle::kib_per_connection(kind, args.idle_connections)?)))
+            .collect::<anyhow::Result<_>>()?
+    };
 
     println!(
         "{:<18} {:>6} {:>6} {:>12} {:>8} {:>8} {:>9}",
@@ -563,6 +591,12 @@ fn main() -> anyhow::Result<()> {
     }
     println!("anet-stack heap allocations per request: {allocs:.3}");
     println!("peak RSS of the benchmark process: {rss:.1} MiB");
+    for (kind, kib) in &idle_kib {
+        println!(
+            "{kind} server resident memory per idle connection ({} connections, one request each): {kib:.2} KiB",
+            args.idle_connections
+        );
+    }
     if args.json {
         println!(
             "{}",
@@ -570,6 +604,14 @@ fn main() -> anyhow::Result<()> {
                 "results": results,
                 "allocs_per_request": allocs,
                 "peak_rss_mb": rss,
+                // {"raw": KiB, "anet": KiB}; absent with --idle-connections 0.
+                "server_idle_kib_per_connection": (!idle_kib.is_empty()).then(|| {
+                    idle_kib
+                        .iter()
+                        .map(|(kind, kib)| ((*kind).to_owned(), serde_json::json!(kib)))
+                        .collect::<serde_json::Map<_, _>>()
+                }),
+                "idle_connections": args.idle_connections,
                 "threads": args.threads,
                 "rounds": rounds,
             })

@@ -49,9 +49,12 @@
 //! `server/admission.rs`), and per connection one task that reads frames
 //! (`server/reader.rs`), charges each request to the server-wide memory budget
 //! before reading its body (`server/budget.rs`), calls the user's service
-//! concurrently up to a limit (`server/call.rs`) and writes the answers in
-//! completion order with the request's tag (`server/writer.rs`,
-//! `server/connection.rs`).
+//! concurrently up to a limit (`server/call.rs`; the calls in flight live in
+//! reusable slots, each with its own waker, `server/calls.rs`) and writes the
+//! answers in completion order with the request's tag (`server/writer.rs`,
+//! `server/connection.rs`). An idle connection frees its read buffer at once
+//! (reads then go through a scratch on the stack) and its write buffer and
+//! slots after 500 ms.
 //!
 //! Metrics (feature `metrics`) and per-request spans are recorded in one place,
 //! `observe.rs`, from one hook per event on these paths.

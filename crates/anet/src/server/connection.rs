@@ -6,15 +6,13 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
 use anet_proto::{Frame, FrameCodec, FrameError, Tag};
-use futures_core::Stream;
-use futures_util::stream::FuturesUnordered;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncWrite},
     time::{Instant, Sleep},
 };
 use tokio_util::sync::WaitForCancellationFutureOwned;
@@ -25,7 +23,8 @@ use super::{
     admission::Activity,
     budget::Lease,
     call::{Call, Observed, Outcome},
-    reader::Reader,
+    calls::CallSet,
+    reader::{Reader, Scratch, scratch_storage},
     stats::Counters,
     writer::Writer,
 };
@@ -37,6 +36,12 @@ const WRITE_BUFFER_LIMIT: usize = 256 * 1024;
 
 /// The name of the first-frame timeout in logs.
 const FIRST_FRAME: &str = "first frame";
+
+/// How long a connection stays idle before it frees its write buffer and call
+/// slots.
+const RELEASE_AFTER: Duration = Duration::from_millis(500);
+/// The name of that deadline among the timeouts (it closes nothing).
+const RELEASE: &str = "release";
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -57,6 +62,15 @@ impl Exit {
             Exit::Io(e)
         }
     }
+}
+
+/// How the last pass of reading ended, for the read timeout.
+#[derive(Debug, Default)]
+struct Reading {
+    /// Stopped by the window, the write buffer, the service or the budget.
+    paused: bool,
+    /// At least one frame completed.
+    completed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -84,9 +98,11 @@ where
     service: S,
     /// `poll_ready` said yes and no request has used it yet.
     service_ready: bool,
-    calls: FuturesUnordered<Pin<Box<Call<S::Future>>>>,
+    /// The calls in flight, in reusable slots (no allocation per call).
+    calls: CallSet<Call<S::Future>>,
     peer: Option<SocketAddr>,
-    config: Builder,
+    /// Shared by the server's connections (one pointer each).
+    config: Arc<Builder>,
     counters: Arc<Counters>,
     /// Completes when the server shuts down or the accept loop evicts this
     /// connection.
@@ -96,7 +112,7 @@ where
     draining: bool,
     /// While draining: a request read (and charged) but not started yet (the
     /// service was not ready). Unused otherwise.
-    received: Option<Frame>,
+    received: Option<Box<Frame>>,
     /// No more requests will be started (the peer closed its sending side, or
     /// draining started every request it had received): finish what is in
     /// flight.
@@ -113,6 +129,8 @@ where
     /// once per wake-up rather than once per request.
     unpublished: Unpublished,
     partial_since: Option<Instant>,
+    /// How the last pass of reading ended.
+    reading: Reading,
     write_blocked_since: Option<Instant>,
     /// When the handler started: the first-frame timeout counts from here
     /// (moved later by the time spent waiting for the budget).
@@ -139,7 +157,7 @@ where
         io: T,
         peer: Option<SocketAddr>,
         service: S,
-        config: Builder,
+        config: Arc<Builder>,
         counters: Arc<Counters>,
         activity: Arc<Activity>,
         shutdown: WaitForCancellationFutureOwned,
@@ -155,7 +173,7 @@ where
             encoder,
             service,
             service_ready: false,
-            calls: FuturesUnordered::new(),
+            calls: CallSet::new(),
             peer,
             config,
             counters,
@@ -171,6 +189,7 @@ where
             last_active: now,
             unpublished: Unpublished::default(),
             partial_since: None,
+            reading: Reading::default(),
             write_blocked_since: None,
             started: now,
             first_frame_paused_since: None,
@@ -186,10 +205,39 @@ where
     }
 
     /// Serves the connection until it ends.
-    pub(crate) async fn run(mut self) {
-        let exit = std::future::poll_fn(|cx| self.poll_drive(cx)).await;
+    ///
+    /// A hand-polled future holding the handler once (an `async fn` taking
+    /// `self` would hold it twice: as its argument and as its local), so an
+    /// idle connection's task stays small.
+    pub(crate) fn run(mut self) -> impl Future<Output = ()> {
+        let mut closing = false;
+        std::future::poll_fn(move |cx| {
+            if !closing {
+                let exit = ready!(self.poll_drive(cx));
+                self.log_exit(&exit);
+                if !matches!(exit, Exit::Done) {
+                    return Poll::Ready(());
+                }
+                // Best effort: tell the peer we are done writing, within a
+                // second.
+                closing = true;
+                self.timer
+                    .as_mut()
+                    .reset(Instant::now() + Duration::from_secs(1));
+            }
+            if Pin::new(&mut self.io).poll_shutdown(cx).is_ready()
+                || self.timer.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+    }
+
+    /// Logs and counts why the connection ended.
+    fn log_exit(&self, exit: &Exit) {
         let peer = self.peer;
-        match &exit {
+        match exit {
             Exit::Done => tracing::debug!(?peer, "connection done"),
             Exit::Io(e) => tracing::debug!(?peer, error = %e, "connection i/o ended"),
             Exit::Protocol(e) => {
@@ -207,10 +255,6 @@ where
             Exit::ServiceFailed(e) => {
                 tracing::warn!(?peer, error = %e, "service failed readiness; closing connection");
             }
-        }
-        if matches!(exit, Exit::Done) {
-            // Best effort: tell the peer we are done writing.
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
         }
     }
 
@@ -299,6 +343,7 @@ where
             if let Some(exit) = self.poll_timer(cx) {
                 return Poll::Ready(exit);
             }
+            self.release_if_idle();
             return Poll::Pending;
         }
     }
@@ -312,8 +357,7 @@ where
                 self.calls_blocked = true;
                 return;
             }
-            let Poll::Ready(Some((tag, charge, outcome, observed))) =
-                Pin::new(&mut self.calls).poll_next(cx)
+            let Poll::Ready(Some((tag, charge, outcome, observed))) = self.calls.poll_next(cx)
             else {
                 return;
             };
@@ -375,10 +419,30 @@ where
             self.partial_since = None;
             return Ok(());
         }
-        if self.draining {
+        // While the read buffer is released, reads land here; what is left
+        // of them moves to the read buffer before this returns.
+        let mut storage = scratch_storage();
+        let mut scratch = Scratch::new(&mut storage);
+        let result = if self.draining {
             self.partial_since = None;
-            return self.poll_received(cx, progress);
+            self.poll_received(cx, progress, &mut scratch)
+        } else {
+            self.read_requests(cx, progress, &mut scratch)
+        };
+        self.reader.spill(&mut scratch);
+        if result.is_ok() && !self.draining {
+            self.time_partial_frame();
         }
+        result
+    }
+
+    /// [`poll_requests`](Self::poll_requests) while serving.
+    fn read_requests(
+        &mut self,
+        cx: &mut Context<'_>,
+        progress: &mut bool,
+        scratch: &mut Scratch<'_>,
+    ) -> Result<(), Exit> {
         let mut completed = false;
         let mut paused = false;
         loop {
@@ -402,12 +466,12 @@ where
             }
             match self
                 .reader
-                .poll_frame(&mut self.io, &mut self.lease, cx, true)
+                .poll_frame(&mut self.io, &mut self.lease, cx, true, scratch)
             {
                 Poll::Ready(Ok(Some(frame))) => {
                     *progress = true;
                     completed = true;
-                    self.start(frame, cx);
+                    self.start(frame);
                     if self.closing {
                         return Ok(());
                     }
@@ -425,19 +489,25 @@ where
                 }
             }
         }
-        // The read timeout runs while a started frame is incomplete and we are
-        // reading; it restarts whenever a frame completes.
+        self.reading = Reading { paused, completed };
+        Ok(())
+    }
+
+    /// The read timeout runs while a started frame is incomplete and we are
+    /// reading; it restarts whenever a frame completes. After the scratch is
+    /// spilled: a partial frame is then in the read buffer.
+    fn time_partial_frame(&mut self) {
+        let Reading { paused, completed } = std::mem::take(&mut self.reading);
         if paused || !self.mid_frame() {
             self.partial_since = None;
         } else if completed || self.partial_since.is_none() {
             self.partial_since = Some(Instant::now());
         }
-        Ok(())
     }
 
     /// Calls the service (which said it is ready) with one request.
     #[inline]
-    fn start(&mut self, frame: Frame, cx: &mut Context<'_>) {
+    fn start(&mut self, frame: Frame) {
         self.framed_once = true;
         self.service_ready = false;
         self.unpublished.requests += 1;
@@ -445,16 +515,11 @@ where
         let request = Request::new(frame.payload, self.peer);
         let service = &mut self.service;
         let observed = Observed::start(&self.metrics, self.peer);
-        let mut call = Box::pin(Call::start(frame.tag, charge, observed, || {
-            service.call(request)
-        }));
-        // Poll once here: a handler that answers at once (the common case) never
-        // enters the set of pending calls.
-        match call.as_mut().poll(cx) {
-            Poll::Ready((tag, charge, outcome, observed)) => {
-                self.complete(tag, charge, outcome, observed)
-            }
-            Poll::Pending => self.calls.push(call),
+        let call = Call::start(frame.tag, charge, observed, || service.call(request));
+        // Polled once in its slot: a handler that answers at once (the common
+        // case) is done here.
+        if let Some((tag, charge, outcome, observed)) = self.calls.push(call) {
+            self.complete(tag, charge, outcome, observed);
         }
     }
 
@@ -482,7 +547,12 @@ where
     /// [`read_last`](Self::read_last) or complete in the read buffer) as the
     /// window and the service allow, reading nothing more from the socket.
     /// Input is done once none is left.
-    fn poll_received(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> Result<(), Exit> {
+    fn poll_received(
+        &mut self,
+        cx: &mut Context<'_>,
+        progress: &mut bool,
+        scratch: &mut Scratch<'_>,
+    ) -> Result<(), Exit> {
         loop {
             if self.calls.len() >= self.config.max_in_flight_per_connection.max(1)
                 || self.writer.unwritten() >= WRITE_BUFFER_LIMIT
@@ -490,12 +560,12 @@ where
                 return Ok(());
             }
             let frame = match self.received.take() {
-                Some(frame) => frame,
+                Some(frame) => *frame,
                 None => {
                     // From the buffer only: nothing more is read from the socket.
                     match self
                         .reader
-                        .poll_frame(&mut self.io, &mut self.lease, cx, false)
+                        .poll_frame(&mut self.io, &mut self.lease, cx, false, scratch)
                     {
                         Poll::Ready(Ok(Some(frame))) => frame,
                         Poll::Ready(Ok(None)) => {
@@ -512,16 +582,41 @@ where
                     Poll::Ready(Ok(())) => self.service_ready = true,
                     Poll::Ready(Err(e)) => return Err(Exit::ServiceFailed(e.into())),
                     Poll::Pending => {
-                        self.received = Some(frame);
+                        self.received = Some(Box::new(frame));
                         return Ok(());
                     }
                 }
             }
             *progress = true;
-            self.start(frame, cx);
+            self.start(frame);
             if self.closing {
                 return Ok(());
             }
+        }
+    }
+
+    /// Nothing in flight, nothing to write, nothing received: the connection
+    /// waits for input.
+    fn idle(&self) -> bool {
+        self.calls.is_empty() && !self.dirty && !self.reader.holds_input()
+    }
+
+    /// Gives back the read buffer as soon as the connection waits for input
+    /// (this costs a busy connection nothing: whole frames are then read
+    /// through a scratch on the stack).
+    fn release_if_idle(&mut self) {
+        if self.idle() {
+            self.reader.release();
+        }
+    }
+
+    /// The connection has been idle for [`RELEASE_AFTER`]: frees the write
+    /// buffer and the call slots too (kept until then, so that requests
+    /// arriving in bursts reuse them).
+    fn release_spare(&mut self) {
+        if self.idle() {
+            self.writer.release();
+            self.calls.shrink();
         }
     }
 
@@ -531,7 +626,8 @@ where
         self.reader.mid_frame()
     }
 
-    /// Runs the first-frame, idle, read and write timeouts.
+    /// Runs the first-frame, idle, read and write timeouts, and the release of
+    /// an idle connection's spare memory.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Option<Exit> {
         if !self.framed_once {
             // The first-frame timeout pauses while the budget is full: the
@@ -567,7 +663,12 @@ where
                 .write_timeout
                 .zip(self.write_blocked_since)
                 .map(|(t, since)| (later(since, t), "write"));
-            let (deadline, which) = [first, idle, read, write].into_iter().flatten().min()?;
+            let release = (self.idle() && (self.calls.holds_slots() || self.writer.holds_buffer()))
+                .then(|| (later(self.last_active, RELEASE_AFTER), RELEASE));
+            let (deadline, which) = [first, idle, read, write, release]
+                .into_iter()
+                .flatten()
+                .min()?;
             // A timer armed no later than needed stays: when it fires, the real
             // deadline is checked again. This keeps activity from resetting it.
             if self.timer_deadline.is_none_or(|armed| armed > deadline) {
@@ -579,6 +680,10 @@ where
             }
             self.timer_deadline = None;
             if Instant::now() >= deadline {
+                if which == RELEASE {
+                    self.release_spare();
+                    continue;
+                }
                 return Some(Exit::Timeout(which));
             }
         }

@@ -72,6 +72,7 @@
 mod admission;
 mod budget;
 mod call;
+mod calls;
 mod config;
 mod connection;
 mod reader;

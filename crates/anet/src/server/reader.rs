@@ -8,21 +8,31 @@
 //! ```
 //!
 //! The read buffer is never shared with a payload, so a request held by a slow
-//! handler keeps only its own bytes alive. It starts at 4 KiB, doubles (up to
-//! 64 KiB) when a read fills it with small frames, and shrinks when its
-//! connection waits for the budget: to 4 KiB, or to the size of the small
-//! requests already received in it (not charged until their turn; up to
-//! 64 KiB), so a waiting connection keeps no empty room.
+//! handler keeps only its own bytes alive. It is allocated only when needed:
+//! while it is released (as it is on a new connection, and again whenever the
+//! connection goes idle holding no input, see [`Reader::release`]), a read goes
+//! into a [`Scratch`] on the caller's stack, the whole frames in it are taken
+//! from there, and only what is left (a partial frame, or frames the
+//! connection cannot start yet) is moved into the read buffer. So an idle
+//! connection holds no read buffer, and one that receives whole frames (one
+//! request at a time, or a burst that fits the scratch) never allocates one.
+//!
+//! Once allocated, it starts at 4 KiB, doubles (up to 64 KiB) when a read fills
+//! it with small frames, and shrinks when its connection waits for the budget:
+//! to 4 KiB, or to the size of the small requests already received in it (not
+//! charged until their turn; up to 64 KiB), so a waiting connection keeps no
+//! empty room.
 
 use std::{
     io,
+    mem::MaybeUninit,
     pin::Pin,
     task::{Context, Poll, ready},
 };
 
 use anet_proto::{Builder as FrameBuilder, Frame, FrameError, Tag};
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::io::poll_read_buf;
 
 use super::budget::Lease;
@@ -41,10 +51,55 @@ const DIRECT_BODY: usize = 1024;
 const SHRINK_SLACK: usize = 2 * 1024;
 /// Spare room in the read buffer below which it is compacted before a read.
 const MIN_SPARE: usize = 512;
+/// The size of a [`Scratch`]: what one read takes while the read buffer is
+/// released.
+pub(crate) const SCRATCH: usize = 4 * 1024;
+
+/// Stack room for a [`Scratch`], left uninitialised (nothing to zero).
+pub(crate) type ScratchStorage = [MaybeUninit<u8>; SCRATCH];
+
+/// An empty [`ScratchStorage`].
+pub(crate) const fn scratch_storage() -> ScratchStorage {
+    [MaybeUninit::uninit(); SCRATCH]
+}
+
+/// Bytes read while the read buffer is released, on the caller's stack: they
+/// live for one pass of the caller, which hands what is left to
+/// [`Reader::spill`] before it returns.
+#[derive(Debug)]
+pub(crate) struct Scratch<'a> {
+    /// The bytes read (`filled`), of which `start..` are not consumed.
+    buf: ReadBuf<'a>,
+    start: usize,
+}
+
+impl<'a> Scratch<'a> {
+    pub(crate) fn new(storage: &'a mut ScratchStorage) -> Scratch<'a> {
+        Scratch {
+            buf: ReadBuf::uninit(storage),
+            start: 0,
+        }
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.buf.filled()[self.start..]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.buf.filled().len()
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.start = 0;
+    }
+}
 
 /// The read half of a served connection's framing.
 #[derive(Debug)]
 pub(crate) struct Reader {
+    /// Bytes received and not consumed yet; no allocation while released
+    /// (empty, no capacity): reads then go into the caller's [`Scratch`].
     buf: BytesMut,
     /// The body length of the frame being read, once its length field is
     /// consumed.
@@ -65,7 +120,7 @@ pub(crate) struct Reader {
 impl Reader {
     pub(crate) fn new(frame: &FrameBuilder) -> Reader {
         Reader {
-            buf: BytesMut::with_capacity(READ_BUFFER),
+            buf: BytesMut::new(),
             body_len: None,
             granted: false,
             body: None,
@@ -96,6 +151,9 @@ impl Reader {
     /// nothing is read from `io` and `Ready(Ok(None))` means no whole frame is
     /// left in the buffer; otherwise `Ready(Ok(None))` is the end of input.
     ///
+    /// Bytes may be left in `scratch`: the caller hands them to
+    /// [`spill`](Self::spill) before it returns.
+    ///
     /// The frame's charge (its body length) is the caller's to give back.
     pub(crate) fn poll_frame<T: AsyncRead + Unpin>(
         &mut self,
@@ -103,18 +161,20 @@ impl Reader {
         lease: &mut Lease,
         cx: &mut Context<'_>,
         socket: bool,
+        scratch: &mut Scratch<'_>,
     ) -> Poll<Result<Option<Frame>, FrameError>> {
         loop {
             let len = match self.body_len {
                 Some(len) => len,
                 None => {
                     let width = self.length_width;
-                    if self.buf.len() < width {
+                    let input = self.input(scratch);
+                    if input.len() < width {
                         if !socket {
                             return Poll::Ready(Ok(None));
                         }
-                        if ready!(self.fill(io, cx))? == 0 {
-                            return Poll::Ready(if self.buf.is_empty() {
+                        if ready!(self.fill(io, cx, scratch))? == 0 {
+                            return Poll::Ready(if self.input(scratch).is_empty() {
                                 Ok(None)
                             } else {
                                 Err(eof())
@@ -122,14 +182,14 @@ impl Reader {
                         }
                         continue;
                     }
-                    let len = (&self.buf[..width]).get_uint(width) as usize;
+                    let len = (&input[..width]).get_uint(width) as usize;
                     self.check_body_len(len)?;
                     if std::mem::take(&mut self.filled) && len <= DIRECT_BODY {
                         // A read filled the buffer with small frames: read
                         // more at once.
                         self.target = (self.target * 2).min(MAX_READ_BUFFER);
                     }
-                    self.buf.advance(width);
+                    self.consume(scratch, width);
                     self.body_len = Some(len);
                     self.granted = false;
                     len
@@ -137,6 +197,7 @@ impl Reader {
             };
             if !self.granted {
                 if lease.poll_acquire(len as u64, cx).is_pending() {
+                    self.spill(scratch);
                     self.shrink();
                     return Poll::Pending;
                 }
@@ -157,10 +218,11 @@ impl Reader {
                 body.advance(self.tag_len);
                 return Poll::Ready(Ok(Some(self.done(tag, body.freeze()))));
             }
-            if self.buf.len() >= len {
-                let tag = self.tag(&self.buf);
-                let payload = Bytes::copy_from_slice(&self.buf[self.tag_len..len]);
-                self.buf.advance(len);
+            let input = self.input(scratch);
+            if input.len() >= len {
+                let tag = self.tag(input);
+                let payload = Bytes::copy_from_slice(&input[self.tag_len..len]);
+                self.consume(scratch, len);
                 return Poll::Ready(Ok(Some(self.done(tag, payload))));
             }
             if !socket {
@@ -168,14 +230,56 @@ impl Reader {
             }
             if len > DIRECT_BODY {
                 let mut body = BytesMut::with_capacity(len);
-                body.extend_from_slice(&self.buf);
-                self.buf.clear();
+                body.extend_from_slice(input);
+                let n = input.len();
+                self.consume(scratch, n);
                 self.body = Some(body);
                 continue;
             }
-            if ready!(self.fill(io, cx))? == 0 {
+            if ready!(self.fill(io, cx, scratch))? == 0 {
                 return Poll::Ready(Err(eof()));
             }
+        }
+    }
+
+    /// The bytes received and not consumed: in `scratch` if it holds any (the
+    /// buffer is then empty), else in the buffer.
+    fn input<'s>(&'s self, scratch: &'s Scratch<'_>) -> &'s [u8] {
+        if scratch.is_empty() {
+            &self.buf
+        } else {
+            scratch.data()
+        }
+    }
+
+    /// Consumes `n` bytes of [`input`](Self::input).
+    fn consume(&mut self, scratch: &mut Scratch<'_>, n: usize) {
+        if scratch.is_empty() {
+            self.buf.advance(n);
+        } else {
+            scratch.start += n;
+        }
+    }
+
+    /// Moves what `scratch` still holds into the buffer (allocating it), so
+    /// that it outlives the caller's pass.
+    pub(crate) fn spill(&mut self, scratch: &mut Scratch<'_>) {
+        if scratch.is_empty() {
+            return;
+        }
+        let data = scratch.data();
+        self.buf.reserve(self.target.max(data.len()));
+        self.buf.extend_from_slice(data);
+        scratch.clear();
+    }
+
+    /// Frees the read buffer when it holds nothing and no frame is under way
+    /// (the connection waits for input): reads go into the caller's scratch
+    /// until bytes must be kept again.
+    pub(crate) fn release(&mut self) {
+        if self.buf.capacity() > 0 && !self.mid_frame() && self.body.is_none() {
+            self.buf = BytesMut::new();
+            self.target = READ_BUFFER;
         }
     }
 
@@ -190,11 +294,32 @@ impl Reader {
         if self.body.is_some() {
             return Poll::Ready(Ok(0));
         }
-        self.fill(io, cx)
+        self.fill_buffer(io, cx)
+    }
+
+    /// One read from the socket; the bytes read. Into `scratch` while the
+    /// buffer is released and `scratch` holds nothing; else into the buffer
+    /// (after moving there what `scratch` holds: the frame it starts needs
+    /// these bytes).
+    fn fill<T: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut T,
+        cx: &mut Context<'_>,
+        scratch: &mut Scratch<'_>,
+    ) -> Poll<Result<usize, FrameError>> {
+        if scratch.is_empty() && self.buf.capacity() == 0 {
+            scratch.clear();
+            ready!(Pin::new(io).poll_read(cx, &mut scratch.buf))?;
+            let n = scratch.buf.filled().len();
+            self.filled = n == SCRATCH;
+            return Poll::Ready(Ok(n));
+        }
+        self.spill(scratch);
+        self.fill_buffer(io, cx)
     }
 
     /// One read from the socket into the buffer; the bytes read.
-    fn fill<T: AsyncRead + Unpin>(
+    fn fill_buffer<T: AsyncRead + Unpin>(
         &mut self,
         io: &mut T,
         cx: &mut Context<'_>,

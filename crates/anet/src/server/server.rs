@@ -160,6 +160,8 @@ impl Server {
         let admit_wait = config
             .first_frame_timeout
             .unwrap_or(Duration::from_secs(10));
+        // One copy for every connection's handler.
+        let shared_config = Arc::new(config);
         let mut pressure = Pressure::default();
         tracing::info!(%local_addr, "serving");
         tokio::pin!(signal);
@@ -201,8 +203,13 @@ impl Server {
                     let close = shutdown.child_token();
                     let activity = Arc::new(Activity::new(epoch));
                     let task = {
-                        let (counters, activity, close, slots) =
-                            (counters.clone(), activity.clone(), close.clone(), slots.clone());
+                        let (counters, activity, close, slots, config) = (
+                            counters.clone(),
+                            activity.clone(),
+                            close.clone(),
+                            slots.clone(),
+                            shared_config.clone(),
+                        );
                         async move {
                             let slot = match slot {
                                 Slot::Held(slot) => slot,
@@ -321,9 +328,17 @@ impl Builder {
         let counters = Arc::new(Counters::new(self));
         // Counted in `anet_server_connections` like an accepted connection.
         let _open = OpenGuard::new(counters.clone());
-        Handler::new(io, peer, service, *self, counters, activity, never)
-            .run()
-            .await
+        Handler::new(
+            io,
+            peer,
+            service,
+            Arc::new(*self),
+            counters,
+            activity,
+            never,
+        )
+        .run()
+        .await
     }
 }
 

@@ -120,6 +120,22 @@ impl Writer {
         Poll::Ready(Ok(()))
     }
 
+    /// Holds an allocation [`release`](Self::release) would free.
+    pub(crate) fn holds_buffer(&self) -> bool {
+        self.buf.capacity() > 0 || self.segments.capacity() > 0
+    }
+
+    /// With nothing left to write, frees the buffer and the queue (the
+    /// connection is idle).
+    pub(crate) fn release(&mut self) {
+        if self.unwritten() > 0 {
+            return;
+        }
+        self.buf = BytesMut::new();
+        self.written = 0;
+        self.segments = VecDeque::new();
+    }
+
     /// Drops `n` written bytes from the front.
     fn consume(&mut self, mut n: usize) {
         while n > 0 {
