@@ -167,6 +167,7 @@ async fn the_pool_grows_under_load_up_to_its_maximum() {
         .connections_per_endpoint(1, 3)
         .connection(ConnectionConfig::new().max_in_flight(8))
         .pool(PoolConfig::new().min_connections(1).max_connections(3))
+        .request_timeout(Duration::from_secs(30))
         .build();
     call_all_ok(&client, 300).await;
     let stats = client.stats();
