@@ -3,8 +3,8 @@
 //! Each endpoint has a maintenance task that owns the decisions (dial, replace,
 //! back off, mark down, probation) and publishes a few atomics that the balancer
 //! reads on the request path (one state word: `up`, `pending`) plus the list of
-//! live connections behind a read-mostly lock (whose windows give the endpoint's
-//! load).
+//! live connections, read as a snapshot without a lock and replaced whole by
+//! the task (whose windows give the endpoint's load).
 //!
 //! # Reconnect discipline
 //!
