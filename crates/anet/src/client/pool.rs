@@ -632,7 +632,8 @@ impl Endpoint {
 
     /// Moves every live connection to the draining list; returns them all. A
     /// request routed on a snapshot taken just before is then in flight on a
-    /// connection that drains (or refused unsent once it has closed).
+    /// connection that drains (or, once it has closed, refused unsent:
+    /// `NotSent` when the endpoint was removed, `Closed` when the client was).
     fn drain_all(&self) -> Vec<Connection> {
         let mut draining = self.draining();
         let live = self.conns.swap(Arc::new(Vec::new()));
@@ -1097,8 +1098,17 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
     cx.changed.notify_waiters();
     // They stay in the stats until they have finished.
     let conns = endpoint.drain_all();
+    // A request routed on a snapshot taken before `drain_all` may still reach
+    // one of them once it refuses requests: removed from an open client, it
+    // is refused as `NotSent` (retried on another endpoint); only the
+    // client's own close refuses it as `Closed`.
+    let removed = !cx.shutdown.is_cancelled();
     for conn in &conns {
-        conn.close();
+        if removed {
+            conn.close_unused("endpoint removed");
+        } else {
+            conn.close();
+        }
     }
     for conn in &conns {
         conn.closed().await;

@@ -167,7 +167,8 @@ impl Registry {
     /// close. False if it was not present. Called with `owners` held (see
     /// `endpoints`). A request routed on a snapshot taken just before may
     /// still reach it: it is then in flight on a connection that drains (or,
-    /// once that has closed, refused unsent), as on any draining connection.
+    /// once that has closed, refused as `NotSent`, which the retry layer
+    /// sends elsewhere), as on any draining connection.
     fn remove(&self, addr: SocketAddr) -> bool {
         let current = self.endpoints.load_full();
         let Some(endpoint) = current.iter().find(|e| e.addr == addr).cloned() else {
