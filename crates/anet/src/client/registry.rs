@@ -250,8 +250,13 @@ impl Drop for Registry {
 
 /// A handle to add and remove endpoints of a running client.
 ///
-/// A removed endpoint gets no new requests; the requests in flight on it finish
-/// (within the connection close grace) and its connections close.
+/// A removed endpoint gets no request routed after [`remove`](Self::remove)
+/// returns; the requests in flight on it finish (within the connection close
+/// grace) and its connections close. Routing reads the endpoints without a
+/// lock, so a request routed at the very moment of the removal may still go
+/// there: it is then in flight like the others, or, if the connections have
+/// already closed, it fails [`Kind::NotSent`](crate::Kind::NotSent), which the
+/// client's retry layer sends to another endpoint.
 ///
 /// An address can have several owners: this handle together with the builder's
 /// static endpoints, each DNS source, each key of a `Discover`. It stays an
