@@ -358,3 +358,46 @@ async fn endpoints_churning_under_load_from_two_threads_lose_and_misdeliver_noth
         "drained endpoints leave the stats"
     );
 }
+
+/// Endpoints removed over and over, 150 times in quick succession, while 64
+/// callers on two worker threads send: a request routed on a snapshot taken
+/// just before a removal reaches a connection the pool has already closed,
+/// and must be refused as `NotSent` (retried on the endpoint that stays), not
+/// as `Closed` (never retried). Before the fix, most runs lost a request so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_racing_endpoint_removals_are_retried_not_failed_closed() {
+    let a = echo_server(Duration::ZERO, None).await;
+    let b = echo_server(Duration::ZERO, None).await;
+    let c = echo_server(Duration::ZERO, None).await;
+    let client = Client::builder().endpoint(a.addr).build();
+    client.wait_connected(WAIT).await.expect("a is up");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = tokio::task::JoinSet::new();
+    for caller in 0..64 {
+        let (client, stop) = (client.clone(), stop.clone());
+        callers.spawn(async move {
+            let mut errors = Vec::new();
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let request = Bytes::from(format!("{caller}-{sent}"));
+                match client.call(request.clone()).await {
+                    Ok(response) => assert_eq!(response, request, "misdelivered"),
+                    Err(error) => errors.push(error),
+                }
+                sent += 1;
+            }
+            errors
+        });
+    }
+    let endpoints = client.endpoints();
+    for round in 0..150 {
+        let extra = if round % 2 == 0 { b.addr } else { c.addr };
+        assert!(endpoints.add(extra));
+        tokio::time::sleep(Duration::from_millis(4)).await;
+        assert!(endpoints.remove(extra));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let errors: Vec<_> = callers.join_all().await.into_iter().flatten().collect();
+    assert!(errors.is_empty(), "{} failed: {errors:?}", errors.len());
+}

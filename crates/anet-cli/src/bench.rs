@@ -80,13 +80,16 @@ fn payload(seq: u64, size: usize) -> Bytes {
     Bytes::from(bytes)
 }
 
+/// Most client runtime worker threads `--threads` takes.
+pub(crate) const MAX_CLIENT_THREADS: usize = 1024;
+
 /// The client runtime's worker threads: `--threads`, or by default the cores
 /// left beside the embedded echo server's thread (at least 1), or every core
 /// with `--connect`.
 pub(crate) fn client_threads(args: &BenchArgs) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     match args.threads {
-        Some(n) => n.max(1),
+        Some(n) => n.clamp(1, MAX_CLIENT_THREADS),
         None if args.connect.is_empty() => cores.saturating_sub(1).max(1),
         None => cores,
     }

@@ -172,10 +172,10 @@ struct BenchArgs {
     /// most what a --max-frame frame carries).
     #[arg(long, default_value_t = 64)]
     size: usize,
-    /// Client runtime worker threads, at least 1 (1: a current-thread runtime).
+    /// Client runtime worker threads, 1 to 1024 (1: a current-thread runtime).
     /// [default: with the embedded echo server (which runs on a thread of its
     /// own), the cores less one, at least 1; with --connect, the cores]
-    #[arg(long, value_parser = positive)]
+    #[arg(long, value_parser = thread_count)]
     threads: Option<usize>,
     /// Connections per endpoint, at least 1 (default: the client's, 1 growing
     /// to 4).
@@ -316,6 +316,18 @@ fn positive(text: &str) -> Result<usize, String> {
         Ok(0) => Err("must be at least 1".to_owned()),
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A client runtime's worker threads: at least 1, at most
+/// [`bench::MAX_CLIENT_THREADS`] (tokio spawns them all when the runtime is
+/// built: a huge count takes minutes and gigabytes, or overflows).
+fn thread_count(text: &str) -> Result<usize, String> {
+    match positive(text)? {
+        n if n > bench::MAX_CLIENT_THREADS => {
+            Err(format!("must be at most {}", bench::MAX_CLIENT_THREADS))
+        }
+        n => Ok(n),
     }
 }
 

@@ -203,6 +203,36 @@ fn bench_prints_its_thread_setup_and_takes_a_client_thread_count() {
     );
 }
 
+/// A thread count the machine cannot run is a usage error, not a panic in
+/// the runtime's builder (`usize::MAX` overflowed its thread arithmetic) nor
+/// minutes of spawning threads and gigabytes of memory (`100000`).
+#[test]
+fn bench_refuses_a_thread_count_it_cannot_run() {
+    for bad in ["0", "100000", "18446744073709551615"] {
+        let mut child = anet()
+            .args(["bench", "-d", "100ms", "-c", "1", "--threads", bad])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run bench");
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for bench") {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("--threads {bad}: still running after 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let out = child.wait_with_output().expect("bench output");
+        assert_eq!(status.code(), Some(2), "--threads {bad}: {out:?}");
+        assert!(stderr(&out).contains("--threads"), "{}", stderr(&out));
+    }
+}
+
 #[test]
 fn bench_against_an_external_echo_server() {
     let echo = Daemon::echo(&[]);

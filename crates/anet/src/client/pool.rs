@@ -3,8 +3,8 @@
 //! Each endpoint has a maintenance task that owns the decisions (dial, replace,
 //! back off, mark down, probation) and publishes a few atomics that the balancer
 //! reads on the request path (one state word: `up`, `pending`) plus the list of
-//! live connections behind a read-mostly lock (whose windows give the endpoint's
-//! load).
+//! live connections, read as a snapshot without a lock and replaced whole by
+//! the task (whose windows give the endpoint's load).
 //!
 //! # Reconnect discipline
 //!
@@ -648,7 +648,8 @@ impl Endpoint {
 
     /// Moves every live connection to the draining list; returns them all. A
     /// request routed on a snapshot taken just before is then in flight on a
-    /// connection that drains (or refused unsent once it has closed).
+    /// connection that drains (or, once it has closed, refused unsent:
+    /// `NotSent` when the endpoint was removed, `Closed` when the client was).
     fn drain_all(&self) -> Vec<Connection> {
         let mut draining = self.draining();
         let live = self.conns.swap(Arc::new(Vec::new()));
@@ -1117,8 +1118,17 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
     cx.changed.notify_waiters();
     // They stay in the stats until they have finished.
     let conns = endpoint.drain_all();
+    // A request routed on a snapshot taken before `drain_all` may still reach
+    // one of them once it refuses requests: removed from an open client, it
+    // is refused as `NotSent` (retried on another endpoint); only the
+    // client's own close refuses it as `Closed`.
+    let removed = !cx.shutdown.is_cancelled();
     for conn in &conns {
-        conn.close();
+        if removed {
+            conn.close_unused("endpoint removed");
+        } else {
+            conn.close();
+        }
     }
     for conn in &conns {
         conn.closed().await;
@@ -1337,6 +1347,88 @@ mod tests {
 
     use super::*;
     use crate::client::Connector;
+
+    /// Runs one endpoint's pool against a loopback listener that accepts and
+    /// holds its connections; returns it once it has a live connection.
+    async fn running_endpoint(cx: &PoolContext) -> Arc<Endpoint> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let endpoint = Arc::new(Endpoint::new(addr, 0));
+        tokio::spawn(maintain(endpoint.clone(), cx.clone()));
+        for _ in 0..2_000 {
+            if endpoint.live() > 0 {
+                return endpoint;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("no connection to {addr}");
+    }
+
+    /// A request routed on a snapshot of the live connections taken just
+    /// before its endpoint was removed: it picked a connection and took a
+    /// unit of its window, then the pool drained and closed that connection,
+    /// and only then does the request reach it. It was never written and the
+    /// client is open, so it must fail as `NotSent` (the retry layer sends it
+    /// elsewhere), not as `Closed` (never retried: the client's own close).
+    #[tokio::test]
+    async fn a_request_racing_its_endpoints_removal_fails_not_sent() {
+        let cx = PoolContext::new(
+            PoolConfig::new(),
+            Dialer::tcp(Connector::new()),
+            Lifecycle::new(),
+        );
+        let endpoint = running_endpoint(&cx).await;
+        let snapshot = endpoint.conns.load();
+        let conn = snapshot.first().expect("a live connection").clone();
+        let unit = conn.try_take_unit().expect("room in the window");
+
+        endpoint.remove();
+        tokio::time::timeout(Duration::from_secs(10), conn.closed())
+            .await
+            .expect("the removed endpoint's connection finishes");
+
+        let error = conn
+            .send_reserved(unit, Bytes::from_static(b"late"), Deadline::Never)
+            .await
+            .expect_err("the connection has closed");
+        assert_eq!(error.kind(), Kind::NotSent, "{error:?}");
+        assert!(error.is_unsent());
+        cx.shutdown.cancel();
+    }
+
+    /// The same race with the client closing: the request fails `Closed`.
+    #[tokio::test]
+    async fn a_request_racing_the_clients_close_fails_closed() {
+        let cx = PoolContext::new(
+            PoolConfig::new(),
+            Dialer::tcp(Connector::new()),
+            Lifecycle::new(),
+        );
+        let endpoint = running_endpoint(&cx).await;
+        let snapshot = endpoint.conns.load();
+        let conn = snapshot.first().expect("a live connection").clone();
+        let unit = conn.try_take_unit().expect("room in the window");
+
+        cx.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), conn.closed())
+            .await
+            .expect("the connection finishes");
+
+        let error = conn
+            .send_reserved(unit, Bytes::from_static(b"late"), Deadline::Never)
+            .await
+            .expect_err("the connection has closed");
+        assert_eq!(error.kind(), Kind::Closed, "{error:?}");
+        assert!(error.is_unsent());
+    }
 
     /// The maintenance task moves "up" to "pending" when it redials a lost
     /// connection, and back when the dial succeeds; a request reading the two

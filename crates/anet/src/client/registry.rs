@@ -167,7 +167,8 @@ impl Registry {
     /// close. False if it was not present. Called with `owners` held (see
     /// `endpoints`). A request routed on a snapshot taken just before may
     /// still reach it: it is then in flight on a connection that drains (or,
-    /// once that has closed, refused unsent), as on any draining connection.
+    /// once that has closed, refused as `NotSent`, which the retry layer
+    /// sends elsewhere), as on any draining connection.
     fn remove(&self, addr: SocketAddr) -> bool {
         let current = self.endpoints.load_full();
         let Some(endpoint) = current.iter().find(|e| e.addr == addr).cloned() else {
@@ -249,8 +250,13 @@ impl Drop for Registry {
 
 /// A handle to add and remove endpoints of a running client.
 ///
-/// A removed endpoint gets no new requests; the requests in flight on it finish
-/// (within the connection close grace) and its connections close.
+/// A removed endpoint gets no request routed after [`remove`](Self::remove)
+/// returns; the requests in flight on it finish (within the connection close
+/// grace) and its connections close. Routing reads the endpoints without a
+/// lock, so a request routed at the very moment of the removal may still go
+/// there: it is then in flight like the others, or, if the connections have
+/// already closed, it fails [`Kind::NotSent`](crate::Kind::NotSent), which the
+/// client's retry layer sends to another endpoint.
 ///
 /// An address can have several owners: this handle together with the builder's
 /// static endpoints, each DNS source, each key of a `Discover`. It stays an

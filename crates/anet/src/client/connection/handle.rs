@@ -170,6 +170,21 @@ impl Connection {
         let _ = self.tx.send(Message::Close);
     }
 
+    /// Closes a connection its owner stops using while the client stays open
+    /// (its endpoint was removed): like [`close`](Self::close), but new
+    /// requests are refused as [`Kind::NotSent`], so a request that raced the
+    /// removal (routed on a snapshot of the connections taken just before) is
+    /// retried elsewhere rather than failed as if the client had closed.
+    /// Accepted requests are written and awaited for the close grace; those
+    /// still waiting then fail with [`Kind::Closed`], as with `close`.
+    pub(crate) fn close_unused(&self, why: &'static str) {
+        self.shared.refuse(Error::with_source(
+            Kind::NotSent,
+            format!("connection closed: {why}"),
+        ));
+        let _ = self.tx.send(Message::Close);
+    }
+
     /// Retires a working connection for its owner (age, idle, a heartbeat
     /// miss): like [`close`](Self::close), but new requests are refused as
     /// [`Kind::NotSent`], so a request that raced the retirement is retried
