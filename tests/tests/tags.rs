@@ -298,7 +298,10 @@ async fn a_window_full_of_quarantined_requests_retires_below_the_held_limit() {
         .await
         .expect("refused instead of waiting forever")
         .expect_err("retired");
-    assert_eq!(err.kind(), Kind::Closed);
+    // Refused unsent, so that a request racing the retirement is retried on
+    // another connection (a `Closed` would read as the client closing).
+    assert_eq!(err.kind(), Kind::NotSent, "{err:?}");
+    assert!(err.is_unsent(), "{err:?}");
     tokio::time::timeout(Duration::from_secs(60), conn.closed())
         .await
         .expect("closes within its grace");

@@ -125,7 +125,8 @@ impl ConnectionConfig {
     /// How many tag values the connection may hold for abandoned requests that
     /// were written and never answered (quarantined or past their quarantine).
     /// When this many are held, the connection retires: it refuses new requests
-    /// (`poll_ready` fails with `Closed`, so its owner replaces it),
+    /// (`poll_ready` fails with `NotSent`, so its owner replaces it and a request
+    /// that raced the retirement is retried elsewhere),
     /// writes what it already accepted, waits for answers within the close
     /// grace, and closes, which ends every hold. Default: the window, or what
     /// the tag space leaves beside it when that is less. At least 1, at most

@@ -223,7 +223,8 @@ impl Connection {
     }
 
     /// Why the connection refuses requests, once it does: [`Kind::Closed`] after a
-    /// requested close, otherwise the failure (`ConnectionLost`, `Protocol`).
+    /// requested close, [`Kind::NotSent`] after a retirement (its owner's, or
+    /// too many held tags), otherwise the failure (`ConnectionLost`, `Protocol`).
     pub fn close_reason(&self) -> Option<Error> {
         self.shared.is_refusing().then(|| self.shared.reason())
     }

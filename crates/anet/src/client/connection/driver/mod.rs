@@ -514,11 +514,12 @@ where
             "tags held for requests never answered reached the limit; retiring connection"
         );
         let why = format!("connection retired: {held} requests written and never answered");
-        // New requests are refused as `Closed` (a planned close, not a failure of
-        // the peer's connection); requests still unanswered when the grace ends
-        // may have reached the server: `ConnectionLost`.
+        // New requests are refused as `NotSent` (never written: a request that
+        // raced the retirement is retried elsewhere, as with any retirement the
+        // owner asks for); requests still unanswered when the grace ends may
+        // have reached the server: `ConnectionLost`.
         self.begin_drain(
-            Error::with_source(Kind::Closed, why.clone()),
+            Error::with_source(Kind::NotSent, why.clone()),
             Error::with_source(Kind::ConnectionLost, why),
         );
     }
