@@ -398,16 +398,21 @@ fn is_waiting(slots: &[Slot], due: &Due) -> bool {
 mod tests {
     use std::{sync::Arc, time::Duration};
 
-    use tokio::sync::{Semaphore, oneshot};
+    use tokio::sync::Semaphore;
 
     use super::*;
-    use crate::client::{ConnectionConfig, connection::reply::Answer, deadline::Deadline};
+    use crate::client::{
+        ConnectionConfig,
+        connection::cells::{Cells, Claim},
+        deadline::Deadline,
+    };
     use anet_proto::{Builder, TagFormat};
 
     /// A table as a connection would build it, with its window.
     struct Fixture {
         table: Table,
         window: Arc<Semaphore>,
+        cells: Arc<Cells>,
         layout: Layout,
     }
 
@@ -418,6 +423,7 @@ mod tests {
             Fixture {
                 table: Table::new(layout, space),
                 window: Arc::new(Semaphore::new(layout.window)),
+                cells: Arc::new(Cells::new(2 * layout.window)),
                 layout,
             }
         }
@@ -431,15 +437,16 @@ mod tests {
             )
         }
 
-        fn insert_until(&mut self, deadline: Option<Instant>) -> (u64, oneshot::Receiver<Answer>) {
+        fn insert_until(&mut self, deadline: Option<Instant>) -> (u64, Claim) {
             let unit = self
                 .window
                 .clone()
                 .try_acquire_owned()
                 .expect("window room");
-            let (reply, rx) = Reply::channel(deadline.map_or(Deadline::Never, Deadline::At));
+            let (claim, slot) = self.cells.claim();
+            let reply = Reply::new(slot, deadline.map_or(Deadline::Never, Deadline::At));
             let id = self.table.insert(reply, unit).expect("free slot");
-            (id, rx)
+            (id, claim)
         }
 
         fn insert(&mut self) -> u64 {
