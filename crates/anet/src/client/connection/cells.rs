@@ -23,6 +23,15 @@
 //! from even to odd by compare-and-swap, so even a corrupted free list could
 //! not hand one occupied cell to two callers.
 //!
+//! **Nothing waits forever.** The driver answers every request it takes;
+//! should it end without doing so (its task panicked or was aborted, even
+//! before it first ran), a guard it holds closes the cells as it goes, and
+//! every future still without an answer then fails with
+//! [`Kind::ConnectionLost`]. (The driver names a cell by index, resolved
+//! against its connection's cells, so a request costs no reference count
+//! for it; only a cell made on its own is reached through its reply, whose
+//! drop fails it.)
+//!
 //! **Bounded, and allocated as used.** A connection has room for twice its
 //! window of cells (a future holds its cell from the call until it reads the
 //! answer, a little longer than its unit), made 64 at a time when first
@@ -35,14 +44,15 @@ use std::{
     sync::{
         Arc, Mutex, MutexGuard, OnceLock, PoisonError,
         atomic::{
-            AtomicU32, AtomicU64,
-            Ordering::{AcqRel, Acquire, Relaxed, Release},
+            AtomicBool, AtomicU32, AtomicU64,
+            Ordering::{Acquire, Relaxed, Release, SeqCst},
         },
     },
     task::{Context, Poll, Waker},
 };
 
-use super::reply::Answer;
+use super::reply::{Answer, Failure};
+use crate::{Error, Kind};
 
 /// Cells made together when first needed.
 const CHUNK: usize = 64;
@@ -63,6 +73,9 @@ pub(crate) struct Cells {
     /// changes so that a pop racing a pop and a push of the same cell fails
     /// its compare-and-swap instead of linking a stale successor.
     free: AtomicU64,
+    /// Set when the driver has ended: no answer will come any more, and a
+    /// future still without one fails.
+    closed: AtomicBool,
 }
 
 /// One answer's place.
@@ -74,20 +87,27 @@ pub(crate) struct Cell {
     state: Mutex<State>,
 }
 
-#[derive(Debug)]
-enum State {
-    /// No answer yet, and no future waiting (or the cell is free).
-    Empty,
-    /// No answer yet; wake this when it comes.
-    Waiting(Waker),
+/// What a cell holds for its occupancy.
+#[derive(Debug, Default)]
+struct State {
     /// The answer, until the future takes it.
-    Answered(Answer),
+    answer: Option<Answer>,
+    /// The future waiting for the answer, if it was polled before it came.
+    waker: Option<Waker>,
 }
 
-/// Where a cell lives: among the connection's cells, or on its own when they
-/// were all taken.
+/// Where a future's cell lives: among its connection's cells, or on its own
+/// when they were all taken.
 enum Home {
     Shared(Arc<Cells>, u32),
+    Own(Arc<Cell>),
+}
+
+/// Where a reply's cell lives: the driver names a shared cell by index
+/// (resolved against its own connection's cells: no reference count per
+/// request), a cell of its own by reference.
+enum Place {
+    Shared(u32),
     Own(Arc<Cell>),
 }
 
@@ -98,9 +118,10 @@ pub(crate) struct Claim {
     occupant: u64,
 }
 
-/// The driver's side of a claimed cell: where to write the answer.
+/// The driver's side of a claimed cell: where to write the answer. Its
+/// methods take the cells of the connection whose handle made it.
 pub(crate) struct Slot {
-    home: Home,
+    place: Place,
     occupant: u64,
 }
 
@@ -109,14 +130,33 @@ impl Cell {
         Cell {
             occupant: AtomicU64::new(occupant),
             next: AtomicU32::new(NIL),
-            state: Mutex::new(State::Empty),
+            state: Mutex::new(State::default()),
         }
     }
 
     /// The state, locked. Nothing panics while the lock is held, but a
     /// poisoned lock would still hold a consistent state: use it.
+    #[inline]
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes the answer of `occupant` and wakes its future; false (and the
+    /// answer dropped) if the cell has moved on to another occupancy.
+    #[inline]
+    fn fill(&self, occupant: u64, answer: Answer) -> bool {
+        let mut state = self.lock();
+        if self.occupant.load(Relaxed) != occupant {
+            return false;
+        }
+        // One slot per occupancy, and a slot fills once.
+        debug_assert!(state.answer.is_none(), "a cell answered twice");
+        state.answer = Some(answer);
+        if let Some(waker) = state.waker.take() {
+            drop(state);
+            waker.wake();
+        }
+        true
     }
 }
 
@@ -131,6 +171,7 @@ impl Cells {
             capacity: (chunks * CHUNK) as u32,
             fresh: AtomicU32::new(0),
             free: AtomicU64::new(u64::from(NIL)),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -138,38 +179,46 @@ impl Cells {
     /// driver's side of it.
     #[inline]
     pub(crate) fn claim(self: &Arc<Cells>) -> (Claim, Slot) {
-        let (home, occupant) = self.take().unwrap_or_else(|| {
-            // Every cell is held (by futures not yet read): one of its own.
-            (Home::Own(Arc::new(Cell::new(1))), 1)
-        });
-        let slot = Slot {
-            home: home.clone(),
-            occupant,
-        };
-        (
-            Claim {
-                home: Some(home),
-                occupant,
-            },
-            slot,
-        )
+        match self.take() {
+            Some((index, occupant)) => (
+                Claim {
+                    home: Some(Home::Shared(self.clone(), index)),
+                    occupant,
+                },
+                Slot {
+                    place: Place::Shared(index),
+                    occupant,
+                },
+            ),
+            None => {
+                // Every cell is held (by futures not yet read): one of its own.
+                let cell = Arc::new(Cell::new(1));
+                (
+                    Claim {
+                        home: Some(Home::Own(cell.clone())),
+                        occupant: 1,
+                    },
+                    Slot {
+                        place: Place::Own(cell),
+                        occupant: 1,
+                    },
+                )
+            }
+        }
     }
 
     /// A free cell, moved to its next occupancy.
     #[inline]
-    fn take(self: &Arc<Cells>) -> Option<(Home, u64)> {
+    fn take(&self) -> Option<(u32, u64)> {
         loop {
             let index = self.pop().or_else(|| self.make())?;
             let cell = self.cell(index);
+            // A free cell's number is even; only a claim makes it odd, and
+            // only the claim that popped it may.
             let free = cell.occupant.load(Acquire);
-            // A free cell's number is even; only a claim makes it odd.
-            if free % 2 == 0
-                && cell
-                    .occupant
-                    .compare_exchange(free, free + 1, AcqRel, Acquire)
-                    .is_ok()
-            {
-                return Some((Home::Shared(self.clone(), index), free + 1));
+            if free % 2 == 0 {
+                cell.occupant.store(free + 1, Release);
+                return Some((index, free + 1));
             }
             // Held by someone (impossible unless the free list was
             // corrupted): never share it; leave it out and try another.
@@ -234,6 +283,23 @@ impl Cells {
         &chunk[index % CHUNK]
     }
 
+    /// The driver has ended (however: finished, panicked, its task
+    /// aborted): every future still without an answer fails with
+    /// [`Kind::ConnectionLost`] when it is next polled, and those waiting
+    /// are woken for it. (The driver answers every request it takes before
+    /// it finishes; this is for an abnormal end.)
+    pub(crate) fn close(&self) {
+        // Before the locks below: a future that polls after one of them sees it.
+        self.closed.store(true, SeqCst);
+        let made = self.fresh.load(Acquire).min(self.capacity);
+        for index in 0..made {
+            let waker = self.cell(index).lock().waker.take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+
     /// Cells made so far (for tests).
     #[cfg(test)]
     pub(crate) fn made(&self) -> u32 {
@@ -247,6 +313,14 @@ fn bump(head: u64) -> u64 {
     ((head >> 32).wrapping_add(1)) << 32
 }
 
+/// The answer of a request whose driver ended without answering it.
+fn driver_stopped() -> Answer {
+    Err(Box::new(Failure {
+        error: Error::with_source(Kind::ConnectionLost, "connection driver stopped"),
+        deadline: None,
+    }))
+}
+
 impl Home {
     #[inline]
     fn cell(&self) -> &Cell {
@@ -255,14 +329,14 @@ impl Home {
             Home::Own(cell) => cell,
         }
     }
-}
 
-impl Clone for Home {
+    /// Whether the driver has ended (a cell of its own is answered by its
+    /// reply's drop instead).
     #[inline]
-    fn clone(&self) -> Home {
+    fn is_closed(&self) -> bool {
         match self {
-            Home::Shared(cells, index) => Home::Shared(cells.clone(), *index),
-            Home::Own(cell) => Home::Own(cell.clone()),
+            Home::Shared(cells, _) => cells.closed.load(SeqCst),
+            Home::Own(_) => false,
         }
     }
 }
@@ -282,24 +356,25 @@ impl Claim {
             .expect("ConnectionFuture polled after completion");
         let cell = home.cell();
         let mut state = cell.lock();
-        match std::mem::replace(&mut *state, State::Empty) {
-            State::Answered(answer) => {
-                // Released under the lock: from now on no reply of this
-                // occupancy can write here.
-                cell.occupant.store(self.occupant + 1, Release);
-                drop(state);
-                self.give_back();
-                Poll::Ready(answer)
+        let answer = match state.answer.take() {
+            Some(answer) => answer,
+            None if home.is_closed() => driver_stopped(),
+            None => {
+                match &state.waker {
+                    Some(waker) if waker.will_wake(cx.waker()) => {}
+                    _ => state.waker = Some(cx.waker().clone()),
+                }
+                return Poll::Pending;
             }
-            State::Waiting(waker) if waker.will_wake(cx.waker()) => {
-                *state = State::Waiting(waker);
-                Poll::Pending
-            }
-            State::Waiting(_) | State::Empty => {
-                *state = State::Waiting(cx.waker().clone());
-                Poll::Pending
-            }
-        }
+        };
+        // Released under the lock: from now on no reply of this occupancy
+        // can write here.
+        let waker = state.waker.take();
+        cell.occupant.store(self.occupant + 1, Release);
+        drop(state);
+        drop(waker);
+        self.give_back();
+        Poll::Ready(answer)
     }
 
     /// Puts the (released) cell back on its free list.
@@ -320,7 +395,7 @@ impl Drop for Claim {
         // gone), and drop what the cell held after unlocking.
         let cell = home.cell();
         let mut state = cell.lock();
-        let held = std::mem::replace(&mut *state, State::Empty);
+        let held = std::mem::take(&mut *state);
         cell.occupant.store(self.occupant + 1, Release);
         drop(state);
         drop(held);
@@ -329,31 +404,34 @@ impl Drop for Claim {
 }
 
 impl Slot {
+    #[inline]
+    fn cell<'a>(&'a self, cells: &'a Cells) -> &'a Cell {
+        match &self.place {
+            Place::Shared(index) => cells.cell(*index),
+            Place::Own(cell) => cell,
+        }
+    }
+
     /// Whether the future gave its cell up (dropped before an answer).
     #[inline]
-    pub(crate) fn is_closed(&self) -> bool {
-        self.home.cell().occupant.load(Acquire) != self.occupant
+    pub(crate) fn is_closed(&self, cells: &Cells) -> bool {
+        self.cell(cells).occupant.load(Acquire) != self.occupant
     }
 
     /// Writes the answer and wakes the future; false (and the answer dropped)
     /// if the future is gone.
     #[inline]
-    pub(crate) fn fill(&self, answer: Answer) -> bool {
-        let cell = self.home.cell();
-        let mut state = cell.lock();
-        if cell.occupant.load(Relaxed) != self.occupant {
-            return false;
+    pub(crate) fn fill(&self, cells: &Cells, answer: Answer) -> bool {
+        self.cell(cells).fill(self.occupant, answer)
+    }
+
+    /// Fails the future as [`Kind::ConnectionLost`] if its cell is one of its
+    /// own and it still waits (for a reply dropped unanswered; a shared cell
+    /// is failed by [`Cells::close`] instead).
+    pub(crate) fn abandon(&self) {
+        if let Place::Own(cell) = &self.place {
+            cell.fill(self.occupant, driver_stopped());
         }
-        match std::mem::replace(&mut *state, State::Answered(answer)) {
-            State::Waiting(waker) => {
-                drop(state);
-                waker.wake();
-            }
-            State::Empty => {}
-            // One slot per occupancy, and a slot fills once: never here.
-            State::Answered(_) => debug_assert!(false, "a cell answered twice"),
-        }
-        true
     }
 }
 
@@ -362,23 +440,20 @@ impl fmt::Debug for Cells {
         f.debug_struct("Cells")
             .field("capacity", &self.capacity)
             .field("made", &self.fresh.load(Relaxed))
+            .field("closed", &self.closed.load(Relaxed))
             .finish()
-    }
-}
-
-impl fmt::Debug for Home {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Home::Shared(_, index) => write!(f, "Shared({index})"),
-            Home::Own(_) => f.write_str("Own"),
-        }
     }
 }
 
 impl fmt::Debug for Claim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let home = match &self.home {
+            Some(Home::Shared(_, index)) => format!("Shared({index})"),
+            Some(Home::Own(_)) => "Own".to_owned(),
+            None => "Given back".to_owned(),
+        };
         f.debug_struct("Claim")
-            .field("home", &self.home)
+            .field("home", &home)
             .field("occupant", &self.occupant)
             .finish()
     }
@@ -386,10 +461,12 @@ impl fmt::Debug for Claim {
 
 impl fmt::Debug for Slot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Slot")
-            .field("home", &self.home)
-            .field("occupant", &self.occupant)
-            .finish()
+        let mut d = f.debug_struct("Slot");
+        match &self.place {
+            Place::Shared(index) => d.field("shared", index),
+            Place::Own(_) => d.field("own", &true),
+        };
+        d.field("occupant", &self.occupant).finish()
     }
 }
 
@@ -427,18 +504,18 @@ mod tests {
         let (first, stale) = cells.claim();
         let first_index = index(&first);
         drop(first);
-        assert!(stale.is_closed(), "the driver sees the caller gone");
+        assert!(stale.is_closed(&cells), "the driver sees the caller gone");
         let (mut next, fresh) = cells.claim();
         assert_eq!(index(&next), first_index, "the same cell, reused at once");
-        assert!(!fresh.is_closed());
+        assert!(!fresh.is_closed(&cells));
         // The cancelled request's answer comes after the cell changed hands.
-        assert!(!stale.fill(Ok(Bytes::from_static(b"stale"))));
+        assert!(!stale.fill(&cells, Ok(Bytes::from_static(b"stale"))));
         assert!(poll(&mut next).is_pending(), "nothing for the new occupant");
-        assert!(fresh.fill(Ok(Bytes::from_static(b"fresh"))));
+        assert!(fresh.fill(&cells, Ok(Bytes::from_static(b"fresh"))));
         assert_eq!(payload(poll(&mut next)), "fresh");
         // And after this occupancy ended too, neither reply can write.
-        assert!(!stale.fill(Ok(Bytes::from_static(b"stale"))));
-        assert!(!fresh.fill(Ok(Bytes::from_static(b"again"))));
+        assert!(!stale.fill(&cells, Ok(Bytes::from_static(b"stale"))));
+        assert!(!fresh.fill(&cells, Ok(Bytes::from_static(b"again"))));
     }
 
     #[test]
@@ -447,23 +524,45 @@ mod tests {
         let (mut claim, slot) = cells.claim();
         let first = index(&claim);
         assert!(poll(&mut claim).is_pending());
-        assert!(slot.fill(Ok(Bytes::from_static(b"one"))));
+        assert!(slot.fill(&cells, Ok(Bytes::from_static(b"one"))));
         assert_eq!(payload(poll(&mut claim)), "one");
-        assert!(slot.is_closed(), "the occupancy ended with the answer");
+        assert!(
+            slot.is_closed(&cells),
+            "the occupancy ended with the answer"
+        );
         let (again, _) = cells.claim();
         assert_eq!(index(&again), first);
         assert_eq!(cells.made(), 1, "one cell serves one caller at a time");
     }
 
-    #[test]
-    fn a_reply_dropped_unanswered_fails_its_future_as_connection_lost() {
-        let cells = Arc::new(Cells::new(64));
-        let (mut claim, slot) = cells.claim();
-        drop(Reply::new(slot, Deadline::Never));
-        match poll(&mut claim) {
+    fn lost(answer: Poll<Answer>) {
+        match answer {
             Poll::Ready(Err(failure)) => assert_eq!(failure.error.kind(), Kind::ConnectionLost),
             other => panic!("expected a failure, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn closing_fails_every_future_left_without_an_answer_and_keeps_answers() {
+        let cells = Arc::new(Cells::new(64));
+        let (mut waiting, _) = cells.claim();
+        let (mut answered, slot) = cells.claim();
+        assert!(poll(&mut waiting).is_pending());
+        assert!(slot.fill(&cells, Ok(Bytes::from_static(b"kept"))));
+        // The driver went without answering `waiting` (its task aborted).
+        cells.close();
+        lost(poll(&mut waiting));
+        assert_eq!(payload(poll(&mut answered)), "kept");
+    }
+
+    #[test]
+    fn a_reply_with_a_cell_of_its_own_dropped_unanswered_fails_its_future() {
+        let cells = Arc::new(Cells::new(64));
+        let mut claims: Vec<(Claim, Slot)> = (0..65).map(|_| cells.claim()).collect();
+        let (mut own, slot) = claims.pop().expect("65 claims");
+        assert!(index(&own).is_none());
+        drop(Reply::new(slot, Deadline::Never));
+        lost(poll(&mut own));
     }
 
     #[test]
@@ -474,7 +573,7 @@ mod tests {
         assert!(index(&claims[63].0).is_some());
         assert!(index(&claims[64].0).is_none(), "the 65th has its own cell");
         for (i, (_, slot)) in claims.iter().enumerate() {
-            assert!(slot.fill(Ok(Bytes::from(i.to_string()))));
+            assert!(slot.fill(&cells, Ok(Bytes::from(i.to_string()))));
         }
         for (i, (mut claim, _)) in claims.into_iter().enumerate() {
             assert_eq!(payload(poll(&mut claim)), i.to_string());
@@ -495,9 +594,9 @@ mod tests {
                         let (mut claim, slot) = cells.claim();
                         let (dropped, stale) = cells.claim();
                         drop(dropped);
-                        assert!(!stale.fill(Ok(Bytes::from_static(b"stale"))));
+                        assert!(!stale.fill(&cells, Ok(Bytes::from_static(b"stale"))));
                         let mine = Bytes::from((t << 32 | i).to_be_bytes().to_vec());
-                        assert!(slot.fill(Ok(mine.clone())));
+                        assert!(slot.fill(&cells, Ok(mine.clone())));
                         assert_eq!(payload(poll(&mut claim)), mine);
                     }
                 })

@@ -3,8 +3,8 @@
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::cells::Slot;
-use crate::{Error, Kind, client::deadline::Deadline};
+use super::cells::{Cells, Slot};
+use crate::{Error, client::deadline::Deadline};
 
 /// What a request's response future receives (the failure boxed: it is rare,
 /// and the answer stays as small as a plain `Result<Bytes, Error>`).
@@ -20,8 +20,10 @@ pub(crate) struct Failure {
 
 /// The sending side of one request's answer: its response future's cell.
 ///
-/// Dropped unanswered (the driver's task aborted or panicked), it fails the
-/// request with [`Kind::ConnectionLost`], so that no future waits forever.
+/// Its methods take the cells of the connection whose handle made it (the
+/// driver's own). Should the driver end without answering it (its task
+/// panicked or was aborted), [`Cells::close`] fails the future; a reply whose
+/// cell is one of its own fails it when dropped.
 #[derive(Debug)]
 pub(crate) struct Reply {
     /// `None` once answered.
@@ -43,37 +45,32 @@ impl Reply {
 
     /// Delivers the response; false if the caller is gone.
     #[inline]
-    pub(crate) fn succeed(mut self, payload: Bytes) -> bool {
-        self.slot.take().is_some_and(|slot| slot.fill(Ok(payload)))
+    pub(crate) fn succeed(mut self, cells: &Cells, payload: Bytes) -> bool {
+        self.slot
+            .take()
+            .is_some_and(|slot| slot.fill(cells, Ok(payload)))
     }
 
     /// Fails the request with `error`.
     #[inline]
-    pub(crate) fn fail(mut self, error: Error) {
+    pub(crate) fn fail(mut self, cells: &Cells, error: Error) {
         if let Some(slot) = self.slot.take() {
             let deadline = self.deadline.instant();
-            slot.fill(Err(Box::new(Failure { error, deadline })));
+            slot.fill(cells, Err(Box::new(Failure { error, deadline })));
         }
     }
 
     /// The caller dropped its response future.
     #[inline]
-    pub(crate) fn is_closed(&self) -> bool {
-        self.slot.as_ref().is_none_or(Slot::is_closed)
+    pub(crate) fn is_closed(&self, cells: &Cells) -> bool {
+        self.slot.as_ref().is_none_or(|slot| slot.is_closed(cells))
     }
 }
 
 impl Drop for Reply {
     fn drop(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            // The driver answers every request it takes; it drops one
-            // unanswered only when its task ends abnormally.
-            if !slot.is_closed() {
-                slot.fill(Err(Box::new(Failure {
-                    error: Error::with_source(Kind::ConnectionLost, "connection driver stopped"),
-                    deadline: None,
-                })));
-            }
+        if let Some(slot) = &self.slot {
+            slot.abandon();
         }
     }
 }

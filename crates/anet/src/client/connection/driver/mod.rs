@@ -29,6 +29,7 @@ use tokio::{
 
 use super::{
     ConnectionConfig,
+    cells::Cells,
     config::Layout,
     handle::not_sent,
     reply::Reply,
@@ -57,9 +58,9 @@ pub(super) enum Message {
 }
 
 /// Refuses the connection and marks it done if the driver task ends by a
-/// panic; the handles then fail their requests (see `ConnectionFuture`: a
-/// reply dropped unanswered is `ConnectionLost`, a request queued after it is
-/// `NotSent`) and the owner replaces the connection.
+/// panic; the handles then fail their requests (see [`CellsGuard`]; a
+/// request queued after it is `NotSent`) and the owner replaces the
+/// connection.
 struct PanicGuard(Arc<Shared>);
 
 impl Drop for PanicGuard {
@@ -73,6 +74,19 @@ impl Drop for PanicGuard {
             self.0.mark_done();
             self.0.wake_owner();
         }
+    }
+}
+
+/// Closes the connection's answer cells when the driver goes, however it
+/// goes (finished, panicked, its task aborted — even before its first
+/// poll): a response future it left unanswered (only after a panic or an
+/// abort; it answers every request it takes otherwise) then fails as
+/// `ConnectionLost` instead of waiting forever.
+struct CellsGuard(Arc<Cells>);
+
+impl Drop for CellsGuard {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -134,6 +148,8 @@ pub(super) struct Driver<T> {
     /// are the table's.
     backlog_earliest: Option<Instant>,
     counts: LocalCounts,
+    /// Held until the driver is done with every request it took.
+    cells_guard: CellsGuard,
 }
 
 /// Counters kept by the driver and published to [`Shared`] once per wake-up.
@@ -158,6 +174,7 @@ where
         layout: Layout,
     ) -> Driver<T> {
         let wire = Wire::new(io, &config);
+        let cells_guard = CellsGuard(shared.cells.clone());
         Driver {
             table: Table::new(layout, wire.tags().id_space()),
             wire,
@@ -172,6 +189,7 @@ where
             backlog: VecDeque::new(),
             backlog_earliest: None,
             counts: LocalCounts::default(),
+            cells_guard,
         }
     }
 
@@ -187,15 +205,21 @@ where
         // may be inside `send` (its message counted, not yet pushed): `recv`
         // waits for such a message and returns `None` only once none is left,
         // so every request ever queued is answered.
-        let Driver { mut rx, shared, .. } = self;
+        let Driver {
+            mut rx,
+            shared,
+            cells_guard,
+            ..
+        } = self;
         while let Some(message) = rx.recv().await {
             if let Message::Request(mut request) = message {
                 // Fixed, so that a retry keeps the call's deadline.
                 request.reply.deadline.fix(Instant::now);
-                request.reply.fail(not_sent(&shared));
+                request.reply.fail(&shared.cells, not_sent(&shared));
             }
         }
         shared.mark_done();
+        drop(cells_guard);
     }
 
     /// Gives the units freed this pass back to the window, and tells the
@@ -221,10 +245,10 @@ where
                 }
             }
             let (table, counts) = (&mut self.table, &mut self.counts);
-            let hook = self.shared.hook.get();
+            let (hook, cells) = (self.shared.hook.get(), &*self.shared.cells);
             let mut retire = false;
             match self.wire.poll_read(cx, |id, frame| {
-                retire |= dispatch(table, counts, hook, id, frame);
+                retire |= dispatch(table, cells, counts, hook, id, frame);
             }) {
                 Ok(read) => progress |= read,
                 Err(error) => return Poll::Ready(Exit::Failed(error)),
@@ -350,7 +374,7 @@ where
             reply,
             unit,
         } = request;
-        if reply.is_closed() {
+        if reply.is_closed(&self.shared.cells) {
             // The caller gave up (dropped or timed out) before the request was
             // written: it is never written.
             self.counts.abandoned_unwritten += 1;
@@ -362,7 +386,7 @@ where
             .is_some_and(|d| d <= self.timers.clock())
         {
             // Its deadline passed while it queued: never written.
-            reply.fail(overdue(true));
+            reply.fail(&self.shared.cells, overdue(true));
             return;
         }
         // The slot now holds the request's window unit (and, until the request
@@ -372,10 +396,10 @@ where
             Err((reply, _unit)) => {
                 // Only a closing connection (whose held tags may exceed their
                 // limit while it drains) can run out of slots.
-                reply.fail(Error::with_source(
-                    Kind::NotSent,
-                    "no free tag on the connection",
-                ));
+                reply.fail(
+                    &self.shared.cells,
+                    Error::with_source(Kind::NotSent, "no free tag on the connection"),
+                );
                 return;
             }
         };
@@ -387,7 +411,10 @@ where
             }
             Err(e) => {
                 if let Some(reply) = self.table.remove(id) {
-                    reply.fail(Error::with_source(Kind::InvalidRequest, e));
+                    reply.fail(
+                        &self.shared.cells,
+                        Error::with_source(Kind::InvalidRequest, e),
+                    );
                 }
             }
         }
@@ -438,8 +465,12 @@ where
             let mut kept = VecDeque::with_capacity(self.backlog.len());
             for request in self.backlog.drain(..) {
                 match request.reply.deadline.instant() {
-                    _ if request.reply.is_closed() => self.counts.abandoned_unwritten += 1,
-                    Some(deadline) if deadline <= now => request.reply.fail(overdue(true)),
+                    _ if request.reply.is_closed(&self.shared.cells) => {
+                        self.counts.abandoned_unwritten += 1
+                    }
+                    Some(deadline) if deadline <= now => {
+                        request.reply.fail(&self.shared.cells, overdue(true))
+                    }
                     deadline => {
                         if let Some(d) = deadline {
                             earliest = Some(earliest.map_or(d, |e| e.min(d)));
@@ -455,13 +486,15 @@ where
         self.table
             .expire_deadlines(now, later(now, self.quarantine), &mut expired);
         for reply in expired {
-            reply.fail(overdue(false));
+            reply.fail(&self.shared.cells, overdue(false));
         }
     }
 
     /// Moves requests whose callers gave up into quarantine.
     fn sweep(&mut self, now: Instant) {
-        let moved = self.table.quarantine_abandoned(later(now, self.quarantine));
+        let moved = self
+            .table
+            .quarantine_abandoned(&self.shared.cells, later(now, self.quarantine));
         if moved > 0 {
             tracing::debug!(moved, "abandoned requests quarantined");
         }
@@ -603,12 +636,14 @@ where
         self.shared.refuse(error.clone());
         self.shared.wake_owner();
         for reply in self.table.drain_waiting() {
-            reply.fail(error.clone());
+            reply.fail(&self.shared.cells, error.clone());
         }
         self.table.return_units();
         self.rx.close();
         for request in std::mem::take(&mut self.backlog) {
-            request.reply.fail(not_sent(&self.shared));
+            request
+                .reply
+                .fail(&self.shared.cells, not_sent(&self.shared));
         }
         self.publish();
         // Its held tags end with it (the stats keep the last count).
@@ -628,6 +663,7 @@ fn overdue(unwritten: bool) -> Error {
 #[inline]
 fn dispatch(
     table: &mut Table,
+    cells: &Cells,
     counts: &mut LocalCounts,
     hook: Option<&ReplyHook>,
     id: Option<u64>,
@@ -643,7 +679,7 @@ fn dispatch(
             if let Some(hook) = hook {
                 retire = run_hook(hook, &frame.payload);
             }
-            if reply.succeed(frame.payload) {
+            if reply.succeed(cells, frame.payload) {
                 counts.responses += 1;
             } else {
                 // Abandoned after the last sweep: the late response is dropped.
