@@ -291,9 +291,15 @@ impl Cells {
     pub(crate) fn close(&self) {
         // Before the locks below: a future that polls after one of them sees it.
         self.closed.store(true, SeqCst);
-        let made = self.fresh.load(Acquire).min(self.capacity);
-        for index in 0..made {
-            let waker = self.cell(index).lock().waker.take();
+        // Chunks being made now hold no waiting future yet (a future that
+        // claims a cell there sees `closed` when it polls).
+        for cell in self
+            .chunks
+            .iter()
+            .filter_map(OnceLock::get)
+            .flat_map(|c| c.iter())
+        {
+            let waker = cell.lock().waker.take();
             if let Some(waker) = waker {
                 waker.wake();
             }
@@ -553,6 +559,39 @@ mod tests {
         cells.close();
         lost(poll(&mut waiting));
         assert_eq!(payload(poll(&mut answered)), "kept");
+    }
+
+    #[test]
+    fn closing_while_threads_make_cells_leaves_no_future_waiting() {
+        for _ in 0..20 {
+            let cells = Arc::new(Cells::new(1024));
+            let claimers: Vec<_> = (0..2)
+                .map(|_| {
+                    let cells = cells.clone();
+                    std::thread::spawn(move || {
+                        // Those still waiting (the others saw the close).
+                        (0..300)
+                            .filter_map(|_| {
+                                let (mut claim, _slot) = cells.claim();
+                                match poll(&mut claim) {
+                                    Poll::Pending => Some(claim),
+                                    answer => {
+                                        lost(answer);
+                                        None
+                                    }
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            cells.close();
+            for claimer in claimers {
+                for mut claim in claimer.join().expect("claims") {
+                    lost(poll(&mut claim));
+                }
+            }
+        }
     }
 
     #[test]
