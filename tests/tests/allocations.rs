@@ -1,10 +1,13 @@
 //! Heap allocations per request on the client path, counted on the client's own
 //! thread while a separate thread runs the echo server.
 //!
-//! The target (DESIGN.md §7) is at most 2 allocations per request beyond the
-//! caller's own request bytes; these tests use static payloads, so everything they
-//! count belongs to anet (plus the test's own loop, which allocates nothing per
-//! request).
+//! The target (DESIGN.md §7, issue 16) is no allocation per request at steady
+//! state on the default path: the response waits in a cell the connection owns
+//! and reuses, the request travels in the queue's reused blocks, the response
+//! is a slice of the read buffer. The budget of 0.05 leaves room for the rare
+//! queue block made afresh, not for anything made per request. These tests use
+//! static payloads, so everything they count belongs to anet (plus the test's
+//! own loop, which allocates nothing per request).
 
 use std::future::Future;
 
@@ -16,6 +19,7 @@ use tower::{Service, ServiceExt};
 
 const WARMUP: usize = 20_000;
 const MEASURED: usize = 50_000;
+/// Callers in the usual case.
 const CONCURRENCY: usize = 16;
 const PAYLOAD: &[u8] = b"0123456789abcdef0123456789abcdef";
 
@@ -26,9 +30,11 @@ fn current_thread() -> Runtime {
         .expect("runtime")
 }
 
-/// Runs `CONCURRENCY` callers of `handle` (each with its own clone) on `rt`, warms
-/// up, then returns the allocations per request over `MEASURED` requests.
-fn allocations_per_request<H, F, Fut>(rt: &Runtime, handle: H, call: F) -> f64
+/// Runs `callers` callers of `handle` (each with its own clone) on `rt`, warms
+/// up, then returns the allocations per request: the difference between a run
+/// of `2 * MEASURED` requests and one of `MEASURED`, over `MEASURED`, so that
+/// the fixed cost of a run (spawning the callers) is not spread over requests.
+fn allocations_per_request<H, F, Fut>(rt: &Runtime, handle: H, callers: usize, call: F) -> f64
 where
     H: Clone + Send + 'static,
     F: Fn(H) -> Fut + Copy + Send + 'static,
@@ -37,10 +43,10 @@ where
     let run = |n: usize| {
         rt.block_on(async {
             let mut tasks = Vec::new();
-            for _ in 0..CONCURRENCY {
+            for _ in 0..callers {
                 let mut h = handle.clone();
                 tasks.push(tokio::spawn(async move {
-                    for _ in 0..n / CONCURRENCY {
+                    for _ in 0..n / callers {
                         h = call(h).await;
                     }
                 }));
@@ -51,8 +57,9 @@ where
         })
     };
     run(WARMUP);
-    let info = allocation_counter::measure(|| run(MEASURED));
-    info.count_total as f64 / MEASURED as f64
+    let once = allocation_counter::measure(|| run(MEASURED)).count_total;
+    let twice = allocation_counter::measure(|| run(2 * MEASURED)).count_total;
+    twice.saturating_sub(once) as f64 / MEASURED as f64
 }
 
 fn assert_within_budget(what: &str, per_request: f64, budget: f64) {
@@ -64,7 +71,7 @@ fn assert_within_budget(what: &str, per_request: f64, budget: f64) {
 }
 
 #[test]
-fn connection_path_allocates_at_most_two_times_per_request() {
+fn connection_path_allocates_nothing_per_request() {
     let addr = raw_echo_on_own_thread();
     let rt = current_thread();
     let conn = rt.block_on(async {
@@ -74,7 +81,7 @@ fn connection_path_allocates_at_most_two_times_per_request() {
             .await
             .expect("connect")
     });
-    let per_request = allocations_per_request(&rt, conn, |mut conn| async move {
+    let per_request = allocations_per_request(&rt, conn, CONCURRENCY, |mut conn| async move {
         let response = conn
             .ready()
             .await
@@ -85,12 +92,12 @@ fn connection_path_allocates_at_most_two_times_per_request() {
         assert_eq!(response.len(), PAYLOAD.len());
         conn
     });
-    assert_within_budget("connection", per_request, 2.0);
+    assert_within_budget("connection", per_request, 0.05);
 }
 
 /// Allocations per request through a client built by `builder` (plus the
 /// endpoint), on a current-thread runtime.
-fn client_allocations(builder: ClientBuilder) -> f64 {
+fn client_allocations(builder: ClientBuilder, callers: usize) -> f64 {
     let addr = raw_echo_on_own_thread();
     let rt = current_thread();
     let client = rt.block_on(async {
@@ -101,7 +108,7 @@ fn client_allocations(builder: ClientBuilder) -> f64 {
             .expect("connected");
         client
     });
-    allocations_per_request(&rt, client, |client| async move {
+    allocations_per_request(&rt, client, callers, |client| async move {
         let response = client
             .call(Bytes::from_static(PAYLOAD))
             .await
@@ -113,15 +120,36 @@ fn client_allocations(builder: ClientBuilder) -> f64 {
 
 /// The client with default settings (no limit layer).
 #[test]
-fn default_client_stack_allocates_at_most_two_times_per_request() {
-    let per_request = client_allocations(Client::builder());
-    assert_within_budget("default stack", per_request, 2.0);
+fn default_client_stack_allocates_nothing_per_request() {
+    let per_request = client_allocations(Client::builder(), CONCURRENCY);
+    assert_within_budget("default stack", per_request, 0.05);
 }
 
-/// With a concurrency limit, each call also boxes its attempt through the limit
-/// layers (with the timer the limits need): one allocation more.
+/// The same at 256 callers, as `anet-bench` measures: the handle-to-driver
+/// queue then holds more requests at once and now and then makes a block
+/// afresh (about 0.02 per request measured), still within the budget.
 #[test]
-fn limited_client_stack_allocates_at_most_three_times_per_request() {
-    let per_request = client_allocations(Client::builder().concurrency_limit(Some(1024)));
-    assert_within_budget("limited stack", per_request, 3.0);
+fn default_client_stack_at_256_callers_allocates_nothing_per_request() {
+    let per_request = client_allocations(Client::builder(), 256);
+    assert_within_budget("default stack, 256 callers", per_request, 0.05);
+}
+
+/// With a concurrency limit, each call boxes its attempt through the limit
+/// layers (with the timer the limits need): one allocation (plus the default
+/// path's slack).
+#[test]
+fn limited_client_stack_allocates_at_most_once_per_request() {
+    let per_request =
+        client_allocations(Client::builder().concurrency_limit(Some(1024)), CONCURRENCY);
+    assert_within_budget("limited stack", per_request, 1.05);
+}
+
+/// With a rate limit (set far above what the test reaches), likewise one.
+#[test]
+fn rate_limited_client_stack_allocates_at_most_once_per_request() {
+    let per_request = client_allocations(
+        Client::builder().rate_limit(100_000_000, std::time::Duration::from_secs(1)),
+        CONCURRENCY,
+    );
+    assert_within_budget("rate-limited stack", per_request, 1.05);
 }

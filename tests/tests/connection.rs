@@ -272,6 +272,43 @@ async fn a_late_response_after_its_quarantine_is_dropped_not_delivered() {
     assert!(eventually(LIMIT, || conn.stats().responses == 1).await);
 }
 
+/// A dropped request gives its answer's cell back at once, and the next call
+/// on the connection takes that very cell while the driver still holds the
+/// dropped request (written, unanswered, not yet swept into quarantine). Its
+/// late answer must be dropped, never written into the next caller's cell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_answer_never_reaches_the_next_occupant_of_its_cell() {
+    let mut server = ManualServer::bind().await;
+    let config = ConnectionConfig::new().max_in_flight(2);
+    let addr = server.addr;
+    let (mut conn, mut peer) = tokio::join!(connect(addr, config), server.accept());
+
+    for round in 0..50 {
+        let dropped = ready_call(&mut conn, b"dropped").await;
+        let old = peer.recv().await;
+        assert_eq!(old.payload, "dropped");
+        drop(dropped);
+        let next = ready_call(&mut conn, b"next").await;
+        let new = peer.recv().await;
+        assert_eq!(new.payload, "next");
+        // The dropped request's answer first, then the next one's.
+        peer.reply(&old, b"answer to the dropped request").await;
+        peer.reply(&new, b"answer to the next request").await;
+        assert_eq!(
+            next.await.expect("answered"),
+            "answer to the next request",
+            "round {round}"
+        );
+    }
+    // (The driver publishes its counters at the end of a pass.)
+    let counted = eventually(LIMIT, || {
+        let stats = conn.stats();
+        stats.late == 50 && stats.responses == 50
+    })
+    .await;
+    assert!(counted, "{:?}", conn.stats());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quarantined_tags_count_against_the_window() {
     let server = start_scripted(|_, _| Action::Ignore).await;

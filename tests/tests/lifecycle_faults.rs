@@ -516,3 +516,65 @@ async fn heartbeats_do_not_keep_an_idle_connection_from_retiring() {
     assert_eq!(stats.retired, 1, "{stats:?}");
     assert_eq!(stats.heartbeat_misses, 0, "{stats:?}");
 }
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A request on a connection whose driver's runtime shuts down, dropping the
+/// driver task without a panic, fails as `ConnectionLost`; the caller,
+/// waiting on another runtime, does not hang.
+#[test]
+fn a_driver_dropped_with_its_runtime_fails_the_request_it_held() {
+    let caller = current_thread();
+    let driver = current_thread();
+    let (client_io, _server_io) = tokio::io::duplex(4096);
+    let (conn, mut response) = driver.block_on(async {
+        let mut conn = anet::client::Connection::new(client_io, ConnectionConfig::new());
+        let response = conn
+            .ready()
+            .await
+            .expect("ready")
+            .call(Bytes::from_static(b"never answered"));
+        // The driver takes and writes it; the silent peer never answers.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        (conn, response)
+    });
+    caller.block_on(async {
+        let polled = tokio::time::timeout(Duration::from_millis(20), &mut response).await;
+        assert!(polled.is_err(), "waiting: {polled:?}");
+    });
+    drop(driver);
+    let err = caller
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), response).await })
+        .expect("the request ends")
+        .expect_err("its driver is gone");
+    assert_eq!(err.kind(), Kind::ConnectionLost, "{err:?}");
+    drop(conn);
+}
+
+/// Likewise when the driver task is dropped before it ever ran: the request
+/// was queued but never taken.
+#[test]
+fn a_driver_dropped_before_it_ran_fails_the_request_queued_for_it() {
+    let caller = current_thread();
+    let driver = current_thread();
+    let (client_io, _server_io) = tokio::io::duplex(4096);
+    let mut conn = {
+        let _entered = driver.enter();
+        anet::client::Connection::new(client_io, ConnectionConfig::new())
+    };
+    caller
+        .block_on(async { conn.ready().await.map(|_| ()) })
+        .expect("ready");
+    let response = conn.call(Bytes::from_static(b"never taken"));
+    drop(driver);
+    let err = caller
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), response).await })
+        .expect("the request ends")
+        .expect_err("its driver is gone");
+    assert_eq!(err.kind(), Kind::ConnectionLost, "{err:?}");
+}

@@ -23,23 +23,26 @@
 //!    │
 //!    ▼
 //! Connection handle                                 client/connection/handle.rs
-//!   takes a unit of the window (poll_ready), queues (request, unit, reply)
-//!   on the driver's channel
+//!   takes a unit of the window (poll_ready), claims an answer cell (reused,
+//!   client/connection/cells.rs), queues (request, unit, reply) on the
+//!   driver's channel
 //!    │
 //!    ▼
 //! Driver task (one per connection, owns the socket) client/connection/driver/
 //!   gives the request a slot in the Table → its tag; encodes the frame into the
 //!   write buffer; flushes once the queue is empty (one syscall for many frames);
-//!   reads frames, looks the tag up, completes the reply; runs the one timer
-//!   (deadlines, quarantine ends, close grace, the latency estimate's decay);
-//!   folds each pass's response times into the estimate it publishes
+//!   reads frames, looks the tag up, writes the answer into the request's
+//!   cell and wakes its caller; runs the one timer (deadlines, quarantine
+//!   ends, close grace, the latency estimate's decay); folds each pass's
+//!   response times into the estimate it publishes
 //!    │
 //!    ▼
 //! socket ── frame = length, tag, payload (anet-proto: FrameCodec) ──► server
 //! ```
 //!
 //! The response comes back the same way: the driver matches its tag in the
-//! [`Table`](#the-tag-lifecycle), completes the reply, and the caller's
+//! [`Table`](#the-tag-lifecycle), writes the answer into the request's cell
+//! (only while the cell still holds that request's occupancy), and the caller's
 //! [`ConnectionFuture`](crate::client::future::ConnectionFuture) (inside the
 //! balancer's and the call's futures) resolves. Routing happens in the caller's
 //! own task; the only task hop is the driver's channel.

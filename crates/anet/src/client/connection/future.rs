@@ -7,10 +7,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
 
-use super::reply::{Answer, Failure};
-use crate::{Error, Kind};
+use super::{cells::Claim, reply::Failure};
+use crate::Error;
 
 /// The response to one request on a [`Connection`](super::Connection).
 ///
@@ -29,14 +28,15 @@ pub struct ConnectionFuture {
 
 #[derive(Debug)]
 enum State {
-    Waiting(oneshot::Receiver<Answer>),
+    /// Its answer's cell, until the answer is taken.
+    Waiting(Claim),
     Failed(Option<Error>),
 }
 
 impl ConnectionFuture {
-    pub(crate) fn waiting(rx: oneshot::Receiver<Answer>) -> ConnectionFuture {
+    pub(crate) fn waiting(claim: Claim) -> ConnectionFuture {
         ConnectionFuture {
-            state: State::Waiting(rx),
+            state: State::Waiting(claim),
         }
     }
 
@@ -50,16 +50,9 @@ impl ConnectionFuture {
     #[inline]
     pub(crate) fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, Failure>> {
         match &mut self.state {
-            State::Waiting(rx) => Poll::Ready(match ready!(Pin::new(rx).poll(cx)) {
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(failure)) => Err(*failure),
-                // The driver always answers before dropping a request; it can
-                // only vanish without answering when its task was aborted.
-                Err(_) => Err(Failure {
-                    error: Error::with_source(Kind::ConnectionLost, "connection driver stopped"),
-                    deadline: None,
-                }),
-            }),
+            // A request the driver drops unanswered (its task aborted) is
+            // answered `ConnectionLost` by its reply's drop.
+            State::Waiting(claim) => Poll::Ready(ready!(claim.poll_answer(cx)).map_err(|f| *f)),
             State::Failed(error) => Poll::Ready(Err(Failure {
                 error: error
                     .take()

@@ -413,14 +413,14 @@ impl Connection {
 
     /// Queues a request holding one unit of the window.
     fn send(&self, payload: Bytes, deadline: Deadline, unit: Unit) -> ConnectionFuture {
-        let (reply, rx) = Reply::channel(deadline);
+        let (claim, slot) = self.shared.cells.claim();
         let request = Request {
             payload,
-            reply,
+            reply: Reply::new(slot, deadline),
             unit,
         };
         match self.tx.send(Message::Request(request)) {
-            Ok(()) => ConnectionFuture::waiting(rx),
+            Ok(()) => ConnectionFuture::waiting(claim),
             // The driver has finished (the window is closed): never written.
             Err(_) => ConnectionFuture::failed(not_sent(&self.shared)),
         }

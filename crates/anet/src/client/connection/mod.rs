@@ -2,6 +2,7 @@
 //! The public face is [`Connection`] (its docs tell the whole story); the driver
 //! task owns the transport and the table of waiting requests.
 
+mod cells;
 mod config;
 mod driver;
 mod due;

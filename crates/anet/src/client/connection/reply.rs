@@ -1,8 +1,9 @@
 //! Where a request's answer goes, with the deadline the request runs under.
 
 use bytes::Bytes;
-use tokio::{sync::oneshot, time::Instant};
+use tokio::time::Instant;
 
+use super::cells::{Cells, Slot};
 use crate::{Error, client::deadline::Deadline};
 
 /// What a request's response future receives (the failure boxed: it is rare,
@@ -17,39 +18,59 @@ pub(crate) struct Failure {
     pub(crate) deadline: Option<Instant>,
 }
 
-/// The sending side of one request's answer.
+/// The sending side of one request's answer: its response future's cell.
+///
+/// Its methods take the cells of the connection whose handle made it (the
+/// driver's own). Should the driver end without answering it (its task
+/// panicked or was aborted), [`Cells::close`] fails the future; a reply whose
+/// cell is one of its own fails it when dropped.
 #[derive(Debug)]
 pub(crate) struct Reply {
-    tx: oneshot::Sender<Answer>,
+    /// `None` once answered.
+    slot: Option<Slot>,
     /// The request's deadline (a relative one is fixed to an instant by the
     /// driver when it takes the request).
     pub(crate) deadline: Deadline,
 }
 
 impl Reply {
-    /// A reply channel for a request with `deadline`.
+    /// The reply for a request with `deadline`, answered into `slot`.
     #[inline]
-    pub(crate) fn channel(deadline: Deadline) -> (Reply, oneshot::Receiver<Answer>) {
-        let (tx, rx) = oneshot::channel();
-        (Reply { tx, deadline }, rx)
+    pub(crate) fn new(slot: Slot, deadline: Deadline) -> Reply {
+        Reply {
+            slot: Some(slot),
+            deadline,
+        }
     }
 
     /// Delivers the response; false if the caller is gone.
     #[inline]
-    pub(crate) fn succeed(self, payload: Bytes) -> bool {
-        self.tx.send(Ok(payload)).is_ok()
+    pub(crate) fn succeed(mut self, cells: &Cells, payload: Bytes) -> bool {
+        self.slot
+            .take()
+            .is_some_and(|slot| slot.fill(cells, Ok(payload)))
     }
 
     /// Fails the request with `error`.
     #[inline]
-    pub(crate) fn fail(self, error: Error) {
-        let deadline = self.deadline.instant();
-        let _ = self.tx.send(Err(Box::new(Failure { error, deadline })));
+    pub(crate) fn fail(mut self, cells: &Cells, error: Error) {
+        if let Some(slot) = self.slot.take() {
+            let deadline = self.deadline.instant();
+            slot.fill(cells, Err(Box::new(Failure { error, deadline })));
+        }
     }
 
     /// The caller dropped its response future.
     #[inline]
-    pub(crate) fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+    pub(crate) fn is_closed(&self, cells: &Cells) -> bool {
+        self.slot.as_ref().is_none_or(|slot| slot.is_closed(cells))
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(slot) = &self.slot {
+            slot.abandon();
+        }
     }
 }

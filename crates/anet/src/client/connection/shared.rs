@@ -12,7 +12,7 @@ use tokio::{
 
 use bytes::Bytes;
 
-use super::unit::Unit;
+use super::{cells::Cells, unit::Unit};
 use crate::client::room::Room;
 use crate::{Error, Kind};
 
@@ -47,6 +47,9 @@ pub(crate) struct Shared {
     pub(crate) semaphore: Arc<Semaphore>,
     /// The window size, to turn available permits into a load.
     pub(crate) window: usize,
+    /// Where answers wait for their response futures (reused, so a request
+    /// allocates nothing for its answer).
+    pub(crate) cells: Arc<Cells>,
     /// Why the connection stopped taking requests; set once.
     reason: OnceLock<Error>,
     /// Set when the driver has finished.
@@ -88,6 +91,7 @@ impl Shared {
         Shared {
             semaphore: Arc::new(Semaphore::new(window)),
             window,
+            cells: Arc::new(Cells::new(window.saturating_mul(2))),
             reason: OnceLock::new(),
             done: AtomicBool::new(false),
             done_notify: Notify::new(),

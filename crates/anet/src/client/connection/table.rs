@@ -31,6 +31,7 @@ use std::collections::VecDeque;
 use tokio::time::Instant;
 
 use super::{
+    cells::Cells,
     config::Layout,
     due::{Due, DueQueue},
     reply::Reply,
@@ -268,11 +269,11 @@ impl Table {
 
     /// Moves every waiting request whose caller has gone into quarantine until
     /// `until`. Returns how many moved.
-    pub(crate) fn quarantine_abandoned(&mut self, until: Instant) -> usize {
+    pub(crate) fn quarantine_abandoned(&mut self, cells: &Cells, until: Instant) -> usize {
         let mut moved = 0;
         for (index, slot) in self.slots.iter_mut().enumerate() {
             let abandoned =
-                matches!(&slot.state, State::Waiting { reply, .. } if reply.is_closed());
+                matches!(&slot.state, State::Waiting { reply, .. } if reply.is_closed(cells));
             if !abandoned {
                 continue;
             }
@@ -407,16 +408,17 @@ fn is_waiting(slots: &[Slot], due: &Due) -> bool {
 mod tests {
     use std::{sync::Arc, time::Duration};
 
-    use tokio::sync::{Semaphore, oneshot};
+    use tokio::sync::Semaphore;
 
     use super::*;
-    use crate::client::{ConnectionConfig, connection::reply::Answer, deadline::Deadline};
+    use crate::client::{ConnectionConfig, connection::cells::Claim, deadline::Deadline};
     use anet_proto::{Builder, TagFormat};
 
     /// A table as a connection would build it, with its window.
     struct Fixture {
         table: Table,
         window: Arc<Semaphore>,
+        cells: Arc<Cells>,
         layout: Layout,
     }
 
@@ -427,6 +429,7 @@ mod tests {
             Fixture {
                 table: Table::new(layout, space),
                 window: Arc::new(Semaphore::new(layout.window)),
+                cells: Arc::new(Cells::new(2 * layout.window)),
                 layout,
             }
         }
@@ -440,15 +443,16 @@ mod tests {
             )
         }
 
-        fn insert_until(&mut self, deadline: Option<Instant>) -> (u64, oneshot::Receiver<Answer>) {
+        fn insert_until(&mut self, deadline: Option<Instant>) -> (u64, Claim) {
             let unit = self
                 .window
                 .clone()
                 .try_acquire_owned()
                 .expect("window room");
-            let (reply, rx) = Reply::channel(deadline.map_or(Deadline::Never, Deadline::At));
+            let (claim, slot) = self.cells.claim();
+            let reply = Reply::new(slot, deadline.map_or(Deadline::Never, Deadline::At));
             let id = self.table.insert(reply, unit, None).expect("free slot");
-            (id, rx)
+            (id, claim)
         }
 
         fn insert(&mut self) -> u64 {
@@ -522,7 +526,7 @@ mod tests {
         let now = Instant::now();
         let (held, rx) = f.insert_until(None);
         drop(rx);
-        assert_eq!(f.table.quarantine_abandoned(now), 1);
+        assert_eq!(f.table.quarantine_abandoned(&f.cells, now), 1);
         f.table.expire_quarantine(now);
         assert_eq!(f.table.held_tags(), 1);
         assert_eq!(f.room(), 4, "the quarantine's end gave the unit back");
@@ -555,7 +559,7 @@ mod tests {
         drop(rx);
         let start = Instant::now();
         let until = start + Duration::from_secs(1);
-        f.table.quarantine_abandoned(until);
+        f.table.quarantine_abandoned(&f.cells, until);
         assert_eq!(f.room(), 0);
         f.table.expire_quarantine(start);
         assert_eq!(f.table.next_due(), Some(until));
@@ -629,7 +633,7 @@ mod tests {
             // A request abandoned into a quarantine without end, then answered late.
             let (id, rx) = f.insert_until(Some(forever));
             drop(rx);
-            f.table.quarantine_abandoned(forever);
+            f.table.quarantine_abandoned(&f.cells, forever);
             assert!(matches!(f.table.take(id), Matched::Late), "round {round}");
             f.room();
         }

@@ -29,6 +29,7 @@ use tokio::{
 
 use super::{
     ConnectionConfig,
+    cells::Cells,
     config::Layout,
     handle::not_sent,
     reply::Reply,
@@ -58,9 +59,9 @@ pub(super) enum Message {
 }
 
 /// Refuses the connection and marks it done if the driver task ends by a
-/// panic; the handles then fail their requests (see `ConnectionFuture`: a
-/// reply dropped unanswered is `ConnectionLost`, a request queued after it is
-/// `NotSent`) and the owner replaces the connection.
+/// panic; the handles then fail their requests (see [`CellsGuard`]; a
+/// request queued after it is `NotSent`) and the owner replaces the
+/// connection.
 struct PanicGuard(Arc<Shared>);
 
 impl Drop for PanicGuard {
@@ -74,6 +75,19 @@ impl Drop for PanicGuard {
             self.0.mark_done();
             self.0.wake_owner();
         }
+    }
+}
+
+/// Closes the connection's answer cells when the driver goes, however it
+/// goes (finished, panicked, its task aborted — even before its first
+/// poll): a response future it left unanswered (only after a panic or an
+/// abort; it answers every request it takes otherwise) then fails as
+/// `ConnectionLost` instead of waiting forever.
+struct CellsGuard(Arc<Cells>);
+
+impl Drop for CellsGuard {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -138,6 +152,8 @@ pub(super) struct Driver<T> {
     /// The response-time estimate for the balancer, when the owner asked for
     /// one (see `ConnectionConfig::latency`).
     latency: Option<Estimator>,
+    /// Held until the driver is done with every request it took.
+    cells_guard: CellsGuard,
 }
 
 /// Counters kept by the driver and published to [`Shared`] once per wake-up.
@@ -162,6 +178,7 @@ where
         layout: Layout,
     ) -> Driver<T> {
         let wire = Wire::new(io, &config);
+        let cells_guard = CellsGuard(shared.cells.clone());
         Driver {
             table: Table::new(layout, wire.tags().id_space()),
             wire,
@@ -179,6 +196,7 @@ where
             latency: config
                 .latency
                 .map(|config| Estimator::new(config, Instant::now())),
+            cells_guard,
         }
     }
 
@@ -194,15 +212,21 @@ where
         // may be inside `send` (its message counted, not yet pushed): `recv`
         // waits for such a message and returns `None` only once none is left,
         // so every request ever queued is answered.
-        let Driver { mut rx, shared, .. } = self;
+        let Driver {
+            mut rx,
+            shared,
+            cells_guard,
+            ..
+        } = self;
         while let Some(message) = rx.recv().await {
             if let Message::Request(mut request) = message {
                 // Fixed, so that a retry keeps the call's deadline.
                 request.reply.deadline.fix(Instant::now);
-                request.reply.fail(not_sent(&shared));
+                request.reply.fail(&shared.cells, not_sent(&shared));
             }
         }
         shared.mark_done();
+        drop(cells_guard);
     }
 
     /// Gives the units freed this pass back to the window, and tells the
@@ -229,10 +253,10 @@ where
             }
             let (table, counts) = (&mut self.table, &mut self.counts);
             let latency = &mut self.latency;
-            let hook = self.shared.hook.get();
+            let (hook, cells) = (self.shared.hook.get(), &*self.shared.cells);
             let mut retire = false;
             match self.wire.poll_read(cx, |id, frame| {
-                retire |= dispatch(table, counts, latency.as_mut(), hook, id, frame);
+                retire |= dispatch(table, cells, counts, latency.as_mut(), hook, id, frame);
             }) {
                 Ok(read) => progress |= read,
                 Err(error) => return Poll::Ready(Exit::Failed(error)),
@@ -359,7 +383,7 @@ where
             reply,
             unit,
         } = request;
-        if reply.is_closed() {
+        if reply.is_closed(&self.shared.cells) {
             // The caller gave up (dropped or timed out) before the request was
             // written: it is never written.
             self.counts.abandoned_unwritten += 1;
@@ -371,7 +395,7 @@ where
             .is_some_and(|d| d <= self.timers.clock())
         {
             // Its deadline passed while it queued: never written.
-            reply.fail(overdue(true));
+            reply.fail(&self.shared.cells, overdue(true));
             return;
         }
         // Stamped with the pass's clock: no clock read per request.
@@ -386,10 +410,10 @@ where
             Err((reply, _unit)) => {
                 // Only a closing connection (whose held tags may exceed their
                 // limit while it drains) can run out of slots.
-                reply.fail(Error::with_source(
-                    Kind::NotSent,
-                    "no free tag on the connection",
-                ));
+                reply.fail(
+                    &self.shared.cells,
+                    Error::with_source(Kind::NotSent, "no free tag on the connection"),
+                );
                 return;
             }
         };
@@ -401,7 +425,10 @@ where
             }
             Err(e) => {
                 if let Some(reply) = self.table.remove(id) {
-                    reply.fail(Error::with_source(Kind::InvalidRequest, e));
+                    reply.fail(
+                        &self.shared.cells,
+                        Error::with_source(Kind::InvalidRequest, e),
+                    );
                 }
             }
         }
@@ -458,8 +485,12 @@ where
             let mut kept = VecDeque::with_capacity(self.backlog.len());
             for request in self.backlog.drain(..) {
                 match request.reply.deadline.instant() {
-                    _ if request.reply.is_closed() => self.counts.abandoned_unwritten += 1,
-                    Some(deadline) if deadline <= now => request.reply.fail(overdue(true)),
+                    _ if request.reply.is_closed(&self.shared.cells) => {
+                        self.counts.abandoned_unwritten += 1
+                    }
+                    Some(deadline) if deadline <= now => {
+                        request.reply.fail(&self.shared.cells, overdue(true))
+                    }
                     deadline => {
                         if let Some(d) = deadline {
                             earliest = Some(earliest.map_or(d, |e| e.min(d)));
@@ -480,13 +511,15 @@ where
             }
         }
         for reply in expired {
-            reply.fail(overdue(false));
+            reply.fail(&self.shared.cells, overdue(false));
         }
     }
 
     /// Moves requests whose callers gave up into quarantine.
     fn sweep(&mut self, now: Instant) {
-        let moved = self.table.quarantine_abandoned(later(now, self.quarantine));
+        let moved = self
+            .table
+            .quarantine_abandoned(&self.shared.cells, later(now, self.quarantine));
         if moved > 0 {
             tracing::debug!(moved, "abandoned requests quarantined");
         }
@@ -640,12 +673,14 @@ where
         self.shared.refuse(error.clone());
         self.shared.wake_owner();
         for reply in self.table.drain_waiting() {
-            reply.fail(error.clone());
+            reply.fail(&self.shared.cells, error.clone());
         }
         self.table.return_units();
         self.rx.close();
         for request in std::mem::take(&mut self.backlog) {
-            request.reply.fail(not_sent(&self.shared));
+            request
+                .reply
+                .fail(&self.shared.cells, not_sent(&self.shared));
         }
         self.publish();
         // Its held tags end with it (the stats keep the last count).
@@ -665,6 +700,7 @@ fn overdue(unwritten: bool) -> Error {
 #[inline]
 fn dispatch(
     table: &mut Table,
+    cells: &Cells,
     counts: &mut LocalCounts,
     latency: Option<&mut Estimator>,
     hook: Option<&ReplyHook>,
@@ -687,7 +723,7 @@ fn dispatch(
                     latency.answered(sent);
                 }
             }
-            if reply.succeed(frame.payload) {
+            if reply.succeed(cells, frame.payload) {
                 counts.responses += 1;
             } else {
                 // Abandoned after the last sweep: the late response is dropped.
