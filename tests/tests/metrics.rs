@@ -356,3 +356,53 @@ fn client_series_of_rare_events_exist_before_their_first_event() {
         client.close();
     });
 }
+
+#[test]
+fn the_in_flight_gauge_counts_requests_waiting_on_the_endpoint() {
+    recorded(|snapshotter| async move {
+        let server = start_scripted(|_, frame| match &frame.payload[..] {
+            b"slow" => Action::Ignore,
+            _ => Action::Echo(Duration::ZERO),
+        })
+        .await;
+        let endpoint = server.addr.to_string();
+        let e = endpoint.as_str();
+        let client = Client::builder()
+            .endpoint(server.addr)
+            .request_timeout(Duration::from_millis(500))
+            .retry(RetryPolicy::new(0))
+            .build();
+        client.call(Bytes::from_static(b"hi")).await.expect("echo");
+        let _ = samples(&snapshotter);
+        let slow: Vec<_> = (0..3)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move { client.call(Bytes::from_static(b"slow")).await })
+            })
+            .collect();
+        anet_tests::eventually(Duration::from_secs(5), || {
+            client
+                .stats()
+                .endpoints
+                .iter()
+                .map(|e| e.in_flight)
+                .sum::<usize>()
+                == 3
+        })
+        .await;
+        // The driver publishes at the end of the pass that wrote them.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A snapshot drains what it reads: the change since the last one.
+        let s = samples(&snapshotter);
+        assert_eq!(gauge(&s, "anet_client_in_flight", &[("endpoint", e)]), 3.0);
+        for call in slow {
+            let err = call.await.expect("join").expect_err("ignored");
+            assert_eq!(err.kind(), Kind::Timeout);
+        }
+        // The next pass publishes that they left.
+        client.call(Bytes::from_static(b"hi")).await.expect("echo");
+        let s = samples(&snapshotter);
+        assert_eq!(gauge(&s, "anet_client_in_flight", &[("endpoint", e)]), -3.0);
+        client.close();
+    });
+}

@@ -80,18 +80,37 @@ mod on {
         /// A request is on one of this endpoint's connections.
         #[inline]
         pub(crate) fn sent(&self) -> Attempt {
-            self.in_flight.increment(1.0);
             Attempt {
-                in_flight: self.in_flight.clone(),
                 started: self.timed.then(Instant::now),
+            }
+        }
+
+        /// A connection's share of the endpoint's in-flight gauge.
+        pub(crate) fn in_flight_share(&self) -> InFlightShare {
+            InFlightShare(self.in_flight.clone())
+        }
+    }
+
+    /// A connection's share of its endpoint's `anet_client_in_flight` gauge:
+    /// its driver publishes the change in its requests taken and not yet
+    /// answered once per pass (not two updates per request).
+    #[derive(Debug, Clone)]
+    pub(crate) struct InFlightShare(Gauge);
+
+    impl InFlightShare {
+        /// The connection had `before` requests in flight at its last
+        /// publication and has `now`.
+        #[inline]
+        pub(crate) fn publish(&self, before: usize, now: usize) {
+            if before != now {
+                self.0.increment(now as f64 - before as f64);
             }
         }
     }
 
-    /// A request on an endpoint's connection: counted in flight until dropped.
+    /// A request on an endpoint's connection, timed when a recorder is installed.
     #[derive(Debug)]
     pub(crate) struct Attempt {
-        in_flight: Gauge,
         started: Option<Instant>,
     }
 
@@ -118,12 +137,6 @@ mod on {
                     }
                 }
             }
-        }
-    }
-
-    impl Drop for Attempt {
-        fn drop(&mut self) {
-            self.in_flight.decrement(1.0);
         }
     }
 
@@ -289,6 +302,18 @@ mod on {
         pub(crate) fn sent(&self) -> Attempt {
             Attempt
         }
+        #[inline(always)]
+        pub(crate) fn in_flight_share(&self) -> InFlightShare {
+            InFlightShare
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    pub(crate) struct InFlightShare;
+
+    impl InFlightShare {
+        #[inline(always)]
+        pub(crate) fn publish(&self, _: usize, _: usize) {}
     }
 
     #[derive(Debug)]

@@ -211,6 +211,12 @@ impl Connection {
         let _ = self.shared.room.set(room);
     }
 
+    /// Has the driver publish its requests in flight to its endpoint's gauge
+    /// (once; later calls do nothing).
+    pub(crate) fn share_in_flight(&self, share: crate::observe::InFlightShare) {
+        let _ = self.shared.in_flight_share.set(share);
+    }
+
     /// Whether the driver has finished: every request answered or failed, the
     /// transport dropped (`closed` would not wait).
     pub(crate) fn is_finished(&self) -> bool {

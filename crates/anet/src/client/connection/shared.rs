@@ -69,6 +69,9 @@ pub(crate) struct Shared {
     /// Woken when the driver starts refusing requests on its own (a
     /// retirement, a failure), so that the owner replaces the connection.
     pub(crate) owner_wake: OnceLock<Arc<Notify>>,
+    /// Its share of its endpoint's in-flight gauge (feature `metrics`), once
+    /// its owner gives it one.
+    pub(crate) in_flight_share: OnceLock<crate::observe::InFlightShare>,
     /// The driver's peak-EWMA response-time estimate in nanoseconds, for the
     /// balancer; 0 while it has none (or does not measure).
     pub(crate) rtt_ns: AtomicU64,
@@ -84,6 +87,9 @@ pub(crate) struct Counters {
     pub(crate) abandoned_unwritten: AtomicU64,
     pub(crate) quarantined: AtomicUsize,
     pub(crate) held: AtomicUsize,
+    /// Requests taken and not yet answered at the last publication to the
+    /// in-flight gauge (only while it has a share of one).
+    pub(crate) in_flight: AtomicUsize,
 }
 
 impl Shared {
@@ -98,6 +104,7 @@ impl Shared {
             counters: Counters::default(),
             opened: Instant::now(),
             room: OnceLock::new(),
+            in_flight_share: OnceLock::new(),
             hook: OnceLock::new(),
             owner_wake: OnceLock::new(),
             rtt_ns: AtomicU64::new(0),

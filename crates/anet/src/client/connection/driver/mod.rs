@@ -637,6 +637,10 @@ where
                 held_before,
                 held,
             );
+            if let Some(share) = self.shared.in_flight_share.get() {
+                let in_flight = self.table.waiting() + self.backlog.len();
+                share.publish(c.in_flight.swap(in_flight, Relaxed), in_flight);
+            }
         } else {
             c.unknown.store(self.counts.unknown, Relaxed);
             c.held.store(self.table.held_tags(), Relaxed);
@@ -685,6 +689,10 @@ where
         self.publish();
         // Its held tags end with it (the stats keep the last count).
         crate::observe::connection_published(0, self.table.held_tags(), 0);
+        // So do its requests in flight (none is left: all were failed above).
+        if let Some(share) = self.shared.in_flight_share.get() {
+            share.publish(self.shared.counters.in_flight.swap(0, Relaxed), 0);
+        }
     }
 }
 
