@@ -255,8 +255,13 @@ impl<F: Future> CallSet<F> {
     fn poll_slot(&mut self, index: usize) -> Option<F::Output> {
         let slot = self.slots.get_mut(index)?;
         let call = slot.call.as_mut().as_pin_mut()?;
-        // Cleared first: a wake-up during the poll queues the slot again.
-        slot.state.queued.store(false, Ordering::Release);
+        // Cleared first: a wake-up during the poll queues the slot again. A
+        // swap, not a store: when it reads a waker's `true` it acquires what
+        // that waker published before waking (say, the response the call is
+        // about to look for). A plain store lets the call's first read pass
+        // it (store-load reordering, x86 included) and miss an event whose
+        // wake-up saw `queued` still set and queued nothing: a lost wake-up.
+        slot.state.queued.swap(false, Ordering::AcqRel);
         let output = match call.poll(&mut Context::from_waker(&slot.waker)) {
             Poll::Ready(output) => output,
             Poll::Pending => return None,
