@@ -128,7 +128,10 @@ async fn closes(bytes: &[u8]) {
         .await
         .expect("closed in time")
         .expect("read");
-    tokio::time::timeout(WITHIN, task).await.expect("ends").expect("no panic");
+    tokio::time::timeout(WITHIN, task)
+        .await
+        .expect("ends")
+        .expect("no panic");
 }
 
 #[tokio::test]
@@ -156,6 +159,9 @@ async fn input_ending_inside_a_frame_closes_the_connection() {
             .expect("closed in time")
             .expect("read");
         assert!(rest.is_empty());
-        tokio::time::timeout(WITHIN, task).await.expect("ends").expect("no panic");
+        tokio::time::timeout(WITHIN, task)
+            .await
+            .expect("ends")
+            .expect("no panic");
     }
 }
