@@ -33,6 +33,17 @@ const PAYLOAD: &[u8] = b"0123456789abcdef0123456789abcdef";
 /// The allocations on this thread while `service` serves one connection of
 /// `requests` requests, sent `window` at a time by a client on another thread.
 fn allocations_for<S: Handler>(service: S, requests: usize, window: usize) -> u64 {
+    measure_connection(service, requests, window).count_total
+}
+
+/// What the server's thread allocated while `service` served one connection
+/// of `requests` requests, sent `window` at a time by a client on another
+/// thread.
+fn measure_connection<S: Handler>(
+    service: S,
+    requests: usize,
+    window: usize,
+) -> allocation_counter::AllocationInfo {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -71,7 +82,7 @@ fn allocations_for<S: Handler>(service: S, requests: usize, window: usize) -> u6
         })
     });
     client.join().expect("client");
-    info.count_total
+    info
 }
 
 fn per_request<S: Handler>(what: &str, service: S, window: usize) -> f64 {
@@ -104,6 +115,36 @@ fn a_pending_handler_costs_at_most_one_allocation_per_request() {
     for window in [1, 32] {
         let n = per_request("yielding echo", yielding_echo(), window);
         assert!(n <= 1.0, "{n:.4} allocations per request (window {window})");
+    }
+}
+
+/// An echo whose future wakes its own task as it answers, at its first poll
+/// (legal, if unusual; a late wake-up of a finished call is the same): the
+/// wake-up names a call slot that is free by the time the connection looks.
+fn self_waking_echo() -> impl Handler {
+    service_fn(|req: Request| {
+        let mut payload = Some(req.into_payload());
+        std::future::poll_fn(move |cx| {
+            cx.waker().wake_by_ref();
+            std::task::Poll::Ready(Ok::<Bytes, std::convert::Infallible>(
+                payload.take().expect("polled once"),
+            ))
+        })
+    })
+}
+
+#[test]
+fn wake_ups_left_by_finished_calls_do_not_pile_up_on_a_busy_connection() {
+    for window in [1, 32] {
+        let short = measure_connection(self_waking_echo(), SHORT, window).bytes_max;
+        let long = measure_connection(self_waking_echo(), LONG, window).bytes_max;
+        let growth = long.saturating_sub(short);
+        println!("self-waking echo, {window} at a time: peak heap {short} -> {long} bytes");
+        // The peak must not depend on how many requests the connection served.
+        assert!(
+            growth < 16 * 1024,
+            "peak heap grew by {growth} bytes from {SHORT} to {LONG} requests (window {window})"
+        );
     }
 }
 

@@ -28,6 +28,9 @@ use std::{
 #[derive(Debug, Default)]
 struct Woken {
     state: Mutex<WokenState>,
+    /// `indices` may hold something: read without the lock, so that a set
+    /// with no call in flight drops stale indices without locking every time.
+    any: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +71,7 @@ impl Wake for SlotWaker {
             state.indices.push(self.index);
             // The task drains the whole list: wake it for the first index only.
             if state.indices.len() == 1 {
+                self.woken.any.store(true, Ordering::Relaxed);
                 state.task.clone()
             } else {
                 None
@@ -157,6 +161,7 @@ impl<F: Future> CallSet<F> {
                 self.polling.clear();
                 self.next = 0;
                 if self.len == 0 {
+                    self.drop_stale();
                     return Poll::Ready(None);
                 }
                 if refilled {
@@ -172,6 +177,7 @@ impl<F: Future> CallSet<F> {
                     }
                     // Both lists keep their capacity: no allocation once warm.
                     std::mem::swap(&mut state.indices, &mut self.polling);
+                    self.woken.any.store(false, Ordering::Relaxed);
                 }
                 if self.polling.is_empty() {
                     return Poll::Pending;
@@ -213,6 +219,19 @@ impl<F: Future> CallSet<F> {
         self.polling = Vec::new();
         self.next = 0;
         self.woken.lock().indices = Vec::new();
+        self.woken.any.store(false, Ordering::Relaxed);
+    }
+
+    /// With no call in flight, every index on the woken list names a free
+    /// slot (a late wake-up, or a call that woke itself as it finished):
+    /// drops them. Without this, a connection whose calls all finish at their
+    /// first poll never takes the list, and it grows with every request.
+    fn drop_stale(&mut self) {
+        if self.woken.any.load(Ordering::Relaxed) {
+            let mut state = self.woken.lock();
+            state.indices.clear();
+            self.woken.any.store(false, Ordering::Relaxed);
+        }
     }
 
     /// A new slot; its index.
@@ -236,8 +255,13 @@ impl<F: Future> CallSet<F> {
     fn poll_slot(&mut self, index: usize) -> Option<F::Output> {
         let slot = self.slots.get_mut(index)?;
         let call = slot.call.as_mut().as_pin_mut()?;
-        // Cleared first: a wake-up during the poll queues the slot again.
-        slot.state.queued.store(false, Ordering::Release);
+        // Cleared first: a wake-up during the poll queues the slot again. A
+        // swap, not a store: when it reads a waker's `true` it acquires what
+        // that waker published before waking (say, the response the call is
+        // about to look for). A plain store lets the call's first read pass
+        // it (store-load reordering, x86 included) and miss an event whose
+        // wake-up saw `queued` still set and queued nothing: a lost wake-up.
+        slot.state.queued.swap(false, Ordering::AcqRel);
         let output = match call.poll(&mut Context::from_waker(&slot.waker)) {
             Poll::Ready(output) => output,
             Poll::Pending => return None,
@@ -338,6 +362,28 @@ mod tests {
             // The poll in `push`, then one per turn.
             assert_eq!(polls.load(Ordering::Relaxed), 1 + turn);
         }
+    }
+
+    /// Wakes itself as it finishes, at its first poll.
+    struct WakeAndFinish;
+
+    impl Future for WakeAndFinish {
+        type Output = u32;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
+            cx.waker().wake_by_ref();
+            Poll::Ready(1)
+        }
+    }
+
+    #[test]
+    fn wake_ups_of_calls_that_finished_at_once_do_not_pile_up() {
+        let mut set = CallSet::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..100 {
+            assert_eq!(set.push(WakeAndFinish), Some(1));
+            assert_eq!(set.poll_next(&mut cx), Poll::Ready(None));
+        }
+        assert!(set.woken.lock().indices.is_empty());
     }
 
     #[test]
