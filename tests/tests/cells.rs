@@ -73,11 +73,7 @@ async fn caller(mut conn: Connection, id: u64, tally: Arc<Tally>) {
     while start.elapsed() < LOAD {
         n += 1;
         let payload = Bytes::from(format!("caller-{id:02}-request-{n:08}"));
-        let mut future = conn
-            .ready()
-            .await
-            .expect("ready")
-            .call(payload.clone());
+        let mut future = conn.ready().await.expect("ready").call(payload.clone());
         match rng.below(8) {
             // Given up at once (most likely before it is written).
             0 => {
@@ -106,17 +102,15 @@ async fn caller(mut conn: Connection, id: u64, tally: Arc<Tally>) {
             }
             // Polled here, then finished on another task (another waker,
             // maybe another thread).
-            3 => {
-                match tokio::time::timeout(Duration::ZERO, &mut future).await {
-                    Ok(result) => tally.check(result, &payload),
-                    Err(_) => {
-                        let tally = tally.clone();
-                        tokio::spawn(async move { tally.finish(future, &payload).await })
-                            .await
-                            .expect("the other task");
-                    }
+            3 => match tokio::time::timeout(Duration::ZERO, &mut future).await {
+                Ok(result) => tally.check(result, &payload),
+                Err(_) => {
+                    let tally = tally.clone();
+                    tokio::spawn(async move { tally.finish(future, &payload).await })
+                        .await
+                        .expect("the other task");
                 }
-            }
+            },
             // Held unread while more calls are made: with every caller
             // holding some, there are more unread futures than cells.
             4 | 5 => {
@@ -124,7 +118,8 @@ async fn caller(mut conn: Connection, id: u64, tally: Arc<Tally>) {
                 if held.len() >= 6 {
                     // Read in a random order; some dropped unread.
                     while !held.is_empty() {
-                        let (future, payload) = held.swap_remove(rng.below(held.len() as u64) as usize);
+                        let (future, payload) =
+                            held.swap_remove(rng.below(held.len() as u64) as usize);
                         if rng.below(4) == 0 {
                             drop(future);
                             tally.given_up.fetch_add(1, Ordering::Relaxed);
@@ -150,7 +145,11 @@ async fn answer_cells_under_random_cancellation_never_misdeliver_hang_or_leak() 
     // taken by the next call).
     let server = start_scripted(|n, _| {
         let mut rng = Rng::new(n as u64 + 1);
-        let delay = if rng.below(4) == 0 { rng.below(2000) } else { 0 };
+        let delay = if rng.below(4) == 0 {
+            rng.below(2000)
+        } else {
+            0
+        };
         Action::Echo(Duration::from_micros(delay))
     })
     .await;
@@ -171,7 +170,11 @@ async fn answer_cells_under_random_cancellation_never_misdeliver_hang_or_leak() 
     let answered = tally.answered.load(Ordering::Relaxed);
     let given_up = tally.given_up.load(Ordering::Relaxed);
     eprintln!("answered {answered}, given up {given_up}");
-    assert_eq!(tally.wrong.load(Ordering::Relaxed), 0, "misdelivered answers");
+    assert_eq!(
+        tally.wrong.load(Ordering::Relaxed),
+        0,
+        "misdelivered answers"
+    );
     assert_eq!(tally.hung.load(Ordering::Relaxed), 0, "hung calls");
     assert_eq!(tally.failed.load(Ordering::Relaxed), 0, "failed calls");
     assert!(answered > 0 && given_up > 0, "{answered} {given_up}");

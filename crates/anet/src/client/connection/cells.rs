@@ -646,4 +646,81 @@ mod tests {
         }
         assert!(cells.made() <= 8, "{} cells for 8 at a time", cells.made());
     }
+
+    /// `head` as it reads after `changes` more pops and pushes that leave
+    /// the same cell on top (the change count advanced, wrapping as it does).
+    fn after_changes(head: u64, changes: u64) -> u64 {
+        let one = bump(0);
+        let index = head & (one - 1);
+        (head & !(one - 1)).wrapping_add(one.wrapping_mul(changes)) | index
+    }
+
+    /// The ABA the change count guards against: a pop reads the head and
+    /// its successor, stalls, and meanwhile the top cell is claimed, its
+    /// successor claimed (held), and the top cell given back. The stalled
+    /// pop's swap must fail, or the free list would name a held cell. At a
+    /// million requests a second a connection makes two million changes a
+    /// second: 2^32 of them pass in about 36 minutes, which a 32-bit count
+    /// cannot tell from none.
+    #[test]
+    fn a_pop_stalled_over_two_to_the_32_changes_cannot_link_a_held_cell() {
+        let cells = Arc::new(Cells::new(64));
+        // Three cells made and given back: the free list is 2, 1, 0.
+        drop((0..3).map(|_| cells.claim()).collect::<Vec<_>>());
+        // The stalled pop: the head, and the top's successor.
+        let stale = cells.free.load(SeqCst);
+        let top = (stale & (bump(0) - 1)) as u32;
+        let successor = cells.cell(top).next.load(SeqCst);
+        // Meanwhile the top and its successor are claimed; the top comes back.
+        let (top_claim, _) = cells.claim();
+        let (held, _) = cells.claim();
+        assert_eq!(index(&top_claim), Some(top));
+        assert_eq!(index(&held), Some(successor));
+        drop(top_claim);
+        // ... and 2^32 changes pass in all before the stalled pop goes on.
+        let now = cells.free.load(SeqCst);
+        cells.free.store(after_changes(now, (1 << 32) - 3), SeqCst);
+        let swapped = cells
+            .free
+            .compare_exchange(stale, bump(stale) | u64::from(successor), SeqCst, SeqCst)
+            .is_ok();
+        assert!(
+            !swapped,
+            "a pop stalled over 2^32 changes put held cell {successor} on the free list"
+        );
+        drop(held);
+    }
+
+    /// Should the free list ever be corrupted (a stalled pop's swap
+    /// succeeding after its change count came round), it may name a held
+    /// cell, even link a cell to itself. A claim that pops a held cell must
+    /// neither share it nor keep popping (a self-linked held cell would
+    /// spin the caller's thread for ever): it takes a cell of its own.
+    #[test]
+    fn a_claim_that_pops_a_held_cell_from_a_corrupted_free_list_takes_its_own() {
+        let cells = Arc::new(Cells::new(64));
+        drop(cells.claim());
+        // Cell 0 is free and on the list; pushed again, it links to itself.
+        cells.push(0);
+        let (first, _) = cells.claim();
+        assert_eq!(index(&first), Some(0));
+        // The list still names cell 0, now held.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let claimer = {
+            let cells = cells.clone();
+            std::thread::spawn(move || {
+                let (second, slot) = cells.claim();
+                let _ = tx.send(index(&second));
+                (second, slot)
+            })
+        };
+        let second = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the claim ends (it spun on the held cell)");
+        assert_ne!(second, Some(0), "one cell handed to two futures");
+        let (mut second, slot) = claimer.join().expect("claimed");
+        assert!(slot.fill(&cells, Ok(Bytes::from_static(b"second"))));
+        assert_eq!(payload(poll(&mut second)), "second");
+        drop(first);
+    }
 }
