@@ -154,7 +154,14 @@ async fn answer_cells_under_random_cancellation_never_misdeliver_hang_or_leak() 
     })
     .await;
     let conn = Connector::new()
-        .connection_config(ConnectionConfig::new().max_in_flight(WINDOW))
+        // Held tags far above the window: abandoned requests (at most the
+        // window of them, answered within 2 ms) must never retire the
+        // connection while the test runs.
+        .connection_config(
+            ConnectionConfig::new()
+                .max_in_flight(WINDOW)
+                .held_tag_limit(64 * WINDOW),
+        )
         .connect(server.addr)
         .await
         .expect("connect");
