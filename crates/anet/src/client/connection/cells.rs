@@ -21,7 +21,8 @@
 //! same lock; a late answer for a cancelled request finds a newer number and
 //! is dropped (the reply reports the caller gone). A claim moves the number
 //! from even to odd by compare-and-swap, so even a corrupted free list could
-//! not hand one occupied cell to two callers.
+//! not hand one occupied cell to two callers (a claim that meets a held cell
+//! there takes a cell of its own instead).
 //!
 //! **Nothing waits forever.** The driver answers every request it takes;
 //! should it end without doing so (its task panicked or was aborted, even
@@ -45,7 +46,7 @@ use std::{
         Arc, Mutex, MutexGuard, OnceLock, PoisonError,
         atomic::{
             AtomicBool, AtomicU32, AtomicU64,
-            Ordering::{Acquire, Relaxed, Release, SeqCst},
+            Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst},
         },
     },
     task::{Context, Poll, Waker},
@@ -57,8 +58,21 @@ use crate::{Error, Kind};
 /// Cells made together when first needed.
 const CHUNK: usize = 64;
 
+/// Bits of the free list's head that name its top cell; the rest (42) count
+/// changes. A connection has at most twice its largest window (2^20) of
+/// cells, so 22 bits name them all; the 42-bit count comes round after 2^42
+/// pops and pushes, 25 days at a million requests a second (two changes
+/// each), where 32 bits would take 36 minutes.
+const INDEX_BITS: u32 = 22;
+
+/// The index bits of the free list's head.
+const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
+
 /// No cell (the end of the free list).
-const NIL: u32 = u32::MAX;
+const NIL: u32 = INDEX_MASK as u32;
+
+// Every cell of the largest window has an index below `NIL`.
+const _: () = assert!(2 * super::config::MAX_WINDOW < NIL as usize);
 
 /// The answer cells of one connection.
 pub(crate) struct Cells {
@@ -69,13 +83,15 @@ pub(crate) struct Cells {
     /// Cells handed out at least once: the next never-used one.
     fresh: AtomicU32,
     /// The free list, a stack of cell indices linked through [`Cell::next`]:
-    /// the low 32 bits name the top cell (or [`NIL`]), the high 32 bits count
-    /// changes so that a pop racing a pop and a push of the same cell fails
-    /// its compare-and-swap instead of linking a stale successor.
+    /// the low [`INDEX_BITS`] bits name the top cell (or [`NIL`]), the high
+    /// bits count changes so that a pop racing a pop and a push of the same
+    /// cell fails its compare-and-swap instead of linking a stale successor.
     free: AtomicU64,
     /// Set when the driver has ended: no answer will come any more, and a
     /// future still without one fails.
     closed: AtomicBool,
+    /// Set once the free list was found to name a held cell (reported once).
+    corrupt: AtomicBool,
 }
 
 /// One answer's place.
@@ -163,15 +179,14 @@ impl Cell {
 impl Cells {
     /// Room for `capacity` cells (rounded up to whole chunks), none made yet.
     pub(crate) fn new(capacity: usize) -> Cells {
-        let chunks = capacity
-            .div_ceil(CHUNK)
-            .clamp(1, (NIL as usize - 1) / CHUNK);
+        let chunks = capacity.div_ceil(CHUNK).clamp(1, NIL as usize / CHUNK);
         Cells {
             chunks: (0..chunks).map(|_| OnceLock::new()).collect(),
             capacity: (chunks * CHUNK) as u32,
             fresh: AtomicU32::new(0),
             free: AtomicU64::new(u64::from(NIL)),
             closed: AtomicBool::new(false),
+            corrupt: AtomicBool::new(false),
         }
     }
 
@@ -207,22 +222,39 @@ impl Cells {
         }
     }
 
-    /// A free cell, moved to its next occupancy.
+    /// A free cell, moved to its next occupancy; `None` when there is none.
     #[inline]
     fn take(&self) -> Option<(u32, u64)> {
-        loop {
-            let index = self.pop().or_else(|| self.make())?;
-            let cell = self.cell(index);
-            // A free cell's number is even; only a claim makes it odd, and
-            // only the claim that popped it may.
-            let free = cell.occupant.load(Acquire);
-            if free % 2 == 0 {
-                cell.occupant.store(free + 1, Release);
-                return Some((index, free + 1));
-            }
-            // Held by someone (impossible unless the free list was
-            // corrupted): never share it; leave it out and try another.
-            debug_assert!(false, "a held cell was on the free list");
+        let index = self.pop().or_else(|| self.make())?;
+        let cell = self.cell(index);
+        // A free cell's number is even; only a claim makes it odd, by
+        // compare-and-swap, so that should a corrupted free list hand one
+        // cell to two claims at once, only one of them takes it.
+        let free = cell.occupant.load(Acquire);
+        if free % 2 == 0
+            && cell
+                .occupant
+                .compare_exchange(free, free + 1, AcqRel, Acquire)
+                .is_ok()
+        {
+            return Some((index, free + 1));
+        }
+        // Held (impossible unless the free list was corrupted): never share
+        // it, and do not pop on (a corrupted list may link a held cell to
+        // itself): this claim takes a cell of its own. The popped cell goes
+        // back on the list when its holder gives it back.
+        self.report_corruption();
+        None
+    }
+
+    /// Says once that the free list was found corrupted.
+    #[cold]
+    fn report_corruption(&self) {
+        if !self.corrupt.swap(true, Relaxed) {
+            tracing::error!(
+                "answer cells: the free list named a held cell; \
+                 claims that meet it take cells of their own"
+            );
         }
     }
 
@@ -231,7 +263,7 @@ impl Cells {
     fn pop(&self) -> Option<u32> {
         let mut head = self.free.load(Acquire);
         loop {
-            let index = head as u32;
+            let index = (head & INDEX_MASK) as u32;
             if index == NIL {
                 return None;
             }
@@ -250,7 +282,7 @@ impl Cells {
         let cell = self.cell(index);
         let mut head = self.free.load(Relaxed);
         loop {
-            cell.next.store(head as u32, Relaxed);
+            cell.next.store((head & INDEX_MASK) as u32, Relaxed);
             let new = bump(head) | u64::from(index);
             match self.free.compare_exchange_weak(head, new, Release, Relaxed) {
                 Ok(_) => return,
@@ -316,7 +348,8 @@ impl Cells {
 /// The free list's head with its change count advanced and no cell named.
 #[inline]
 fn bump(head: u64) -> u64 {
-    ((head >> 32).wrapping_add(1)) << 32
+    // The count's top bit shifts out as it comes round.
+    ((head >> INDEX_BITS) + 1) << INDEX_BITS
 }
 
 /// The answer of a request whose driver ended without answering it.
@@ -645,5 +678,82 @@ mod tests {
             thread.join().expect("no misdelivery");
         }
         assert!(cells.made() <= 8, "{} cells for 8 at a time", cells.made());
+    }
+
+    /// `head` as it reads after `changes` more pops and pushes that leave
+    /// the same cell on top (the change count advanced, wrapping as it does).
+    fn after_changes(head: u64, changes: u64) -> u64 {
+        let one = bump(0);
+        let index = head & (one - 1);
+        (head & !(one - 1)).wrapping_add(one.wrapping_mul(changes)) | index
+    }
+
+    /// The ABA the change count guards against: a pop reads the head and
+    /// its successor, stalls, and meanwhile the top cell is claimed, its
+    /// successor claimed (held), and the top cell given back. The stalled
+    /// pop's swap must fail, or the free list would name a held cell. At a
+    /// million requests a second a connection makes two million changes a
+    /// second: 2^32 of them pass in about 36 minutes, which a 32-bit count
+    /// could not tell from none (the count has 42 bits: 25 days).
+    #[test]
+    fn a_pop_stalled_over_two_to_the_32_changes_cannot_link_a_held_cell() {
+        let cells = Arc::new(Cells::new(64));
+        // Three cells made and given back: the free list is 2, 1, 0.
+        drop((0..3).map(|_| cells.claim()).collect::<Vec<_>>());
+        // The stalled pop: the head, and the top's successor.
+        let stale = cells.free.load(SeqCst);
+        let top = (stale & (bump(0) - 1)) as u32;
+        let successor = cells.cell(top).next.load(SeqCst);
+        // Meanwhile the top and its successor are claimed; the top comes back.
+        let (top_claim, _) = cells.claim();
+        let (held, _) = cells.claim();
+        assert_eq!(index(&top_claim), Some(top));
+        assert_eq!(index(&held), Some(successor));
+        drop(top_claim);
+        // ... and 2^32 changes pass in all before the stalled pop goes on.
+        let now = cells.free.load(SeqCst);
+        cells.free.store(after_changes(now, (1 << 32) - 3), SeqCst);
+        let swapped = cells
+            .free
+            .compare_exchange(stale, bump(stale) | u64::from(successor), SeqCst, SeqCst)
+            .is_ok();
+        assert!(
+            !swapped,
+            "a pop stalled over 2^32 changes put held cell {successor} on the free list"
+        );
+        drop(held);
+    }
+
+    /// Should the free list ever be corrupted (a stalled pop's swap
+    /// succeeding after its change count came round), it may name a held
+    /// cell, even link a cell to itself. A claim that pops a held cell must
+    /// neither share it nor keep popping (a self-linked held cell would
+    /// spin the caller's thread for ever): it takes a cell of its own.
+    #[test]
+    fn a_claim_that_pops_a_held_cell_from_a_corrupted_free_list_takes_its_own() {
+        let cells = Arc::new(Cells::new(64));
+        drop(cells.claim());
+        // Cell 0 is free and on the list; pushed again, it links to itself.
+        cells.push(0);
+        let (first, _) = cells.claim();
+        assert_eq!(index(&first), Some(0));
+        // The list still names cell 0, now held.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let claimer = {
+            let cells = cells.clone();
+            std::thread::spawn(move || {
+                let (second, slot) = cells.claim();
+                let _ = tx.send(index(&second));
+                (second, slot)
+            })
+        };
+        let second = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the claim ends (it spun on the held cell)");
+        assert_ne!(second, Some(0), "one cell handed to two futures");
+        let (mut second, slot) = claimer.join().expect("claimed");
+        assert!(slot.fill(&cells, Ok(Bytes::from_static(b"second"))));
+        assert_eq!(payload(poll(&mut second)), "second");
+        drop(first);
     }
 }

@@ -56,7 +56,7 @@ const DEFAULT_MAX_IN_FLIGHT: usize = 512;
 /// The largest window, and the largest held-tag limit: far beyond what one
 /// connection needs, and small enough that the table (allocated up front)
 /// stays within a few hundred MiB.
-const MAX_WINDOW: usize = 1 << 20;
+pub(crate) const MAX_WINDOW: usize = 1 << 20;
 
 /// A configuration resolved against its tag space: how many requests may be in
 /// flight, how many tags may be held, and how many tag-table slots hold both.
