@@ -18,7 +18,7 @@ use anet::client::{
 };
 use anet_tests::{Action, MemoryConnector, ServerCounters, memory_scripted};
 use bytes::Bytes;
-use tokio::time::Instant;
+use tokio::{io::AsyncWriteExt, time::Instant};
 
 const FAST: Duration = Duration::from_millis(5);
 const SLOW: Duration = Duration::from_millis(50);
@@ -235,5 +235,55 @@ async fn a_backend_that_was_slow_gets_its_traffic_back_once_it_is_fast() {
     assert!(
         share > 0.2,
         "recovered backend's share {share:.3} ({got:?})"
+    );
+}
+
+/// The estimate of a connection that goes idle decays on its own timer,
+/// however its last answer falls against the driver's other timers. Here the
+/// answer comes exactly when the abandoned-request sweep is due (the sweep
+/// runs every quarter of the 2 s quarantine while requests wait; the server's
+/// one task answers at 1 s on a timer set before the driver's), so the driver
+/// sees both in one pass: the sweep finds nothing left waiting and schedules
+/// no other, and the decay scheduled by that pass's answer must still arm the
+/// timer, or the estimate stays at its peak for good (and the endpoint,
+/// avoided for it, never gets the traffic that would bring it down).
+#[tokio::test(start_paused = true)]
+async fn an_idle_estimate_decays_when_its_last_answer_meets_the_sweep() {
+    let answer = Duration::from_secs(1);
+    let server = MemoryConnector::new(move |mut io| async move {
+        let codec = anet_proto::FrameCodec::new();
+        while let Ok(Some(frame)) = anet_proto::read_frame(&mut io, &codec).await {
+            tokio::time::sleep(answer).await;
+            let echo = anet_tests::encode(&frame.tag, &frame.payload);
+            if io.write_all(&echo).await.is_err() {
+                return;
+            }
+        }
+    });
+    let decay = Duration::from_secs(1);
+    let client = Client::builder()
+        .endpoint(anet_tests::memory_addr())
+        .connector(server)
+        .balance_load(LoadMeasure::PeakEwma(PeakEwmaConfig::new().decay(decay)))
+        // No request deadline: its stale timer entry would wake the driver
+        // (and arm the decay) at the deadline.
+        .request_timeout(Duration::MAX)
+        .build();
+    client
+        .wait_connected(Duration::from_secs(5))
+        .await
+        .expect("connected");
+    client
+        .call(Bytes::from_static(b"ping"))
+        .await
+        .expect("answered");
+    let latency = || client.stats().endpoints[0].latency;
+    let peak = latency().expect("an estimate after the answer");
+    assert!(peak >= answer, "{peak:?}");
+    tokio::time::sleep(10 * decay).await;
+    let later = latency().expect("an estimate");
+    assert!(
+        later < peak / 100,
+        "idle for 10 decay constants, the estimate is still {later:?} (peak {peak:?})"
     );
 }
