@@ -287,3 +287,59 @@ async fn an_idle_estimate_decays_when_its_last_answer_meets_the_sweep() {
         "idle for 10 decay constants, the estimate is still {later:?} (peak {peak:?})"
     );
 }
+
+/// All three backends fail fast for a second (an outage behind them), then
+/// all answer in 5 ms again: within one decay constant every backend has its
+/// share back. Failures count against an estimate, but must not compound
+/// pass after pass (a second of errors doubled it to its one-minute cap),
+/// which kept one backend of three without traffic for a minute after the
+/// outage while the others, which happened to answer first, took it all.
+#[tokio::test(start_paused = true)]
+async fn every_backend_gets_its_share_back_soon_after_an_outage_of_all() {
+    let failing = Arc::new(AtomicBool::new(true));
+    let script = |f: Arc<AtomicBool>| -> Script {
+        Box::new(move |_, _| {
+            if f.load(SeqCst) {
+                Action::Reply(Duration::from_millis(1), Bytes::from_static(b"ERR"))
+            } else {
+                Action::Echo(FAST)
+            }
+        })
+    };
+    let net = Net::new((0..3).map(|_| script(failing.clone())).collect());
+    let decay = Duration::from_secs(10);
+    let client = net
+        .builder(LoadMeasure::PeakEwma(PeakEwmaConfig::new().decay(decay)))
+        .endpoints(net.addrs.clone())
+        // Failure accrual would mark them down; the balancer alone is tested.
+        .pool(PoolConfig::new().failure_threshold(u32::MAX))
+        .classify(|reply| {
+            if reply.as_ref() == b"ERR" {
+                Classification::EndpointFailure
+            } else {
+                Classification::Success
+            }
+        })
+        .build();
+    client
+        .wait_connected(Duration::from_secs(5))
+        .await
+        .expect("connected");
+    load(&client, Duration::from_secs(1)).await;
+    failing.store(false, SeqCst);
+    load(&client, decay).await;
+    let before: Vec<usize> = (0..3).map(|i| net.requests(i)).collect();
+    load(&client, Duration::from_secs(5)).await;
+    let got: Vec<usize> = (0..3).map(|i| net.requests(i) - before[i]).collect();
+    let total: usize = got.iter().sum();
+    let latency: Vec<_> = client
+        .stats()
+        .endpoints
+        .iter()
+        .map(|e| e.latency)
+        .collect();
+    assert!(
+        got.iter().all(|&n| n * 5 > total),
+        "shares {got:?} of {total}, estimates {latency:?}"
+    );
+}
