@@ -332,12 +332,7 @@ async fn every_backend_gets_its_share_back_soon_after_an_outage_of_all() {
     load(&client, Duration::from_secs(5)).await;
     let got: Vec<usize> = (0..3).map(|i| net.requests(i) - before[i]).collect();
     let total: usize = got.iter().sum();
-    let latency: Vec<_> = client
-        .stats()
-        .endpoints
-        .iter()
-        .map(|e| e.latency)
-        .collect();
+    let latency: Vec<_> = client.stats().endpoints.iter().map(|e| e.latency).collect();
     assert!(
         got.iter().all(|&n| n * 5 > total),
         "shares {got:?} of {total}, estimates {latency:?}"

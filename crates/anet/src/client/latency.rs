@@ -19,8 +19,10 @@
 //! * **failures count**: a request that times out, or a reply the
 //!   [classifier](super::ClientBuilder::classify) calls a failure, counts as a
 //!   response that took at least the [failure
-//!   penalty](PeakEwmaConfig::failure_penalty) and twice the estimate, so a
-//!   backend that fails fast does not look fast;
+//!   penalty](PeakEwmaConfig::failure_penalty) and twice the estimate its
+//!   answers gave, so a backend that fails fast does not look fast (failures
+//!   in a row do not compound: a brief outage of every backend must not
+//!   leave some of them without traffic for minutes after it);
 //! * **neutral start**: a connection with no estimate yet (new, or replacing
 //!   one that was lost) is compared by requests in flight alone against the
 //!   other candidate (as if it had that one's estimate): it gets its fair
@@ -122,7 +124,8 @@ impl PeakEwmaConfig {
 
     /// What a failed request (a timeout, or a reply the classifier calls a
     /// failure) counts as: a response that took this long, or twice the
-    /// current estimate when that is more. Default: 100 ms.
+    /// estimate its answers gave when that is more (failures in a row do not
+    /// compound). Default: 100 ms.
     pub const fn failure_penalty(mut self, penalty: Duration) -> Self {
         self.failure_penalty = penalty;
         self
@@ -135,8 +138,8 @@ impl Default for PeakEwmaConfig {
     }
 }
 
-/// The largest estimate, in nanoseconds (a minute): repeated failures double
-/// the estimate, and it must stay a number that decays back in finite time.
+/// The largest estimate, in nanoseconds (a minute): it must stay a number
+/// that decays back in finite time.
 const MAX_ESTIMATE_NS: f64 = 60e9;
 
 /// Responses that shrink the old estimate's weight by `e`, beside the time
@@ -200,6 +203,10 @@ pub(crate) struct Estimator {
     anchor: Instant,
     /// The estimate in nanoseconds; 0 until the first response or failure.
     estimate_ns: f64,
+    /// The estimate after the last pass with answers and no failure (0 before
+    /// one): failures count as twice this, not twice an estimate earlier
+    /// failures raised, so that they do not compound.
+    answered_ns: f64,
     /// When the estimate was last updated (nanoseconds since `anchor`).
     updated_ns: u64,
     /// When the estimate is next decayed, while it is above the floor.
@@ -229,6 +236,7 @@ impl Estimator {
             tick: (config.decay / 8).max(Duration::from_millis(1)),
             anchor,
             estimate_ns: 0.0,
+            answered_ns: 0.0,
             updated_ns: 0,
             next_decay: None,
             pass: Pass::default(),
@@ -280,7 +288,7 @@ impl Estimator {
             mean = Some(now_ns.saturating_sub(mean_sent) as f64);
         }
         if pass.failed != 0 {
-            peak = peak.max(self.penalty_ns).max(2.0 * self.estimate_ns);
+            peak = peak.max(self.penalty_ns).max(2.0 * self.answered_ns);
         }
         let next = if self.estimate_ns == 0.0 || peak > self.estimate_ns {
             peak.max(mean.unwrap_or(0.0))
@@ -290,6 +298,9 @@ impl Estimator {
             self.estimate_ns * weight + sample * (1.0 - weight)
         };
         self.set(next, now_ns, now, published);
+        if pass.failed == 0 {
+            self.answered_ns = self.estimate_ns;
+        }
     }
 
     /// When the estimate is next decayed (`None` while it is at the floor or
@@ -425,7 +436,22 @@ mod tests {
         assert_eq!(out.load(Relaxed), 100 * MS, "a fast failure is not fast");
         e.failed();
         e.fold(anchor + Duration::from_millis(1), &out);
-        assert_eq!(out.load(Relaxed), 200 * MS, "failures in a row compound");
+        assert_eq!(
+            out.load(Relaxed),
+            100 * MS,
+            "failures in a row do not compound"
+        );
+        // Answers of 80 ms: a failure then counts as 160 ms.
+        let (mut e, anchor, out) = estimator(Duration::from_secs(10));
+        let t = anchor + Duration::from_millis(80);
+        e.answered(e.stamp(t - Duration::from_millis(80)));
+        e.fold(t, &out);
+        assert_eq!(out.load(Relaxed), 80 * MS);
+        for i in 1..=3 {
+            e.failed();
+            e.fold(t + Duration::from_millis(i), &out);
+            assert_eq!(out.load(Relaxed), 160 * MS, "failure {i}");
+        }
     }
 
     #[test]
