@@ -454,6 +454,27 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn failures_between_answers_do_not_compound() {
+        // Every other pass fails; the answers between take 5 ms. Each failure
+        // counts as the 100 ms penalty (twice 5 ms is less), however many
+        // come in turn: the penalty's own trace in the estimate must not be
+        // doubled by the next failure.
+        let (mut e, anchor, out) = estimator(Duration::from_secs(10));
+        let mut t = anchor;
+        for i in 0..40 {
+            t += Duration::from_millis(5);
+            if i % 2 == 0 {
+                e.failed();
+            } else {
+                e.answered(e.stamp(t - Duration::from_millis(5)));
+            }
+            e.fold(t, &out);
+            let got = out.load(Relaxed);
+            assert!(got <= 100 * MS, "pass {i}: {} ms", got / MS);
+        }
+    }
+
     #[test]
     fn an_endpoint_without_an_estimate_is_compared_by_in_flight_alone() {
         let new = Cost {
