@@ -203,9 +203,9 @@ pub(crate) struct Estimator {
     anchor: Instant,
     /// The estimate in nanoseconds; 0 until the first response or failure.
     estimate_ns: f64,
-    /// The estimate after the last pass with answers and no failure (0 before
-    /// one): failures count as twice this, not twice an estimate earlier
-    /// failures raised, so that they do not compound.
+    /// The same moving average of the answers alone, without the failures
+    /// (0 before the first answer): a failure counts as twice this, not twice
+    /// an estimate earlier failures raised, so that failures do not compound.
     answered_ns: f64,
     /// When the estimate was last updated (nanoseconds since `anchor`).
     updated_ns: u64,
@@ -280,27 +280,21 @@ impl Estimator {
     pub(crate) fn fold(&mut self, now: Instant, published: &AtomicU64) {
         let pass = std::mem::take(&mut self.pass);
         let now_ns = since(self.anchor, now);
+        let weight = self.weight(now_ns, pass.answered);
         let mut peak = 0.0_f64;
         let mut mean = None;
         if pass.answered != 0 {
             peak = now_ns.saturating_sub(pass.sent_min) as f64;
             let mean_sent = (pass.sent_sum / u128::from(pass.answered)) as u64;
-            mean = Some(now_ns.saturating_sub(mean_sent) as f64);
+            let m = now_ns.saturating_sub(mean_sent) as f64;
+            mean = Some(m);
+            self.answered_ns = blend(self.answered_ns, peak, m, weight).clamp(1.0, MAX_ESTIMATE_NS);
         }
         if pass.failed != 0 {
             peak = peak.max(self.penalty_ns).max(2.0 * self.answered_ns);
         }
-        let next = if self.estimate_ns == 0.0 || peak > self.estimate_ns {
-            peak.max(mean.unwrap_or(0.0))
-        } else {
-            let weight = self.weight(now_ns, pass.answered);
-            let sample = mean.unwrap_or(peak);
-            self.estimate_ns * weight + sample * (1.0 - weight)
-        };
+        let next = blend(self.estimate_ns, peak, mean.unwrap_or(peak), weight);
         self.set(next, now_ns, now, published);
-        if pass.failed == 0 {
-            self.answered_ns = self.estimate_ns;
-        }
     }
 
     /// When the estimate is next decayed (`None` while it is at the floor or
@@ -320,7 +314,9 @@ impl Estimator {
             self.next_decay = Some(later(at, self.tick));
             return;
         }
-        let next = self.estimate_ns * self.weight(now_ns, 0);
+        let weight = self.weight(now_ns, 0);
+        let next = self.estimate_ns * weight;
+        self.answered_ns *= weight;
         self.next_decay = None;
         self.set(next, now_ns, now, published);
     }
@@ -345,6 +341,18 @@ impl Estimator {
             None
         };
         published.store(self.estimate_ns as u64, Relaxed);
+    }
+}
+
+/// The peak-sensitive average: `old` (0: none yet) becomes `peak` when that
+/// is higher (or the pass's `mean` when that is, with no estimate yet), and
+/// otherwise moves towards `mean` by `1 - weight`.
+#[inline]
+fn blend(old: f64, peak: f64, mean: f64, weight: f64) -> f64 {
+    if old == 0.0 || peak > old {
+        peak.max(mean)
+    } else {
+        old * weight + mean * (1.0 - weight)
     }
 }
 
