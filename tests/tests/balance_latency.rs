@@ -18,7 +18,7 @@ use anet::client::{
 };
 use anet_tests::{Action, MemoryConnector, ServerCounters, memory_scripted};
 use bytes::Bytes;
-use tokio::time::Instant;
+use tokio::{io::AsyncWriteExt, time::Instant};
 
 const FAST: Duration = Duration::from_millis(5);
 const SLOW: Duration = Duration::from_millis(50);
@@ -235,5 +235,106 @@ async fn a_backend_that_was_slow_gets_its_traffic_back_once_it_is_fast() {
     assert!(
         share > 0.2,
         "recovered backend's share {share:.3} ({got:?})"
+    );
+}
+
+/// The estimate of a connection that goes idle decays on its own timer,
+/// however its last answer falls against the driver's other timers. Here the
+/// answer comes exactly when the abandoned-request sweep is due (the sweep
+/// runs every quarter of the 2 s quarantine while requests wait; the server's
+/// one task answers at 1 s on a timer set before the driver's), so the driver
+/// sees both in one pass: the sweep finds nothing left waiting and schedules
+/// no other, and the decay scheduled by that pass's answer must still arm the
+/// timer, or the estimate stays at its peak for good (and the endpoint,
+/// avoided for it, never gets the traffic that would bring it down).
+#[tokio::test(start_paused = true)]
+async fn an_idle_estimate_decays_when_its_last_answer_meets_the_sweep() {
+    let answer = Duration::from_secs(1);
+    let server = MemoryConnector::new(move |mut io| async move {
+        let codec = anet_proto::FrameCodec::new();
+        while let Ok(Some(frame)) = anet_proto::read_frame(&mut io, &codec).await {
+            tokio::time::sleep(answer).await;
+            let echo = anet_tests::encode(&frame.tag, &frame.payload);
+            if io.write_all(&echo).await.is_err() {
+                return;
+            }
+        }
+    });
+    let decay = Duration::from_secs(1);
+    let client = Client::builder()
+        .endpoint(anet_tests::memory_addr())
+        .connector(server)
+        .balance_load(LoadMeasure::PeakEwma(PeakEwmaConfig::new().decay(decay)))
+        // No request deadline: its stale timer entry would wake the driver
+        // (and arm the decay) at the deadline.
+        .request_timeout(Duration::MAX)
+        .build();
+    client
+        .wait_connected(Duration::from_secs(5))
+        .await
+        .expect("connected");
+    client
+        .call(Bytes::from_static(b"ping"))
+        .await
+        .expect("answered");
+    let latency = || client.stats().endpoints[0].latency;
+    let peak = latency().expect("an estimate after the answer");
+    assert!(peak >= answer, "{peak:?}");
+    tokio::time::sleep(10 * decay).await;
+    let later = latency().expect("an estimate");
+    assert!(
+        later < peak / 100,
+        "idle for 10 decay constants, the estimate is still {later:?} (peak {peak:?})"
+    );
+}
+
+/// All three backends fail fast for a second (an outage behind them), then
+/// all answer in 5 ms again: within one decay constant every backend has its
+/// share back. Failures count against an estimate, but must not compound
+/// pass after pass (a second of errors doubled it to its one-minute cap),
+/// which kept one backend of three without traffic for a minute after the
+/// outage while the others, which happened to answer first, took it all.
+#[tokio::test(start_paused = true)]
+async fn every_backend_gets_its_share_back_soon_after_an_outage_of_all() {
+    let failing = Arc::new(AtomicBool::new(true));
+    let script = |f: Arc<AtomicBool>| -> Script {
+        Box::new(move |_, _| {
+            if f.load(SeqCst) {
+                Action::Reply(Duration::from_millis(1), Bytes::from_static(b"ERR"))
+            } else {
+                Action::Echo(FAST)
+            }
+        })
+    };
+    let net = Net::new((0..3).map(|_| script(failing.clone())).collect());
+    let decay = Duration::from_secs(10);
+    let client = net
+        .builder(LoadMeasure::PeakEwma(PeakEwmaConfig::new().decay(decay)))
+        .endpoints(net.addrs.clone())
+        // Failure accrual would mark them down; the balancer alone is tested.
+        .pool(PoolConfig::new().failure_threshold(u32::MAX))
+        .classify(|reply| {
+            if reply.as_ref() == b"ERR" {
+                Classification::EndpointFailure
+            } else {
+                Classification::Success
+            }
+        })
+        .build();
+    client
+        .wait_connected(Duration::from_secs(5))
+        .await
+        .expect("connected");
+    load(&client, Duration::from_secs(1)).await;
+    failing.store(false, SeqCst);
+    load(&client, decay).await;
+    let before: Vec<usize> = (0..3).map(|i| net.requests(i)).collect();
+    load(&client, Duration::from_secs(5)).await;
+    let got: Vec<usize> = (0..3).map(|i| net.requests(i) - before[i]).collect();
+    let total: usize = got.iter().sum();
+    let latency: Vec<_> = client.stats().endpoints.iter().map(|e| e.latency).collect();
+    assert!(
+        got.iter().all(|&n| n * 5 > total),
+        "shares {got:?} of {total}, estimates {latency:?}"
     );
 }

@@ -19,8 +19,10 @@
 //! * **failures count**: a request that times out, or a reply the
 //!   [classifier](super::ClientBuilder::classify) calls a failure, counts as a
 //!   response that took at least the [failure
-//!   penalty](PeakEwmaConfig::failure_penalty) and twice the estimate, so a
-//!   backend that fails fast does not look fast;
+//!   penalty](PeakEwmaConfig::failure_penalty) and twice the estimate its
+//!   answers gave, so a backend that fails fast does not look fast (failures
+//!   in a row do not compound: a brief outage of every backend must not
+//!   leave some of them without traffic for minutes after it);
 //! * **neutral start**: a connection with no estimate yet (new, or replacing
 //!   one that was lost) is compared by requests in flight alone against the
 //!   other candidate (as if it had that one's estimate): it gets its fair
@@ -122,7 +124,8 @@ impl PeakEwmaConfig {
 
     /// What a failed request (a timeout, or a reply the classifier calls a
     /// failure) counts as: a response that took this long, or twice the
-    /// current estimate when that is more. Default: 100 ms.
+    /// estimate its answers gave when that is more (failures in a row do not
+    /// compound). Default: 100 ms.
     pub const fn failure_penalty(mut self, penalty: Duration) -> Self {
         self.failure_penalty = penalty;
         self
@@ -135,8 +138,8 @@ impl Default for PeakEwmaConfig {
     }
 }
 
-/// The largest estimate, in nanoseconds (a minute): repeated failures double
-/// the estimate, and it must stay a number that decays back in finite time.
+/// The largest estimate, in nanoseconds (a minute): it must stay a number
+/// that decays back in finite time.
 const MAX_ESTIMATE_NS: f64 = 60e9;
 
 /// Responses that shrink the old estimate's weight by `e`, beside the time
@@ -200,6 +203,10 @@ pub(crate) struct Estimator {
     anchor: Instant,
     /// The estimate in nanoseconds; 0 until the first response or failure.
     estimate_ns: f64,
+    /// The same moving average of the answers alone, without the failures
+    /// (0 before the first answer): a failure counts as twice this, not twice
+    /// an estimate earlier failures raised, so that failures do not compound.
+    answered_ns: f64,
     /// When the estimate was last updated (nanoseconds since `anchor`).
     updated_ns: u64,
     /// When the estimate is next decayed, while it is above the floor.
@@ -229,6 +236,7 @@ impl Estimator {
             tick: (config.decay / 8).max(Duration::from_millis(1)),
             anchor,
             estimate_ns: 0.0,
+            answered_ns: 0.0,
             updated_ns: 0,
             next_decay: None,
             pass: Pass::default(),
@@ -272,23 +280,20 @@ impl Estimator {
     pub(crate) fn fold(&mut self, now: Instant, published: &AtomicU64) {
         let pass = std::mem::take(&mut self.pass);
         let now_ns = since(self.anchor, now);
+        let weight = self.weight(now_ns, pass.answered);
         let mut peak = 0.0_f64;
         let mut mean = None;
         if pass.answered != 0 {
             peak = now_ns.saturating_sub(pass.sent_min) as f64;
             let mean_sent = (pass.sent_sum / u128::from(pass.answered)) as u64;
-            mean = Some(now_ns.saturating_sub(mean_sent) as f64);
+            let m = now_ns.saturating_sub(mean_sent) as f64;
+            mean = Some(m);
+            self.answered_ns = blend(self.answered_ns, peak, m, weight).clamp(1.0, MAX_ESTIMATE_NS);
         }
         if pass.failed != 0 {
-            peak = peak.max(self.penalty_ns).max(2.0 * self.estimate_ns);
+            peak = peak.max(self.penalty_ns).max(2.0 * self.answered_ns);
         }
-        let next = if self.estimate_ns == 0.0 || peak > self.estimate_ns {
-            peak.max(mean.unwrap_or(0.0))
-        } else {
-            let weight = self.weight(now_ns, pass.answered);
-            let sample = mean.unwrap_or(peak);
-            self.estimate_ns * weight + sample * (1.0 - weight)
-        };
+        let next = blend(self.estimate_ns, peak, mean.unwrap_or(peak), weight);
         self.set(next, now_ns, now, published);
     }
 
@@ -309,7 +314,9 @@ impl Estimator {
             self.next_decay = Some(later(at, self.tick));
             return;
         }
-        let next = self.estimate_ns * self.weight(now_ns, 0);
+        let weight = self.weight(now_ns, 0);
+        let next = self.estimate_ns * weight;
+        self.answered_ns *= weight;
         self.next_decay = None;
         self.set(next, now_ns, now, published);
     }
@@ -334,6 +341,18 @@ impl Estimator {
             None
         };
         published.store(self.estimate_ns as u64, Relaxed);
+    }
+}
+
+/// The peak-sensitive average: `old` (0: none yet) becomes `peak` when that
+/// is higher (or the pass's `mean` when that is, with no estimate yet), and
+/// otherwise moves towards `mean` by `1 - weight`.
+#[inline]
+fn blend(old: f64, peak: f64, mean: f64, weight: f64) -> f64 {
+    if old == 0.0 || peak > old {
+        peak.max(mean)
+    } else {
+        old * weight + mean * (1.0 - weight)
     }
 }
 
@@ -425,7 +444,43 @@ mod tests {
         assert_eq!(out.load(Relaxed), 100 * MS, "a fast failure is not fast");
         e.failed();
         e.fold(anchor + Duration::from_millis(1), &out);
-        assert_eq!(out.load(Relaxed), 200 * MS, "failures in a row compound");
+        assert_eq!(
+            out.load(Relaxed),
+            100 * MS,
+            "failures in a row do not compound"
+        );
+        // Answers of 80 ms: a failure then counts as 160 ms.
+        let (mut e, anchor, out) = estimator(Duration::from_secs(10));
+        let t = anchor + Duration::from_millis(80);
+        e.answered(e.stamp(t - Duration::from_millis(80)));
+        e.fold(t, &out);
+        assert_eq!(out.load(Relaxed), 80 * MS);
+        for i in 1..=3 {
+            e.failed();
+            e.fold(t + Duration::from_millis(i), &out);
+            assert_eq!(out.load(Relaxed), 160 * MS, "failure {i}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_between_answers_do_not_compound() {
+        // Every other pass fails; the answers between take 5 ms. Each failure
+        // counts as the 100 ms penalty (twice 5 ms is less), however many
+        // come in turn: the penalty's own trace in the estimate must not be
+        // doubled by the next failure.
+        let (mut e, anchor, out) = estimator(Duration::from_secs(10));
+        let mut t = anchor;
+        for i in 0..40 {
+            t += Duration::from_millis(5);
+            if i % 2 == 0 {
+                e.failed();
+            } else {
+                e.answered(e.stamp(t - Duration::from_millis(5)));
+            }
+            e.fold(t, &out);
+            let got = out.load(Relaxed);
+            assert!(got <= 100 * MS, "pass {i}: {} ms", got / MS);
+        }
     }
 
     #[test]

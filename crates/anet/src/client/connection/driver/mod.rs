@@ -277,7 +277,14 @@ where
                 return Poll::Ready(Exit::Drained);
             }
             if !progress {
-                self.fold_latency();
+                // A decay the fold schedules must arm the timer, which was
+                // polled before it (with no other deadline left, nothing else
+                // would wake the driver to arm it).
+                if self.fold_latency() {
+                    if let Some(exit) = self.poll_timer(cx) {
+                        return Poll::Ready(exit);
+                    }
+                }
                 self.publish();
                 return Poll::Pending;
             }
@@ -610,13 +617,17 @@ where
 
     /// Folds the responses and failures of this pass into the latency
     /// estimate and publishes it (one clock reading per pass, shared with the
-    /// deadlines).
-    fn fold_latency(&mut self) {
-        if let Some(latency) = &mut self.latency {
-            if latency.has_pass() {
-                latency.fold(self.timers.clock(), &self.shared.rtt_ns);
-            }
+    /// deadlines). Whether that scheduled a decay the timer does not know of.
+    fn fold_latency(&mut self) -> bool {
+        let Some(latency) = &mut self.latency else {
+            return false;
+        };
+        if !latency.has_pass() {
+            return false;
         }
+        let scheduled = latency.next_decay();
+        latency.fold(self.timers.clock(), &self.shared.rtt_ns);
+        latency.next_decay() != scheduled
     }
 
     /// Publishes the local counters for `Connection::stats`.
