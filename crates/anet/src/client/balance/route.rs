@@ -97,7 +97,10 @@ fn choose_grouped<T>(
     None
 }
 
-/// Power of two choices over `endpoints`; `None` when none of them is up.
+/// Power of choices over `endpoints`: two distinct candidates, three when there
+/// are three or more (so that one slow endpoint among few does not make a third
+/// of the picks a coin toss between the others); the least loaded first.
+/// `None` when none of them is up.
 fn choose_in<T>(
     endpoints: &[Arc<Endpoint>],
     attempt: &mut impl FnMut(&Endpoint) -> Attempt<T>,
@@ -106,22 +109,24 @@ fn choose_in<T>(
     if n == 0 {
         return None;
     }
-    let a = fastrand::usize(..n);
-    let b = if n > 1 {
-        let b = fastrand::usize(..n - 1);
-        if b >= a { b + 1 } else { b }
-    } else {
-        a
-    };
-    let (first, second) = (&endpoints[a], &endpoints[b]);
-    let pair = [first, second];
-    let candidates: &[&Arc<Endpoint>] = if a == b {
-        &pair[..1]
-    } else if first.is_up() && second.is_up() && second.cost().below(&first.cost()) {
-        &[second, first]
-    } else {
-        &pair
-    };
+    let (picks, count) = distinct_picks(n);
+    let mut chosen = picks.map(|i| &endpoints[i]);
+    let candidates = &mut chosen[..count];
+    if candidates.len() > 1 && candidates.iter().all(|e| e.is_up()) {
+        let mut costs = [super::super::latency::Cost::default(); 3];
+        for (cost, e) in costs.iter_mut().zip(candidates.iter()) {
+            *cost = e.cost();
+        }
+        // Insertion sort of two or three by cost (ties keep the random order).
+        for i in 1..candidates.len() {
+            let mut j = i;
+            while j > 0 && costs[j].below(&costs[j - 1]) {
+                costs.swap(j, j - 1);
+                candidates.swap(j, j - 1);
+                j -= 1;
+            }
+        }
+    }
     let mut full = None;
     for endpoint in candidates.iter().filter(|e| e.is_up()) {
         match attempt(endpoint) {
@@ -199,5 +204,57 @@ pub(super) fn pick(registry: &Registry) -> Picked {
         Choice::Full(endpoint, conn) => Picked::Full(endpoint, conn),
         Choice::Nowhere(true) => Picked::Nowhere(Absent::WaitFor(registry.pending_wait)),
         Choice::Nowhere(false) => Picked::Nowhere(Absent::Fail),
+    }
+}
+
+/// Up to three distinct indices below `n` (`n >= 1`), drawn at random, and
+/// how many there are: one for one endpoint, two for two, three otherwise.
+#[inline]
+fn distinct_picks(n: usize) -> ([usize; 3], usize) {
+    let a = fastrand::usize(..n);
+    if n == 1 {
+        return ([a; 3], 1);
+    }
+    let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+    if n == 2 {
+        return ([a, b, b], 2);
+    }
+    let mut c = fastrand::usize(..n - 2);
+    // The (n - 2) indices other than a and b, in order.
+    for skip in [a.min(b), a.max(b)] {
+        if c >= skip {
+            c += 1;
+        }
+    }
+    ([a, b, c], 3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::distinct_picks;
+
+    #[test]
+    fn picks_are_distinct_in_range_and_cover_every_index() {
+        for n in 1..8 {
+            let mut seen = vec![0usize; n];
+            for _ in 0..2_000 {
+                let (picks, count) = distinct_picks(n);
+                assert_eq!(count, n.min(3));
+                let picks = &picks[..count];
+                for (i, p) in picks.iter().enumerate() {
+                    assert!(*p < n, "{picks:?} for {n}");
+                    assert!(!picks[..i].contains(p), "{picks:?} repeats for {n}");
+                    seen[*p] += 1;
+                }
+            }
+            // Every index is drawn, about as often as the others.
+            let expected = 2_000 * n.min(3) / n;
+            for (i, times) in seen.iter().enumerate() {
+                assert!(
+                    *times > expected / 2 && *times < expected * 3 / 2,
+                    "index {i} of {n} drawn {times} times, about {expected} expected"
+                );
+            }
+        }
     }
 }
