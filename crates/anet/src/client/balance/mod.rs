@@ -46,7 +46,8 @@ use crate::{Error, Kind};
 /// # Readiness
 ///
 /// `poll_ready` does the routing, as tower's balancers do: it picks an
-/// endpoint by power of two choices and reserves a unit of the window of its
+/// endpoint by power of two choices (three candidates when there are three or
+/// more endpoints) and reserves a unit of the window of its
 /// least-loaded connection, and is ready only once it holds that unit; `call`
 /// sends on it at once. So tower's `LoadShed`, `Buffer`, `ConcurrencyLimit`
 /// and a p2c over several balancers see the backpressure:
