@@ -159,7 +159,11 @@ async fn a_down_endpoint_is_skipped_and_rejoins_after_its_backoff() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_grows_under_load_up_to_its_maximum() {
-    let server = echo_server(Duration::from_millis(20), None).await;
+    // 300 requests of 100 ms over windows of 8: callers that queued on the
+    // first connection's full window keep asking for more connections (each
+    // time they find it full), not only the first time: the pool reaches its
+    // maximum even when every request was issued before the second connection.
+    let server = echo_server(Duration::from_millis(100), None).await;
     let client = Client::builder()
         .endpoint(server.addr)
         .connections_per_endpoint(1, 3)

@@ -91,8 +91,6 @@ pin_project! {
         waiter: Waiter,
         // The connection whose queue it waits in, if any.
         room: Option<(Arc<Endpoint>, Connection)>,
-        // The endpoint has been told that its windows are full.
-        signalled: bool,
         // The end of a bounded wait for an endpoint.
         #[pin]
         until: Option<Sleep>,
@@ -184,10 +182,9 @@ impl Readiness {
                                 continue;
                             }
                             Poll::Pending => {
-                                if !*waiting.signalled {
-                                    *waiting.signalled = true;
-                                    endpoint.signal_demand();
-                                }
+                                // Each time it is found full, not only the
+                                // first (see `BalanceFuture`).
+                                endpoint.signal_demand();
                             }
                         }
                     }
@@ -231,7 +228,6 @@ impl Readiness {
             changed,
             waiter,
             room,
-            signalled: false,
             until,
         }));
         Picked::Nowhere(Absent::Wait)

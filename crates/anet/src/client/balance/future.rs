@@ -217,7 +217,6 @@ pin_project! {
         Ready {
             endpoint: Arc<Endpoint>,
             conn: Connection,
-            signalled: bool,
             // Armed when the wait for room starts, to the call's deadline.
             #[pin]
             deadline: Option<Sleep>,
@@ -230,7 +229,6 @@ impl Stage {
         Stage::Ready {
             endpoint,
             conn,
-            signalled: false,
             deadline: None,
         }
     }
@@ -326,7 +324,6 @@ impl Wait {
                 StageProj::Ready {
                     endpoint,
                     conn,
-                    signalled,
                     deadline: mut timer,
                 } => match conn.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
@@ -343,10 +340,11 @@ impl Wait {
                         this.stage.set(Stage::Pick);
                     }
                     Poll::Pending => {
-                        if !*signalled {
-                            *signalled = true;
-                            endpoint.signal_demand();
-                        }
+                        // Each time it is found full (one swap; the pool is
+                        // woken only when no demand is pending): a caller that
+                        // queued before a new connection came keeps asking for
+                        // the next one while the windows stay full.
+                        endpoint.signal_demand();
                         if timer.is_none() {
                             if let Some(at) = deadline.fix(Instant::now) {
                                 timer.set(Some(tokio::time::sleep_until(at)));
