@@ -406,3 +406,51 @@ fn the_in_flight_gauge_counts_requests_waiting_on_the_endpoint() {
         client.close();
     });
 }
+
+#[test]
+fn the_in_flight_gauge_drops_the_share_of_a_driver_aborted_with_its_runtime() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (endpoint, client) = rt.block_on(async {
+        let server = start_scripted(|_, frame| match &frame.payload[..] {
+            b"slow" => Action::Ignore,
+            _ => Action::Echo(Duration::ZERO),
+        })
+        .await;
+        let client = Client::builder()
+            .endpoint(server.addr)
+            .retry(RetryPolicy::new(0))
+            .build();
+        client.call(Bytes::from_static(b"hi")).await.expect("echo");
+        for _ in 0..2 {
+            let client = client.clone();
+            tokio::spawn(async move { client.call(Bytes::from_static(b"slow")).await });
+        }
+        anet_tests::eventually(Duration::from_secs(5), || {
+            client
+                .stats()
+                .endpoints
+                .iter()
+                .map(|e| e.in_flight)
+                .sum::<usize>()
+                == 2
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        (server.addr.to_string(), client)
+    });
+    // Every task goes with the runtime, the connection's driver too, in the
+    // middle of its two requests: its share of the gauge must go with it.
+    drop(rt);
+    std::mem::forget(client);
+    let s = samples(&snapshotter);
+    assert_eq!(
+        gauge(&s, "anet_client_in_flight", &[("endpoint", endpoint.as_str())]),
+        0.0
+    );
+}
