@@ -91,6 +91,20 @@ impl Drop for CellsGuard {
     }
 }
 
+/// Withdraws the connection's share of its endpoint's in-flight gauge when
+/// the driver goes, however it goes (finished, panicked, its task aborted or
+/// dropped with its runtime): the gauge then never keeps requests of a
+/// driver that is gone.
+struct InFlightGuard(Arc<Shared>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if let Some(share) = self.0.in_flight_share.get() {
+            share.publish(self.0.counters.in_flight.swap(0, Relaxed), 0);
+        }
+    }
+}
+
 /// One request on its way to the driver.
 #[derive(Debug)]
 pub(super) struct Request {
@@ -154,6 +168,8 @@ pub(super) struct Driver<T> {
     latency: Option<Estimator>,
     /// Held until the driver is done with every request it took.
     cells_guard: CellsGuard,
+    /// Withdraws its share of the in-flight gauge when it goes.
+    _in_flight_guard: InFlightGuard,
 }
 
 /// Counters kept by the driver and published to [`Shared`] once per wake-up.
@@ -179,6 +195,7 @@ where
     ) -> Driver<T> {
         let wire = Wire::new(io, &config);
         let cells_guard = CellsGuard(shared.cells.clone());
+        let in_flight_guard = InFlightGuard(shared.clone());
         Driver {
             table: Table::new(layout, wire.tags().id_space()),
             wire,
@@ -197,6 +214,7 @@ where
                 .latency
                 .map(|config| Estimator::new(config, Instant::now())),
             cells_guard,
+            _in_flight_guard: in_flight_guard,
         }
     }
 
@@ -700,7 +718,8 @@ where
         self.publish();
         // Its held tags end with it (the stats keep the last count).
         crate::observe::connection_published(0, self.table.held_tags(), 0);
-        // So do its requests in flight (none is left: all were failed above).
+        // So do its requests in flight (none is left: all were failed above;
+        // `InFlightGuard` withdraws the share also when the task is aborted).
         if let Some(share) = self.shared.in_flight_share.get() {
             share.publish(self.shared.counters.in_flight.swap(0, Relaxed), 0);
         }
