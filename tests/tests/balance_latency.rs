@@ -338,3 +338,32 @@ async fn every_backend_gets_its_share_back_soon_after_an_outage_of_all() {
         "shares {got:?} of {total}, estimates {latency:?}"
     );
 }
+
+/// A fast backend, a 50 ms one and an endpoint that never connects: with
+/// three endpoints every pick draws all three, so the two that are up must
+/// still be tried cheaper first though one candidate is down.
+#[tokio::test(start_paused = true)]
+async fn a_down_endpoint_among_the_candidates_does_not_make_the_choice_random() {
+    let net = Net::new(vec![echo_after(FAST), echo_after(SLOW)]);
+    let connectors = net.connectors.clone();
+    let down = SocketAddr::from(([127, 0, 0, 1], 3));
+    let client = Client::builder()
+        .connector(tower::service_fn(move |addr: SocketAddr| {
+            match connectors.get(usize::from(addr.port()) - 1) {
+                Some(connector) => tower::Service::call(&mut connector.clone(), addr),
+                None => std::future::ready(Err(std::io::Error::other("down"))),
+            }
+        }))
+        .balance_load(LoadMeasure::peak_ewma())
+        .retry(RetryPolicy::new(0))
+        .endpoints(net.addrs.iter().copied().chain([down]))
+        .build();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client.stats().endpoints.iter().filter(|e| e.up).count() < 2 {
+        assert!(Instant::now() < deadline, "the two backends never came up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let answered = load(&client, Duration::from_secs(2)).await;
+    let slow = net.requests(1);
+    assert!(slow < 40, "peak-EWMA: {slow} of {answered} to the slow backend");
+}
