@@ -365,5 +365,9 @@ async fn a_down_endpoint_among_the_candidates_does_not_make_the_choice_random() 
     }
     let answered = load(&client, Duration::from_secs(2)).await;
     let slow = net.requests(1);
-    assert!(slow < 40, "peak-EWMA: {slow} of {answered} to the slow backend");
+    // Random order between the two sent it about half (592 of 1141).
+    assert!(
+        slow * 20 < answered,
+        "peak-EWMA: {slow} of {answered} to the slow backend"
+    );
 }

@@ -11,6 +11,7 @@ use crate::client::{
     Connection,
     connection::ConnectionFuture,
     deadline::Deadline,
+    latency::Cost,
     pool::{Endpoint, Reserve},
     readiness::{Absent, Picked},
     registry::Registry,
@@ -36,8 +37,8 @@ enum Choice<T> {
     Nowhere(bool),
 }
 
-/// Picks two endpoints at random and tries the less loaded first, then the
-/// other; when both are down, any endpoint that is up, from a random start.
+/// Picks two or three endpoints at random and tries those up, the less loaded
+/// first; when all are down, any endpoint that is up, from a random start.
 /// With failover groups, the same within the first group that can take it.
 fn choose<T>(registry: &Registry, mut attempt: impl FnMut(&Endpoint) -> Attempt<T>) -> Choice<T> {
     let endpoints = registry.endpoints();
@@ -112,16 +113,22 @@ fn choose_in<T>(
     let (picks, count) = distinct_picks(n);
     let mut chosen = picks.map(|i| &endpoints[i]);
     let candidates = &mut chosen[..count];
-    if candidates.len() > 1 && candidates.iter().all(|e| e.is_up()) {
-        let mut costs = [super::super::latency::Cost::default(); 3];
-        for (cost, e) in costs.iter_mut().zip(candidates.iter()) {
-            *cost = e.cost();
+    if candidates.len() > 1 {
+        // Down candidates last (they are skipped below), so that one down
+        // among three does not leave the two up ones in random order.
+        let mut keys = [(false, Cost::default()); 3];
+        for (key, e) in keys.iter_mut().zip(candidates.iter()) {
+            if e.is_up() {
+                *key = (true, e.cost());
+            }
         }
+        // Up before down, then the cheaper first.
+        let before = |a: &(bool, Cost), b: &(bool, Cost)| a.0 && (!b.0 || a.1.below(&b.1));
         // Insertion sort of two or three by cost (ties keep the random order).
         for i in 1..candidates.len() {
             let mut j = i;
-            while j > 0 && costs[j].below(&costs[j - 1]) {
-                costs.swap(j, j - 1);
+            while j > 0 && before(&keys[j], &keys[j - 1]) {
+                keys.swap(j, j - 1);
                 candidates.swap(j, j - 1);
                 j -= 1;
             }
