@@ -348,11 +348,11 @@ async fn a_down_endpoint_among_the_candidates_does_not_make_the_choice_random() 
     let connectors = net.connectors.clone();
     let down = SocketAddr::from(([127, 0, 0, 1], 3));
     let client = Client::builder()
-        .connector(tower::service_fn(move |addr: SocketAddr| {
-            match connectors.get(usize::from(addr.port()) - 1) {
-                Some(connector) => tower::Service::call(&mut connector.clone(), addr),
-                None => std::future::ready(Err(std::io::Error::other("down"))),
-            }
+        .connector(tower::service_fn(move |addr: SocketAddr| match connectors
+            .get(usize::from(addr.port()) - 1)
+        {
+            Some(connector) => tower::Service::call(&mut connector.clone(), addr),
+            None => std::future::ready(Err(std::io::Error::other("down"))),
         }))
         .balance_load(LoadMeasure::peak_ewma())
         .retry(RetryPolicy::new(0))

@@ -450,7 +450,11 @@ fn the_in_flight_gauge_drops_the_share_of_a_driver_aborted_with_its_runtime() {
     std::mem::forget(client);
     let s = samples(&snapshotter);
     assert_eq!(
-        gauge(&s, "anet_client_in_flight", &[("endpoint", endpoint.as_str())]),
+        gauge(
+            &s,
+            "anet_client_in_flight",
+            &[("endpoint", endpoint.as_str())]
+        ),
         0.0
     );
 }
