@@ -1373,6 +1373,25 @@ mod tests {
         panic!("no connection to {addr}");
     }
 
+    /// A running endpoint, one of its live connections as a routing snapshot
+    /// shows it, and a unit of that connection's window taken from it.
+    async fn holding_a_unit() -> (PoolContext, Arc<Endpoint>, Connection, Unit) {
+        let cx = PoolContext::new(
+            PoolConfig::new(),
+            Dialer::tcp(Connector::new()),
+            Lifecycle::new(),
+        );
+        let endpoint = running_endpoint(&cx).await;
+        let conn = endpoint
+            .conns
+            .load()
+            .first()
+            .expect("a live connection")
+            .clone();
+        let unit = conn.try_take_unit().expect("room in the window");
+        (cx, endpoint, conn, unit)
+    }
+
     /// A request routed on a snapshot of the live connections taken just
     /// before its endpoint was removed: it picked a connection and took a
     /// unit of its window, then the pool drained and closed that connection,
@@ -1381,15 +1400,7 @@ mod tests {
     /// elsewhere), not as `Closed` (never retried: the client's own close).
     #[tokio::test]
     async fn a_request_racing_its_endpoints_removal_fails_not_sent() {
-        let cx = PoolContext::new(
-            PoolConfig::new(),
-            Dialer::tcp(Connector::new()),
-            Lifecycle::new(),
-        );
-        let endpoint = running_endpoint(&cx).await;
-        let snapshot = endpoint.conns.load();
-        let conn = snapshot.first().expect("a live connection").clone();
-        let unit = conn.try_take_unit().expect("room in the window");
+        let (cx, endpoint, conn, unit) = holding_a_unit().await;
 
         endpoint.remove();
         tokio::time::timeout(Duration::from_secs(10), conn.closed())
@@ -1408,15 +1419,7 @@ mod tests {
     /// The same race with the client closing: the request fails `Closed`.
     #[tokio::test]
     async fn a_request_racing_the_clients_close_fails_closed() {
-        let cx = PoolContext::new(
-            PoolConfig::new(),
-            Dialer::tcp(Connector::new()),
-            Lifecycle::new(),
-        );
-        let endpoint = running_endpoint(&cx).await;
-        let snapshot = endpoint.conns.load();
-        let conn = snapshot.first().expect("a live connection").clone();
-        let unit = conn.try_take_unit().expect("room in the window");
+        let (cx, _endpoint, conn, unit) = holding_a_unit().await;
 
         cx.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(10), conn.closed())

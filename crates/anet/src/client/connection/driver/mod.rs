@@ -91,16 +91,19 @@ impl Drop for CellsGuard {
     }
 }
 
-/// Withdraws the connection's share of its endpoint's in-flight gauge when
-/// the driver goes, however it goes (finished, panicked, its task aborted or
-/// dropped with its runtime): the gauge then never keeps requests of a
-/// driver that is gone.
-struct InFlightGuard(Arc<Shared>);
+/// Withdraws what the connection added to the client's gauges (its share of
+/// its endpoint's in-flight gauge, its held tags) when the driver goes, however
+/// it goes (finished, panicked, its task aborted or dropped with its runtime):
+/// the gauges then never keep the counts of a driver that is gone. The stats
+/// keep the last counts.
+struct GaugesGuard(Arc<Shared>);
 
-impl Drop for InFlightGuard {
+impl Drop for GaugesGuard {
     fn drop(&mut self) {
+        let c = &self.0.counters;
+        crate::observe::connection_published(0, c.held.load(Relaxed), 0);
         if let Some(share) = self.0.in_flight_share.get() {
-            share.publish(self.0.counters.in_flight.swap(0, Relaxed), 0);
+            share.publish(c.in_flight.swap(0, Relaxed), 0);
         }
     }
 }
@@ -168,8 +171,8 @@ pub(super) struct Driver<T> {
     latency: Option<Estimator>,
     /// Held until the driver is done with every request it took.
     cells_guard: CellsGuard,
-    /// Withdraws its share of the in-flight gauge when it goes.
-    _in_flight_guard: InFlightGuard,
+    /// Withdraws its counts from the client's gauges when it goes.
+    _gauges_guard: GaugesGuard,
 }
 
 /// Counters kept by the driver and published to [`Shared`] once per wake-up.
@@ -195,7 +198,7 @@ where
     ) -> Driver<T> {
         let wire = Wire::new(io, &config);
         let cells_guard = CellsGuard(shared.cells.clone());
-        let in_flight_guard = InFlightGuard(shared.clone());
+        let gauges_guard = GaugesGuard(shared.clone());
         Driver {
             table: Table::new(layout, wire.tags().id_space()),
             wire,
@@ -214,7 +217,7 @@ where
                 .latency
                 .map(|config| Estimator::new(config, Instant::now())),
             cells_guard,
-            _in_flight_guard: in_flight_guard,
+            _gauges_guard: gauges_guard,
         }
     }
 
@@ -715,14 +718,8 @@ where
                 .reply
                 .fail(&self.shared.cells, not_sent(&self.shared));
         }
+        // Its counts leave the gauges when the driver is dropped (`GaugesGuard`).
         self.publish();
-        // Its held tags end with it (the stats keep the last count).
-        crate::observe::connection_published(0, self.table.held_tags(), 0);
-        // So do its requests in flight (none is left: all were failed above;
-        // `InFlightGuard` withdraws the share also when the task is aborted).
-        if let Some(share) = self.shared.in_flight_share.get() {
-            share.publish(self.shared.counters.in_flight.swap(0, Relaxed), 0);
-        }
     }
 }
 
