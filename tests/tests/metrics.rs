@@ -90,6 +90,114 @@ fn histogram_len(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> usi
     }
 }
 
+fn histogram_values(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+    match find(samples, name, labels) {
+        Some(DebugValue::Histogram(v)) => v.iter().map(|x| x.into_inner()).collect(),
+        other => panic!("{name} {labels:?}: {other:?} in {samples:#?}"),
+    }
+}
+
+/// Asserts every value lies in `low..high` (seconds).
+fn all_within(values: &[f64], low: f64, high: f64, what: &str) {
+    assert!(
+        values.iter().all(|v| (low..high).contains(v)),
+        "{what}: {values:?} not all in {low}..{high}"
+    );
+}
+
+#[test]
+fn durations_are_the_time_requests_took_on_client_and_server() {
+    // The client's durations run from the driver pass that wrote a request
+    // to the pass that read its answer (or failed it); the server's from the
+    // read batch to the publication before the flush. Both are measured with
+    // clock readings shared by a batch: never less than the time the request
+    // really took.
+    let mut endpoint = String::new();
+    let mut server_addr = String::new();
+    let snapshotter = recorded(|_| async {
+        // A scripted server that answers after 50 ms, "slow" never.
+        let scripted = start_scripted(|_, frame| match &frame.payload[..] {
+            b"slow" => Action::Ignore,
+            _ => Action::Echo(Duration::from_millis(50)),
+        })
+        .await;
+        endpoint = scripted.addr.to_string();
+        let client = Client::builder()
+            .endpoint(scripted.addr)
+            .request_timeout(Duration::from_millis(150))
+            .retry(RetryPolicy::new(0))
+            .build();
+        let calls = (0..4).map(|_| client.call(Bytes::from_static(b"hi")));
+        for answer in futures_util::future::join_all(calls).await {
+            answer.expect("echo");
+        }
+        client.call(Bytes::from_static(b"hi")).await.expect("echo");
+        let slow = client.call(Bytes::from_static(b"slow")).await;
+        assert_eq!(slow.expect_err("ignored").kind(), Kind::Timeout);
+        client.close();
+
+        // An anet server whose handler takes 40 ms, but not for "now".
+        let server = Server::builder()
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        server_addr = server.local_addr().to_string();
+        let addr = server.local_addr();
+        tokio::spawn(server.serve(service_fn(|req: Request| async move {
+            if req.payload().as_ref() != b"now" {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            Ok::<_, std::convert::Infallible>(req.into_payload())
+        })));
+        let client = Client::builder().endpoint(addr).build();
+        let calls = (0..3).map(|_| client.call(Bytes::from_static(b"wait")));
+        for answer in futures_util::future::join_all(calls).await {
+            answer.expect("echo");
+        }
+        client
+            .call(Bytes::from_static(b"wait"))
+            .await
+            .expect("echo");
+        client.call(Bytes::from_static(b"now")).await.expect("echo");
+        client.close();
+    });
+    let s = samples(&snapshotter);
+    let ok = [("endpoint", endpoint.as_str()), ("outcome", "ok")];
+    let client_ok = histogram_values(&s, "anet_client_request_duration", &ok);
+    assert_eq!(client_ok.len(), 5, "{client_ok:?}");
+    all_within(&client_ok, 0.05, 5.0, "client ok durations");
+    let timeout = [("endpoint", endpoint.as_str()), ("outcome", "timeout")];
+    let client_timeout = histogram_values(&s, "anet_client_request_duration", &timeout);
+    assert_eq!(client_timeout.len(), 1, "{client_timeout:?}");
+    all_within(&client_timeout, 0.15, 5.0, "client timeout duration");
+    let server_ok = histogram_values(&s, "anet_server_request_duration", &[("outcome", "ok")]);
+    assert_eq!(server_ok.len(), 5, "{server_ok:?}");
+    let mut waited: Vec<f64> = server_ok.clone();
+    waited.sort_by(f64::total_cmp);
+    // The one answered at once took less than the handler's sleep, the four
+    // others at least that.
+    all_within(
+        &waited[..1],
+        0.0,
+        0.04,
+        "server duration of an immediate answer",
+    );
+    all_within(
+        &waited[1..],
+        0.04,
+        5.0,
+        "server durations of 40 ms handlers",
+    );
+    // The anet client saw its own answers at least as late as the server
+    // produced them.
+    let other = [("endpoint", server_addr.as_str()), ("outcome", "ok")];
+    let client_of_server = histogram_values(&s, "anet_client_request_duration", &other);
+    assert_eq!(client_of_server.len(), 5);
+    let mut seen = client_of_server.clone();
+    seen.sort_by(f64::total_cmp);
+    all_within(&seen[1..], 0.04, 5.0, "client durations of 40 ms handlers");
+}
+
 #[test]
 fn client_metrics_count_requests_by_endpoint_and_outcome_with_durations() {
     let mut endpoint = String::new();

@@ -10,24 +10,36 @@
 //! Handles are registered once (per endpoint, per server connection) with the
 //! recorder installed at that moment, so the recorder must be installed before
 //! clients and servers are built (the `metrics` convention). Durations are
-//! measured (two clock reads per request) only when that recorder is not
-//! zero-sized: `metrics`' no-op recorder is, every recorder that keeps values
-//! holds state. So with the feature compiled in and no recorder, a request
-//! costs a few checks of empty handles, no clock read and no allocation.
+//! measured only when that recorder is not zero-sized: `metrics`' no-op
+//! recorder is, every recorder that keeps values holds state. So with the
+//! feature compiled in and no recorder, a request costs a few checks of empty
+//! handles, no clock read and no allocation.
 //!
-//! The server's request counter and in-flight gauge are published once per
-//! wake-up of a connection, like its stats; the duration histogram records
-//! each request.
+//! Nothing is recorded per request on the hot path. A client connection's
+//! driver counts the requests it answers, and times them with the clock
+//! readings it takes once per pass (a request carries the reading of the pass
+//! that wrote it; the pass that reads its answer ends it), publishing counts
+//! and durations once per pass. A server connection does the same once per
+//! wake-up: the requests of one read batch share a clock reading, and their
+//! durations end when the connection publishes, before it flushes their
+//! responses. Requests that ended together took the same time, so they go to
+//! the histogram as one `record_many`. Errors are rare and recorded as they
+//! happen.
 
 #![allow(dead_code, unreachable_pub)]
 
-// Durations are wall-clock measures for dashboards, not deadlines: std's clock
-// (tokio's checks for paused time first, which costs on every read when
-// `test-util` is compiled in; paused-time tests have no use for durations).
+// A server connection's durations are wall-clock measures for dashboards, not
+// deadlines: std's clock (tokio's checks for paused time first, which costs on
+// every read when `test-util` is compiled in). A client connection's come from
+// its driver's clock, which is tokio's (it is read once per pass anyway).
 #[cfg(feature = "metrics")]
 #[allow(clippy::disallowed_types)]
 mod on {
-    use std::{net::SocketAddr, sync::Arc, time::Instant};
+    use std::{
+        net::SocketAddr,
+        sync::Arc,
+        time::{Duration, Instant},
+    };
 
     use metrics::{Counter, Gauge, Histogram, SharedString, counter, gauge, histogram};
 
@@ -46,12 +58,18 @@ mod on {
     /// An endpoint's handles, registered when the endpoint is created.
     #[derive(Debug)]
     pub(crate) struct EndpointMetrics {
+        handles: Arc<Handles>,
+        live: Gauge,
+        draining: Gauge,
+    }
+
+    /// The handles an endpoint's connections record into.
+    #[derive(Debug)]
+    struct Handles {
         endpoint: SharedString,
         ok: Counter,
         ok_duration: Histogram,
         in_flight: Gauge,
-        live: Gauge,
-        draining: Gauge,
         // Durations are measured (a recorder keeps them).
         timed: bool,
     }
@@ -61,13 +79,15 @@ mod on {
             let endpoint = SharedString::from(Arc::<str>::from(addr.to_string()));
             let e = || endpoint.clone();
             EndpointMetrics {
-                ok: counter!(CLIENT_REQUESTS, "endpoint" => e(), "outcome" => "ok"),
-                ok_duration: histogram!(CLIENT_REQUEST_DURATION, "endpoint" => e(), "outcome" => "ok"),
-                in_flight: gauge!("anet_client_in_flight", "endpoint" => e()),
                 live: gauge!("anet_client_connections", "endpoint" => e(), "state" => "live"),
                 draining: gauge!("anet_client_connections", "endpoint" => e(), "state" => "draining"),
-                endpoint,
-                timed: recording(),
+                handles: Arc::new(Handles {
+                    ok: counter!(CLIENT_REQUESTS, "endpoint" => e(), "outcome" => "ok"),
+                    ok_duration: histogram!(CLIENT_REQUEST_DURATION, "endpoint" => e(), "outcome" => "ok"),
+                    in_flight: gauge!("anet_client_in_flight", "endpoint" => e()),
+                    timed: recording(),
+                    endpoint,
+                }),
             }
         }
 
@@ -77,67 +97,115 @@ mod on {
             self.draining.set(draining as f64);
         }
 
-        /// A request is on one of this endpoint's connections.
-        #[inline]
-        pub(crate) fn sent(&self) -> Attempt {
-            Attempt {
-                started: self.timed.then(Instant::now),
-            }
+        /// A request sent on one of this endpoint's connections failed with
+        /// `kind` (its connection records its duration, if it has one).
+        /// Errors are rare: their handles are looked up when they happen.
+        pub(crate) fn failed(&self, kind: Kind) {
+            let endpoint = self.handles.endpoint.clone();
+            counter!(CLIENT_REQUESTS, "endpoint" => endpoint, "outcome" => kind.as_str())
+                .increment(1);
         }
 
-        /// A connection's share of the endpoint's in-flight gauge.
-        pub(crate) fn in_flight_share(&self) -> InFlightShare {
-            InFlightShare(self.in_flight.clone())
+        /// What one of the endpoint's connections records into.
+        pub(crate) fn connection(&self) -> ConnectionMetrics {
+            ConnectionMetrics(self.handles.clone())
         }
     }
 
-    /// A connection's share of its endpoint's `anet_client_in_flight` gauge:
-    /// its driver publishes the change in its requests taken and not yet
-    /// answered once per pass (not two updates per request).
+    /// What a connection's driver records for its endpoint: the requests it
+    /// answered (`anet_client_requests` with outcome `ok`) and how long they
+    /// took, the requests it has in flight, and the durations of those it
+    /// failed after writing them. Published once per driver pass.
     #[derive(Debug, Clone)]
-    pub(crate) struct InFlightShare(Gauge);
+    pub(crate) struct ConnectionMetrics(Arc<Handles>);
 
-    impl InFlightShare {
+    impl ConnectionMetrics {
+        /// Whether durations are measured (the driver then stamps requests).
+        #[inline]
+        pub(crate) fn timed(&self) -> bool {
+            self.0.timed
+        }
+
         /// The connection had `before` requests in flight at its last
         /// publication and has `now`.
         #[inline]
-        pub(crate) fn publish(&self, before: usize, now: usize) {
+        pub(crate) fn in_flight(&self, before: usize, now: usize) {
             if before != now {
-                self.0.increment(now as f64 - before as f64);
+                self.0.in_flight.increment(now as f64 - before as f64);
             }
+        }
+
+        /// A written request failed with `kind` after `elapsed`.
+        pub(crate) fn failed_after(&self, kind: Kind, elapsed: Duration) {
+            let endpoint = self.0.endpoint.clone();
+            histogram!(CLIENT_REQUEST_DURATION, "endpoint" => endpoint, "outcome" => kind.as_str())
+                .record(elapsed);
         }
     }
 
-    /// A request on an endpoint's connection, timed when a recorder is installed.
-    #[derive(Debug)]
-    pub(crate) struct Attempt {
-        started: Option<Instant>,
+    /// The answers of one driver pass, recorded when the pass ends: one
+    /// counter update and, when durations are measured, one clock reading for
+    /// the lot (requests carry the clock reading of the pass that wrote them).
+    #[derive(Debug, Default)]
+    pub(crate) struct Answers {
+        count: u64,
+        /// Send stamps (nanoseconds since the driver's anchor) of the
+        /// answered requests, when durations are measured.
+        sent: Vec<u64>,
     }
 
-    impl Attempt {
-        /// The request has its answer: `Ok(())` or the error's kind.
+    impl Answers {
+        /// A request sent at stamp `sent` (if stamped) was answered.
         #[inline]
-        pub(crate) fn finish(&self, endpoint: &EndpointMetrics, outcome: Result<(), Kind>) {
-            let elapsed = self.started.map(|at| at.elapsed());
-            match outcome {
-                Ok(()) => {
-                    endpoint.ok.increment(1);
-                    if let Some(elapsed) = elapsed {
-                        endpoint.ok_duration.record(elapsed);
-                    }
-                }
-                // Errors are rare: their handles are looked up when they happen.
-                Err(kind) => {
-                    let (e, outcome) = (endpoint.endpoint.clone(), kind.as_str());
-                    counter!(CLIENT_REQUESTS, "endpoint" => e.clone(), "outcome" => outcome)
-                        .increment(1);
-                    if let Some(elapsed) = elapsed {
-                        histogram!(CLIENT_REQUEST_DURATION, "endpoint" => e, "outcome" => outcome)
-                            .record(elapsed);
-                    }
-                }
+        pub(crate) fn answered(&mut self, sent: Option<u64>) {
+            self.count += 1;
+            if let Some(sent) = sent {
+                self.sent.push(sent);
             }
         }
+
+        /// Whether the pass had answers to record.
+        #[inline]
+        pub(crate) fn is_empty(&self) -> bool {
+            self.count == 0
+        }
+
+        /// Records the pass's answers for `metrics`, their durations ending
+        /// at stamp `now` (read only if some were stamped).
+        pub(crate) fn record(&mut self, metrics: &ConnectionMetrics, now: impl FnOnce() -> u64) {
+            metrics.0.ok.increment(std::mem::take(&mut self.count));
+            if self.sent.is_empty() {
+                return;
+            }
+            let now = now();
+            // Requests written in the same pass and answered in the same pass
+            // took the same time: one sample of many.
+            let mut run = (self.sent[0], 0);
+            for &sent in &self.sent {
+                if sent != run.0 {
+                    record_run(metrics, now, run);
+                    run = (sent, 0);
+                }
+                run.1 += 1;
+            }
+            record_run(metrics, now, run);
+            self.sent.clear();
+            // A burst must not keep its buffer for good.
+            if self.sent.capacity() > 4096 {
+                self.sent.shrink_to(256);
+            }
+        }
+
+        /// Forgets what was not recorded (a driver without metrics).
+        pub(crate) fn clear(&mut self) {
+            self.count = 0;
+            self.sent.clear();
+        }
+    }
+
+    fn record_run(metrics: &ConnectionMetrics, now: u64, (sent, count): (u64, usize)) {
+        let seconds = now.saturating_sub(sent) as f64 * 1e-9;
+        metrics.0.ok_duration.record_many(seconds, count);
     }
 
     /// A client request that failed before reaching any endpoint.
@@ -182,6 +250,12 @@ mod on {
         ok_unpublished: u64,
         /// The connection's share of the in-flight gauge.
         in_flight_published: usize,
+        /// The clock reading shared by the requests started since the last
+        /// publication (read at the first of them).
+        batch_started: Option<Instant>,
+        /// When the requests answered `ok` since the last publication
+        /// started (when durations are measured).
+        ok_started: Vec<Instant>,
     }
 
     impl ServerMetrics {
@@ -193,46 +267,81 @@ mod on {
                 timed: recording(),
                 ok_unpublished: 0,
                 in_flight_published: 0,
+                batch_started: None,
+                ok_started: Vec::new(),
             }
         }
 
-        /// A request read.
+        /// A request read: it shares the clock reading of the requests read
+        /// since the last publication (one reading per batch, not per
+        /// request; its duration counts from the batch's start).
         #[inline]
-        pub(crate) fn started(&self) -> Started {
-            Started(self.timed.then(Instant::now))
+        pub(crate) fn started(&mut self) -> Started {
+            if !self.timed {
+                return Started(None);
+            }
+            Started(Some(*self.batch_started.get_or_insert_with(Instant::now)))
         }
 
         /// A request finished: `ok`, `error` (the service failed it, or its
-        /// response could not be framed) or `panic`.
+        /// response could not be framed) or `panic`. An `ok` duration ends at
+        /// the next publication (which reads the clock once for all of them).
         #[inline]
         pub(crate) fn finished(&mut self, started: &Started, outcome: &'static str) {
-            let elapsed = started.0.map(|at| at.elapsed());
             if outcome == "ok" {
                 self.ok_unpublished += 1;
-                if let Some(elapsed) = elapsed {
-                    self.ok_duration.record(elapsed);
+                if let Some(at) = started.0 {
+                    self.ok_started.push(at);
                 }
             } else {
                 counter!("anet_server_requests", "outcome" => outcome).increment(1);
-                if let Some(elapsed) = elapsed {
+                if let Some(at) = started.0 {
                     histogram!("anet_server_request_duration", "outcome" => outcome)
-                        .record(elapsed);
+                        .record(at.elapsed());
                 }
             }
         }
 
-        /// Once per wake-up of the connection: the requests answered, and
-        /// the ones in flight now.
+        /// Before responses are flushed and once per wake-up of the
+        /// connection: the requests answered, their durations, and the ones
+        /// in flight now.
         #[inline]
         pub(crate) fn publish(&mut self, in_flight: usize) {
             if self.ok_unpublished > 0 {
                 self.ok.increment(std::mem::take(&mut self.ok_unpublished));
             }
+            if !self.ok_started.is_empty() {
+                self.record_durations();
+            }
+            self.batch_started = None;
             if in_flight != self.in_flight_published {
                 self.in_flight
                     .increment(in_flight as f64 - self.in_flight_published as f64);
                 self.in_flight_published = in_flight;
             }
+        }
+
+        /// Records the `ok` durations ending now: requests that started in the
+        /// same batch took the same time, one sample of many.
+        fn record_durations(&mut self) {
+            let now = Instant::now();
+            let mut run = (self.ok_started[0], 0);
+            for &at in &self.ok_started {
+                if at != run.0 {
+                    self.ok_duration
+                        .record_many(now.saturating_duration_since(run.0), run.1);
+                    run = (at, 0);
+                }
+                run.1 += 1;
+            }
+            self.ok_duration
+                .record_many(now.saturating_duration_since(run.0), run.1);
+            self.ok_started.clear();
+        }
+
+        /// The connection is idle: frees what its bursts grew.
+        pub(crate) fn release(&mut self) {
+            self.ok_started = Vec::new();
         }
     }
 
@@ -284,7 +393,7 @@ mod on {
 
 #[cfg(not(feature = "metrics"))]
 mod on {
-    use std::net::SocketAddr;
+    use std::{net::SocketAddr, time::Duration};
 
     use crate::Kind;
 
@@ -299,29 +408,41 @@ mod on {
         #[inline(always)]
         pub(crate) fn connections(&self, _: usize, _: usize) {}
         #[inline(always)]
-        pub(crate) fn sent(&self) -> Attempt {
-            Attempt
-        }
+        pub(crate) fn failed(&self, _: Kind) {}
         #[inline(always)]
-        pub(crate) fn in_flight_share(&self) -> InFlightShare {
-            InFlightShare
+        pub(crate) fn connection(&self) -> ConnectionMetrics {
+            ConnectionMetrics
         }
     }
 
     #[derive(Debug, Clone)]
-    pub(crate) struct InFlightShare;
+    pub(crate) struct ConnectionMetrics;
 
-    impl InFlightShare {
+    impl ConnectionMetrics {
         #[inline(always)]
-        pub(crate) fn publish(&self, _: usize, _: usize) {}
+        pub(crate) fn timed(&self) -> bool {
+            false
+        }
+        #[inline(always)]
+        pub(crate) fn in_flight(&self, _: usize, _: usize) {}
+        #[inline(always)]
+        pub(crate) fn failed_after(&self, _: Kind, _: Duration) {}
     }
 
-    #[derive(Debug)]
-    pub(crate) struct Attempt;
+    #[derive(Debug, Default)]
+    pub(crate) struct Answers;
 
-    impl Attempt {
+    impl Answers {
         #[inline(always)]
-        pub(crate) fn finish(&self, _: &EndpointMetrics, _: Result<(), Kind>) {}
+        pub(crate) fn answered(&mut self, _: Option<u64>) {}
+        #[inline(always)]
+        pub(crate) fn is_empty(&self) -> bool {
+            true
+        }
+        #[inline(always)]
+        pub(crate) fn record(&mut self, _: &ConnectionMetrics, _: impl FnOnce() -> u64) {}
+        #[inline(always)]
+        pub(crate) fn clear(&mut self) {}
     }
 
     #[inline(always)]
@@ -342,13 +463,15 @@ mod on {
             ServerMetrics
         }
         #[inline(always)]
-        pub(crate) fn started(&self) -> Started {
+        pub(crate) fn started(&mut self) -> Started {
             Started
         }
         #[inline(always)]
         pub(crate) fn finished(&mut self, _: &Started, _: &'static str) {}
         #[inline(always)]
         pub(crate) fn publish(&mut self, _: usize) {}
+        #[inline(always)]
+        pub(crate) fn release(&mut self) {}
     }
 
     #[derive(Debug)]

@@ -243,8 +243,9 @@ impl Estimator {
         }
     }
 
-    /// The stamp of a request written at `now` (the pass's clock).
-    #[inline]
+    /// The stamp of a request written at `now` (the driver stamps with
+    /// [`since`] from the anchor it gave the estimator).
+    #[cfg(test)]
     pub(crate) fn stamp(&self, now: Instant) -> u64 {
         since(self.anchor, now)
     }
@@ -358,7 +359,7 @@ fn blend(old: f64, peak: f64, mean: f64, weight: f64) -> f64 {
 
 /// Nanoseconds from `anchor` to `now` (0 before it).
 #[inline]
-fn since(anchor: Instant, now: Instant) -> u64 {
+pub(crate) fn since(anchor: Instant, now: Instant) -> u64 {
     u64::try_from(now.saturating_duration_since(anchor).as_nanos()).unwrap_or(u64::MAX)
 }
 

@@ -1029,7 +1029,7 @@ pub(crate) async fn maintain(endpoint: Arc<Endpoint>, cx: PoolContext) {
             match dialed {
                 Ok(conn) => {
                     conn.share_room(cx.room.clone());
-                    conn.share_in_flight(endpoint.metrics.in_flight_share());
+                    conn.share_metrics(endpoint.metrics.connection());
                     watchers.spawn(keep(
                         conn.clone(),
                         endpoint.clone(),

@@ -34,7 +34,10 @@ pub(crate) struct Observed {
 impl Observed {
     /// A request read from `peer`.
     #[inline]
-    pub(crate) fn start(metrics: &observe::ServerMetrics, peer: Option<SocketAddr>) -> Observed {
+    pub(crate) fn start(
+        metrics: &mut observe::ServerMetrics,
+        peer: Option<SocketAddr>,
+    ) -> Observed {
         // Not built below DEBUG (see the client's call span).
         let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
             tracing::debug_span!(

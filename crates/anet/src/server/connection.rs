@@ -514,7 +514,7 @@ where
         let charge = frame.payload.len() as u64 + self.tag_len;
         let request = Request::new(frame.payload, self.peer);
         let service = &mut self.service;
-        let observed = Observed::start(&self.metrics, self.peer);
+        let observed = Observed::start(&mut self.metrics, self.peer);
         let call = Call::start(frame.tag, charge, observed, || service.call(request));
         // Polled once in its slot: a handler that answers at once (the common
         // case) is done here.
@@ -617,6 +617,7 @@ where
         if self.idle() {
             self.writer.release();
             self.calls.shrink();
+            self.metrics.release();
         }
     }
 

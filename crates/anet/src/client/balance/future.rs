@@ -63,8 +63,6 @@ pin_project! {
             endpoint: Arc<Endpoint>,
             #[pin]
             future: ConnectionFuture,
-            // In flight on the endpoint (metrics; nothing without the feature).
-            attempt: observe::Attempt,
         },
         /// Not sent yet: waiting for an endpoint or for room. The slow path,
         /// boxed so that the common future stays small.
@@ -77,11 +75,7 @@ impl State {
     /// On a connection of `endpoint`.
     #[inline]
     fn sent(endpoint: Arc<Endpoint>, future: ConnectionFuture) -> State {
-        State::Sent {
-            attempt: endpoint.metrics.sent(),
-            endpoint,
-            future,
-        }
+        State::Sent { endpoint, future }
     }
 }
 
@@ -141,20 +135,16 @@ impl BalanceFuture {
         let mut this = self.project();
         loop {
             let error = match this.state.as_mut().project() {
-                StateProj::Sent {
-                    endpoint,
-                    future,
-                    attempt,
-                } => {
+                StateProj::Sent { endpoint, future } => {
                     let answer = ready!(future.get_mut().poll_answer(cx));
-                    let outcome = answer.as_ref().map(|_| ()).map_err(|f| f.error.kind());
-                    attempt.finish(&endpoint.metrics, outcome);
                     if tracing::level_enabled!(tracing::Level::DEBUG) {
                         // The call's span, if it has one, learns where it went.
                         tracing::Span::current()
                             .record("endpoint", tracing::field::display(endpoint.addr));
                     }
+                    // Answers are counted (and timed) by the connection.
                     return Poll::Ready(answer.map_err(|mut failure| {
+                        endpoint.metrics.failed(failure.error.kind());
                         endpoint.record(&failure.error);
                         failure.deadline = failure.deadline.or(this.deadline.instant());
                         failure

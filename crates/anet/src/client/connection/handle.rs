@@ -211,10 +211,10 @@ impl Connection {
         let _ = self.shared.room.set(room);
     }
 
-    /// Has the driver publish its requests in flight to its endpoint's gauge
-    /// (once; later calls do nothing).
-    pub(crate) fn share_in_flight(&self, share: crate::observe::InFlightShare) {
-        let _ = self.shared.in_flight_share.set(share);
+    /// Has the driver record its requests (answered, their durations, in
+    /// flight) for its endpoint (once; later calls do nothing).
+    pub(crate) fn share_metrics(&self, metrics: crate::observe::ConnectionMetrics) {
+        let _ = self.shared.metrics.set(metrics);
     }
 
     /// Whether the driver has finished: every request answered or failed, the

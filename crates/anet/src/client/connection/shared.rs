@@ -69,9 +69,9 @@ pub(crate) struct Shared {
     /// Woken when the driver starts refusing requests on its own (a
     /// retirement, a failure), so that the owner replaces the connection.
     pub(crate) owner_wake: OnceLock<Arc<Notify>>,
-    /// Its share of its endpoint's in-flight gauge (feature `metrics`), once
-    /// its owner gives it one.
-    pub(crate) in_flight_share: OnceLock<crate::observe::InFlightShare>,
+    /// What the driver records for its endpoint (feature `metrics`), once
+    /// its owner gives it that.
+    pub(crate) metrics: OnceLock<crate::observe::ConnectionMetrics>,
     /// The driver's peak-EWMA response-time estimate in nanoseconds, for the
     /// balancer; 0 while it has none (or does not measure).
     pub(crate) rtt_ns: AtomicU64,
@@ -104,7 +104,7 @@ impl Shared {
             counters: Counters::default(),
             opened: Instant::now(),
             room: OnceLock::new(),
-            in_flight_share: OnceLock::new(),
+            metrics: OnceLock::new(),
             hook: OnceLock::new(),
             owner_wake: OnceLock::new(),
             rtt_ns: AtomicU64::new(0),

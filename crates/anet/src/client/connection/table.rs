@@ -294,24 +294,25 @@ impl Table {
     }
 
     /// Takes the replies of waiting requests whose deadline is at or before
-    /// `now` (to fail them with a timeout) and quarantines their tags until
-    /// `until`, since their responses may still come.
+    /// `now` (to fail them with a timeout), with their send stamps, and
+    /// quarantines their tags until `until`, since their responses may still
+    /// come.
     pub(crate) fn expire_deadlines(
         &mut self,
         now: Instant,
         until: Instant,
-        expired: &mut Vec<Reply>,
+        expired: &mut Vec<(Reply, Option<u64>)>,
     ) {
         while let Some(due) = self.deadlines.pop_due(now) {
             if !is_waiting(&self.slots, &due) {
                 continue; // answered (or abandoned) since
             }
             let slot = &mut self.slots[due.index as usize];
-            if let State::Waiting { reply, unit, .. } =
+            if let State::Waiting { reply, unit, sent } =
                 std::mem::replace(&mut slot.state, State::Free)
             {
                 slot.state = State::Quarantined(unit);
-                expired.push(reply);
+                expired.push((reply, sent));
             }
             self.quarantine.push(Due {
                 at: until,
@@ -349,16 +350,17 @@ impl Table {
         }
     }
 
-    /// Takes every waiting request out of the table (to fail them) and frees
-    /// all slots, held ones included: the connection is closing, so no late
-    /// response can reach a later request on it.
-    pub(crate) fn drain_waiting(&mut self) -> Vec<Reply> {
+    /// Takes every waiting request out of the table (to fail them), with
+    /// their send stamps, and frees all slots, held ones included: the
+    /// connection is closing, so no late response can reach a later request
+    /// on it.
+    pub(crate) fn drain_waiting(&mut self) -> Vec<(Reply, Option<u64>)> {
         let mut replies = Vec::with_capacity(self.waiting);
         for (index, slot) in self.slots.iter_mut().enumerate() {
             match std::mem::replace(&mut slot.state, State::Free) {
                 State::Free => continue,
-                State::Waiting { reply, unit, .. } => {
-                    replies.push(reply);
+                State::Waiting { reply, unit, sent } => {
+                    replies.push((reply, sent));
                     self.returns.push(unit);
                 }
                 State::Quarantined(unit) => self.returns.push(unit),

@@ -37,9 +37,9 @@ use super::{
     table::{Matched, Table},
     unit::Unit,
 };
-use crate::client::latency::Estimator;
+use crate::client::latency::{Estimator, since};
 use crate::time::later;
-use crate::{Error, Kind};
+use crate::{Error, Kind, observe};
 use timers::Timers;
 use wire::{Wire, lost};
 
@@ -102,8 +102,8 @@ impl Drop for GaugesGuard {
     fn drop(&mut self) {
         let c = &self.0.counters;
         crate::observe::connection_published(0, c.held.load(Relaxed), 0);
-        if let Some(share) = self.0.in_flight_share.get() {
-            share.publish(c.in_flight.swap(0, Relaxed), 0);
+        if let Some(metrics) = self.0.metrics.get() {
+            metrics.in_flight(c.in_flight.swap(0, Relaxed), 0);
         }
     }
 }
@@ -169,6 +169,10 @@ pub(super) struct Driver<T> {
     /// The response-time estimate for the balancer, when the owner asked for
     /// one (see `ConnectionConfig::latency`).
     latency: Option<Estimator>,
+    /// What send stamps count from (nanoseconds since).
+    anchor: Instant,
+    /// The answers of this pass, for the endpoint's metrics.
+    answers: observe::Answers,
     /// Held until the driver is done with every request it took.
     cells_guard: CellsGuard,
     /// Withdraws its counts from the client's gauges when it goes.
@@ -199,6 +203,7 @@ where
         let wire = Wire::new(io, &config);
         let cells_guard = CellsGuard(shared.cells.clone());
         let gauges_guard = GaugesGuard(shared.clone());
+        let anchor = Instant::now();
         Driver {
             table: Table::new(layout, wire.tags().id_space()),
             wire,
@@ -213,9 +218,9 @@ where
             backlog: VecDeque::new(),
             backlog_earliest: None,
             counts: LocalCounts::default(),
-            latency: config
-                .latency
-                .map(|config| Estimator::new(config, Instant::now())),
+            latency: config.latency.map(|config| Estimator::new(config, anchor)),
+            anchor,
+            answers: observe::Answers::default(),
             cells_guard,
             _gauges_guard: gauges_guard,
         }
@@ -273,11 +278,16 @@ where
                 }
             }
             let (table, counts) = (&mut self.table, &mut self.counts);
-            let latency = &mut self.latency;
+            let (latency, answers) = (&mut self.latency, &mut self.answers);
             let (hook, cells) = (self.shared.hook.get(), &*self.shared.cells);
             let mut retire = false;
             match self.wire.poll_read(cx, |id, frame| {
-                retire |= dispatch(table, cells, counts, latency.as_mut(), hook, id, frame);
+                let seen = Seen {
+                    counts,
+                    latency: latency.as_mut(),
+                    answers,
+                };
+                retire |= dispatch(table, cells, seen, hook, id, frame);
             }) {
                 Ok(read) => progress |= read,
                 Err(error) => return Poll::Ready(Exit::Failed(error)),
@@ -306,6 +316,7 @@ where
                         return Poll::Ready(exit);
                     }
                 }
+                self.record_answers();
                 self.publish();
                 return Poll::Pending;
             }
@@ -426,11 +437,11 @@ where
             reply.fail(&self.shared.cells, overdue(true));
             return;
         }
-        // Stamped with the pass's clock: no clock read per request.
-        let sent = match &self.latency {
-            Some(latency) => Some(latency.stamp(self.timers.clock())),
-            None => None,
-        };
+        // Stamped with the pass's clock (no clock read per request) when the
+        // latency estimate or the metrics' durations need it.
+        let stamped =
+            self.latency.is_some() || self.shared.metrics.get().is_some_and(|m| m.timed());
+        let sent = stamped.then(|| since(self.anchor, self.timers.clock()));
         // The slot now holds the request's window unit (and, until the request
         // is answered or the connection closes, its tag value).
         let id = match self.table.insert(reply, unit, sent) {
@@ -538,7 +549,8 @@ where
                 latency.failed();
             }
         }
-        for reply in expired {
+        for (reply, sent) in expired {
+            self.failed_after(Kind::Timeout, sent, now);
             reply.fail(&self.shared.cells, overdue(false));
         }
     }
@@ -625,6 +637,7 @@ where
             return;
         }
         // Counters first: whoever sees the refusal sees what it answered.
+        self.record_answers();
         self.publish();
         self.shared.refuse(reason);
         self.shared.wake_owner();
@@ -651,6 +664,31 @@ where
         latency.next_decay() != scheduled
     }
 
+    /// Records the pass's answers for the endpoint's metrics: one counter
+    /// update, and their durations ending now (one clock reading).
+    fn record_answers(&mut self) {
+        if self.answers.is_empty() {
+            return;
+        }
+        match self.shared.metrics.get() {
+            Some(metrics) => {
+                let anchor = self.anchor;
+                self.answers
+                    .record(metrics, || since(anchor, Instant::now()));
+            }
+            None => self.answers.clear(),
+        }
+    }
+
+    /// Records how long a written request (sent at stamp `sent`, if stamped)
+    /// took to fail with `kind`, ending at `now`.
+    fn failed_after(&self, kind: Kind, sent: Option<u64>, now: Instant) {
+        if let (Some(metrics), Some(sent)) = (self.shared.metrics.get(), sent) {
+            let elapsed = since(self.anchor, now).saturating_sub(sent);
+            metrics.failed_after(kind, Duration::from_nanos(elapsed));
+        }
+    }
+
     /// Publishes the local counters for `Connection::stats`.
     fn publish(&self) {
         let c = &self.shared.counters;
@@ -669,9 +707,9 @@ where
                 held_before,
                 held,
             );
-            if let Some(share) = self.shared.in_flight_share.get() {
+            if let Some(metrics) = self.shared.metrics.get() {
                 let in_flight = self.table.waiting() + self.backlog.len();
-                share.publish(c.in_flight.swap(in_flight, Relaxed), in_flight);
+                metrics.in_flight(c.in_flight.swap(in_flight, Relaxed), in_flight);
             }
         } else {
             c.unknown.store(self.counts.unknown, Relaxed);
@@ -708,7 +746,9 @@ where
         self.publish();
         self.shared.refuse(error.clone());
         self.shared.wake_owner();
-        for reply in self.table.drain_waiting() {
+        let now = Instant::now();
+        for (reply, sent) in self.table.drain_waiting() {
+            self.failed_after(error.kind(), sent, now);
             reply.fail(&self.shared.cells, error.clone());
         }
         self.table.return_units();
@@ -730,18 +770,29 @@ fn overdue(unwritten: bool) -> Error {
     if unwritten { error.unsent() } else { error }
 }
 
+/// What a pass's responses are counted into.
+struct Seen<'a> {
+    counts: &'a mut LocalCounts,
+    latency: Option<&'a mut Estimator>,
+    answers: &'a mut observe::Answers,
+}
+
 /// Completes the request a response answers (or counts it as late or
 /// unknown); true when the owner's hook says the reply retires the connection.
 #[inline]
 fn dispatch(
     table: &mut Table,
     cells: &Cells,
-    counts: &mut LocalCounts,
-    latency: Option<&mut Estimator>,
+    seen: Seen<'_>,
     hook: Option<&ReplyHook>,
     id: Option<u64>,
     frame: Frame,
 ) -> bool {
+    let Seen {
+        counts,
+        latency,
+        answers,
+    } = seen;
     let matched = match id {
         Some(id) => table.take(id),
         None => Matched::Unknown,
@@ -760,6 +811,7 @@ fn dispatch(
             }
             if reply.succeed(cells, frame.payload) {
                 counts.responses += 1;
+                answers.answered(sent);
             } else {
                 // Abandoned after the last sweep: the late response is dropped.
                 counts.late += 1;
