@@ -156,7 +156,12 @@ impl Buckets {
     }
 
     pub(crate) fn record(&self, us: u64) {
-        self.counts[Self::index(us)].fetch_add(1, Relaxed);
+        self.record_n(us, 1);
+    }
+
+    /// Records `us` `n` times.
+    pub(crate) fn record_n(&self, us: u64, n: u64) {
+        self.counts[Self::index(us)].fetch_add(n, Relaxed);
     }
 
     /// The value at quantile `q` (0 when empty).
@@ -224,6 +229,14 @@ impl HistogramFn for TeeHistogram {
     fn record(&self, seconds: f64) {
         self.0.record((seconds * 1e6).max(1.0) as u64);
         self.1.record(seconds);
+    }
+
+    /// anet records the requests that ended together as one sample of many:
+    /// one bucket update here.
+    fn record_many(&self, seconds: f64, count: usize) {
+        self.0
+            .record_n((seconds * 1e6).max(1.0) as u64, count as u64);
+        self.1.record_many(seconds, count);
     }
 }
 
