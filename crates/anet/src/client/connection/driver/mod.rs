@@ -280,12 +280,14 @@ where
             let (table, counts) = (&mut self.table, &mut self.counts);
             let (latency, answers) = (&mut self.latency, &mut self.answers);
             let (hook, cells) = (self.shared.hook.get(), &*self.shared.cells);
+            let timed = self.shared.metrics.get().is_some_and(|m| m.timed());
             let mut retire = false;
             match self.wire.poll_read(cx, |id, frame| {
                 let seen = Seen {
                     counts,
                     latency: latency.as_mut(),
                     answers,
+                    timed,
                 };
                 retire |= dispatch(table, cells, seen, hook, id, frame);
             }) {
@@ -775,6 +777,8 @@ struct Seen<'a> {
     counts: &'a mut LocalCounts,
     latency: Option<&'a mut Estimator>,
     answers: &'a mut observe::Answers,
+    /// Whether the metrics measure durations (answers then keep their stamps).
+    timed: bool,
 }
 
 /// Completes the request a response answers (or counts it as late or
@@ -792,6 +796,7 @@ fn dispatch(
         counts,
         latency,
         answers,
+        timed,
     } = seen;
     let matched = match id {
         Some(id) => table.take(id),
@@ -811,7 +816,7 @@ fn dispatch(
             }
             if reply.succeed(cells, frame.payload) {
                 counts.responses += 1;
-                answers.answered(sent);
+                answers.answered(sent.filter(|_| timed));
             } else {
                 // Abandoned after the last sweep: the late response is dropped.
                 counts.late += 1;
