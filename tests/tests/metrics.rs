@@ -199,6 +199,48 @@ fn durations_are_the_time_requests_took_on_client_and_server() {
 }
 
 #[test]
+fn an_answer_read_with_the_end_of_its_connection_is_counted() {
+    // A peer that echoes the first request's bytes (one whole frame: same
+    // tag, same payload) and closes at once: the driver reads the answer and
+    // the end of the stream in one pass, and must still record the answer.
+    let mut endpoint = String::new();
+    let snapshotter = recorded(|_| async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        endpoint = listener.local_addr().expect("addr").to_string();
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut frame = [0u8; 64];
+            let n = tokio::io::AsyncReadExt::read(&mut socket, &mut frame)
+                .await
+                .expect("read");
+            tokio::io::AsyncWriteExt::write_all(&mut socket, &frame[..n])
+                .await
+                .expect("write");
+        });
+        let client = Client::builder()
+            .endpoint(addr)
+            .retry(RetryPolicy::new(0))
+            .build();
+        let answer = client.call(Bytes::from_static(b"once")).await;
+        assert_eq!(answer.expect("echo"), Bytes::from_static(b"once"));
+        // The driver has gone by the time the pool sees the connection closed.
+        let gone = anet_tests::eventually(Duration::from_secs(5), || {
+            client.stats().endpoints.iter().all(|e| e.connections == 0)
+        })
+        .await;
+        assert!(gone, "the connection was not closed");
+        client.close();
+    });
+    let s = samples(&snapshotter);
+    let ok = [("endpoint", endpoint.as_str()), ("outcome", "ok")];
+    assert_eq!(counter(&s, "anet_client_requests", &ok), 1);
+    assert_eq!(histogram_len(&s, "anet_client_request_duration", &ok), 1);
+}
+
+#[test]
 fn client_metrics_count_requests_by_endpoint_and_outcome_with_durations() {
     let mut endpoint = String::new();
     let snapshotter = recorded(|_| async {

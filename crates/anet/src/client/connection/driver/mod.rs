@@ -745,6 +745,7 @@ where
             }
         };
         // Counters first: whoever sees the refusal sees what it answered.
+        self.record_answers();
         self.publish();
         self.shared.refuse(error.clone());
         self.shared.wake_owner();
