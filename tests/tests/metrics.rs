@@ -608,3 +608,126 @@ fn the_in_flight_gauge_drops_the_share_of_a_driver_aborted_with_its_runtime() {
         0.0
     );
 }
+
+#[test]
+fn heartbeats_are_not_counted_as_requests() {
+    // The pool's heartbeats on an idle connection are its own, not callers'
+    // requests: `anet_client_requests` counts only the one call made.
+    let mut endpoint = String::new();
+    let beats = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let snapshotter = recorded(|_| async {
+        let b = beats.clone();
+        let server = start_scripted(move |_, frame| {
+            if &frame.payload[..] == b"HB" {
+                b.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            Action::Echo(Duration::ZERO)
+        })
+        .await;
+        endpoint = server.addr.to_string();
+        let client = Client::builder()
+            .endpoint(server.addr)
+            .heartbeat(anet::client::Heartbeat::new(
+                Duration::from_millis(40),
+                "HB",
+            ))
+            .retry(RetryPolicy::new(0))
+            .build();
+        client.call(Bytes::from_static(b"hi")).await.expect("echo");
+        let beaten = anet_tests::eventually(Duration::from_secs(5), || {
+            beats.load(std::sync::atomic::Ordering::SeqCst) >= 3
+        })
+        .await;
+        assert!(beaten, "no heartbeats");
+        // Their answers are read (and would be published) by now.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        client.close();
+    });
+    let s = samples(&snapshotter);
+    let ok = [("endpoint", endpoint.as_str()), ("outcome", "ok")];
+    assert_eq!(counter(&s, "anet_client_requests", &ok), 1, "{s:#?}");
+    assert_eq!(histogram_len(&s, "anet_client_request_duration", &ok), 1);
+}
+
+#[test]
+fn a_bare_pool_counts_the_errors_it_times() {
+    // A `Pool` used as a tower service without the balancer: a request lost
+    // with its connection is counted under its outcome, as its duration is.
+    let mut endpoint = String::new();
+    let snapshotter = recorded(|_| async {
+        let mut server = anet_tests::ManualServer::bind().await;
+        endpoint = server.addr.to_string();
+        let mut pool = anet::client::Pool::new(
+            server.addr,
+            anet::client::Connector::new(),
+            anet::client::PoolConfig::new(),
+        );
+        let mut conn = server.accept().await;
+        let answer = anet_tests::ready_call(&mut pool, b"lost").await;
+        let _ = conn.recv().await;
+        drop(conn);
+        let error = answer.await.expect_err("connection closed");
+        assert_eq!(error.kind(), Kind::ConnectionLost);
+        drop(pool);
+    });
+    let s = samples(&snapshotter);
+    let lost = [
+        ("endpoint", endpoint.as_str()),
+        ("outcome", "connection_lost"),
+    ];
+    assert_eq!(
+        histogram_len(&s, "anet_client_request_duration", &lost),
+        1,
+        "{s:#?}"
+    );
+    assert_eq!(counter(&s, "anet_client_requests", &lost), 1, "{s:#?}");
+}
+
+#[test]
+fn a_request_whose_caller_left_has_no_error_duration() {
+    // A caller gives up (its future dropped) while its request waits; the
+    // connection is then lost. Nobody receives that error, so it is neither
+    // counted nor timed (a duration without a count would skew the error
+    // histogram against the counter).
+    let mut endpoint = String::new();
+    let snapshotter = recorded(|_| async {
+        let mut server = anet_tests::ManualServer::bind().await;
+        endpoint = server.addr.to_string();
+        let client = Client::builder()
+            .endpoint(server.addr)
+            .retry(RetryPolicy::new(0))
+            .build();
+        let accepted = tokio::spawn(async move {
+            let mut conn = server.accept().await;
+            let _ = conn.recv().await;
+            conn
+        });
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(50),
+            client.call(Bytes::from_static(b"x")),
+        )
+        .await;
+        assert!(gave_up.is_err(), "answered");
+        // Lost well before the driver's sweep notices the caller left.
+        drop(accepted.await.expect("accepted"));
+        let gone = anet_tests::eventually(Duration::from_secs(5), || {
+            client.stats().endpoints.iter().all(|e| e.connections == 0)
+                || client.stats().endpoints[0].last_error.is_some()
+        })
+        .await;
+        assert!(gone, "the connection was not lost");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        client.close();
+    });
+    let s = samples(&snapshotter);
+    let lost = [
+        ("endpoint", endpoint.as_str()),
+        ("outcome", "connection_lost"),
+    ];
+    assert_eq!(find(&s, "anet_client_requests", &lost), None, "{s:#?}");
+    assert_eq!(
+        find(&s, "anet_client_request_duration", &lost),
+        None,
+        "{s:#?}"
+    );
+}

@@ -429,8 +429,9 @@ mod on {
         pub(crate) fn failed_after(&self, _: Kind, _: Duration) {}
     }
 
+    // Braces: built with `default()` like the real one (not a unit struct).
     #[derive(Debug, Default)]
-    pub(crate) struct Answers;
+    pub(crate) struct Answers {}
 
     impl Answers {
         #[inline(always)]

@@ -248,7 +248,8 @@ impl Heartbeat {
         let timeout = self.timeout.unwrap_or(self.interval);
         let sent = tokio::time::timeout(timeout, async {
             conn.ready().await?;
-            conn.call(self.payload.clone()).await
+            // Not a caller's request: not in the endpoint's metrics.
+            conn.call_unmetered(self.payload.clone()).await
         })
         .await;
         match sent {

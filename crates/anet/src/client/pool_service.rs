@@ -335,6 +335,8 @@ impl Future for PoolFuture {
         let answer = ready!(this.future.poll_answer(cx));
         Poll::Ready(answer.map_err(|failure| {
             if let Some(endpoint) = this.endpoint {
+                // Its answers are counted (and timed) by the connection.
+                endpoint.metrics.failed(failure.error.kind());
                 endpoint.record(&failure.error);
             }
             failure.error

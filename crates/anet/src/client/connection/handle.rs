@@ -417,12 +417,40 @@ impl Connection {
         })
     }
 
+    /// `call` for the pool's own requests (heartbeats), which its endpoint's
+    /// metrics do not count, after `poll_ready` reported ready.
+    pub(crate) fn call_unmetered(&mut self, payload: Bytes) -> ConnectionFuture {
+        let unit = self
+            .reserved
+            .take()
+            .expect("Connection::call_unmetered without poll_ready reporting ready");
+        if let Some(error) = self.oversize(&payload) {
+            return ConnectionFuture::failed(error);
+        }
+        self.send_as(payload, Deadline::Never, unit, false)
+    }
+
     /// Queues a request holding one unit of the window.
+    #[inline]
     fn send(&self, payload: Bytes, deadline: Deadline, unit: Unit) -> ConnectionFuture {
+        self.send_as(payload, deadline, unit, true)
+    }
+
+    /// Queues a request holding one unit of the window, `metered` or not.
+    #[inline]
+    fn send_as(
+        &self,
+        payload: Bytes,
+        deadline: Deadline,
+        unit: Unit,
+        metered: bool,
+    ) -> ConnectionFuture {
         let (claim, slot) = self.shared.cells.claim();
+        let mut reply = Reply::new(slot, deadline);
+        reply.metered = metered;
         let request = Request {
             payload,
-            reply: Reply::new(slot, deadline),
+            reply,
             unit,
         };
         match self.tx.send(Message::Request(request)) {

@@ -31,6 +31,9 @@ pub(crate) struct Reply {
     /// The request's deadline (a relative one is fixed to an instant by the
     /// driver when it takes the request).
     pub(crate) deadline: Deadline,
+    /// Whether the driver records the request in its endpoint's metrics: a
+    /// caller's request, not the pool's own (a heartbeat, a handshake).
+    pub(crate) metered: bool,
 }
 
 impl Reply {
@@ -40,6 +43,7 @@ impl Reply {
         Reply {
             slot: Some(slot),
             deadline,
+            metered: true,
         }
     }
 
@@ -51,13 +55,13 @@ impl Reply {
             .is_some_and(|slot| slot.fill(cells, Ok(payload)))
     }
 
-    /// Fails the request with `error`.
+    /// Fails the request with `error`; false if the caller is gone.
     #[inline]
-    pub(crate) fn fail(mut self, cells: &Cells, error: Error) {
-        if let Some(slot) = self.slot.take() {
+    pub(crate) fn fail(mut self, cells: &Cells, error: Error) -> bool {
+        self.slot.take().is_some_and(|slot| {
             let deadline = self.deadline.instant();
-            slot.fill(cells, Err(Box::new(Failure { error, deadline })));
-        }
+            slot.fill(cells, Err(Box::new(Failure { error, deadline })))
+        })
     }
 
     /// The caller dropped its response future.

@@ -421,7 +421,7 @@ where
         self.fix_deadline(&mut request);
         let Request {
             payload,
-            reply,
+            mut reply,
             unit,
         } = request;
         if reply.is_closed(&self.shared.cells) {
@@ -440,9 +440,12 @@ where
             return;
         }
         // Stamped with the pass's clock (no clock read per request) when the
-        // latency estimate or the metrics' durations need it.
-        let stamped =
-            self.latency.is_some() || self.shared.metrics.get().is_some_and(|m| m.timed());
+        // latency estimate or the metrics' durations need it. A request written
+        // before the owner shared its metrics (a handshake's) is not recorded,
+        // even if answered after.
+        let metrics = self.shared.metrics.get();
+        reply.metered &= metrics.is_some();
+        let stamped = self.latency.is_some() || metrics.is_some_and(|m| m.timed());
         let sent = stamped.then(|| since(self.anchor, self.timers.clock()));
         // The slot now holds the request's window unit (and, until the request
         // is answered or the connection closes, its tag value).
@@ -530,7 +533,7 @@ where
                         self.counts.abandoned_unwritten += 1
                     }
                     Some(deadline) if deadline <= now => {
-                        request.reply.fail(&self.shared.cells, overdue(true))
+                        request.reply.fail(&self.shared.cells, overdue(true));
                     }
                     deadline => {
                         if let Some(d) = deadline {
@@ -552,8 +555,11 @@ where
             }
         }
         for (reply, sent) in expired {
-            self.failed_after(Kind::Timeout, sent, now);
-            reply.fail(&self.shared.cells, overdue(false));
+            // Timed only when its caller receives it (and so counts it).
+            let sent = sent.filter(|_| reply.metered);
+            if reply.fail(&self.shared.cells, overdue(false)) {
+                self.failed_after(Kind::Timeout, sent, now);
+            }
         }
     }
 
@@ -751,8 +757,11 @@ where
         self.shared.wake_owner();
         let now = Instant::now();
         for (reply, sent) in self.table.drain_waiting() {
-            self.failed_after(error.kind(), sent, now);
-            reply.fail(&self.shared.cells, error.clone());
+            // Timed only when its caller receives it (and so counts it).
+            let sent = sent.filter(|_| reply.metered);
+            if reply.fail(&self.shared.cells, error.clone()) {
+                self.failed_after(error.kind(), sent, now);
+            }
         }
         self.table.return_units();
         self.rx.close();
@@ -806,6 +815,7 @@ fn dispatch(
     let mut retire = false;
     match matched {
         Matched::Waiting(reply, sent) => {
+            let metered = reply.metered;
             let verdict = hook.map_or(Verdict::Success, |hook| run_hook(hook, &frame.payload));
             retire = verdict == Verdict::Retire;
             if let Some(latency) = latency {
@@ -817,7 +827,9 @@ fn dispatch(
             }
             if reply.succeed(cells, frame.payload) {
                 counts.responses += 1;
-                answers.answered(sent.filter(|_| timed));
+                if metered {
+                    answers.answered(sent.filter(|_| timed));
+                }
             } else {
                 // Abandoned after the last sweep: the late response is dropped.
                 counts.late += 1;
