@@ -90,10 +90,12 @@ struct Args {
     /// row into this SVG file.
     #[arg(long, value_name = "FILE")]
     plot: Option<std::path::PathBuf>,
-    /// Install a Prometheus recorder (anet's metrics, feature `metrics`) for
-    /// the whole run: every anet client and server records into it.
-    #[arg(long)]
-    recorder: bool,
+    /// Install a metrics recorder (anet's metrics, feature `metrics`) for the
+    /// whole run: every anet client and server records into it. `prometheus`
+    /// (the default) keeps every histogram sample until its upkeep; `buckets`
+    /// aggregates as it records.
+    #[arg(long, value_name = "KIND", num_args = 0..=1, default_missing_value = "prometheus")]
+    recorder: Option<variants::RecorderKind>,
     /// Run the balancing scenario (two fast backends and a slow one) instead
     /// of the client set.
     #[arg(long)]
@@ -515,8 +517,8 @@ fn main() -> anyhow::Result<()> {
         return idle::serve(kind);
     }
     // Before the servers start: their connections register their handles.
-    if args.recorder {
-        variants::install_recorder()?;
+    if let Some(kind) = args.recorder {
+        variants::install_recorder(kind)?;
     }
     let clients: Vec<&'static str> = CLIENTS
         .iter()
@@ -631,6 +633,9 @@ fn main() -> anyhow::Result<()> {
         eprintln!("chart in {}", path.display());
     }
     println!("anet-stack heap allocations per request: {allocs:.3}");
+    if let Some(totals) = variants::recorded() {
+        println!("{totals}");
+    }
     println!("peak RSS of the benchmark process: {rss:.1} MiB");
     for (kind, kib) in &idle_kib {
         println!(
