@@ -945,20 +945,24 @@ fn bench_serves_its_client_metrics_and_draws_a_latency_histogram() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn bench");
-    // While it runs: the client's requests, by endpoint and outcome.
+    // While it runs: the client's requests, by endpoint and outcome (the
+    // series exists at zero from the endpoint's creation, before any answer).
     let series = format!(
         r#"anet_client_requests{{endpoint="{}",outcome="ok"}}"#,
         echo.addr
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    let seen = loop {
-        if let Some(n) = scrape(metrics).and_then(|body| sample(&body, &series)) {
-            break n;
+    loop {
+        let seen = scrape(metrics).and_then(|body| sample(&body, &series));
+        if seen.is_some_and(|n| n > 0.0) {
+            break;
         }
-        assert!(Instant::now() < deadline, "no {series} while bench ran");
+        assert!(
+            Instant::now() < deadline,
+            "{series} did not count while bench ran (last seen {seen:?})"
+        );
         std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(seen > 0.0);
+    }
     let status = bench.wait().expect("bench ends");
     assert!(status.success(), "{status:?}");
     let drawn = std::fs::read_to_string(&svg).expect("the histogram");
