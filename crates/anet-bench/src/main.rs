@@ -134,6 +134,10 @@ struct Point {
     rps: f64,
     p50_us: u64,
     p99_us: u64,
+    /// Processor time of the whole process (client, server, every thread) per
+    /// request over the measured window, in nanoseconds: what a request costs,
+    /// however busy the machine is with other work.
+    cpu_ns: f64,
 }
 
 /// A client under test; each clone is one caller's handle. The future is an
@@ -360,7 +364,23 @@ fn measure(
         rps: count as f64 / elapsed.as_secs_f64(),
         p50_us: hist.value_at_quantile(0.5),
         p99_us: hist.value_at_quantile(0.99),
+        cpu_ns: WINDOW_CPU_NS.swap(0, Ordering::Relaxed) as f64 / count.max(1) as f64,
     })
+}
+
+/// The processor time of the last measured window (see [`Point::cpu_ns`]).
+static WINDOW_CPU_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Processor time used so far by the threads of this process that are alive,
+/// in nanoseconds (Linux `schedstat`; 0 elsewhere).
+fn process_cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// Closed loop: `concurrency` callers, each sending its next request when the
@@ -401,9 +421,14 @@ async fn run_callers<C: Call>(
         tokio::time::sleep(warmup).await;
         measuring.store(true, Ordering::Relaxed);
         let start = Instant::now();
+        let cpu_start = process_cpu_ns();
         tokio::time::sleep(duration).await;
         measuring.store(false, Ordering::Relaxed);
         let elapsed = start.elapsed();
+        WINDOW_CPU_NS.store(
+            process_cpu_ns().saturating_sub(cpu_start),
+            Ordering::Relaxed,
+        );
         stop.store(true, Ordering::Relaxed);
         let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
         let mut count = 0;
@@ -520,8 +545,8 @@ fn main() -> anyhow::Result<()> {
                 for &client in &clients {
                     let point = measure(client, server, addr, concurrency, &args)?;
                     eprintln!(
-                        "  round {round}/{rounds} {server:>4} c={concurrency:<4} {client:<18} {:>10.0} req/s  p50 {:>6} us  p99 {:>6} us",
-                        point.rps, point.p50_us, point.p99_us
+                        "  round {round}/{rounds} {server:>4} c={concurrency:<4} {client:<18} {:>10.0} req/s  p50 {:>6} us  p99 {:>6} us  cpu {:>6.0} ns/req",
+                        point.rps, point.p50_us, point.p99_us, point.cpu_ns
                     );
                     points.push(point);
                 }
