@@ -13,6 +13,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tower::retry::{Policy, budget::Budget};
 
+use super::lanes::{self, LANES, Padded};
 use crate::{Error, Kind};
 use sealed::Classify;
 
@@ -268,7 +269,8 @@ mod sealed {
 }
 
 /// A retry budget that costs one relaxed counter increment per successful request
-/// and reads the clock only when a retry is asked for.
+/// (on a counter of the calling thread's lane, so the threads of a multi-thread
+/// runtime do not share it) and reads the clock only when a retry is asked for.
 ///
 /// Within each window of `ttl`, retries are allowed up to `min_per_sec · ttl`
 /// plus `retry_ratio` times the successes of the current and previous window.
@@ -279,7 +281,8 @@ pub struct RetryBudget {
     ttl: Duration,
     reserve: u64,
     ratio: f64,
-    deposits: AtomicU64,
+    /// Successes, one counter per lane (summed when a retry is asked for).
+    deposits: [Padded<AtomicU64>; LANES],
     window: Mutex<Window>,
 }
 
@@ -302,7 +305,7 @@ impl RetryBudget {
             ttl,
             reserve: (f64::from(min_per_sec) * ttl.as_secs_f64()).ceil() as u64,
             ratio: f64::from(retry_ratio.max(0.0)),
-            deposits: AtomicU64::new(0),
+            deposits: Default::default(),
             window: Mutex::new(Window {
                 started: Instant::now(),
                 deposits_at_start: 0,
@@ -315,12 +318,14 @@ impl RetryBudget {
 
 impl Budget for RetryBudget {
     fn deposit(&self) {
-        self.deposits.fetch_add(1, Relaxed);
+        self.deposits[lanes::current()].fetch_add(1, Relaxed);
     }
 
     fn withdraw(&self) -> bool {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        let deposits = self.deposits.load(Relaxed);
+        // Each lane's count only grows, so the sum does too (read under the
+        // lock: the window's bookkeeping sees a sum no lower than the last).
+        let deposits: u64 = self.deposits.iter().map(|d| d.load(Relaxed)).sum();
         let now = Instant::now();
         if now.duration_since(w.started) >= self.ttl {
             w.previous = deposits - w.deposits_at_start;
