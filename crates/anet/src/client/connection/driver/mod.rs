@@ -37,6 +37,7 @@ use super::{
     table::{Matched, Table},
     unit::Unit,
 };
+use crate::client::deadline::Deadline;
 use crate::client::latency::Estimator;
 use crate::time::later;
 use crate::{Error, Kind};
@@ -399,7 +400,9 @@ where
     /// read once per pass).
     #[inline]
     fn fix_deadline(&mut self, request: &mut Request) {
-        request.reply.deadline.fix(|| self.timers.clock());
+        if let Deadline::After(timeout) = request.reply.deadline {
+            request.reply.deadline = Deadline::At(self.timers.after(timeout));
+        }
     }
 
     /// Writes a request into the write buffer, or ends it unwritten (its unit
@@ -428,7 +431,7 @@ where
         }
         // Stamped with the pass's clock: no clock read per request.
         let sent = match &self.latency {
-            Some(latency) => Some(latency.stamp(self.timers.clock())),
+            Some(latency) => Some(self.timers.stamp(|now| latency.stamp(now))),
             None => None,
         };
         // The slot now holds the request's window unit (and, until the request
