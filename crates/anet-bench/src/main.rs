@@ -109,7 +109,7 @@ struct Args {
     /// memory measurement, until standard input closes.
     #[arg(long, hide = true, value_name = "KIND")]
     idle_server: Option<String>,
-    /// Instead of timed points: each client (`anet-mux` or `anet-stack`) sends
+    /// Instead of timed points: each client (`floor`, `anet-mux`, `anet-stack`) sends
     /// this many requests to the raw server, with the first concurrency level,
     /// then the program exits. For instruction counts: run it under callgrind
     /// with two counts and divide the difference by the difference of counts.
@@ -382,6 +382,9 @@ fn fixed_requests(args: &Args, n: u64) -> anyhow::Result<()> {
     for client in &args.clients {
         rt.block_on(async {
             match client.as_str() {
+                "floor" => {
+                    send_n(floor::Floor::connect(addr).await, concurrency, args.size, n).await
+                }
                 "anet-mux" => {
                     let conn = Connector::new()
                         .connection_config(ConnectionConfig::new().max_in_flight(1024))
@@ -394,7 +397,9 @@ fn fixed_requests(args: &Args, n: u64) -> anyhow::Result<()> {
                     client.call(Bytes::from_static(b"warm")).await?;
                     send_n(client, concurrency, args.size, n).await
                 }
-                other => anyhow::bail!("--requests runs anet-mux or anet-stack, not {other}"),
+                other => {
+                    anyhow::bail!("--requests runs floor, anet-mux or anet-stack, not {other}")
+                }
             }
         })?;
         eprintln!("{client}: {n} requests sent");
