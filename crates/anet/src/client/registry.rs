@@ -17,10 +17,7 @@ use arc_swap::ArcSwap;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::{
-    lanes::{self, LANES, Padded},
-    pool::{Endpoint, EndpointStats, PoolContext, maintain},
-};
+use super::pool::{Endpoint, EndpointStats, PoolContext, maintain};
 
 /// The set of endpoints a client balances over, and their pools.
 #[derive(Debug)]
@@ -29,7 +26,7 @@ pub(crate) struct Registry {
     /// Requests read a snapshot without a lock (no shared counter bounces
     /// between the threads of a multi-thread runtime); changes are made under
     /// `owners`, so they never race each other.
-    endpoints: ArcSwap<Vec<Entry>>,
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     /// Removed endpoints whose connections are still draining: in the stats
     /// until they have finished.
     retired: Mutex<Vec<Arc<Endpoint>>>,
@@ -48,63 +45,7 @@ pub(crate) struct Registry {
 
 /// A snapshot of the routable endpoints (held briefly: it keeps the set it
 /// was taken from alive).
-pub(crate) type Snapshot = arc_swap::Guard<Arc<Vec<Entry>>>;
-
-/// A routable endpoint, with a handle on it per lane: a request holds its
-/// endpoint until answered, by a reference count on its thread's lane's
-/// handle, so requests on different threads do not write to one count (see
-/// [`lanes`](super::lanes)). The handles outlive snapshots: a new set takes
-/// the entries of the old.
-#[derive(Clone, Debug)]
-pub(crate) struct Entry {
-    endpoint: Arc<Endpoint>,
-    lanes: [Arc<Padded<Arc<Endpoint>>>; LANES],
-}
-
-impl Entry {
-    fn new(endpoint: Arc<Endpoint>) -> Entry {
-        Entry {
-            lanes: std::array::from_fn(|_| Arc::new(Padded(endpoint.clone()))),
-            endpoint,
-        }
-    }
-
-    /// The endpoint, held through this thread's lane.
-    #[inline]
-    pub(crate) fn hold(&self) -> Held {
-        Held::Lane(self.lanes[lanes::current()].clone())
-    }
-}
-
-impl std::ops::Deref for Entry {
-    type Target = Arc<Endpoint>;
-
-    #[inline]
-    fn deref(&self) -> &Arc<Endpoint> {
-        &self.endpoint
-    }
-}
-
-/// A request's hold on the endpoint it went to (to count its failure).
-#[derive(Debug)]
-pub(crate) enum Held {
-    /// Routed at once: through its thread's lane (see [`Entry`]).
-    Lane(Arc<Padded<Arc<Endpoint>>>),
-    /// Routed after a wait, or reserved by `poll_ready`.
-    Own(Arc<Endpoint>),
-}
-
-impl std::ops::Deref for Held {
-    type Target = Endpoint;
-
-    #[inline]
-    fn deref(&self) -> &Endpoint {
-        match self {
-            Held::Lane(lane) => &lane.0,
-            Held::Own(endpoint) => endpoint,
-        }
-    }
-}
+pub(crate) type Snapshot = arc_swap::Guard<Arc<Vec<Arc<Endpoint>>>>;
 
 /// The owners of each address: the user (the static list and the [`Endpoints`]
 /// handle, together one owner), each DNS source and each `Discover` key.
@@ -212,7 +153,7 @@ impl Registry {
         let endpoint = Arc::new(Endpoint::new(addr, priority));
         let mut next: Vec<_> = current.iter().cloned().collect();
         let at = next.partition_point(|e| e.priority <= priority);
-        next.insert(at, Entry::new(endpoint.clone()));
+        next.insert(at, endpoint.clone());
         self.endpoints.store(Arc::new(next));
         let span = tracing::info_span!("anet.endpoint", %addr);
         self.tracker
@@ -230,11 +171,7 @@ impl Registry {
     /// sends elsewhere), as on any draining connection.
     fn remove(&self, addr: SocketAddr) -> bool {
         let current = self.endpoints.load_full();
-        let Some(endpoint) = current
-            .iter()
-            .find(|e| e.addr == addr)
-            .map(|e| e.endpoint.clone())
-        else {
+        let Some(endpoint) = current.iter().find(|e| e.addr == addr).cloned() else {
             return false;
         };
         let next: Vec<_> = current.iter().filter(|e| e.addr != addr).cloned().collect();

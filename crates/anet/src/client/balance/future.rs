@@ -22,7 +22,7 @@ use crate::client::{
     connection::{ConnectionFuture, Failure},
     deadline::Deadline,
     pool::Endpoint,
-    registry::{Held, Registry},
+    registry::Registry,
 };
 use crate::time::later;
 use crate::{Error, Kind, observe};
@@ -60,7 +60,7 @@ pin_project! {
         /// On a connection: awaiting the response.
         Sent {
             // Where the request went, to count its failure.
-            endpoint: Held,
+            endpoint: Arc<Endpoint>,
             #[pin]
             future: ConnectionFuture,
             // In flight on the endpoint (metrics; nothing without the feature).
@@ -76,7 +76,7 @@ pin_project! {
 impl State {
     /// On a connection of `endpoint`.
     #[inline]
-    fn sent(endpoint: Held, future: ConnectionFuture) -> State {
+    fn sent(endpoint: Arc<Endpoint>, future: ConnectionFuture) -> State {
         State::Sent {
             attempt: endpoint.metrics.sent(),
             endpoint,
@@ -120,7 +120,7 @@ impl BalanceFuture {
     ) -> BalanceFuture {
         BalanceFuture {
             deadline,
-            state: State::sent(Held::Own(endpoint), future),
+            state: State::sent(endpoint, future),
         }
     }
 
@@ -251,7 +251,7 @@ impl Wait {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         deadline: &mut Deadline,
-    ) -> Poll<Result<(Held, ConnectionFuture), Error>> {
+    ) -> Poll<Result<(Arc<Endpoint>, ConnectionFuture), Error>> {
         let mut this = self.project();
         loop {
             match this.stage.as_mut().project() {
@@ -329,7 +329,7 @@ impl Wait {
                     Poll::Ready(Ok(())) => {
                         let request = this.request.take().expect("request taken once");
                         let future = conn.call_until(request, *deadline);
-                        return Poll::Ready(Ok((Held::Own(endpoint.clone()), future)));
+                        return Poll::Ready(Ok((endpoint.clone(), future)));
                     }
                     Poll::Ready(Err(error)) => {
                         endpoint.signal_broken();

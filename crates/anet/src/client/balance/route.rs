@@ -14,7 +14,7 @@ use crate::client::{
     latency::Cost,
     pool::{Endpoint, Reserve},
     readiness::{Absent, Picked},
-    registry::{Entry, Held, Registry},
+    registry::Registry,
 };
 
 /// What one endpoint did with the attempt.
@@ -27,11 +27,11 @@ enum Attempt<T> {
     Empty,
 }
 
-/// Where the choice ended (an entry of the snapshot it was made on).
-enum Choice<'a, T> {
-    Done(&'a Entry, T),
+/// Where the choice ended.
+enum Choice<T> {
+    Done(Arc<Endpoint>, T),
     /// Every candidate is full: wait for room on this connection.
-    Full(&'a Entry, Connection),
+    Full(Arc<Endpoint>, Connection),
     /// No endpoint is up; `true` if one may soon (a dial or a discovery is
     /// under way, or an endpoint marked up has just lost its connections).
     Nowhere(bool),
@@ -40,15 +40,12 @@ enum Choice<'a, T> {
 /// Picks two or three endpoints at random and tries those up, the less loaded
 /// first; when all are down, any endpoint that is up, from a random start.
 /// With failover groups, the same within the first group that can take it.
-fn choose<'a, T>(
-    registry: &Registry,
-    endpoints: &'a [Entry],
-    mut attempt: impl FnMut(&Endpoint) -> Attempt<T>,
-) -> Choice<'a, T> {
-    let chosen = if is_grouped(endpoints) {
-        choose_grouped(endpoints, &mut attempt)
+fn choose<T>(registry: &Registry, mut attempt: impl FnMut(&Endpoint) -> Attempt<T>) -> Choice<T> {
+    let endpoints = registry.endpoints();
+    let chosen = if is_grouped(&endpoints) {
+        choose_grouped(&endpoints, &mut attempt)
     } else {
-        choose_in(endpoints, &mut attempt)
+        choose_in(&endpoints, &mut attempt)
     };
     match chosen {
         Some(choice) => choice,
@@ -63,7 +60,7 @@ fn choose<'a, T>(
 /// beside it, so a request never sees a new set with the old answer. In the
 /// common single-group case routing then ignores groups altogether.
 #[inline]
-fn is_grouped(endpoints: &[Entry]) -> bool {
+fn is_grouped(endpoints: &[Arc<Endpoint>]) -> bool {
     endpoints
         .first()
         .zip(endpoints.last())
@@ -73,10 +70,10 @@ fn is_grouped(endpoints: &[Entry]) -> bool {
 /// Failover groups (the endpoints are ordered by priority): the first group
 /// with an endpoint up and past its probation; failing that, the first with
 /// an endpoint up at all.
-fn choose_grouped<'a, T>(
-    endpoints: &'a [Entry],
+fn choose_grouped<T>(
+    endpoints: &[Arc<Endpoint>],
     attempt: &mut impl FnMut(&Endpoint) -> Attempt<T>,
-) -> Option<Choice<'a, T>> {
+) -> Option<Choice<T>> {
     for settled in [true, false] {
         let mut rest = endpoints;
         while let Some(first) = rest.first() {
@@ -105,10 +102,10 @@ fn choose_grouped<'a, T>(
 /// are three or more (so that one slow endpoint among few does not make a third
 /// of the picks a coin toss between the others); the least loaded first.
 /// `None` when none of them is up.
-fn choose_in<'a, T>(
-    endpoints: &'a [Entry],
+fn choose_in<T>(
+    endpoints: &[Arc<Endpoint>],
     attempt: &mut impl FnMut(&Endpoint) -> Attempt<T>,
-) -> Option<Choice<'a, T>> {
+) -> Option<Choice<T>> {
     let n = endpoints.len();
     if n == 0 {
         return None;
@@ -140,9 +137,9 @@ fn choose_in<'a, T>(
     let mut full = None;
     for endpoint in candidates.iter().filter(|e| e.is_up()) {
         match attempt(endpoint) {
-            Attempt::Done(done) => return Some(Choice::Done(endpoint, done)),
+            Attempt::Done(done) => return Some(Choice::Done((*endpoint).clone(), done)),
             Attempt::Full(conn) => {
-                full.get_or_insert((endpoint, conn));
+                full.get_or_insert_with(|| ((*endpoint).clone(), conn));
             }
             // Marked up but no live connection: its pool has not noticed yet.
             Attempt::Empty => endpoint.signal_broken(),
@@ -160,8 +157,8 @@ fn choose_in<'a, T>(
             continue;
         }
         match attempt(endpoint) {
-            Attempt::Done(done) => return Some(Choice::Done(endpoint, done)),
-            Attempt::Full(conn) => return Some(Choice::Full(endpoint, conn)),
+            Attempt::Done(done) => return Some(Choice::Done(endpoint.clone(), done)),
+            Attempt::Full(conn) => return Some(Choice::Full(endpoint.clone(), conn)),
             Attempt::Empty => {}
         }
     }
@@ -171,7 +168,7 @@ fn choose_in<'a, T>(
 /// Where [`route`] got a request.
 pub(super) enum Routed {
     /// Sent on a connection of this endpoint.
-    Sent(Held, ConnectionFuture),
+    Sent(Arc<Endpoint>, ConnectionFuture),
     /// Every candidate connection is full: wait for room on this one.
     Full(Bytes, Arc<Endpoint>, Connection),
     /// No endpoint can take it; `true` if one may soon.
@@ -182,8 +179,7 @@ pub(super) enum Routed {
 /// has room (no handle cloned on this path).
 pub(super) fn route(registry: &Registry, payload: Bytes, deadline: Deadline) -> Routed {
     let mut payload = Some(payload);
-    let endpoints = registry.endpoints();
-    let choice = choose(registry, &endpoints, |endpoint| {
+    let choice = choose(registry, |endpoint| {
         let request = payload
             .take()
             .expect("the payload is given back on failure");
@@ -197,23 +193,22 @@ pub(super) fn route(registry: &Registry, payload: Bytes, deadline: Deadline) -> 
     });
     let mut back = || payload.take().expect("not sent, so given back");
     match choice {
-        Choice::Done(entry, future) => Routed::Sent(entry.hold(), future),
-        Choice::Full(entry, conn) => Routed::Full(back(), Arc::clone(entry), conn),
+        Choice::Done(endpoint, future) => Routed::Sent(endpoint, future),
+        Choice::Full(endpoint, conn) => Routed::Full(back(), endpoint, conn),
         Choice::Nowhere(wait) => Routed::Nowhere(back(), wait),
     }
 }
 
 /// Reserves a unit of the chosen endpoint's least-loaded connection.
 pub(super) fn pick(registry: &Registry) -> Picked {
-    let endpoints = registry.endpoints();
-    let choice = choose(registry, &endpoints, |endpoint| match endpoint.reserve() {
+    let choice = choose(registry, |endpoint| match endpoint.reserve() {
         Reserve::Held(unit) => Attempt::Done(unit),
         Reserve::Full(conn) => Attempt::Full(conn),
         Reserve::Empty => Attempt::Empty,
     });
     match choice {
-        Choice::Done(entry, unit) => Picked::Held(Arc::clone(entry), unit),
-        Choice::Full(entry, conn) => Picked::Full(Arc::clone(entry), conn),
+        Choice::Done(endpoint, unit) => Picked::Held(endpoint, unit),
+        Choice::Full(endpoint, conn) => Picked::Full(endpoint, conn),
         Choice::Nowhere(true) => Picked::Nowhere(Absent::WaitFor(registry.pending_wait)),
         Choice::Nowhere(false) => Picked::Nowhere(Absent::Fail),
     }
