@@ -468,14 +468,14 @@ impl ClientBuilder {
         // balancer directly.
         let limited = self.concurrency_limit.is_some() || self.rate_limit.is_some();
         (
-            Client::new(
-                limited.then_some(stack),
-                Shared {
+            Client {
+                layers: limited.then_some(stack),
+                shared: Arc::new(Shared {
                     registry: registry.clone(),
                     timeout: self.request_timeout,
                     retry: self.retry,
-                },
-            ),
+                }),
+            },
             registry,
         )
     }

@@ -17,9 +17,7 @@ use tower::{
 };
 
 use super::{
-    Balancer, ClientBuilder, EndpointStats, Endpoints, RateLimit, RetryPolicy,
-    call::CallFuture,
-    lanes::{self, LANES},
+    Balancer, ClientBuilder, EndpointStats, Endpoints, RateLimit, RetryPolicy, call::CallFuture,
     registry::Registry,
 };
 use crate::{BoxError, Error, Kind};
@@ -71,16 +69,11 @@ pub struct Client {
     /// The limit layers over the balancer; `None` when no limit is configured
     /// (calls then go to the balancer directly).
     pub(crate) layers: Option<Stack>,
-    /// What calls share, one copy per lane: a call holds a reference count on
-    /// its thread's copy, so calls on different threads do not write to one
-    /// count (see [`lanes`](super::lanes)).
-    pub(crate) shared: Arc<[Arc<Shared>; LANES]>,
+    pub(crate) shared: Arc<Shared>,
 }
 
-/// What every handle and call of one client shares (one reference count per
-/// call, on its lane's copy; alone on its cache lines, so the count is too).
+/// What every handle and call of one client shares (one reference count per call).
 #[derive(Debug)]
-#[repr(align(128))]
 pub(crate) struct Shared {
     pub(crate) registry: Arc<Registry>,
     /// The deadline of each request, over its whole path.
@@ -92,38 +85,13 @@ pub(crate) struct Shared {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("endpoints", &self.common().registry.addrs())
-            .field("closed", &self.common().registry.is_closed())
+            .field("endpoints", &self.shared.registry.addrs())
+            .field("closed", &self.shared.registry.is_closed())
             .finish()
     }
 }
 
 impl Client {
-    /// A client of `shared` (copied into every lane) through `layers`.
-    pub(crate) fn new(layers: Option<Stack>, shared: Shared) -> Client {
-        let Shared {
-            registry,
-            timeout,
-            retry,
-        } = shared;
-        Client {
-            layers,
-            shared: Arc::new(std::array::from_fn(|_| {
-                Arc::new(Shared {
-                    registry: registry.clone(),
-                    timeout,
-                    retry: retry.clone(),
-                })
-            })),
-        }
-    }
-
-    /// The shared state, as any lane holds it.
-    #[inline]
-    fn common(&self) -> &Shared {
-        &self.shared[0]
-    }
-
     /// A builder with documented defaults.
     pub fn builder() -> ClientBuilder {
         ClientBuilder::new()
@@ -142,17 +110,13 @@ impl Client {
     /// Dropping the future abandons the request: never written if it was not yet;
     /// otherwise its late response is dropped.
     pub fn call(&self, request: Bytes) -> CallFuture {
-        CallFuture::start(
-            self.layers.as_ref(),
-            &self.shared[lanes::current()],
-            request,
-        )
+        CallFuture::start(self.layers.as_ref(), &self.shared, request)
     }
 
     /// A handle to add and remove endpoints at run time.
     pub fn endpoints(&self) -> Endpoints {
         Endpoints {
-            registry: self.common().registry.clone(),
+            registry: self.shared.registry.clone(),
         }
     }
 
@@ -161,7 +125,7 @@ impl Client {
     /// `poll_ready` is honest: ready only when it holds room on a connection
     /// (see [`Balancer`]).
     pub fn balancer(&self) -> Balancer {
-        Balancer::new(self.common().registry.clone())
+        Balancer::new(self.shared.registry.clone())
     }
 
     /// Waits until every endpoint is up with its minimum connections (each
@@ -196,7 +160,7 @@ impl Client {
     /// # }
     /// ```
     pub async fn wait_connected(&self, timeout: Duration) -> Result<(), Error> {
-        let registry = &self.common().registry;
+        let registry = &self.shared.registry;
         let min = registry.pool.config.min_connections.max(1);
         let waited = tokio::time::timeout(timeout, async {
             loop {
@@ -236,7 +200,7 @@ impl Client {
     /// A snapshot of every endpoint.
     pub fn stats(&self) -> ClientStats {
         ClientStats {
-            endpoints: self.common().registry.stats(),
+            endpoints: self.shared.registry.stats(),
         }
     }
 
@@ -244,12 +208,12 @@ impl Client {
     /// [`Kind::Closed`](crate::Kind::Closed); requests in flight finish within the
     /// connection close grace; then connections close.
     pub fn close(&self) {
-        self.common().registry.close();
+        self.shared.registry.close();
     }
 
     /// Waits until a closed client has no connection and no task left.
     pub async fn closed(&self) {
-        self.common().registry.tracker.wait().await;
+        self.shared.registry.tracker.wait().await;
     }
 }
 
@@ -302,7 +266,7 @@ impl Service<Bytes> for Client {
     /// client's limits), or build your stack on [`Client::balancer`], whose
     /// `poll_ready` is pending while every connection window is full.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if self.common().registry.is_closed() {
+        if self.shared.registry.is_closed() {
             return Poll::Ready(Err(Error::new(Kind::Closed).unsent()));
         }
         Poll::Ready(Ok(()))

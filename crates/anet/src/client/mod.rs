@@ -38,7 +38,6 @@ mod deadline;
 mod dial;
 mod discover;
 pub mod future;
-mod lanes;
 mod latency;
 mod lifecycle;
 mod pool;

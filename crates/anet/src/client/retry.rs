@@ -13,7 +13,6 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tower::retry::{Policy, budget::Budget};
 
-use super::lanes::{self, LANES, Padded};
 use crate::{Error, Kind};
 use sealed::Classify;
 
@@ -269,8 +268,7 @@ mod sealed {
 }
 
 /// A retry budget that costs one relaxed counter increment per successful request
-/// (on a counter of the calling thread's lane, so the threads of a multi-thread
-/// runtime do not share it) and reads the clock only when a retry is asked for.
+/// and reads the clock only when a retry is asked for.
 ///
 /// Within each window of `ttl`, retries are allowed up to `min_per_sec · ttl`
 /// plus `retry_ratio` times the successes of the current and previous window.
@@ -281,8 +279,7 @@ pub struct RetryBudget {
     ttl: Duration,
     reserve: u64,
     ratio: f64,
-    /// Successes, one counter per lane (summed when a retry is asked for).
-    deposits: [Padded<AtomicU64>; LANES],
+    deposits: AtomicU64,
     window: Mutex<Window>,
 }
 
@@ -305,7 +302,7 @@ impl RetryBudget {
             ttl,
             reserve: (f64::from(min_per_sec) * ttl.as_secs_f64()).ceil() as u64,
             ratio: f64::from(retry_ratio.max(0.0)),
-            deposits: Default::default(),
+            deposits: AtomicU64::new(0),
             window: Mutex::new(Window {
                 started: Instant::now(),
                 deposits_at_start: 0,
@@ -318,14 +315,12 @@ impl RetryBudget {
 
 impl Budget for RetryBudget {
     fn deposit(&self) {
-        self.deposits[lanes::current()].fetch_add(1, Relaxed);
+        self.deposits.fetch_add(1, Relaxed);
     }
 
     fn withdraw(&self) -> bool {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        // Each lane's count only grows, so the sum does too (read under the
-        // lock: the window's bookkeeping sees a sum no lower than the last).
-        let deposits: u64 = self.deposits.iter().map(|d| d.load(Relaxed)).sum();
+        let deposits = self.deposits.load(Relaxed);
         let now = Instant::now();
         if now.duration_since(w.started) >= self.ttl {
             w.previous = deposits - w.deposits_at_start;
