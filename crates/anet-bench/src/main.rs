@@ -111,6 +111,12 @@ struct Args {
     /// memory measurement, until standard input closes.
     #[arg(long, hide = true, value_name = "KIND")]
     idle_server: Option<String>,
+    /// Instead of timed points: each client (`floor`, `anet-mux`, `anet-stack`) sends
+    /// this many requests to the raw server, with the first concurrency level,
+    /// then the program exits. For instruction counts: run it under callgrind
+    /// with two counts and divide the difference by the difference of counts.
+    #[arg(long, value_name = "N")]
+    requests: Option<u64>,
 }
 
 const CLIENTS: [&str; 11] = [
@@ -370,6 +376,62 @@ fn measure(
     })
 }
 
+/// `--requests N`: each chosen client sends `n` requests to the raw server.
+fn fixed_requests(args: &Args, n: u64) -> anyhow::Result<()> {
+    let addr = servers::raw();
+    let concurrency = args.concurrency.first().copied().unwrap_or(256).max(1);
+    let rt = runtime(args.threads);
+    for client in &args.clients {
+        rt.block_on(async {
+            match client.as_str() {
+                "floor" => {
+                    send_n(floor::Floor::connect(addr).await, concurrency, args.size, n).await
+                }
+                "anet-mux" => {
+                    let conn = Connector::new()
+                        .connection_config(ConnectionConfig::new().max_in_flight(1024))
+                        .connect(addr)
+                        .await?;
+                    send_n(conn, concurrency, args.size, n).await
+                }
+                "anet-stack" => {
+                    let client = Client::builder().endpoint(addr).build();
+                    client.call(Bytes::from_static(b"warm")).await?;
+                    send_n(client, concurrency, args.size, n).await
+                }
+                other => {
+                    anyhow::bail!("--requests runs floor, anet-mux or anet-stack, not {other}")
+                }
+            }
+        })?;
+        eprintln!("{client}: {n} requests sent");
+    }
+    Ok(())
+}
+
+/// `concurrency` callers send `n` requests in all.
+async fn send_n<C: Call>(caller: C, concurrency: usize, size: usize, n: u64) -> anyhow::Result<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..concurrency {
+        let mut caller = caller.clone();
+        let mine = n / concurrency as u64 + u64::from((worker as u64) < n % concurrency as u64);
+        tasks.spawn(async move {
+            for seq in 0..mine {
+                let request = payload(worker, seq, size);
+                let response = caller.call(worker, request.clone()).await?;
+                if response != request {
+                    return Err("response does not match its request".to_owned());
+                }
+            }
+            Ok::<_, String>(())
+        });
+    }
+    for result in tasks.join_all().await {
+        result.map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
 /// The processor time of the last measured window (see [`Point::cpu_ns`]).
 static WINDOW_CPU_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -512,6 +574,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.balancing {
         return balancing::run(&args);
+    }
+    if let Some(n) = args.requests {
+        return fixed_requests(&args, n);
     }
     if let Some(kind) = &args.idle_server {
         return idle::serve(kind);

@@ -25,7 +25,9 @@ use crate::{Error, Kind, observe};
 /// A call's span at `DEBUG` (`anet.call`: endpoint, attempt, outcome,
 /// latency_us), and when it started, read only when the span is enabled.
 struct CallSpan {
-    span: tracing::Span,
+    /// `None` below `DEBUG`: then nothing is entered or dropped per poll (a
+    /// `Span::none()` still costs an enter, an exit and a drop).
+    span: Option<tracing::Span>,
     started: Option<Instant>,
 }
 
@@ -38,7 +40,7 @@ impl CallSpan {
         // fallback (tower's default features turn it on).
         if !tracing::level_enabled!(tracing::Level::DEBUG) {
             return CallSpan {
-                span: tracing::Span::none(),
+                span: None,
                 started: None,
             };
         }
@@ -50,15 +52,17 @@ impl CallSpan {
             latency_us = Empty
         );
         let started = (!span.is_disabled()).then(Instant::now);
-        CallSpan { span, started }
+        CallSpan {
+            span: Some(span),
+            started,
+        }
     }
 
     /// The call ended after `attempts` retries (the endpoint was recorded by the
     /// attempt that reached one).
     #[inline]
     fn finish(&self, outcome: Result<(), Kind>, retries: usize) {
-        if let Some(started) = self.started {
-            let span = &self.span;
+        if let (Some(started), Some(span)) = (self.started, &self.span) {
             span.record("attempt", retries + 1);
             span.record("outcome", outcome.err().map_or("ok", |k| k.as_str()));
             let latency = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -218,7 +222,7 @@ impl Future for CallFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let _entered = this.span.span.enter();
+        let _entered = this.span.span.as_ref().map(tracing::Span::enter);
         loop {
             let result = match this.attempt.as_mut().project() {
                 AttemptProj::Direct { future } => match ready!(future.poll_answer(cx)) {

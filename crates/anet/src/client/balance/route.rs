@@ -218,10 +218,11 @@ pub(super) fn pick(registry: &Registry) -> Picked {
 /// how many there are: one for one endpoint, two for two, three otherwise.
 #[inline]
 fn distinct_picks(n: usize) -> ([usize; 3], usize) {
-    let a = fastrand::usize(..n);
     if n == 1 {
-        return ([a; 3], 1);
+        // One endpoint (the common case): no draw.
+        return ([0; 3], 1);
     }
+    let a = fastrand::usize(..n);
     let b = (a + 1 + fastrand::usize(..n - 1)) % n;
     if n == 2 {
         return ([a, b, b], 2);

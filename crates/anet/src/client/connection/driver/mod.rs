@@ -37,6 +37,7 @@ use super::{
     table::{Matched, Table},
     unit::Unit,
 };
+use crate::client::deadline::Deadline;
 use crate::client::latency::{Estimator, since};
 use crate::time::later;
 use crate::{Error, Kind, observe};
@@ -412,7 +413,9 @@ where
     /// read once per pass).
     #[inline]
     fn fix_deadline(&mut self, request: &mut Request) {
-        request.reply.deadline.fix(|| self.timers.clock());
+        if let Deadline::After(timeout) = request.reply.deadline {
+            request.reply.deadline = Deadline::At(self.timers.after(timeout));
+        }
     }
 
     /// Writes a request into the write buffer, or ends it unwritten (its unit
@@ -439,14 +442,15 @@ where
             reply.fail(&self.shared.cells, overdue(true));
             return;
         }
-        // Stamped with the pass's clock (no clock read per request) when the
-        // latency estimate or the metrics' durations need it. A request written
-        // before the owner shared its metrics (a handshake's) is not recorded,
-        // even if answered after.
+        // Stamped with the pass's clock (one stamp per pass, no clock read per
+        // request) when the latency estimate or the metrics' durations need
+        // it. A request written before the owner shared its metrics (a
+        // handshake's) is not recorded, even if answered after.
         let metrics = self.shared.metrics.get();
         reply.metered &= metrics.is_some();
         let stamped = self.latency.is_some() || metrics.is_some_and(|m| m.timed());
-        let sent = stamped.then(|| since(self.anchor, self.timers.clock()));
+        let anchor = self.anchor;
+        let sent = stamped.then(|| self.timers.stamp(|now| since(anchor, now)));
         // The slot now holds the request's window unit (and, until the request
         // is answered or the connection closes, its tag value).
         let id = match self.table.insert(reply, unit, sent) {

@@ -27,6 +27,11 @@ pub(super) struct Timers {
     sweep_every: Duration,
     /// The clock read once per pass, when a deadline needs it.
     now: Option<Instant>,
+    /// This pass's instant for a relative deadline (a timeout, the same for
+    /// every request of a client): one addition per pass, not per request.
+    after: Option<(Duration, Instant)>,
+    /// This pass's latency stamp (the same for every request it writes).
+    stamp: Option<u64>,
 }
 
 impl Timers {
@@ -39,6 +44,8 @@ impl Timers {
             next_sweep: None,
             sweep_every: (quarantine / 4).clamp(MIN_SWEEP, MAX_SWEEP),
             now: None,
+            after: None,
+            stamp: None,
         }
     }
 
@@ -46,12 +53,40 @@ impl Timers {
     #[inline]
     pub(super) fn new_pass(&mut self) {
         self.now = None;
+        self.after = None;
+        self.stamp = None;
     }
 
     /// The time of this pass, read at most once per pass.
     #[inline]
     pub(super) fn clock(&mut self) -> Instant {
         *self.now.get_or_insert_with(Instant::now)
+    }
+
+    /// The instant `timeout` after this pass's clock.
+    #[inline]
+    pub(super) fn after(&mut self, timeout: Duration) -> Instant {
+        match self.after {
+            Some((of, at)) if of == timeout => at,
+            _ => {
+                let at = later(self.clock(), timeout);
+                self.after = Some((timeout, at));
+                at
+            }
+        }
+    }
+
+    /// This pass's latency stamp, made by `make` from the pass's clock once.
+    #[inline]
+    pub(super) fn stamp(&mut self, make: impl FnOnce(Instant) -> u64) -> u64 {
+        match self.stamp {
+            Some(stamp) => stamp,
+            None => {
+                let stamp = make(self.clock());
+                self.stamp = Some(stamp);
+                stamp
+            }
+        }
     }
 
     /// A request was written: make sure a sweep is scheduled.
