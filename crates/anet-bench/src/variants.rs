@@ -37,7 +37,7 @@ pub(crate) fn install_recorder(kind: RecorderKind) -> anyhow::Result<()> {
         RecorderKind::Buckets => {
             let recorder = std::sync::Arc::new(buckets::Aggregating::default());
             let _ = buckets::INSTALLED.set(recorder.clone());
-            metrics::set_global_recorder(buckets::Shared(recorder))?;
+            metrics::set_global_recorder(recorder)?;
             Ok(())
         }
     }
@@ -136,28 +136,6 @@ mod buckets {
                 .filter(|(key, _)| key.name() == name)
                 .map(|(_, histogram)| histogram.count.load(Relaxed))
                 .sum()
-        }
-    }
-
-    /// The installed recorder, shared with [`INSTALLED`].
-    #[derive(Debug)]
-    pub(crate) struct Shared(pub(crate) Arc<Aggregating>);
-
-    impl Recorder for Shared {
-        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-
-        fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
-            self.0.register_counter(key, metadata)
-        }
-
-        fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
-            self.0.register_gauge(key, metadata)
-        }
-
-        fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
-            self.0.register_histogram(key, metadata)
         }
     }
 

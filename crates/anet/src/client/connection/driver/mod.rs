@@ -319,7 +319,6 @@ where
                         return Poll::Ready(exit);
                     }
                 }
-                self.record_answers();
                 self.publish();
                 return Poll::Pending;
             }
@@ -649,7 +648,6 @@ where
             return;
         }
         // Counters first: whoever sees the refusal sees what it answered.
-        self.record_answers();
         self.publish();
         self.shared.refuse(reason);
         self.shared.wake_owner();
@@ -701,8 +699,11 @@ where
         }
     }
 
-    /// Publishes the local counters for `Connection::stats`.
-    fn publish(&self) {
+    /// Publishes the local counters for `Connection::stats`, and the pass's
+    /// answers for the endpoint's metrics (every path out of a pass publishes,
+    /// so no answer is left unrecorded).
+    fn publish(&mut self) {
+        self.record_answers();
         let c = &self.shared.counters;
         c.written.store(self.counts.written, Relaxed);
         c.responses.store(self.counts.responses, Relaxed);
@@ -755,7 +756,6 @@ where
             }
         };
         // Counters first: whoever sees the refusal sees what it answered.
-        self.record_answers();
         self.publish();
         self.shared.refuse(error.clone());
         self.shared.wake_owner();
