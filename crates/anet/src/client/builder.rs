@@ -15,6 +15,7 @@ use super::{
     LoadMeasure, PoolConfig, RateLimitLayer, RetryPolicy,
     client::{Shared, into_box},
     dial::Dialer,
+    lanes::Lanes,
     discover::{DnsSource, Resolve, SystemResolver, spawn_discover, spawn_dns},
     pool::PoolContext,
     registry::Registry,
@@ -470,11 +471,11 @@ impl ClientBuilder {
         (
             Client {
                 layers: limited.then_some(stack),
-                shared: Arc::new(Shared {
+                shared: Arc::new(Lanes::new(Shared {
                     registry: registry.clone(),
                     timeout: self.request_timeout,
                     retry: self.retry,
-                }),
+                })),
             },
             registry,
         )

@@ -5,7 +5,6 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll, ready},
 };
 
@@ -18,6 +17,7 @@ use super::{
     client::{Shared, Stack},
     deadline::{self, Deadline},
     future::BalanceFuture,
+    lanes::{Lane, Lanes},
 };
 use crate::time::later;
 use crate::{Error, Kind, observe};
@@ -93,7 +93,7 @@ pin_project! {
         retained: Option<Bytes>,
         retries_left: usize,
         // The registry (for a retry), the retry policy, the timeout.
-        shared: Arc<Shared>,
+        shared: Lane<Shared>,
         // Relative until something on the path reads the clock; the instant a
         // failed attempt reports is kept for the retries.
         deadline: Deadline,
@@ -135,7 +135,7 @@ impl CallFuture {
     /// through this call's copy of `layers` with them.
     pub(crate) fn start(
         layers: Option<&Stack>,
-        shared: &Arc<Shared>,
+        shared: &Lanes<Shared>,
         request: Bytes,
     ) -> CallFuture {
         let retries_left = shared.retry.max_retries();
@@ -158,7 +158,7 @@ impl CallFuture {
             attempt,
             retained,
             retries_left,
-            shared: shared.clone(),
+            shared: shared.here(),
             deadline,
             span: CallSpan::new(),
         }

@@ -18,7 +18,7 @@ use tower::{
 
 use super::{
     Balancer, ClientBuilder, EndpointStats, Endpoints, RateLimit, RetryPolicy, call::CallFuture,
-    registry::Registry,
+    lanes::Lanes, registry::Registry,
 };
 use crate::{BoxError, Error, Kind};
 
@@ -69,7 +69,7 @@ pub struct Client {
     /// The limit layers over the balancer; `None` when no limit is configured
     /// (calls then go to the balancer directly).
     pub(crate) layers: Option<Stack>,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<Lanes<Shared>>,
 }
 
 /// What every handle and call of one client shares (one reference count per call).

@@ -38,6 +38,7 @@ mod deadline;
 mod dial;
 mod discover;
 pub mod future;
+mod lanes;
 mod latency;
 mod lifecycle;
 mod pool;

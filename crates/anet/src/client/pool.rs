@@ -392,8 +392,12 @@ impl Endpoint {
         let Some(conn) = least_loaded(&conns) else {
             return Err((payload, None));
         };
-        conn.try_call(payload, deadline)
-            .map_err(|payload| (payload, Some(conn.clone())))
+        match conn.try_call(payload, deadline) {
+            Ok(future) => Ok(future),
+            // Closed since it was listed (or, alone, found closed only now).
+            Err(payload) if conn.is_closed() => Err((payload, None)),
+            Err(payload) => Err((payload, Some(conn.clone()))),
+        }
     }
 
     /// Takes a unit of the window of the live connection with the fewest
@@ -406,6 +410,8 @@ impl Endpoint {
         };
         match conn.try_take_unit() {
             Some(unit) => Reserve::Held(unit),
+            // Closed since it was listed (or, alone, found closed only now).
+            None if conn.is_closed() => Reserve::Empty,
             None => Reserve::Full(conn.clone()),
         }
     }
@@ -823,10 +829,18 @@ impl PoolContext {
 
 /// The live connection with the fewest requests in flight; ties go to a
 /// random one, so that handles waiting for room spread over the connections
-/// instead of queueing on the first.
+/// instead of queueing on the first. A lone connection is returned as it is:
+/// the caller learns that it closed when it asks for a unit of its window
+/// (reading the window first, then updating it, would take its cache line
+/// from the other threads twice per request).
 fn least_loaded(conns: &[Connection]) -> Option<&Connection> {
     let n = conns.len();
-    let start = if n > 1 { fastrand::usize(..n) } else { 0 };
+    match conns {
+        [] => return None,
+        [only] => return Some(only),
+        _ => {}
+    }
+    let start = fastrand::usize(..n);
     (0..n)
         .map(|i| &conns[(start + i) % n])
         .filter(|c| !c.is_closed())

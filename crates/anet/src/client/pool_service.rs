@@ -58,6 +58,7 @@ use super::{
     connection::ConnectionFuture,
     deadline,
     dial::Dialer,
+    lanes::{Lane, Lanes},
     pool::{Endpoint, EndpointStats, PoolContext, Reserve, maintain},
     readiness::{Absent, Picked, Readiness, Taken},
     room::Room,
@@ -114,7 +115,7 @@ pub struct Pool {
 /// What every handle of one pool shares.
 #[derive(Debug)]
 struct Shared {
-    endpoint: Arc<Endpoint>,
+    endpoint: Lanes<Endpoint>,
     /// Wakes waiting handles when the pool comes up or goes down, gets a
     /// connection, or a connection has units to spare.
     room: Arc<Room>,
@@ -141,7 +142,7 @@ impl Pool {
     }
 
     fn start(addr: SocketAddr, dialer: Dialer, config: PoolConfig, lifecycle: Lifecycle) -> Pool {
-        let endpoint = Arc::new(Endpoint::new(addr, 0));
+        let endpoint = Lanes::new(Endpoint::new(addr, 0));
         let cx = PoolContext::new(config, dialer, lifecycle);
         let shared = Arc::new(Shared {
             endpoint: endpoint.clone(),
@@ -149,7 +150,7 @@ impl Pool {
             shutdown: cx.shutdown.clone(),
         });
         let span = tracing::info_span!("anet.pool", %addr);
-        tokio::spawn(maintain(endpoint, cx).instrument(span));
+        tokio::spawn(maintain(endpoint.arc().clone(), cx).instrument(span));
         Pool {
             shared,
             readiness: Readiness::default(),
@@ -209,13 +210,13 @@ impl Clone for Pool {
 }
 
 /// The pool's one endpoint: reserve on it when it is up, otherwise wait.
-fn pick(endpoint: &Arc<Endpoint>) -> Picked {
+fn pick(endpoint: &Lanes<Endpoint>) -> Picked {
     if !endpoint.is_up() {
         return Picked::Nowhere(Absent::Wait);
     }
     match endpoint.reserve() {
-        Reserve::Held(unit) => Picked::Held(endpoint.clone(), unit),
-        Reserve::Full(conn) => Picked::Full(endpoint.clone(), conn),
+        Reserve::Held(unit) => Picked::Held(endpoint.here(), unit),
+        Reserve::Full(conn) => Picked::Full(endpoint.here(), conn),
         Reserve::Empty => {
             // Marked up but no live connection: its task has not noticed yet.
             endpoint.signal_broken();
@@ -263,7 +264,7 @@ impl Service<Bytes> for Pool {
                 format!("the pool of {} is down", endpoint.addr),
             )),
             Taken::Nothing => match endpoint.dispatch(request, deadline) {
-                Ok(future) => PoolFuture::sent(endpoint.clone(), future),
+                Ok(future) => PoolFuture::sent(endpoint.here(), future),
                 Err((_, Some(_))) => {
                     endpoint.signal_demand();
                     PoolFuture::failed(
@@ -306,13 +307,13 @@ pin_project! {
     #[derive(Debug)]
     pub struct PoolFuture {
         // Where the request went, to count its failure.
-        endpoint: Option<Arc<Endpoint>>,
+        endpoint: Option<Lane<Endpoint>>,
         future: ConnectionFuture,
     }
 }
 
 impl PoolFuture {
-    fn sent(endpoint: Arc<Endpoint>, future: ConnectionFuture) -> PoolFuture {
+    fn sent(endpoint: Lane<Endpoint>, future: ConnectionFuture) -> PoolFuture {
         PoolFuture {
             endpoint: Some(endpoint),
             future,

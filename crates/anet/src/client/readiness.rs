@@ -28,6 +28,7 @@ use tower::Service;
 use super::{
     Connection,
     connection::Unit,
+    lanes::Lane,
     pool::Endpoint,
     room::{Room, Waiter},
 };
@@ -38,9 +39,9 @@ use crate::{Error, Kind};
 #[derive(Debug)]
 pub(crate) enum Picked {
     /// A unit of the window of one of this endpoint's connections.
-    Held(Arc<Endpoint>, Unit),
+    Held(Lane<Endpoint>, Unit),
     /// Every candidate window is full: wait for room on this connection.
-    Full(Arc<Endpoint>, Connection),
+    Full(Lane<Endpoint>, Connection),
     /// No endpoint can take a request now.
     Nowhere(Absent),
 }
@@ -72,7 +73,7 @@ enum State {
     Idle,
     /// A unit of the window of one of `endpoint`'s connections is held for
     /// the next call.
-    Held { endpoint: Arc<Endpoint>, unit: Unit },
+    Held { endpoint: Lane<Endpoint>, unit: Unit },
     /// Waiting for room or for an endpoint (the slow path, boxed).
     Waiting(Pin<Box<Waiting>>),
     /// No endpoint could take a request: the next call fails with this.
@@ -90,7 +91,7 @@ pin_project! {
         // Counted among the room's waiters while it waits.
         waiter: Waiter,
         // The connection whose queue it waits in, if any.
-        room: Option<(Arc<Endpoint>, Connection)>,
+        room: Option<(Lane<Endpoint>, Connection)>,
         // The end of a bounded wait for an endpoint.
         #[pin]
         until: Option<Sleep>,
@@ -101,7 +102,7 @@ pin_project! {
 #[derive(Debug)]
 pub(crate) enum Taken {
     /// Send with this unit, on its connection.
-    Held(Arc<Endpoint>, Unit),
+    Held(Lane<Endpoint>, Unit),
     /// Fail the call at once.
     Unavailable(Error),
     /// `poll_ready` was not called (or not ready): route the call itself.

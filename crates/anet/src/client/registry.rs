@@ -17,7 +17,10 @@ use arc_swap::ArcSwap;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::pool::{Endpoint, EndpointStats, PoolContext, maintain};
+use super::{
+    lanes::Lanes,
+    pool::{Endpoint, EndpointStats, PoolContext, maintain},
+};
 
 /// The set of endpoints a client balances over, and their pools.
 #[derive(Debug)]
@@ -26,7 +29,7 @@ pub(crate) struct Registry {
     /// Requests read a snapshot without a lock (no shared counter bounces
     /// between the threads of a multi-thread runtime); changes are made under
     /// `owners`, so they never race each other.
-    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    endpoints: ArcSwap<Vec<Lanes<Endpoint>>>,
     /// Removed endpoints whose connections are still draining: in the stats
     /// until they have finished.
     retired: Mutex<Vec<Arc<Endpoint>>>,
@@ -45,7 +48,7 @@ pub(crate) struct Registry {
 
 /// A snapshot of the routable endpoints (held briefly: it keeps the set it
 /// was taken from alive).
-pub(crate) type Snapshot = arc_swap::Guard<Arc<Vec<Arc<Endpoint>>>>;
+pub(crate) type Snapshot = arc_swap::Guard<Arc<Vec<Lanes<Endpoint>>>>;
 
 /// The owners of each address: the user (the static list and the [`Endpoints`]
 /// handle, together one owner), each DNS source and each `Discover` key.
@@ -150,14 +153,14 @@ impl Registry {
         if current.iter().any(|e| e.addr == addr) {
             return false;
         }
-        let endpoint = Arc::new(Endpoint::new(addr, priority));
+        let endpoint = Lanes::new(Endpoint::new(addr, priority));
         let mut next: Vec<_> = current.iter().cloned().collect();
         let at = next.partition_point(|e| e.priority <= priority);
         next.insert(at, endpoint.clone());
         self.endpoints.store(Arc::new(next));
         let span = tracing::info_span!("anet.endpoint", %addr);
         self.tracker
-            .spawn(maintain(endpoint, self.pool.clone()).instrument(span));
+            .spawn(maintain(endpoint.arc().clone(), self.pool.clone()).instrument(span));
         self.pool.changed.notify_waiters();
         tracing::info!(%addr, "endpoint added");
         true
@@ -179,7 +182,7 @@ impl Registry {
         endpoint.remove();
         let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
         retired.retain(|e| !e.is_stopped());
-        retired.push(endpoint);
+        retired.push(endpoint.arc().clone());
         tracing::info!(%addr, "endpoint removed");
         true
     }

@@ -2,10 +2,7 @@
 
 use std::{
     future,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -13,6 +10,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tower::retry::{Policy, budget::Budget};
 
+use super::lanes::Striped;
 use crate::{Error, Kind};
 use sealed::Classify;
 
@@ -279,7 +277,8 @@ pub struct RetryBudget {
     ttl: Duration,
     reserve: u64,
     ratio: f64,
-    deposits: AtomicU64,
+    /// Successes, counted per lane of threads (every request adds one).
+    deposits: Striped,
     window: Mutex<Window>,
 }
 
@@ -302,7 +301,7 @@ impl RetryBudget {
             ttl,
             reserve: (f64::from(min_per_sec) * ttl.as_secs_f64()).ceil() as u64,
             ratio: f64::from(retry_ratio.max(0.0)),
-            deposits: AtomicU64::new(0),
+            deposits: Striped::new(),
             window: Mutex::new(Window {
                 started: Instant::now(),
                 deposits_at_start: 0,
@@ -315,12 +314,12 @@ impl RetryBudget {
 
 impl Budget for RetryBudget {
     fn deposit(&self) {
-        self.deposits.fetch_add(1, Relaxed);
+        self.deposits.increment();
     }
 
     fn withdraw(&self) -> bool {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        let deposits = self.deposits.load(Relaxed);
+        let deposits = self.deposits.sum();
         let now = Instant::now();
         if now.duration_since(w.started) >= self.ttl {
             w.previous = deposits - w.deposits_at_start;

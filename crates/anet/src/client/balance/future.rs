@@ -21,6 +21,7 @@ use crate::client::{
     Connection,
     connection::{ConnectionFuture, Failure},
     deadline::Deadline,
+    lanes::Lane,
     pool::Endpoint,
     registry::Registry,
 };
@@ -60,7 +61,7 @@ pin_project! {
         /// On a connection: awaiting the response.
         Sent {
             // Where the request went, to count its failure.
-            endpoint: Arc<Endpoint>,
+            endpoint: Lane<Endpoint>,
             #[pin]
             future: ConnectionFuture,
         },
@@ -74,7 +75,7 @@ pin_project! {
 impl State {
     /// On a connection of `endpoint`.
     #[inline]
-    fn sent(endpoint: Arc<Endpoint>, future: ConnectionFuture) -> State {
+    fn sent(endpoint: Lane<Endpoint>, future: ConnectionFuture) -> State {
         State::Sent { endpoint, future }
     }
 }
@@ -108,7 +109,7 @@ impl BalanceFuture {
 
     /// A request already on a connection of `endpoint`.
     pub(crate) fn sent(
-        endpoint: Arc<Endpoint>,
+        endpoint: Lane<Endpoint>,
         future: ConnectionFuture,
         deadline: Deadline,
     ) -> BalanceFuture {
@@ -205,7 +206,7 @@ pin_project! {
         },
         /// Every candidate connection is full: wait for room on this one.
         Ready {
-            endpoint: Arc<Endpoint>,
+            endpoint: Lane<Endpoint>,
             conn: Connection,
             // Armed when the wait for room starts, to the call's deadline.
             #[pin]
@@ -215,7 +216,7 @@ pin_project! {
 }
 
 impl Stage {
-    fn ready(endpoint: Arc<Endpoint>, conn: Connection) -> Stage {
+    fn ready(endpoint: Lane<Endpoint>, conn: Connection) -> Stage {
         Stage::Ready {
             endpoint,
             conn,
@@ -241,7 +242,7 @@ impl Wait {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         deadline: &mut Deadline,
-    ) -> Poll<Result<(Arc<Endpoint>, ConnectionFuture), Error>> {
+    ) -> Poll<Result<(Lane<Endpoint>, ConnectionFuture), Error>> {
         let mut this = self.project();
         loop {
             match this.stage.as_mut().project() {

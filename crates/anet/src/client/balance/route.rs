@@ -3,14 +3,13 @@
 //! without `poll_ready`, and every [`Client`](crate::client::Client) call);
 //! [`pick`] reserves a unit of a window for the next call (`poll_ready`).
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 
 use crate::client::{
     Connection,
     connection::ConnectionFuture,
     deadline::Deadline,
+    lanes::{Lane, Lanes},
     latency::Cost,
     pool::{Endpoint, Reserve},
     readiness::{Absent, Picked},
@@ -29,9 +28,9 @@ enum Attempt<T> {
 
 /// Where the choice ended.
 enum Choice<T> {
-    Done(Arc<Endpoint>, T),
+    Done(Lane<Endpoint>, T),
     /// Every candidate is full: wait for room on this connection.
-    Full(Arc<Endpoint>, Connection),
+    Full(Lane<Endpoint>, Connection),
     /// No endpoint is up; `true` if one may soon (a dial or a discovery is
     /// under way, or an endpoint marked up has just lost its connections).
     Nowhere(bool),
@@ -60,7 +59,7 @@ fn choose<T>(registry: &Registry, mut attempt: impl FnMut(&Endpoint) -> Attempt<
 /// beside it, so a request never sees a new set with the old answer. In the
 /// common single-group case routing then ignores groups altogether.
 #[inline]
-fn is_grouped(endpoints: &[Arc<Endpoint>]) -> bool {
+fn is_grouped(endpoints: &[Lanes<Endpoint>]) -> bool {
     endpoints
         .first()
         .zip(endpoints.last())
@@ -71,7 +70,7 @@ fn is_grouped(endpoints: &[Arc<Endpoint>]) -> bool {
 /// with an endpoint up and past its probation; failing that, the first with
 /// an endpoint up at all.
 fn choose_grouped<T>(
-    endpoints: &[Arc<Endpoint>],
+    endpoints: &[Lanes<Endpoint>],
     attempt: &mut impl FnMut(&Endpoint) -> Attempt<T>,
 ) -> Option<Choice<T>> {
     for settled in [true, false] {
@@ -103,7 +102,7 @@ fn choose_grouped<T>(
 /// of the picks a coin toss between the others); the least loaded first.
 /// `None` when none of them is up.
 fn choose_in<T>(
-    endpoints: &[Arc<Endpoint>],
+    endpoints: &[Lanes<Endpoint>],
     attempt: &mut impl FnMut(&Endpoint) -> Attempt<T>,
 ) -> Option<Choice<T>> {
     let n = endpoints.len();
@@ -137,9 +136,9 @@ fn choose_in<T>(
     let mut full = None;
     for endpoint in candidates.iter().filter(|e| e.is_up()) {
         match attempt(endpoint) {
-            Attempt::Done(done) => return Some(Choice::Done((*endpoint).clone(), done)),
+            Attempt::Done(done) => return Some(Choice::Done(endpoint.here(), done)),
             Attempt::Full(conn) => {
-                full.get_or_insert_with(|| ((*endpoint).clone(), conn));
+                full.get_or_insert_with(|| (endpoint.here(), conn));
             }
             // Marked up but no live connection: its pool has not noticed yet.
             Attempt::Empty => endpoint.signal_broken(),
@@ -157,8 +156,8 @@ fn choose_in<T>(
             continue;
         }
         match attempt(endpoint) {
-            Attempt::Done(done) => return Some(Choice::Done(endpoint.clone(), done)),
-            Attempt::Full(conn) => return Some(Choice::Full(endpoint.clone(), conn)),
+            Attempt::Done(done) => return Some(Choice::Done(endpoint.here(), done)),
+            Attempt::Full(conn) => return Some(Choice::Full(endpoint.here(), conn)),
             Attempt::Empty => {}
         }
     }
@@ -168,9 +167,9 @@ fn choose_in<T>(
 /// Where [`route`] got a request.
 pub(super) enum Routed {
     /// Sent on a connection of this endpoint.
-    Sent(Arc<Endpoint>, ConnectionFuture),
+    Sent(Lane<Endpoint>, ConnectionFuture),
     /// Every candidate connection is full: wait for room on this one.
-    Full(Bytes, Arc<Endpoint>, Connection),
+    Full(Bytes, Lane<Endpoint>, Connection),
     /// No endpoint can take it; `true` if one may soon.
     Nowhere(Bytes, bool),
 }

@@ -53,6 +53,7 @@ use std::{
 };
 
 use super::reply::{Answer, Failure};
+use crate::client::lanes::Padded;
 use crate::{Error, Kind};
 
 /// Cells made together when first needed.
@@ -86,7 +87,9 @@ pub(crate) struct Cells {
     /// the low [`INDEX_BITS`] bits name the top cell (or [`NIL`]), the high
     /// bits count changes so that a pop racing a pop and a push of the same
     /// cell fails its compare-and-swap instead of linking a stale successor.
-    free: AtomicU64,
+    /// Every claim and every release updates it: on a cache line of its own,
+    /// away from the fields every request only reads.
+    free: Padded<AtomicU64>,
     /// Set when the driver has ended: no answer will come any more, and a
     /// future still without one fails.
     closed: AtomicBool,
@@ -94,7 +97,10 @@ pub(crate) struct Cells {
     corrupt: AtomicBool,
 }
 
-/// One answer's place.
+/// One answer's place, on cache lines of its own: the callers and the driver
+/// of neighbouring cells, often on different threads, do not take each
+/// other's lines.
+#[repr(align(128))]
 pub(crate) struct Cell {
     /// The occupancy: odd while a future holds the cell, even while it is free.
     occupant: AtomicU64,
@@ -184,7 +190,7 @@ impl Cells {
             chunks: (0..chunks).map(|_| OnceLock::new()).collect(),
             capacity: (chunks * CHUNK) as u32,
             fresh: AtomicU32::new(0),
-            free: AtomicU64::new(u64::from(NIL)),
+            free: Padded(AtomicU64::new(u64::from(NIL))),
             closed: AtomicBool::new(false),
             corrupt: AtomicBool::new(false),
         }
@@ -261,7 +267,7 @@ impl Cells {
     /// Pops the free list.
     #[inline]
     fn pop(&self) -> Option<u32> {
-        let mut head = self.free.load(Acquire);
+        let mut head = self.free.0.load(Acquire);
         loop {
             let index = (head & INDEX_MASK) as u32;
             if index == NIL {
@@ -269,7 +275,7 @@ impl Cells {
             }
             let next = self.cell(index).next.load(Relaxed);
             let new = bump(head) | u64::from(next);
-            match self.free.compare_exchange_weak(head, new, Acquire, Acquire) {
+            match self.free.0.compare_exchange_weak(head, new, Acquire, Acquire) {
                 Ok(_) => return Some(index),
                 Err(now) => head = now,
             }
@@ -280,11 +286,11 @@ impl Cells {
     #[inline]
     fn push(&self, index: u32) {
         let cell = self.cell(index);
-        let mut head = self.free.load(Relaxed);
+        let mut head = self.free.0.load(Relaxed);
         loop {
             cell.next.store((head & INDEX_MASK) as u32, Relaxed);
             let new = bump(head) | u64::from(index);
-            match self.free.compare_exchange_weak(head, new, Release, Relaxed) {
+            match self.free.0.compare_exchange_weak(head, new, Release, Relaxed) {
                 Ok(_) => return,
                 Err(now) => head = now,
             }
@@ -701,7 +707,7 @@ mod tests {
         // Three cells made and given back: the free list is 2, 1, 0.
         drop((0..3).map(|_| cells.claim()).collect::<Vec<_>>());
         // The stalled pop: the head, and the top's successor.
-        let stale = cells.free.load(SeqCst);
+        let stale = cells.free.0.load(SeqCst);
         let top = (stale & (bump(0) - 1)) as u32;
         let successor = cells.cell(top).next.load(SeqCst);
         // Meanwhile the top and its successor are claimed; the top comes back.
@@ -711,10 +717,11 @@ mod tests {
         assert_eq!(index(&held), Some(successor));
         drop(top_claim);
         // ... and 2^32 changes pass in all before the stalled pop goes on.
-        let now = cells.free.load(SeqCst);
-        cells.free.store(after_changes(now, (1 << 32) - 3), SeqCst);
+        let now = cells.free.0.load(SeqCst);
+        cells.free.0.store(after_changes(now, (1 << 32) - 3), SeqCst);
         let swapped = cells
             .free
+            .0
             .compare_exchange(stale, bump(stale) | u64::from(successor), SeqCst, SeqCst)
             .is_ok();
         assert!(
