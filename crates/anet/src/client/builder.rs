@@ -15,8 +15,8 @@ use super::{
     LoadMeasure, PoolConfig, RateLimitLayer, RetryPolicy,
     client::{Shared, into_box},
     dial::Dialer,
-    lanes::Lanes,
     discover::{DnsSource, Resolve, SystemResolver, spawn_discover, spawn_dns},
+    lanes::Lanes,
     pool::PoolContext,
     registry::Registry,
 };

@@ -24,10 +24,14 @@ use crate::{Error, Kind, observe};
 
 /// A call's span at `DEBUG` (`anet.call`: endpoint, attempt, outcome,
 /// latency_us), and when it started, read only when the span is enabled.
-struct CallSpan {
-    /// `None` below `DEBUG`: then nothing is entered or dropped per poll (a
-    /// `Span::none()` still costs an enter, an exit and a drop).
-    span: Option<tracing::Span>,
+/// `None` below `DEBUG`: then nothing is entered or dropped per poll (a
+/// `Span::none()` still costs an enter, an exit and a drop), and the call's
+/// future carries one word for it, not a span and an instant.
+struct CallSpan(Option<Box<Traced>>);
+
+/// What a traced call keeps.
+struct Traced {
+    span: tracing::Span,
     started: Option<Instant>,
 }
 
@@ -39,10 +43,7 @@ impl CallSpan {
         // subscriber) no span is built, so nothing reaches `tracing`'s `log`
         // fallback (tower's default features turn it on).
         if !tracing::level_enabled!(tracing::Level::DEBUG) {
-            return CallSpan {
-                span: None,
-                started: None,
-            };
+            return CallSpan(None);
         }
         let span = tracing::debug_span!(
             "anet.call",
@@ -52,17 +53,24 @@ impl CallSpan {
             latency_us = Empty
         );
         let started = (!span.is_disabled()).then(Instant::now);
-        CallSpan {
-            span: Some(span),
-            started,
-        }
+        CallSpan(Some(Box::new(Traced { span, started })))
+    }
+
+    /// The span, if the call has one.
+    #[inline]
+    fn span(&self) -> Option<&tracing::Span> {
+        self.0.as_ref().map(|traced| &traced.span)
     }
 
     /// The call ended after `attempts` retries (the endpoint was recorded by the
     /// attempt that reached one).
     #[inline]
     fn finish(&self, outcome: Result<(), Kind>, retries: usize) {
-        if let (Some(started), Some(span)) = (self.started, &self.span) {
+        if let Some(Traced {
+            span,
+            started: Some(started),
+        }) = self.0.as_deref()
+        {
             span.record("attempt", retries + 1);
             span.record("outcome", outcome.err().map_or("ok", |k| k.as_str()));
             let latency = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -212,7 +220,7 @@ impl fmt::Debug for CallFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CallFuture")
             .field("deadline", &self.deadline)
-            .field("span", &self.span.span)
+            .field("span", &self.span.span())
             .finish_non_exhaustive()
     }
 }
@@ -222,7 +230,7 @@ impl Future for CallFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let _entered = this.span.span.as_ref().map(tracing::Span::enter);
+        let _entered = this.span.span().map(tracing::Span::enter);
         loop {
             let result = match this.attempt.as_mut().project() {
                 AttemptProj::Direct { future } => match ready!(future.poll_answer(cx)) {

@@ -190,7 +190,10 @@ mod tests {
     fn a_thread_keeps_its_lane_and_threads_spread_over_lanes() {
         let lanes = Lanes::new(7u32);
         let mine = lanes.here();
-        assert!(Arc::ptr_eq(&mine.0, &lanes.here().0), "same thread, same lane");
+        assert!(
+            Arc::ptr_eq(&mine.0, &lanes.here().0),
+            "same thread, same lane"
+        );
         assert_eq!(*mine, 7);
         let others: Vec<_> = (0..lane_count())
             .map(|_| {

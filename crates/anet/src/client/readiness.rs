@@ -73,7 +73,10 @@ enum State {
     Idle,
     /// A unit of the window of one of `endpoint`'s connections is held for
     /// the next call.
-    Held { endpoint: Lane<Endpoint>, unit: Unit },
+    Held {
+        endpoint: Lane<Endpoint>,
+        unit: Unit,
+    },
     /// Waiting for room or for an endpoint (the slow path, boxed).
     Waiting(Pin<Box<Waiting>>),
     /// No endpoint could take a request: the next call fails with this.

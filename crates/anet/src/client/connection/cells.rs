@@ -275,7 +275,11 @@ impl Cells {
             }
             let next = self.cell(index).next.load(Relaxed);
             let new = bump(head) | u64::from(next);
-            match self.free.0.compare_exchange_weak(head, new, Acquire, Acquire) {
+            match self
+                .free
+                .0
+                .compare_exchange_weak(head, new, Acquire, Acquire)
+            {
                 Ok(_) => return Some(index),
                 Err(now) => head = now,
             }
@@ -290,7 +294,11 @@ impl Cells {
         loop {
             cell.next.store((head & INDEX_MASK) as u32, Relaxed);
             let new = bump(head) | u64::from(index);
-            match self.free.0.compare_exchange_weak(head, new, Release, Relaxed) {
+            match self
+                .free
+                .0
+                .compare_exchange_weak(head, new, Release, Relaxed)
+            {
                 Ok(_) => return,
                 Err(now) => head = now,
             }
@@ -718,7 +726,10 @@ mod tests {
         drop(top_claim);
         // ... and 2^32 changes pass in all before the stalled pop goes on.
         let now = cells.free.0.load(SeqCst);
-        cells.free.0.store(after_changes(now, (1 << 32) - 3), SeqCst);
+        cells
+            .free
+            .0
+            .store(after_changes(now, (1 << 32) - 3), SeqCst);
         let swapped = cells
             .free
             .0
