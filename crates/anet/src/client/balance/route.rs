@@ -39,12 +39,20 @@ enum Choice<T> {
 /// Picks two or three endpoints at random and tries those up, the less loaded
 /// first; when all are down, any endpoint that is up, from a random start.
 /// With failover groups, the same within the first group that can take it.
-fn choose<T>(registry: &Registry, mut attempt: impl FnMut(&Endpoint) -> Attempt<T>) -> Choice<T> {
-    let endpoints = registry.endpoints();
-    let chosen = if is_grouped(&endpoints) {
-        choose_grouped(&endpoints, &mut attempt)
+fn choose<T>(registry: &Registry, attempt: impl FnMut(&Endpoint) -> Attempt<T>) -> Choice<T> {
+    choose_from(registry, &registry.endpoints(), attempt)
+}
+
+/// [`choose`] over a snapshot already taken.
+fn choose_from<T>(
+    registry: &Registry,
+    endpoints: &[Lanes<Endpoint>],
+    mut attempt: impl FnMut(&Endpoint) -> Attempt<T>,
+) -> Choice<T> {
+    let chosen = if is_grouped(endpoints) {
+        choose_grouped(endpoints, &mut attempt)
     } else {
-        choose_in(&endpoints, &mut attempt)
+        choose_in(endpoints, &mut attempt)
     };
     match chosen {
         Some(choice) => choice,
@@ -177,8 +185,20 @@ pub(super) enum Routed {
 /// Sends `payload` on the chosen endpoint's least-loaded connection when it
 /// has room (no handle cloned on this path).
 pub(super) fn route(registry: &Registry, payload: Bytes, deadline: Deadline) -> Routed {
+    let endpoints = registry.endpoints();
+    // One endpoint (the common case), up, with a live connection: there is
+    // nothing to choose. Anything else takes the general path below, which
+    // looks at it again (and says whether to wait).
+    let payload = match &endpoints[..] {
+        [only] if only.is_up() => match only.dispatch(payload, deadline) {
+            Ok(future) => return Routed::Sent(only.here(), future),
+            Err((back, Some(conn))) => return Routed::Full(back, only.here(), conn),
+            Err((back, None)) => back,
+        },
+        _ => payload,
+    };
     let mut payload = Some(payload);
-    let choice = choose(registry, |endpoint| {
+    let choice = choose_from(registry, &endpoints, |endpoint| {
         let request = payload
             .take()
             .expect("the payload is given back on failure");
