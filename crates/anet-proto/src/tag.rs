@@ -178,8 +178,11 @@ impl TagFormat {
                 rest /= 10;
             }
         } else {
-            let be = id.to_be_bytes();
-            bytes[..width].copy_from_slice(&be[8 - width..]);
+            // The low `width` bytes of `id`, big-endian, at the front; one
+            // fixed-size store (the bytes after them stay zero). A binary
+            // width is 1..=8, so the shift is below 64.
+            let front = id << (64 - 8 * width as u32);
+            bytes[..8].copy_from_slice(&front.to_be_bytes());
         }
         Tag {
             len: width as u8,
@@ -204,7 +207,11 @@ impl TagFormat {
             }
             Some(id)
         } else {
-            Some(bytes.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
+            // Eight bytes read at once; the shift drops those after the
+            // tag's length (a binary width is 1..=8).
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&tag.bytes[..8]);
+            Some(u64::from_be_bytes(first) >> (64 - 8 * bytes.len() as u32))
         }
     }
 }
@@ -218,6 +225,25 @@ impl Default for TagFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_binary_width_keeps_the_low_bytes_of_an_id() {
+        for width in 1..=8usize {
+            let f = TagFormat::binary(width);
+            let space = f.id_space();
+            for id in [0, 1, 0x80, 0xff, 0x0102_0304_0506_0708, u64::MAX, space - 1] {
+                let tag = f.encode_id(id);
+                assert_eq!(tag.len(), width);
+                let low = if width == 8 { id } else { id % space };
+                assert_eq!(&tag.as_bytes()[..], &low.to_be_bytes()[8 - width..]);
+                assert_eq!(f.decode_id(&tag), Some(low), "width {width}, id {id:#x}");
+                // The same bytes arriving from the wire decode the same.
+                let wire = Tag::from_slice(tag.as_bytes()).expect("fits");
+                assert_eq!(wire, tag);
+                assert_eq!(f.decode_id(&wire), Some(low));
+            }
+        }
+    }
 
     #[test]
     fn binary_ids_round_trip_big_endian() {

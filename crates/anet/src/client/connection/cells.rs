@@ -59,6 +59,9 @@ use crate::{Error, Kind};
 /// Cells made together when first needed.
 const CHUNK: usize = 64;
 
+/// Cells made together (a fixed size: indexing into it needs no bounds check).
+type Chunk = [Cell; CHUNK];
+
 /// Bits of the free list's head that name its top cell; the rest (42) count
 /// changes. A connection has at most twice its largest window (2^20) of
 /// cells, so 22 bits name them all; the 42-bit count comes round after 2^42
@@ -78,7 +81,7 @@ const _: () = assert!(2 * super::config::MAX_WINDOW < NIL as usize);
 /// The answer cells of one connection.
 pub(crate) struct Cells {
     /// `capacity / CHUNK` chunks, each made when its first cell is needed.
-    chunks: Box<[OnceLock<Box<[Cell]>>]>,
+    chunks: Box<[OnceLock<Box<Chunk>>]>,
     /// Cells the chunks hold in all.
     capacity: u32,
     /// Cells handed out at least once: the next never-used one.
@@ -231,8 +234,13 @@ impl Cells {
     /// A free cell, moved to its next occupancy; `None` when there is none.
     #[inline]
     fn take(&self) -> Option<(u32, u64)> {
-        let index = self.pop().or_else(|| self.make())?;
-        let cell = self.cell(index);
+        let (index, cell) = match self.pop() {
+            Some(popped) => popped,
+            None => {
+                let index = self.make()?;
+                (index, self.cell(index))
+            }
+        };
         // A free cell's number is even; only a claim makes it odd, by
         // compare-and-swap, so that should a corrupted free list hand one
         // cell to two claims at once, only one of them takes it.
@@ -264,32 +272,32 @@ impl Cells {
         }
     }
 
-    /// Pops the free list.
+    /// Pops the free list: the top cell's index, and the cell.
     #[inline]
-    fn pop(&self) -> Option<u32> {
+    fn pop(&self) -> Option<(u32, &Cell)> {
         let mut head = self.free.0.load(Acquire);
         loop {
             let index = (head & INDEX_MASK) as u32;
             if index == NIL {
                 return None;
             }
-            let next = self.cell(index).next.load(Relaxed);
+            let cell = self.cell(index);
+            let next = cell.next.load(Relaxed);
             let new = bump(head) | u64::from(next);
             match self
                 .free
                 .0
                 .compare_exchange_weak(head, new, Acquire, Acquire)
             {
-                Ok(_) => return Some(index),
+                Ok(_) => return Some((index, cell)),
                 Err(now) => head = now,
             }
         }
     }
 
-    /// Pushes a free cell onto the free list.
+    /// Pushes a free cell, `cell` at `index`, onto the free list.
     #[inline]
-    fn push(&self, index: u32) {
-        let cell = self.cell(index);
+    fn push(&self, index: u32, cell: &Cell) {
         let mut head = self.free.0.load(Relaxed);
         loop {
             cell.next.store((head & INDEX_MASK) as u32, Relaxed);
@@ -315,7 +323,7 @@ impl Cells {
             .fetch_update(Relaxed, Relaxed, |n| (n < capacity).then_some(n + 1))
             .ok()?;
         self.chunks[index as usize / CHUNK]
-            .get_or_init(|| (0..CHUNK).map(|_| Cell::new(0)).collect());
+            .get_or_init(|| Box::new(std::array::from_fn(|_| Cell::new(0))));
         Some(index)
     }
 
@@ -383,6 +391,15 @@ impl Home {
         }
     }
 
+    /// Puts `cell`, this home's cell, released, back on its free list (a cell
+    /// of its own is freed with its last reference instead).
+    #[inline]
+    fn give_back(&self, cell: &Cell) {
+        if let Home::Shared(cells, index) = self {
+            cells.push(*index, cell);
+        }
+    }
+
     /// Whether the driver has ended (a cell of its own is answered by its
     /// reply's drop instead).
     #[inline]
@@ -426,16 +443,9 @@ impl Claim {
         cell.occupant.store(self.occupant + 1, Release);
         drop(state);
         drop(waker);
-        self.give_back();
+        home.give_back(cell);
+        self.home = None;
         Poll::Ready(answer)
-    }
-
-    /// Puts the (released) cell back on its free list.
-    #[inline]
-    fn give_back(&mut self) {
-        if let Some(Home::Shared(cells, index)) = self.home.take() {
-            cells.push(index);
-        }
     }
 }
 
@@ -452,7 +462,7 @@ impl Drop for Claim {
         cell.occupant.store(self.occupant + 1, Release);
         drop(state);
         drop(held);
-        self.give_back();
+        home.give_back(cell);
     }
 }
 
@@ -752,7 +762,7 @@ mod tests {
         let cells = Arc::new(Cells::new(64));
         drop(cells.claim());
         // Cell 0 is free and on the list; pushed again, it links to itself.
-        cells.push(0);
+        cells.push(0, cells.cell(0));
         let (first, _) = cells.claim();
         assert_eq!(index(&first), Some(0));
         // The list still names cell 0, now held.
