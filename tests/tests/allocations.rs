@@ -125,6 +125,36 @@ fn default_client_stack_allocates_nothing_per_request() {
     assert_within_budget("default stack", per_request, 0.05);
 }
 
+/// A request built from a `Vec` (as a caller encoding a message usually makes
+/// one) costs the caller that one allocation and anet none: the client keeps
+/// no copy of it for a retry (a `Bytes` made from a `Vec` allocates when first
+/// cloned). A request that was never written comes back with its failure for
+/// the retry; only an idempotent policy, which may resend a written request,
+/// keeps a copy.
+#[test]
+fn default_client_stack_adds_nothing_to_a_request_built_from_a_vec() {
+    let addr = raw_echo_on_own_thread();
+    let rt = current_thread();
+    let client = rt.block_on(async {
+        let client = Client::builder().endpoint(addr).build();
+        client
+            .call(Bytes::from_static(b"warm"))
+            .await
+            .expect("connected");
+        client
+    });
+    let per_request = allocations_per_request(&rt, client, CONCURRENCY, |client| async move {
+        let response = client
+            .call(Bytes::from(PAYLOAD.to_vec()))
+            .await
+            .expect("response");
+        assert_eq!(response.len(), PAYLOAD.len());
+        client
+    });
+    // One is the caller's `Vec`.
+    assert_within_budget("default stack, request from a Vec", per_request, 1.05);
+}
+
 /// The same at 256 callers, as `anet-bench` measures: the handle-to-driver
 /// queue then holds more requests at once and now and then makes a block
 /// afresh (about 0.02 per request measured), still within the budget.

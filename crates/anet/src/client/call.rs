@@ -97,7 +97,9 @@ pin_project! {
     pub struct CallFuture {
         #[pin]
         attempt: Attempt,
-        // The request again, for a retry (a reference count, not a copy).
+        // The request again, for a retry its failure cannot give it back for
+        // (an idempotent policy's, or through the limit layers): a reference
+        // count, not a copy. A request never written comes back with its failure.
         retained: Option<Bytes>,
         retries_left: usize,
         // The registry (for a retry), the retry policy, the timeout.
@@ -148,7 +150,13 @@ impl CallFuture {
     ) -> CallFuture {
         let retries_left = shared.retry.max_retries();
         // Kept for a retry only when there may be one (a reference count).
-        let retained = (retries_left > 0).then(|| request.clone());
+        // A copy for the retries only where a failure may not give the request
+        // back: an idempotent policy resends written requests, and the limit
+        // layers fail with errors alone. Otherwise only a request never written
+        // is retried, and its failure returns it (a `Bytes` made from a `Vec`
+        // allocates when first cloned: no copy, no allocation).
+        let keeps_copy = layers.is_some() || shared.retry.resends_written();
+        let retained = (retries_left > 0 && keeps_copy).then(|| request.clone());
         let (attempt, deadline) = match layers {
             // The clock is read where it is read anyway (see `deadline`).
             None => {
@@ -232,6 +240,8 @@ impl Future for CallFuture {
         let mut this = self.project();
         let _entered = this.span.span().map(tracing::Span::enter);
         loop {
+            // The request, when the failed attempt gives it back (never written).
+            let mut given_back = None;
             let result = match this.attempt.as_mut().project() {
                 AttemptProj::Direct { future } => match ready!(future.poll_answer(cx)) {
                     Ok(response) => Ok(response),
@@ -239,6 +249,7 @@ impl Future for CallFuture {
                         if let Some(at) = failure.deadline {
                             *this.deadline = Deadline::At(at);
                         }
+                        given_back = failure.request;
                         Err(failure.error)
                     }
                 },
@@ -254,7 +265,14 @@ impl Future for CallFuture {
                 Err(error) => error,
             };
             let attempts = this.shared.retry.max_retries() - *this.retries_left;
-            if *this.retries_left == 0 || !this.shared.retry.allows(&error) {
+            // Nothing to resend (a written request, no copy kept: the policy
+            // would not resend it anyway): no retry, and no budget spent.
+            let resend = given_back.or_else(|| this.retained.clone());
+            let Some(request) = resend.filter(|_| *this.retries_left > 0) else {
+                this.span.finish(Err(error.kind()), attempts);
+                return Poll::Ready(Err(error));
+            };
+            if !this.shared.retry.allows(&error) {
                 this.span.finish(Err(error.kind()), attempts);
                 return Poll::Ready(Err(error));
             }
@@ -267,12 +285,10 @@ impl Future for CallFuture {
             observe::retry();
             *this.retries_left -= 1;
             tracing::debug!(error = %error, left = *this.retries_left, "retrying request");
-            let request = if *this.retries_left > 0 {
-                this.retained.clone()
-            } else {
-                this.retained.take()
+            if *this.retries_left == 0 {
+                // The last retry: the copy is no longer needed.
+                *this.retained = None;
             }
-            .expect("the request is retained while retries are left");
             match this.attempt.as_mut().project() {
                 AttemptProj::Direct { .. } => {
                     let future =

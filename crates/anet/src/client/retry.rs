@@ -157,6 +157,12 @@ impl RetryPolicy {
         self.attempts_left
     }
 
+    /// Whether it may resend a request that was written (declared idempotent):
+    /// then a caller keeps a copy of each request for its retries.
+    pub(crate) fn resends_written(&self) -> bool {
+        self.idempotent && self.attempts_left > 0
+    }
+
     /// Counts a success for the budget.
     pub(crate) fn deposit(&self) {
         self.budget.deposit();

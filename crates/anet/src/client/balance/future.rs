@@ -135,6 +135,8 @@ impl BalanceFuture {
     ) -> Poll<Result<Bytes, Failure>> {
         let mut this = self.project();
         loop {
+            // An unsent request's payload, given back with its failure.
+            let mut request = None;
             let error = match this.state.as_mut().project() {
                 StateProj::Sent { endpoint, future } => {
                     let answer = ready!(future.get_mut().poll_answer(cx));
@@ -157,7 +159,10 @@ impl BalanceFuture {
                             this.state.set(State::sent(endpoint, future));
                             continue;
                         }
-                        Err(error) => error,
+                        Err(error) => {
+                            request = wait.as_mut().project().request.take();
+                            error
+                        }
                     }
                 }
                 StateProj::Failed { error } => error.take().expect("polled after completion"),
@@ -166,6 +171,7 @@ impl BalanceFuture {
             return Poll::Ready(Err(Failure {
                 error,
                 deadline: this.deadline.instant(),
+                request,
             }));
         }
     }
@@ -237,7 +243,7 @@ impl Wait {
     }
 
     /// Waits until the request is on a connection (fixing `deadline` when a wait
-    /// starts), or fails.
+    /// starts), or fails, the request then still in `request` (to give back).
     fn poll_send(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -262,7 +268,8 @@ impl Wait {
                                 *this.request = Some(back);
                                 this.stage.set(Stage::ready(endpoint, conn));
                             }
-                            Routed::Nowhere(_, false) => {
+                            Routed::Nowhere(back, false) => {
+                                *this.request = Some(back);
                                 return Poll::Ready(Err(Error::with_source(
                                     Kind::Unavailable,
                                     "no endpoint is up",

@@ -379,6 +379,7 @@ fn driver_stopped() -> Answer {
     Err(Box::new(Failure {
         error: Error::with_source(Kind::ConnectionLost, "connection driver stopped"),
         deadline: None,
+        request: None,
     }))
 }
 

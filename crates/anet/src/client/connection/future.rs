@@ -30,7 +30,8 @@ pub struct ConnectionFuture {
 enum State {
     /// Its answer's cell, until the answer is taken.
     Waiting(Claim),
-    Failed(Option<Error>),
+    /// Failed before it reached the driver (boxed: the rare case stays small).
+    Failed(Option<Box<Failure>>),
 }
 
 impl ConnectionFuture {
@@ -41,8 +42,22 @@ impl ConnectionFuture {
     }
 
     pub(crate) fn failed(error: Error) -> ConnectionFuture {
+        ConnectionFuture::failing(error, None)
+    }
+
+    /// A request that failed before it reached the driver, its payload given
+    /// back (for a retry).
+    pub(crate) fn unsent(error: Error, payload: Bytes) -> ConnectionFuture {
+        ConnectionFuture::failing(error, Some(payload))
+    }
+
+    fn failing(error: Error, request: Option<Bytes>) -> ConnectionFuture {
         ConnectionFuture {
-            state: State::Failed(Some(error)),
+            state: State::Failed(Some(Box::new(Failure {
+                error,
+                deadline: None,
+                request,
+            }))),
         }
     }
 
@@ -53,12 +68,9 @@ impl ConnectionFuture {
             // A request the driver drops unanswered (its task aborted) is
             // answered `ConnectionLost` by its reply's drop.
             State::Waiting(claim) => Poll::Ready(ready!(claim.poll_answer(cx)).map_err(|f| *f)),
-            State::Failed(error) => Poll::Ready(Err(Failure {
-                error: error
-                    .take()
-                    .expect("ConnectionFuture polled after completion"),
-                deadline: None,
-            })),
+            State::Failed(failure) => Poll::Ready(Err(*failure
+                .take()
+                .expect("ConnectionFuture polled after completion"))),
         }
     }
 }

@@ -456,7 +456,12 @@ impl Connection {
         match self.tx.send(Message::Request(request)) {
             Ok(()) => ConnectionFuture::waiting(claim),
             // The driver has finished (the window is closed): never written.
-            Err(_) => ConnectionFuture::failed(not_sent(&self.shared)),
+            Err(mpsc::error::SendError(message)) => match message {
+                Message::Request(request) => {
+                    ConnectionFuture::unsent(not_sent(&self.shared), request.payload)
+                }
+                _ => ConnectionFuture::failed(not_sent(&self.shared)),
+            },
         }
     }
 }

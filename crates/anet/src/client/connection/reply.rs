@@ -10,12 +10,15 @@ use crate::{Error, client::deadline::Deadline};
 /// and the answer stays as small as a plain `Result<Bytes, Error>`).
 pub(crate) type Answer = Result<Bytes, Box<Failure>>;
 
-/// A failed request: the error, and the deadline it ran under once the driver
-/// fixed it (so a retry keeps the call's deadline instead of starting a new one).
+/// A failed request: the error, the deadline it ran under once the driver
+/// fixed it (so a retry keeps the call's deadline instead of starting a new
+/// one), and the request itself when it was never written (so a retry needs no
+/// copy of it kept beforehand).
 #[derive(Debug)]
 pub(crate) struct Failure {
     pub(crate) error: Error,
     pub(crate) deadline: Option<Instant>,
+    pub(crate) request: Option<Bytes>,
 }
 
 /// The sending side of one request's answer: its response future's cell.
@@ -57,10 +60,27 @@ impl Reply {
 
     /// Fails the request with `error`; false if the caller is gone.
     #[inline]
-    pub(crate) fn fail(mut self, cells: &Cells, error: Error) -> bool {
+    pub(crate) fn fail(self, cells: &Cells, error: Error) -> bool {
+        self.fail_with(cells, error, None)
+    }
+
+    /// Fails a request that was never written with `error`, giving its
+    /// payload back; false if the caller is gone.
+    pub(crate) fn fail_unwritten(self, cells: &Cells, error: Error, payload: Bytes) -> bool {
+        self.fail_with(cells, error, Some(payload))
+    }
+
+    fn fail_with(mut self, cells: &Cells, error: Error, request: Option<Bytes>) -> bool {
         self.slot.take().is_some_and(|slot| {
             let deadline = self.deadline.instant();
-            slot.fill(cells, Err(Box::new(Failure { error, deadline })))
+            slot.fill(
+                cells,
+                Err(Box::new(Failure {
+                    error,
+                    deadline,
+                    request,
+                })),
+            )
         })
     }
 

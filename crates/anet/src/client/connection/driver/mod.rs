@@ -249,7 +249,9 @@ where
             if let Message::Request(mut request) = message {
                 // Fixed, so that a retry keeps the call's deadline.
                 request.reply.deadline.fix(Instant::now);
-                request.reply.fail(&shared.cells, not_sent(&shared));
+                request
+                    .reply
+                    .fail_unwritten(&shared.cells, not_sent(&shared), request.payload);
             }
         }
         shared.mark_done();
@@ -438,7 +440,7 @@ where
             .is_some_and(|d| d <= self.timers.clock())
         {
             // Its deadline passed while it queued: never written.
-            reply.fail(&self.shared.cells, overdue(true));
+            reply.fail_unwritten(&self.shared.cells, overdue(true), payload);
             return;
         }
         // Stamped with the pass's clock (one stamp per pass, no clock read per
@@ -457,9 +459,10 @@ where
             Err((reply, _unit)) => {
                 // Only a closing connection (whose held tags may exceed their
                 // limit while it drains) can run out of slots.
-                reply.fail(
+                reply.fail_unwritten(
                     &self.shared.cells,
                     Error::with_source(Kind::NotSent, "no free tag on the connection"),
+                    payload,
                 );
                 return;
             }
@@ -536,7 +539,11 @@ where
                         self.counts.abandoned_unwritten += 1
                     }
                     Some(deadline) if deadline <= now => {
-                        request.reply.fail(&self.shared.cells, overdue(true));
+                        request.reply.fail_unwritten(
+                            &self.shared.cells,
+                            overdue(true),
+                            request.payload,
+                        );
                     }
                     deadline => {
                         if let Some(d) = deadline {
@@ -770,9 +777,11 @@ where
         self.table.return_units();
         self.rx.close();
         for request in std::mem::take(&mut self.backlog) {
-            request
-                .reply
-                .fail(&self.shared.cells, not_sent(&self.shared));
+            request.reply.fail_unwritten(
+                &self.shared.cells,
+                not_sent(&self.shared),
+                request.payload,
+            );
         }
         // Its counts leave the gauges when the driver is dropped (`GaugesGuard`).
         self.publish();
