@@ -235,7 +235,7 @@ mod tests {
                 let tag = f.encode_id(id);
                 assert_eq!(tag.len(), width);
                 let low = if width == 8 { id } else { id % space };
-                assert_eq!(&tag.as_bytes()[..], &low.to_be_bytes()[8 - width..]);
+                assert_eq!(tag.as_bytes(), &low.to_be_bytes()[8 - width..]);
                 assert_eq!(f.decode_id(&tag), Some(low), "width {width}, id {id:#x}");
                 // The same bytes arriving from the wire decode the same.
                 let wire = Tag::from_slice(tag.as_bytes()).expect("fits");
