@@ -183,3 +183,53 @@ fn rate_limited_client_stack_allocates_at_most_once_per_request() {
     );
     assert_within_budget("rate-limited stack", per_request, 1.05);
 }
+
+/// A subscriber at `DEBUG` for the application's own targets and at `INFO`
+/// for anet (`RUST_LOG=info,myapp=debug`, a common setting): the global level
+/// hint then lets `DEBUG` through, anet's `anet.call` span is built disabled,
+/// and a disabled span must cost the call nothing (DESIGN.md §8: "free when
+/// disabled").
+struct DebugElsewhere;
+
+impl tracing::Subscriber for DebugElsewhere {
+    fn register_callsite(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if self.enabled(metadata) {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        let level = *metadata.level();
+        if metadata.target().starts_with("anet") {
+            level <= tracing::Level::INFO
+        } else {
+            level <= tracing::Level::DEBUG
+        }
+    }
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::DEBUG)
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// With `DEBUG` on for other targets only, the default stack still allocates
+/// nothing per request (the disabled call span is not kept on the heap).
+#[test]
+fn default_client_stack_with_debug_enabled_elsewhere_allocates_nothing_per_request() {
+    let per_request = tracing::subscriber::with_default(DebugElsewhere, || {
+        assert!(tracing::level_enabled!(tracing::Level::DEBUG));
+        client_allocations(Client::builder(), CONCURRENCY)
+    });
+    assert_within_budget("default stack, DEBUG elsewhere", per_request, 0.05);
+}

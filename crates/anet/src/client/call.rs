@@ -23,16 +23,17 @@ use crate::time::later;
 use crate::{Error, Kind, observe};
 
 /// A call's span at `DEBUG` (`anet.call`: endpoint, attempt, outcome,
-/// latency_us), and when it started, read only when the span is enabled.
-/// `None` below `DEBUG`: then nothing is entered or dropped per poll (a
-/// `Span::none()` still costs an enter, an exit and a drop), and the call's
-/// future carries one word for it, not a span and an instant.
+/// latency_us), and when it started.
+/// `None` unless the span is enabled (below `DEBUG`, or at `DEBUG` for other
+/// targets only): then nothing is allocated, entered or dropped per call (a
+/// disabled span would cost a box, and still an enter, an exit and a drop),
+/// and the call's future carries one word for it, not a span and an instant.
 struct CallSpan(Option<Box<Traced>>);
 
 /// What a traced call keeps.
 struct Traced {
     span: tracing::Span,
-    started: Option<Instant>,
+    started: Instant,
 }
 
 impl CallSpan {
@@ -52,8 +53,15 @@ impl CallSpan {
             outcome = Empty,
             latency_us = Empty
         );
-        let started = (!span.is_disabled()).then(Instant::now);
-        CallSpan(Some(Box::new(Traced { span, started })))
+        // Enabled for some target but not this one (`RUST_LOG=info,app=debug`):
+        // a disabled span records nothing, so keep none (no box per call).
+        if span.is_disabled() {
+            return CallSpan(None);
+        }
+        CallSpan(Some(Box::new(Traced {
+            span,
+            started: Instant::now(),
+        })))
     }
 
     /// The span, if the call has one.
@@ -66,11 +74,7 @@ impl CallSpan {
     /// attempt that reached one).
     #[inline]
     fn finish(&self, outcome: Result<(), Kind>, retries: usize) {
-        if let Some(Traced {
-            span,
-            started: Some(started),
-        }) = self.0.as_deref()
-        {
+        if let Some(Traced { span, started }) = self.0.as_deref() {
             span.record("attempt", retries + 1);
             span.record("outcome", outcome.err().map_or("ok", |k| k.as_str()));
             let latency = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
