@@ -10,8 +10,10 @@
 //! cost it between a quarter and nearly half of its throughput. [`Lanes`] keeps one
 //! handle per lane, each with a count of its own on a cache line of its own,
 //! and a thread clones the handle of its lane ([`Lanes::here`]). Threads are
-//! numbered as they first ask, so the workers of one runtime, which usually
-//! start together, take different lanes.
+//! numbered in the order they first take a handle, and there are twice as
+//! many lanes as processors, so the workers of a runtime mostly have lanes of
+//! their own; two that share one only contend as they did before (threads of
+//! a blocking pool also take numbers).
 //!
 //! [`Striped`] is the same idea for a counter that every request adds to (the
 //! retry budget's successes): one count per lane, summed when read.
