@@ -168,6 +168,7 @@ impl TagFormat {
     /// The tag that carries request number `id`.
     ///
     /// Numbers at or past [`id_space`](Self::id_space) are reduced modulo the space.
+    #[inline]
     pub fn encode_id(&self, id: u64) -> Tag {
         let width = self.width();
         let mut bytes = [0u8; MAX_TAG_LEN];
@@ -192,6 +193,7 @@ impl TagFormat {
 
     /// The request number a tag carries, or `None` when the tag is not of this
     /// format (wrong width, or a non-digit in an ASCII tag).
+    #[inline]
     pub fn decode_id(&self, tag: &Tag) -> Option<u64> {
         let bytes = tag.as_bytes();
         if bytes.len() != self.width() {

@@ -404,17 +404,9 @@ impl Connection {
         self.send(payload, deadline, unit)
     }
 
+    #[inline]
     fn oversize(&self, payload: &Bytes) -> Option<Error> {
-        (payload.len() > self.max_payload).then(|| {
-            Error::with_source(
-                Kind::InvalidRequest,
-                format!(
-                    "payload of {} bytes exceeds the maximum of {}",
-                    payload.len(),
-                    self.max_payload
-                ),
-            )
-        })
+        (payload.len() > self.max_payload).then(|| too_large(payload.len(), self.max_payload))
     }
 
     /// `call` for the pool's own requests (heartbeats), which its endpoint's
@@ -464,6 +456,15 @@ impl Connection {
             },
         }
     }
+}
+
+/// The error for a payload of `len` bytes over the connection's `max`.
+#[cold]
+fn too_large(len: usize, max: usize) -> Error {
+    Error::with_source(
+        Kind::InvalidRequest,
+        format!("payload of {len} bytes exceeds the maximum of {max}"),
+    )
 }
 
 /// The error for a request that reached the handle after the driver stopped.
