@@ -405,3 +405,19 @@ async fn without_retries_the_same_failure_is_not_sent() {
     assert_eq!(second.kind(), Kind::NotSent);
     assert!(second.is_unsent());
 }
+
+/// Through the limit layers an attempt fails with its error alone (the
+/// request does not come back with it): the call keeps its own copy, so the
+/// unsent request is still retried, and the written one still is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_not_sent_failure_is_retried_through_the_limit_layers() {
+    let limits: [fn(ClientBuilder) -> ClientBuilder; 2] = [
+        |client| client.concurrency_limit(Some(64)),
+        |client| client.rate_limit(1_000_000, Duration::from_secs(1)),
+    ];
+    for limit in limits {
+        let (first, second) = first_and_second(|client| limit(client.backoff(NO_BACKOFF))).await;
+        assert_eq!(first.kind(), Kind::ConnectionLost, "written: not resent");
+        assert_eq!(second.expect("retried on a new connection"), "second");
+    }
+}

@@ -483,3 +483,37 @@ impl Load for Connection {
         self.shared.in_flight()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use bytes::Bytes;
+    use tower::Service;
+
+    use super::Connection;
+    use crate::{Kind, client::ConnectionConfig};
+
+    /// A unit reserved before the connection retired, used after its driver
+    /// stopped: the queue refuses the request, which was never written, and
+    /// its failure gives the payload back (the client retries it from there,
+    /// keeping no copy of its own).
+    #[tokio::test]
+    async fn a_request_the_stopped_driver_never_took_comes_back_with_its_failure() {
+        let (io, _server) = tokio::io::duplex(4096);
+        let conn = Connection::new(io, ConnectionConfig::new());
+        let mut reserved = conn.clone();
+        poll_fn(|cx| reserved.poll_ready(cx))
+            .await
+            .expect("room in the window");
+        conn.retire("test");
+        conn.closed().await;
+        let mut future = reserved.call(Bytes::from(b"again".to_vec()));
+        let failure = poll_fn(|cx| future.poll_answer(cx))
+            .await
+            .expect_err("never written");
+        assert_eq!(failure.error.kind(), Kind::NotSent, "{:?}", failure.error);
+        assert!(failure.error.is_unsent());
+        assert_eq!(failure.request.as_deref(), Some(&b"again"[..]));
+    }
+}
