@@ -276,13 +276,12 @@ impl Future for CallFuture {
                 this.span.finish(Err(error.kind()), attempts);
                 return Poll::Ready(Err(error));
             };
-            if !this.shared.retry.allows(&error) {
-                this.span.finish(Err(error.kind()), attempts);
-                return Poll::Ready(Err(error));
-            }
-            // No retry once the call's deadline has passed.
+            // No retry once the call's deadline has passed (checked first: a
+            // retry that cannot happen spends no budget).
             let now = Instant::now();
-            if this.deadline.fix(|| now).is_some_and(|at| at <= now) {
+            if this.deadline.fix(|| now).is_some_and(|at| at <= now)
+                || !this.shared.retry.allows(&error)
+            {
                 this.span.finish(Err(error.kind()), attempts);
                 return Poll::Ready(Err(error));
             }
