@@ -189,6 +189,23 @@ impl Reader {
                         // more at once.
                         self.target = (self.target * 2).min(MAX_READ_BUFFER);
                     }
+                    if let Some(body) = self.input(scratch).get(width..width + len) {
+                        // The whole frame is at hand (the common case when
+                        // requests are pipelined): charge it, copy its
+                        // payload out and consume it in one step.
+                        if lease.poll_acquire(len as u64, cx).is_ready() {
+                            let tag = self.tag(body);
+                            let payload = Bytes::copy_from_slice(&body[self.tag_len..]);
+                            self.consume(scratch, width + len);
+                            return Poll::Ready(Ok(Some(Frame::new(tag, payload))));
+                        }
+                        self.consume(scratch, width);
+                        self.body_len = Some(len);
+                        self.granted = false;
+                        self.spill(scratch);
+                        self.shrink();
+                        return Poll::Pending;
+                    }
                     self.consume(scratch, width);
                     self.body_len = Some(len);
                     self.granted = false;
@@ -350,6 +367,10 @@ impl Reader {
     }
 
     fn tag(&self, body: &[u8]) -> Tag {
+        if let Some(&word) = body.first_chunk::<4>().filter(|_| self.tag_len == 4) {
+            // The default width, without a copy of unknown length.
+            return Tag::from_u32(u32::from_be_bytes(word));
+        }
         Tag::from_slice(&body[..self.tag_len]).expect("tag width is at most MAX_TAG_LEN")
     }
 
