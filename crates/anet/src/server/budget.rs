@@ -13,7 +13,9 @@
 //! and charges its unwritten response bytes until they reach the socket.
 //! Changes other than acquisitions are batched per wake-up of the connection
 //! ([`Lease::sync`]); the shared word is touched once per request to acquire and
-//! once per wake-up to release.
+//! once per wake-up to release. A request that fits in what its connection
+//! still has charged (room freed by answers since the last sync) while nobody
+//! waits takes that room again without touching the shared word.
 //!
 //! Fairness: a connection that holds nothing queues in `light`, which is served
 //! before `heavy` whenever room frees, so a well-behaved client waits for the
@@ -232,11 +234,24 @@ impl Lease {
     pub(crate) fn poll_acquire(&mut self, bytes: u64, cx: &mut Context<'_>) -> Poll<()> {
         if self.waiter.state.load(Ordering::SeqCst) == IDLE {
             // Only this connection moves its waiter out of `IDLE`: it stays so.
-            if self.budget().waiting.load(Ordering::SeqCst) == 0 && self.budget().try_acquire(bytes)
-            {
-                self.took(bytes);
-                self.end_throttle();
-                return Poll::Ready(());
+            if self.budget().waiting.load(Ordering::SeqCst) == 0 {
+                if self.requests < self.charged_requests
+                    && self.bytes() + bytes <= self.charged_bytes
+                {
+                    // Room freed by answers since the last sync is still
+                    // charged to this connection: with nobody waiting for
+                    // it, giving it back and taking it again would change
+                    // nothing but cost a CAS on the shared word.
+                    self.request_bytes += bytes;
+                    self.requests += 1;
+                    self.end_throttle();
+                    return Poll::Ready(());
+                }
+                if self.budget().try_acquire(bytes) {
+                    self.took(bytes);
+                    self.end_throttle();
+                    return Poll::Ready(());
+                }
             }
             // Give back what was freed first: the grant may be our own.
             self.sync();
@@ -423,6 +438,38 @@ mod tests {
         assert!(b.acquire(50).is_ready());
         assert_eq!(counters.budget.in_use(), (50, 1));
         assert!(counters.budget.throttled_nanos() > 0);
+    }
+
+    #[test]
+    fn room_answered_since_the_last_sync_is_taken_again_without_the_shared_word_unless_someone_waits()
+     {
+        let counters = counters(100, 100);
+        let (mut a, mut b) = (Conn::new(&counters), Conn::new(&counters));
+        assert!(a.acquire(40).is_ready());
+        a.lease.answered(40);
+        // Still charged (no sync yet): the next request of that size or less
+        // reuses the charge.
+        assert!(a.acquire(30).is_ready());
+        assert_eq!(counters.budget.in_use(), (40, 1));
+        a.lease.sync();
+        assert_eq!(counters.budget.in_use(), (30, 1), "the unused 10 go back");
+        // Larger than what is left charged: from the shared word.
+        a.lease.answered(30);
+        assert!(a.acquire(50).is_ready());
+        assert_eq!(counters.budget.in_use(), (80, 2));
+        a.lease.sync();
+        assert_eq!(counters.budget.in_use(), (50, 1));
+        // With a waiter, answered room is not kept back from it.
+        assert!(b.acquire(60).is_pending());
+        a.lease.answered(50);
+        assert!(a.acquire(50).is_pending(), "queued behind the waiter");
+        assert_eq!(b.woken(), 1, "the answered room went to the waiter");
+        assert!(b.acquire(60).is_ready());
+        assert_eq!(counters.budget.in_use(), (60, 1));
+        b.answer(60);
+        assert!(a.acquire(50).is_ready());
+        a.answer(50);
+        assert_eq!(counters.budget.in_use(), (0, 0));
     }
 
     #[test]
