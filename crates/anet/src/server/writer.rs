@@ -9,8 +9,8 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use anet_proto::{FrameCodec, FrameError, Tag};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use anet_proto::{FrameCodec, FrameError, MAX_TAG_LEN, Tag};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 
 /// Payloads over this many bytes are queued as they are rather than copied.
@@ -57,21 +57,38 @@ impl Writer {
         tag: &Tag,
         payload: Bytes,
     ) -> Result<(), FrameError> {
-        if payload.len() <= COPY_MAX {
-            return encoder.encode_parts(tag, &payload, &mut self.buf);
-        }
         let config = encoder.config();
-        let body = tag.len() + payload.len();
+        let tag_len = config.get_tag_format().width();
+        if tag.len() != tag_len {
+            // The encoder reports the tag width error.
+            return encoder.encode_parts(tag, &[], &mut BytesMut::new());
+        }
+        let body = tag_len + payload.len();
         let max = config.max_body();
         if body > max {
             return Err(FrameError::FrameTooLarge { len: body, max });
         }
-        if tag.len() != config.get_tag_format().width() {
-            // The encoder reports the tag width error.
-            return encoder.encode_parts(tag, &[], &mut BytesMut::new());
+        // The length field and the tag, written as one slice.
+        let mut head = [0; 8 + MAX_TAG_LEN];
+        let width = config.get_length_width();
+        match width {
+            // `body <= max`, and `max` fits the length field by construction.
+            2 => head[..2].copy_from_slice(&(body as u16).to_be_bytes()),
+            4 => head[..4].copy_from_slice(&(body as u32).to_be_bytes()),
+            _ => head[..width].copy_from_slice(&(body as u64).to_be_bytes()[8 - width..]),
         }
-        self.buf.put_uint(body as u64, config.get_length_width());
-        self.buf.put_slice(tag.as_bytes());
+        match tag.as_bytes().first_chunk::<4>() {
+            Some(word) if tag_len == 4 => head[width..width + 4].copy_from_slice(word),
+            _ => head[width..width + tag_len].copy_from_slice(tag.as_bytes()),
+        }
+        let head = &head[..width + tag_len];
+        if payload.len() <= COPY_MAX {
+            self.buf.reserve(head.len() + payload.len());
+            self.buf.extend_from_slice(head);
+            self.buf.extend_from_slice(&payload);
+            return Ok(());
+        }
+        self.buf.extend_from_slice(head);
         let staged = Bytes::copy_from_slice(&self.buf[self.written..]);
         self.buf.clear();
         self.written = 0;
