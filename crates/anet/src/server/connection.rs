@@ -371,7 +371,7 @@ where
 
     /// Writes a finished call's response, or applies the error policy.
     fn complete(&mut self, tag: Tag, charge: u64, outcome: Outcome<S::Error>, observed: Observed) {
-        let _entered = observed.span.enter();
+        let _entered = observed.enter();
         self.lease.answered(charge);
         let failed = match outcome {
             Outcome::Response(payload) => match self.writer.push(&self.encoder, &tag, payload) {
@@ -403,7 +403,7 @@ where
             }
         };
         if !failed {
-            observed.finish(&mut self.metrics, "ok");
+            observed.finish_ok(&mut self.metrics);
         }
         if failed && self.config.on_error == OnError::Close {
             self.closing = true;
