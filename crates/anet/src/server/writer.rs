@@ -18,6 +18,9 @@ const COPY_MAX: usize = 4 * 1024;
 /// Buffer capacity kept once everything is written; a larger buffer (grown by
 /// many responses) is freed, so idle connections hold little.
 const KEEP: usize = 16 * 1024;
+/// The most a freed buffer is allocated with again at once (see
+/// `Writer::last_flush`).
+const MAX_LAST_FLUSH: usize = 64 * 1024;
 /// Slices handed to one vectored write at most.
 const MAX_SLICES: usize = 16;
 
@@ -33,6 +36,10 @@ pub(crate) struct Writer {
     /// payloads.
     segments: VecDeque<Bytes>,
     segment_bytes: usize,
+    /// What the buffer held at its last flush: the room a freed buffer is
+    /// allocated with again, so that a burst like the last one grows it once
+    /// rather than doubling it from a frame's size (with a copy each time).
+    last_flush: usize,
 }
 
 impl Writer {
@@ -83,7 +90,11 @@ impl Writer {
         }
         let head = &head[..width + tag_len];
         if payload.len() <= COPY_MAX {
-            self.buf.reserve(head.len() + payload.len());
+            let need = head.len() + payload.len();
+            if self.buf.capacity() == 0 {
+                self.buf.reserve(need.max(self.last_flush));
+            }
+            self.buf.reserve(need);
             self.buf.extend_from_slice(head);
             self.buf.extend_from_slice(&payload);
             return Ok(());
@@ -128,6 +139,7 @@ impl Writer {
             }
             self.consume(n);
         }
+        self.last_flush = self.buf.len().min(MAX_LAST_FLUSH);
         self.buf.clear();
         self.written = 0;
         if self.buf.capacity() > KEEP {
@@ -151,6 +163,7 @@ impl Writer {
         self.buf = BytesMut::new();
         self.written = 0;
         self.segments = VecDeque::new();
+        self.last_flush = 0;
     }
 
     /// Drops `n` written bytes from the front.
