@@ -206,6 +206,9 @@ pub(crate) struct Lease {
     request_bytes: u64,
     write_bytes: u64,
     requests: u64,
+    /// The part of `charged_bytes` that covered the write buffer at the last
+    /// sync; the rest covers requests.
+    write_charged: u64,
     /// Since when this connection waits for the budget.
     throttled_since: Option<Instant>,
 }
@@ -220,6 +223,7 @@ impl Lease {
             request_bytes: 0,
             write_bytes: 0,
             requests: 0,
+            write_charged: 0,
             throttled_since: None,
         }
     }
@@ -236,12 +240,14 @@ impl Lease {
             // Only this connection moves its waiter out of `IDLE`: it stays so.
             if self.budget().waiting.load(Ordering::SeqCst) == 0 {
                 if self.requests < self.charged_requests
-                    && self.bytes() + bytes <= self.charged_bytes
+                    && self.request_bytes + bytes + self.write_charged <= self.charged_bytes
                 {
                     // Room freed by answers since the last sync is still
                     // charged to this connection: with nobody waiting for
                     // it, giving it back and taking it again would change
-                    // nothing but cost a CAS on the shared word.
+                    // nothing but cost a CAS on the shared word. (The write
+                    // buffer's growth since the last sync is charged at the
+                    // next, as always.)
                     self.request_bytes += bytes;
                     self.requests += 1;
                     self.end_throttle();
@@ -333,6 +339,7 @@ impl Lease {
             self.charged_requests = self.requests;
             self.budget().release(bytes, requests);
         }
+        self.write_charged = self.write_bytes;
     }
 }
 
@@ -469,6 +476,31 @@ mod tests {
         b.answer(60);
         assert!(a.acquire(50).is_ready());
         a.answer(50);
+        assert_eq!(counters.budget.in_use(), (0, 0));
+    }
+
+    #[test]
+    fn a_write_buffer_grown_since_the_last_sync_does_not_stop_the_reuse() {
+        let counters = counters(100, 100);
+        let mut a = Conn::new(&counters);
+        assert!(a.acquire(40).is_ready());
+        a.lease.answered(40);
+        a.lease.set_write_buffer(30);
+        assert!(a.acquire(40).is_ready());
+        assert_eq!(
+            counters.budget.in_use(),
+            (40, 1),
+            "the request's room reused"
+        );
+        a.lease.sync();
+        assert_eq!(
+            counters.budget.in_use(),
+            (70, 1),
+            "the write buffer charged"
+        );
+        a.lease.answered(40);
+        a.lease.set_write_buffer(0);
+        a.lease.sync();
         assert_eq!(counters.budget.in_use(), (0, 0));
     }
 
