@@ -101,6 +101,10 @@ pub(crate) struct Reader {
     /// Bytes received and not consumed yet; no allocation while released
     /// (empty, no capacity): reads then go into the caller's [`Scratch`].
     buf: BytesMut,
+    /// Bytes at the front of `buf` already consumed: frames are taken by
+    /// moving this cursor, and `buf` is advanced past them once, before it
+    /// is read into or resized (or cleared when all of it is consumed).
+    pos: usize,
     /// The body length of the frame being read, once its length field is
     /// consumed.
     body_len: Option<usize>,
@@ -121,6 +125,7 @@ impl Reader {
     pub(crate) fn new(frame: &FrameBuilder) -> Reader {
         Reader {
             buf: BytesMut::new(),
+            pos: 0,
             body_len: None,
             granted: false,
             body: None,
@@ -134,7 +139,7 @@ impl Reader {
 
     /// A frame has started arriving and is not complete.
     pub(crate) fn mid_frame(&self) -> bool {
-        !self.buf.is_empty() || self.body_len.is_some()
+        self.buf.len() > self.pos || self.body_len.is_some()
     }
 
     /// Holds bytes of a request (in the buffer or a length read).
@@ -263,7 +268,7 @@ impl Reader {
     /// buffer is then empty), else in the buffer.
     fn input<'s>(&'s self, scratch: &'s Scratch<'_>) -> &'s [u8] {
         if scratch.is_empty() {
-            &self.buf
+            &self.buf[self.pos..]
         } else {
             scratch.data()
         }
@@ -272,7 +277,11 @@ impl Reader {
     /// Consumes `n` bytes of [`input`](Self::input).
     fn consume(&mut self, scratch: &mut Scratch<'_>, n: usize) {
         if scratch.is_empty() {
-            self.buf.advance(n);
+            self.pos += n;
+            if self.pos == self.buf.len() {
+                self.buf.clear();
+                self.pos = 0;
+            }
         } else {
             scratch.start += n;
         }
@@ -284,6 +293,7 @@ impl Reader {
         if scratch.is_empty() {
             return;
         }
+        self.settle();
         let data = scratch.data();
         self.buf.reserve(self.target.max(data.len()));
         self.buf.extend_from_slice(data);
@@ -296,6 +306,7 @@ impl Reader {
     pub(crate) fn release(&mut self) {
         if self.buf.capacity() > 0 && !self.mid_frame() && self.body.is_none() {
             self.buf = BytesMut::new();
+            self.pos = 0;
             self.target = READ_BUFFER;
         }
     }
@@ -341,6 +352,7 @@ impl Reader {
         io: &mut T,
         cx: &mut Context<'_>,
     ) -> Poll<Result<usize, FrameError>> {
+        self.settle();
         if self.buf.capacity() - self.buf.len() < MIN_SPARE || self.buf.capacity() < self.target {
             // What is left is at most a length field or a small body: this
             // moves it to the front rather than growing the buffer (unless
@@ -357,12 +369,21 @@ impl Reader {
     /// or just the size of what it holds (received requests not charged yet)
     /// when that is more; never more than [`SHRINK_SLACK`] above that.
     fn shrink(&mut self) {
+        self.settle();
         self.target = READ_BUFFER;
         let size = self.buf.len().max(READ_BUFFER);
         if self.buf.capacity() > size + SHRINK_SLACK {
             let mut small = BytesMut::with_capacity(size);
             small.extend_from_slice(&self.buf);
             self.buf = small;
+        }
+    }
+
+    /// Drops the consumed bytes from the front of the buffer.
+    fn settle(&mut self) {
+        if self.pos > 0 {
+            self.buf.advance(self.pos);
+            self.pos = 0;
         }
     }
 
