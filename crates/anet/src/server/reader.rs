@@ -81,10 +81,12 @@ impl<'a> Scratch<'a> {
         }
     }
 
+    #[inline]
     fn data(&self) -> &[u8] {
         &self.buf.filled()[self.start..]
     }
 
+    #[inline]
     fn is_empty(&self) -> bool {
         self.start == self.buf.filled().len()
     }
@@ -200,7 +202,9 @@ impl Reader {
                         // payload out and consume it in one step.
                         if lease.poll_acquire(len as u64, cx).is_ready() {
                             let tag = self.tag(body);
-                            let payload = Bytes::copy_from_slice(&body[self.tag_len..]);
+                            // From a box: one allocation of the exact size
+                            // (what `copy_from_slice` does, with fewer steps).
+                            let payload = Bytes::from(Box::<[u8]>::from(&body[self.tag_len..]));
                             self.consume(scratch, width + len);
                             return Poll::Ready(Ok(Some(Frame::new(tag, payload))));
                         }
@@ -266,6 +270,7 @@ impl Reader {
 
     /// The bytes received and not consumed: in `scratch` if it holds any (the
     /// buffer is then empty), else in the buffer.
+    #[inline]
     fn input<'s>(&'s self, scratch: &'s Scratch<'_>) -> &'s [u8] {
         if scratch.is_empty() {
             &self.buf[self.pos..]
@@ -275,6 +280,7 @@ impl Reader {
     }
 
     /// Consumes `n` bytes of [`input`](Self::input).
+    #[inline]
     fn consume(&mut self, scratch: &mut Scratch<'_>, n: usize) {
         if scratch.is_empty() {
             self.pos += n;
@@ -387,6 +393,7 @@ impl Reader {
         }
     }
 
+    #[inline]
     fn tag(&self, body: &[u8]) -> Tag {
         if let Some(&word) = body.first_chunk::<4>().filter(|_| self.tag_len == 4) {
             // The default width, without a copy of unknown length.
