@@ -108,6 +108,7 @@ pin_project! {
 impl<F> Call<F> {
     /// Runs `call` for a request charged `charge` bytes, catching a panic of
     /// the call itself.
+    #[inline]
     pub(crate) fn start(
         tag: Tag,
         charge: u64,
@@ -137,6 +138,7 @@ where
 {
     type Output = (Tag, u64, Outcome<E>, Observed);
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let outcome = match this.state.project() {

@@ -137,6 +137,7 @@ impl<F: Future> CallSet<F> {
 
     /// Starts `call` in a free slot (a new one if none is free) and polls it
     /// once with the slot's waker: its output if it finished at once.
+    #[inline]
     pub(crate) fn push(&mut self, call: F) -> Option<F::Output> {
         let index = match self.free.pop() {
             Some(index) => index,
