@@ -235,24 +235,32 @@ impl Lease {
     /// Takes `bytes` and one request for a request about to be read. Pending
     /// (and woken by the release that grants it) while the budget is full.
     /// Call again with the same `bytes` until ready.
+    #[inline]
     pub(crate) fn poll_acquire(&mut self, bytes: u64, cx: &mut Context<'_>) -> Poll<()> {
+        // Room freed by answers since the last sync is still charged to this
+        // connection: with nobody waiting for it, giving it back and taking
+        // it again would change nothing but cost a CAS on the shared word.
+        // (The write buffer's growth since the last sync is charged at the
+        // next, as always.) Not while queued or granted (`IDLE` otherwise:
+        // not throttled).
+        if self.requests < self.charged_requests
+            && self.request_bytes + bytes + self.write_charged <= self.charged_bytes
+            && self.waiter.state.load(Ordering::SeqCst) == IDLE
+            && self.budget().waiting.load(Ordering::SeqCst) == 0
+        {
+            debug_assert!(self.throttled_since.is_none());
+            self.request_bytes += bytes;
+            self.requests += 1;
+            return Poll::Ready(());
+        }
+        self.poll_acquire_shared(bytes, cx)
+    }
+
+    /// [`poll_acquire`](Self::poll_acquire) from the shared word or the queue.
+    fn poll_acquire_shared(&mut self, bytes: u64, cx: &mut Context<'_>) -> Poll<()> {
         if self.waiter.state.load(Ordering::SeqCst) == IDLE {
             // Only this connection moves its waiter out of `IDLE`: it stays so.
             if self.budget().waiting.load(Ordering::SeqCst) == 0 {
-                if self.requests < self.charged_requests
-                    && self.request_bytes + bytes + self.write_charged <= self.charged_bytes
-                {
-                    // Room freed by answers since the last sync is still
-                    // charged to this connection: with nobody waiting for
-                    // it, giving it back and taking it again would change
-                    // nothing but cost a CAS on the shared word. (The write
-                    // buffer's growth since the last sync is charged at the
-                    // next, as always.)
-                    self.request_bytes += bytes;
-                    self.requests += 1;
-                    self.end_throttle();
-                    return Poll::Ready(());
-                }
                 if self.budget().try_acquire(bytes) {
                     self.took(bytes);
                     self.end_throttle();

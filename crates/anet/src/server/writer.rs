@@ -88,17 +88,22 @@ impl Writer {
             Some(word) if tag_len == 4 => head[width..width + 4].copy_from_slice(word),
             _ => head[width..width + tag_len].copy_from_slice(tag.as_bytes()),
         }
-        let head = &head[..width + tag_len];
+        let head_len = width + tag_len;
         if payload.len() <= COPY_MAX {
-            let need = head.len() + payload.len();
+            let need = head_len + payload.len();
             if self.buf.capacity() == 0 {
                 self.buf.reserve(need.max(self.last_flush));
             }
             self.buf.reserve(need);
-            self.buf.extend_from_slice(head);
+            match head.first_chunk::<6>() {
+                // The default widths (2 and 4): a copy of known size.
+                Some(six) if head_len == 6 => self.buf.extend_from_slice(six),
+                _ => self.buf.extend_from_slice(&head[..head_len]),
+            }
             self.buf.extend_from_slice(&payload);
             return Ok(());
         }
+        let head = &head[..head_len];
         self.buf.extend_from_slice(head);
         let staged = Bytes::copy_from_slice(&self.buf[self.written..]);
         self.buf.clear();
