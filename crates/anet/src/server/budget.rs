@@ -243,6 +243,17 @@ impl Lease {
         // (The write buffer's growth since the last sync is charged at the
         // next, as always.) Not while queued or granted (`IDLE` otherwise:
         // not throttled).
+        if self.try_reuse(bytes) {
+            return Poll::Ready(());
+        }
+        self.poll_acquire_shared(bytes, cx)
+    }
+
+    /// Takes `bytes` and one request out of room answered since the last
+    /// sync, if it holds that much and nobody waits: see
+    /// [`poll_acquire`](Self::poll_acquire), of which this is the first step.
+    #[inline]
+    pub(crate) fn try_reuse(&mut self, bytes: u64) -> bool {
         if self.requests < self.charged_requests
             && self.request_bytes + bytes + self.write_charged <= self.charged_bytes
             && self.waiter.state.load(Ordering::SeqCst) == IDLE
@@ -251,9 +262,9 @@ impl Lease {
             debug_assert!(self.throttled_since.is_none());
             self.request_bytes += bytes;
             self.requests += 1;
-            return Poll::Ready(());
+            return true;
         }
-        self.poll_acquire_shared(bytes, cx)
+        false
     }
 
     /// [`poll_acquire`](Self::poll_acquire) from the shared word or the queue.

@@ -162,7 +162,55 @@ impl Reader {
     /// [`spill`](Self::spill) before it returns.
     ///
     /// The frame's charge (its body length) is the caller's to give back.
+    #[inline]
     pub(crate) fn poll_frame<T: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut T,
+        lease: &mut Lease,
+        cx: &mut Context<'_>,
+        socket: bool,
+        scratch: &mut Scratch<'_>,
+    ) -> Poll<Result<Option<Frame>, FrameError>> {
+        if let Some(frame) = self.next_whole(lease, scratch) {
+            return Poll::Ready(Ok(Some(frame)));
+        }
+        self.poll_frame_at_length(io, lease, cx, socket, scratch)
+    }
+
+    /// The common case of [`poll_frame`](Self::poll_frame), kept small enough
+    /// to inline: a small frame whole in the input, charged with room this
+    /// connection still holds (see [`Lease::try_reuse`]). `None` leaves
+    /// everything as it was, for the general path.
+    #[inline]
+    fn next_whole(&mut self, lease: &mut Lease, scratch: &mut Scratch<'_>) -> Option<Frame> {
+        if self.body_len.is_some() {
+            return None;
+        }
+        let width = self.length_width;
+        let input = self.input(scratch);
+        let len = (&input.get(..width)?[..]).get_uint(width) as usize;
+        if len > DIRECT_BODY || len > self.max_body || len < self.tag_len {
+            // Large, or an error the general path reports.
+            return None;
+        }
+        let body = input.get(width..width + len)?;
+        if !lease.try_reuse(len as u64) {
+            return None;
+        }
+        let tag = self.tag(body);
+        // From a box: one allocation of the exact size (what
+        // `copy_from_slice` does, with fewer steps).
+        let payload = Bytes::from(Box::<[u8]>::from(&body[self.tag_len..]));
+        if std::mem::take(&mut self.filled) {
+            // A read filled the buffer with small frames: read more at once.
+            self.target = (self.target * 2).min(MAX_READ_BUFFER);
+        }
+        self.consume(scratch, width + len);
+        Some(Frame::new(tag, payload))
+    }
+
+    /// [`poll_frame`](Self::poll_frame) past its common case.
+    fn poll_frame_at_length<T: AsyncRead + Unpin>(
         &mut self,
         io: &mut T,
         lease: &mut Lease,
