@@ -58,6 +58,7 @@ impl Writer {
     }
 
     /// Queues one response frame.
+    #[inline]
     pub(crate) fn push(
         &mut self,
         encoder: &FrameCodec,
