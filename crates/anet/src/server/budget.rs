@@ -271,12 +271,11 @@ impl Lease {
     fn poll_acquire_shared(&mut self, bytes: u64, cx: &mut Context<'_>) -> Poll<()> {
         if self.waiter.state.load(Ordering::SeqCst) == IDLE {
             // Only this connection moves its waiter out of `IDLE`: it stays so.
-            if self.budget().waiting.load(Ordering::SeqCst) == 0 {
-                if self.budget().try_acquire(bytes) {
-                    self.took(bytes);
-                    self.end_throttle();
-                    return Poll::Ready(());
-                }
+            if self.budget().waiting.load(Ordering::SeqCst) == 0 && self.budget().try_acquire(bytes)
+            {
+                self.took(bytes);
+                self.end_throttle();
+                return Poll::Ready(());
             }
             // Give back what was freed first: the grant may be our own.
             self.sync();
