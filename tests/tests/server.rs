@@ -140,6 +140,38 @@ async fn an_oversize_length_closes_only_its_own_connection() {
     assert_eq!(good.recv(WAIT).await.expect("answer").payload, "still here");
 }
 
+/// Requests answered earlier in the same read leave room to reuse for the
+/// next frame's charge: that shortcut must still refuse a frame over the
+/// maximum (here 20 bytes against 16, after frames of 8 and 16 answered in
+/// the same read, which leave 24 bytes of room).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_frame_after_answered_ones_in_the_same_read_is_refused() {
+    let config = Server::builder().frame(anet_proto::FrameCodec::builder().max_frame_length(16));
+    let server = start_server(config, echo()).await;
+    let mut client = RawClient::connect(server.addr).await;
+    let mut bytes = Vec::new();
+    for (tag, payload) in [
+        (1u32, &b"four"[..]),
+        (2, b"twelve bytes"),
+        (3, b"sixteen bytes..!"),
+    ] {
+        bytes.extend_from_slice(&(4 + payload.len() as u16).to_be_bytes());
+        bytes.extend_from_slice(&tag.to_be_bytes());
+        bytes.extend_from_slice(payload);
+    }
+    client.send_raw(&bytes).await;
+    // The connection closes on the protocol error (the answers of the same
+    // read may or may not be flushed first); the oversize frame is never
+    // served.
+    while let Some(frame) = client.recv(WAIT).await {
+        assert_ne!(
+            frame.payload, "sixteen bytes..!",
+            "the oversize frame was served"
+        );
+    }
+    assert_eq!(server.stats.snapshot().protocol_errors, 1);
+}
+
 /// Sends `bytes` (the start of a frame) and stays silent: the server must close
 /// the connection on its 300 ms read timeout, not before.
 async fn assert_stalled_frame_closed(bytes: &[u8]) {

@@ -112,11 +112,26 @@ struct Args {
     #[arg(long, hide = true, value_name = "KIND")]
     idle_server: Option<String>,
     /// Instead of timed points: each client (`floor`, `anet-mux`, `anet-stack`) sends
-    /// this many requests to the raw server, with the first concurrency level,
-    /// then the program exits. For instruction counts: run it under callgrind
-    /// with two counts and divide the difference by the difference of counts.
+    /// this many requests to one server (`--server`, raw by default), with the
+    /// first concurrency level, then the program exits. For instruction counts:
+    /// run it under callgrind with two counts and divide the difference by the
+    /// difference of counts.
     #[arg(long, value_name = "N")]
     requests: Option<u64>,
+    /// The server `--requests` sends to: `raw` (bytes straight back) or `anet`
+    /// (the anet `Server` with an echo service). The difference between the
+    /// two, in instructions per request, is the anet server's cost.
+    #[arg(long, value_enum, default_value_t = ServerKind::Raw, requires = "requests")]
+    server: ServerKind,
+}
+
+/// The echo server `--requests` sends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ServerKind {
+    /// A plain TCP echo: whatever bytes arrive go straight back.
+    Raw,
+    /// The anet `Server` with an echo service.
+    Anet,
 }
 
 const CLIENTS: [&str; 11] = [
@@ -376,9 +391,13 @@ fn measure(
     })
 }
 
-/// `--requests N`: each chosen client sends `n` requests to the raw server.
+/// `--requests N`: each chosen client sends `n` requests to the server
+/// `--server` names.
 fn fixed_requests(args: &Args, n: u64) -> anyhow::Result<()> {
-    let addr = servers::raw();
+    let addr = match args.server {
+        ServerKind::Raw => servers::raw(),
+        ServerKind::Anet => servers::anet(),
+    };
     let concurrency = args.concurrency.first().copied().unwrap_or(256).max(1);
     let rt = runtime(args.threads);
     for client in &args.clients {
@@ -404,7 +423,11 @@ fn fixed_requests(args: &Args, n: u64) -> anyhow::Result<()> {
                 }
             }
         })?;
-        eprintln!("{client}: {n} requests sent");
+        let server = match args.server {
+            ServerKind::Raw => "raw",
+            ServerKind::Anet => "anet",
+        };
+        eprintln!("{client}: {n} requests sent to the {server} server");
     }
     Ok(())
 }

@@ -13,7 +13,9 @@
 //! and charges its unwritten response bytes until they reach the socket.
 //! Changes other than acquisitions are batched per wake-up of the connection
 //! ([`Lease::sync`]); the shared word is touched once per request to acquire and
-//! once per wake-up to release.
+//! once per wake-up to release. A request that fits in what its connection
+//! still has charged (room freed by answers since the last sync) while nobody
+//! waits takes that room again without touching the shared word.
 //!
 //! Fairness: a connection that holds nothing queues in `light`, which is served
 //! before `heavy` whenever room frees, so a well-behaved client waits for the
@@ -204,6 +206,9 @@ pub(crate) struct Lease {
     request_bytes: u64,
     write_bytes: u64,
     requests: u64,
+    /// The part of `charged_bytes` that covered the write buffer at the last
+    /// sync; the rest covers requests.
+    write_charged: u64,
     /// Since when this connection waits for the budget.
     throttled_since: Option<Instant>,
 }
@@ -218,6 +223,7 @@ impl Lease {
             request_bytes: 0,
             write_bytes: 0,
             requests: 0,
+            write_charged: 0,
             throttled_since: None,
         }
     }
@@ -229,7 +235,40 @@ impl Lease {
     /// Takes `bytes` and one request for a request about to be read. Pending
     /// (and woken by the release that grants it) while the budget is full.
     /// Call again with the same `bytes` until ready.
+    #[inline]
     pub(crate) fn poll_acquire(&mut self, bytes: u64, cx: &mut Context<'_>) -> Poll<()> {
+        // Room freed by answers since the last sync is still charged to this
+        // connection: with nobody waiting for it, giving it back and taking
+        // it again would change nothing but cost a CAS on the shared word.
+        // (The write buffer's growth since the last sync is charged at the
+        // next, as always.) Not while queued or granted (`IDLE` otherwise:
+        // not throttled).
+        if self.try_reuse(bytes) {
+            return Poll::Ready(());
+        }
+        self.poll_acquire_shared(bytes, cx)
+    }
+
+    /// Takes `bytes` and one request out of room answered since the last
+    /// sync, if it holds that much and nobody waits: see
+    /// [`poll_acquire`](Self::poll_acquire), of which this is the first step.
+    #[inline]
+    pub(crate) fn try_reuse(&mut self, bytes: u64) -> bool {
+        if self.requests < self.charged_requests
+            && self.request_bytes + bytes + self.write_charged <= self.charged_bytes
+            && self.waiter.state.load(Ordering::SeqCst) == IDLE
+            && self.budget().waiting.load(Ordering::SeqCst) == 0
+        {
+            debug_assert!(self.throttled_since.is_none());
+            self.request_bytes += bytes;
+            self.requests += 1;
+            return true;
+        }
+        false
+    }
+
+    /// [`poll_acquire`](Self::poll_acquire) from the shared word or the queue.
+    fn poll_acquire_shared(&mut self, bytes: u64, cx: &mut Context<'_>) -> Poll<()> {
         if self.waiter.state.load(Ordering::SeqCst) == IDLE {
             // Only this connection moves its waiter out of `IDLE`: it stays so.
             if self.budget().waiting.load(Ordering::SeqCst) == 0 && self.budget().try_acquire(bytes)
@@ -318,6 +357,7 @@ impl Lease {
             self.charged_requests = self.requests;
             self.budget().release(bytes, requests);
         }
+        self.write_charged = self.write_bytes;
     }
 }
 
@@ -423,6 +463,63 @@ mod tests {
         assert!(b.acquire(50).is_ready());
         assert_eq!(counters.budget.in_use(), (50, 1));
         assert!(counters.budget.throttled_nanos() > 0);
+    }
+
+    #[test]
+    fn room_answered_since_the_last_sync_is_taken_again_without_the_shared_word_unless_someone_waits()
+     {
+        let counters = counters(100, 100);
+        let (mut a, mut b) = (Conn::new(&counters), Conn::new(&counters));
+        assert!(a.acquire(40).is_ready());
+        a.lease.answered(40);
+        // Still charged (no sync yet): the next request of that size or less
+        // reuses the charge.
+        assert!(a.acquire(30).is_ready());
+        assert_eq!(counters.budget.in_use(), (40, 1));
+        a.lease.sync();
+        assert_eq!(counters.budget.in_use(), (30, 1), "the unused 10 go back");
+        // Larger than what is left charged: from the shared word.
+        a.lease.answered(30);
+        assert!(a.acquire(50).is_ready());
+        assert_eq!(counters.budget.in_use(), (80, 2));
+        a.lease.sync();
+        assert_eq!(counters.budget.in_use(), (50, 1));
+        // With a waiter, answered room is not kept back from it.
+        assert!(b.acquire(60).is_pending());
+        a.lease.answered(50);
+        assert!(a.acquire(50).is_pending(), "queued behind the waiter");
+        assert_eq!(b.woken(), 1, "the answered room went to the waiter");
+        assert!(b.acquire(60).is_ready());
+        assert_eq!(counters.budget.in_use(), (60, 1));
+        b.answer(60);
+        assert!(a.acquire(50).is_ready());
+        a.answer(50);
+        assert_eq!(counters.budget.in_use(), (0, 0));
+    }
+
+    #[test]
+    fn a_write_buffer_grown_since_the_last_sync_does_not_stop_the_reuse() {
+        let counters = counters(100, 100);
+        let mut a = Conn::new(&counters);
+        assert!(a.acquire(40).is_ready());
+        a.lease.answered(40);
+        a.lease.set_write_buffer(30);
+        assert!(a.acquire(40).is_ready());
+        assert_eq!(
+            counters.budget.in_use(),
+            (40, 1),
+            "the request's room reused"
+        );
+        a.lease.sync();
+        assert_eq!(
+            counters.budget.in_use(),
+            (70, 1),
+            "the write buffer charged"
+        );
+        a.lease.answered(40);
+        a.lease.set_write_buffer(0);
+        a.lease.sync();
+        assert_eq!(counters.budget.in_use(), (0, 0));
     }
 
     #[test]

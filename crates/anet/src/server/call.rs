@@ -27,7 +27,9 @@ pub(crate) enum Outcome<E> {
 /// metrics' start (feature `metrics`).
 #[derive(Debug)]
 pub(crate) struct Observed {
-    pub(crate) span: tracing::Span,
+    /// `None` below `DEBUG`; boxed, so that a call carries one word for it
+    /// (calls and their outputs are moved a few times per request).
+    span: Option<Box<tracing::Span>>,
     started: observe::Started,
 }
 
@@ -39,26 +41,43 @@ impl Observed {
         peer: Option<SocketAddr>,
     ) -> Observed {
         // Not built below DEBUG (see the client's call span).
-        let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
-            tracing::debug_span!(
+        let span = tracing::level_enabled!(tracing::Level::DEBUG).then(|| {
+            Box::new(tracing::debug_span!(
                 "anet.request",
                 peer = ?peer,
                 outcome = tracing::field::Empty
-            )
-        } else {
-            tracing::Span::none()
-        };
+            ))
+        });
         Observed {
             span,
             started: metrics.started(),
         }
     }
 
-    /// The request ended: `ok`, `error` or `panic`.
+    /// Enters the request's span, if it has one.
     #[inline]
+    pub(crate) fn enter(&self) -> Option<tracing::span::Entered<'_>> {
+        self.span.as_deref().map(tracing::Span::enter)
+    }
+
+    /// The request was answered.
+    #[inline]
+    pub(crate) fn finish_ok(&self, metrics: &mut observe::ServerMetrics) {
+        metrics.finished_ok(&self.started);
+        self.record("ok");
+    }
+
+    /// The request failed: `error` or `panic`.
     pub(crate) fn finish(&self, metrics: &mut observe::ServerMetrics, outcome: &'static str) {
         metrics.finished(&self.started, outcome);
-        self.span.record("outcome", outcome);
+        self.record(outcome);
+    }
+
+    #[inline]
+    fn record(&self, outcome: &'static str) {
+        if let Some(span) = &self.span {
+            span.record("outcome", outcome);
+        }
     }
 }
 
@@ -89,13 +108,14 @@ pin_project! {
 impl<F> Call<F> {
     /// Runs `call` for a request charged `charge` bytes, catching a panic of
     /// the call itself.
+    #[inline]
     pub(crate) fn start(
         tag: Tag,
         charge: u64,
         observed: Observed,
         call: impl FnOnce() -> F,
     ) -> Call<F> {
-        let entered = observed.span.enter();
+        let entered = observed.enter();
         let state = match catch_unwind(AssertUnwindSafe(call)) {
             Ok(future) => CallState::Running { future },
             Err(panic) => CallState::Panicked {
@@ -118,16 +138,16 @@ where
 {
     type Output = (Tag, u64, Outcome<E>, Observed);
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let outcome = match this.state.project() {
             CallStateProj::Running { future } => {
-                let span = &this
+                let _entered = this
                     .observed
                     .as_ref()
                     .expect("polled after completion")
-                    .span;
-                let _entered = span.enter();
+                    .enter();
                 match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
                     Ok(Poll::Pending) => return Poll::Pending,
                     Ok(Poll::Ready(Ok(bytes))) => Outcome::Response(bytes),

@@ -137,6 +137,7 @@ impl<F: Future> CallSet<F> {
 
     /// Starts `call` in a free slot (a new one if none is free) and polls it
     /// once with the slot's waker: its output if it finished at once.
+    #[inline]
     pub(crate) fn push(&mut self, call: F) -> Option<F::Output> {
         let index = match self.free.pop() {
             Some(index) => index,
@@ -145,7 +146,7 @@ impl<F: Future> CallSet<F> {
         self.len += 1;
         let slot = &mut self.slots[index];
         slot.call.as_mut().set(Some(call));
-        self.poll_slot(index)
+        self.poll_slot(index, true)
     }
 
     /// The next finished call's output; `Ready(None)` when none is in flight,
@@ -185,7 +186,7 @@ impl<F: Future> CallSet<F> {
             }
             let index = self.polling[self.next];
             self.next += 1;
-            if let Some(output) = self.poll_slot(index) {
+            if let Some(output) = self.poll_slot(index, false) {
                 return Poll::Ready(Some(output));
             }
         }
@@ -251,8 +252,9 @@ impl<F: Future> CallSet<F> {
     }
 
     /// Polls the call in slot `index` (if any: a late wake-up may name a
-    /// freed or dropped slot); frees the slot when it finished.
-    fn poll_slot(&mut self, index: usize) -> Option<F::Output> {
+    /// freed or dropped slot), `new` when [`push`](Self::push) just put it
+    /// there; frees the slot when it finished.
+    fn poll_slot(&mut self, index: usize, new: bool) -> Option<F::Output> {
         let slot = self.slots.get_mut(index)?;
         let call = slot.call.as_mut().as_pin_mut()?;
         // Cleared first: a wake-up during the poll queues the slot again. A
@@ -261,7 +263,14 @@ impl<F: Future> CallSet<F> {
         // about to look for). A plain store lets the call's first read pass
         // it (store-load reordering, x86 included) and miss an event whose
         // wake-up saw `queued` still set and queued nothing: a lost wake-up.
-        slot.state.queued.swap(false, Ordering::AcqRel);
+        //
+        // A new call's flag is usually clear (its slot's last call finished
+        // at its first poll): read first, it needs no store then, and any
+        // wake-up after that read swaps it from clear and queues the slot.
+        let queued = &slot.state.queued;
+        if !new || queued.load(Ordering::Acquire) {
+            queued.swap(false, Ordering::AcqRel);
+        }
         let output = match call.poll(&mut Context::from_waker(&slot.waker)) {
             Poll::Ready(output) => output,
             Poll::Pending => return None,

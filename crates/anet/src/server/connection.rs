@@ -64,6 +64,16 @@ impl Exit {
     }
 }
 
+/// Why a call ended without a response to write.
+enum Failure<E> {
+    /// The response does not fit a frame (too large).
+    Unframed(FrameError),
+    /// The service failed the request.
+    Service(E),
+    /// The handler panicked (the panic's message).
+    Panicked(String),
+}
+
 /// How the last pass of reading ended, for the read timeout.
 #[derive(Debug, Default)]
 struct Reading {
@@ -370,42 +380,50 @@ where
     }
 
     /// Writes a finished call's response, or applies the error policy.
+    #[inline]
     fn complete(&mut self, tag: Tag, charge: u64, outcome: Outcome<S::Error>, observed: Observed) {
-        let _entered = observed.span.enter();
+        let _entered = observed.enter();
         self.lease.answered(charge);
-        let failed = match outcome {
+        let failure = match outcome {
             Outcome::Response(payload) => match self.writer.push(&self.encoder, &tag, payload) {
                 Ok(()) => {
                     self.lease.set_write_buffer(self.writer.charge());
                     self.dirty = true;
                     self.unpublished.responses += 1;
-                    false
+                    observed.finish_ok(&mut self.metrics);
+                    return;
                 }
-                Err(e) => {
-                    Counters::add(&self.counters.service_errors, 1);
-                    tracing::warn!(peer = ?self.peer, ?tag, error = %e, "response cannot be framed; dropped");
-                    observed.finish(&mut self.metrics, "error");
-                    true
-                }
+                Err(e) => Failure::Unframed(e),
             },
-            Outcome::Failed(e) => {
+            Outcome::Failed(e) => Failure::Service(e),
+            Outcome::Panicked(message) => Failure::Panicked(message),
+        };
+        self.fail(tag, failure, &observed);
+    }
+
+    /// A call that ended without a response to write: counts and logs it
+    /// (inside its span, entered by the caller) and applies the error policy.
+    #[cold]
+    fn fail(&mut self, tag: Tag, failure: Failure<S::Error>, observed: &Observed) {
+        match failure {
+            Failure::Unframed(e) => {
+                Counters::add(&self.counters.service_errors, 1);
+                tracing::warn!(peer = ?self.peer, ?tag, error = %e, "response cannot be framed; dropped");
+                observed.finish(&mut self.metrics, "error");
+            }
+            Failure::Service(e) => {
                 Counters::add(&self.counters.service_errors, 1);
                 let e: BoxError = e.into();
                 tracing::warn!(peer = ?self.peer, ?tag, error = %e, "service failed a request");
                 observed.finish(&mut self.metrics, "error");
-                true
             }
-            Outcome::Panicked(message) => {
+            Failure::Panicked(message) => {
                 Counters::add(&self.counters.panics, 1);
                 tracing::error!(peer = ?self.peer, ?tag, panic = %message, "request handler panicked");
                 observed.finish(&mut self.metrics, "panic");
-                true
             }
-        };
-        if !failed {
-            observed.finish(&mut self.metrics, "ok");
         }
-        if failed && self.config.on_error == OnError::Close {
+        if self.config.on_error == OnError::Close {
             self.closing = true;
             // Requests still being served are dropped with the connection.
             self.calls.clear();

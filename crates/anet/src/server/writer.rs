@@ -9,8 +9,8 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use anet_proto::{FrameCodec, FrameError, Tag};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use anet_proto::{FrameCodec, FrameError, MAX_TAG_LEN, Tag};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 
 /// Payloads over this many bytes are queued as they are rather than copied.
@@ -18,6 +18,9 @@ const COPY_MAX: usize = 4 * 1024;
 /// Buffer capacity kept once everything is written; a larger buffer (grown by
 /// many responses) is freed, so idle connections hold little.
 const KEEP: usize = 16 * 1024;
+/// The most a freed buffer is allocated with again at once (see
+/// `Writer::last_flush`).
+const MAX_LAST_FLUSH: usize = 64 * 1024;
 /// Slices handed to one vectored write at most.
 const MAX_SLICES: usize = 16;
 
@@ -33,6 +36,10 @@ pub(crate) struct Writer {
     /// payloads.
     segments: VecDeque<Bytes>,
     segment_bytes: usize,
+    /// What the buffer held at its last flush: the room a freed buffer is
+    /// allocated with again, so that a burst like the last one grows it once
+    /// rather than doubling it from a frame's size (with a copy each time).
+    last_flush: usize,
 }
 
 impl Writer {
@@ -51,27 +58,54 @@ impl Writer {
     }
 
     /// Queues one response frame.
+    #[inline]
     pub(crate) fn push(
         &mut self,
         encoder: &FrameCodec,
         tag: &Tag,
         payload: Bytes,
     ) -> Result<(), FrameError> {
-        if payload.len() <= COPY_MAX {
-            return encoder.encode_parts(tag, &payload, &mut self.buf);
-        }
         let config = encoder.config();
-        let body = tag.len() + payload.len();
+        let tag_len = config.get_tag_format().width();
+        if tag.len() != tag_len {
+            // The encoder reports the tag width error.
+            return encoder.encode_parts(tag, &[], &mut BytesMut::new());
+        }
+        let body = tag_len + payload.len();
         let max = config.max_body();
         if body > max {
             return Err(FrameError::FrameTooLarge { len: body, max });
         }
-        if tag.len() != config.get_tag_format().width() {
-            // The encoder reports the tag width error.
-            return encoder.encode_parts(tag, &[], &mut BytesMut::new());
+        // The length field and the tag, written as one slice.
+        let mut head = [0; 8 + MAX_TAG_LEN];
+        let width = config.get_length_width();
+        match width {
+            // `body <= max`, and `max` fits the length field by construction.
+            2 => head[..2].copy_from_slice(&(body as u16).to_be_bytes()),
+            4 => head[..4].copy_from_slice(&(body as u32).to_be_bytes()),
+            _ => head[..width].copy_from_slice(&(body as u64).to_be_bytes()[8 - width..]),
         }
-        self.buf.put_uint(body as u64, config.get_length_width());
-        self.buf.put_slice(tag.as_bytes());
+        match tag.as_bytes().first_chunk::<4>() {
+            Some(word) if tag_len == 4 => head[width..width + 4].copy_from_slice(word),
+            _ => head[width..width + tag_len].copy_from_slice(tag.as_bytes()),
+        }
+        let head_len = width + tag_len;
+        if payload.len() <= COPY_MAX {
+            let need = head_len + payload.len();
+            if self.buf.capacity() == 0 {
+                self.buf.reserve(need.max(self.last_flush));
+            }
+            self.buf.reserve(need);
+            match head.first_chunk::<6>() {
+                // The default widths (2 and 4): a copy of known size.
+                Some(six) if head_len == 6 => self.buf.extend_from_slice(six),
+                _ => self.buf.extend_from_slice(&head[..head_len]),
+            }
+            self.buf.extend_from_slice(&payload);
+            return Ok(());
+        }
+        let head = &head[..head_len];
+        self.buf.extend_from_slice(head);
         let staged = Bytes::copy_from_slice(&self.buf[self.written..]);
         self.buf.clear();
         self.written = 0;
@@ -111,6 +145,7 @@ impl Writer {
             }
             self.consume(n);
         }
+        self.last_flush = self.buf.len().min(MAX_LAST_FLUSH);
         self.buf.clear();
         self.written = 0;
         if self.buf.capacity() > KEEP {
@@ -134,6 +169,7 @@ impl Writer {
         self.buf = BytesMut::new();
         self.written = 0;
         self.segments = VecDeque::new();
+        self.last_flush = 0;
     }
 
     /// Drops `n` written bytes from the front.
