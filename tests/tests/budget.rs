@@ -236,3 +236,83 @@ async fn a_held_payload_keeps_only_its_own_bytes_alive() {
         );
     }
 }
+
+/// A client that pipelines requests and reads no answer: the answers pile up
+/// in its connection's write buffer (payloads over 4 KiB: charged until
+/// written), and once the kernel's socket buffers are full the server holds
+/// them. Room freed by an answer must cover that answer's bytes, not be taken
+/// again by the next request: the budget in use stays within its limit (plus
+/// the one response over its request's charge), not up to the 256 KiB a
+/// connection may buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_a_client_does_not_read_stay_within_the_budget() {
+    const BUDGET: u64 = 16 * 1024;
+    const PAYLOAD: usize = 5000;
+    const FRAMES: u32 = 2000;
+    let socket = small_buffered_socket();
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(16).expect("listen");
+    let server = Server::builder()
+        .frame(anet_proto::Builder::new().max_frame_length(8 * 1024))
+        .max_in_flight_bytes(BUDGET as usize)
+        .listener(listener)
+        .expect("server");
+    let addr = server.local_addr();
+    let stats = server.stats();
+    let serving = tokio::spawn(server.serve(anet_tests::echo()));
+    let mut stream = small_buffered_socket()
+        .connect(addr)
+        .await
+        .expect("connect");
+    let frame = encode(&Tag::from_u32(7), &[0x42; PAYLOAD]);
+    let writing = tokio::spawn(async move {
+        for _ in 0..FRAMES {
+            if stream.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        // Keeps the connection open, reading nothing.
+        std::future::pending::<()>().await;
+    });
+    // Until the server stops reading (its socket's buffers full both ways).
+    let mut peak = 0;
+    let mut last = (u64::MAX, Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && last.1.elapsed() < Duration::from_millis(500) {
+        let s = stats.snapshot();
+        peak = peak.max(s.budget_bytes_in_use);
+        if s.requests != last.0 {
+            last = (s.requests, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let s = stats.snapshot();
+    println!("budget in use at most {peak} B, now {s:?}");
+    assert!(
+        s.requests < u64::from(FRAMES),
+        "the server stopped reading: {s:?}"
+    );
+    let bound = BUDGET + PAYLOAD as u64 + 16;
+    assert!(
+        s.budget_bytes_in_use <= bound,
+        "{} B held with a budget of {BUDGET}: {s:?}",
+        s.budget_bytes_in_use
+    );
+    assert!(
+        peak <= bound,
+        "{peak} B held at most with a budget of {BUDGET}"
+    );
+    writing.abort();
+    serving.abort();
+}
+
+/// A TCP socket with 64 KiB kernel buffers (so that a client reading nothing
+/// soon leaves the server holding its answers).
+fn small_buffered_socket() -> tokio::net::TcpSocket {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+    socket.set_send_buffer_size(64 * 1024).expect("SO_SNDBUF");
+    socket
+}

@@ -11,6 +11,7 @@ use std::{
 };
 
 use anet::server::{Builder, OnError, Request, Server};
+use anet_proto::Tag;
 use anet_tests::{Handler, RawClient, Rng, echo, start_server};
 use bytes::Bytes;
 use tower::service_fn;
@@ -602,4 +603,51 @@ async fn shutdown_finishes_within_its_grace_while_the_make_service_is_never_read
         "{:?}",
         started.elapsed()
     );
+}
+
+/// Default widths (2-byte length, 4-byte binary tag): frames of every size
+/// around the reader's thresholds (empty payloads, 1 KiB direct bodies, the
+/// 4 KiB scratch and buffer), back to back and written in irregular chunks,
+/// so that reads end anywhere: several whole frames and a partial one in one
+/// read, frames taken by the cursor from the read buffer after a partial one
+/// was kept. Each answer carries its own tag and payload, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_of_every_size_written_in_irregular_chunks_are_each_answered_once() {
+    let sizes = [
+        0usize, 1, 2, 3, 100, 1015, 1016, 1017, 1020, 1021, 4090, 4092, 4096, 5000, 0, 20_000, 7,
+        65_531, 0, 12,
+    ];
+    let chunks = [1usize, 2, 3, 5, 700, 4095, 4097, 13, 6, 1021, 9000];
+    for rotation in 0..3 {
+        let server = start_server(Server::builder(), echo()).await;
+        let mut client = RawClient::connect(server.addr).await;
+        let mut stream = Vec::new();
+        let mut expected = Vec::new();
+        for (i, size) in sizes.iter().enumerate() {
+            let tag = (rotation << 16 | i) as u32;
+            let payload: Vec<u8> = (0..*size).map(|j| (j * 13 + i) as u8).collect();
+            stream.extend_from_slice(&anet_tests::encode(&Tag::from_u32(tag), &payload));
+            expected.push((tag, payload));
+        }
+        let mut at = 0;
+        for chunk in chunks.iter().cycle().skip(rotation) {
+            let end = (at + chunk).min(stream.len());
+            client.send_raw(&stream[at..end]).await;
+            at = end;
+            if at == stream.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut answered = Vec::new();
+        for _ in 0..sizes.len() {
+            let frame = client.recv(WAIT).await.expect("answer");
+            let tag = u32::from_be_bytes(frame.tag.as_bytes().try_into().expect("4-byte tag"));
+            answered.push((tag, frame.payload.to_vec()));
+        }
+        answered.sort();
+        assert_eq!(answered, expected, "rotation {rotation}");
+        let stats = server.stats.snapshot();
+        assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    }
 }

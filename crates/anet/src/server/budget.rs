@@ -206,9 +206,6 @@ pub(crate) struct Lease {
     request_bytes: u64,
     write_bytes: u64,
     requests: u64,
-    /// The part of `charged_bytes` that covered the write buffer at the last
-    /// sync; the rest covers requests.
-    write_charged: u64,
     /// Since when this connection waits for the budget.
     throttled_since: Option<Instant>,
 }
@@ -223,7 +220,6 @@ impl Lease {
             request_bytes: 0,
             write_bytes: 0,
             requests: 0,
-            write_charged: 0,
             throttled_since: None,
         }
     }
@@ -240,9 +236,11 @@ impl Lease {
         // Room freed by answers since the last sync is still charged to this
         // connection: with nobody waiting for it, giving it back and taking
         // it again would change nothing but cost a CAS on the shared word.
-        // (The write buffer's growth since the last sync is charged at the
-        // next, as always.) Not while queued or granted (`IDLE` otherwise:
-        // not throttled).
+        // Only room the write buffer has not taken since: an answer's bytes
+        // move from its request to the write buffer, and room reused while
+        // they sit there uncharged would let a connection hold its whole
+        // write buffer (256 KiB) beyond the budget. Not while queued or
+        // granted (`IDLE` otherwise: not throttled).
         if self.try_reuse(bytes) {
             return Poll::Ready(());
         }
@@ -250,12 +248,13 @@ impl Lease {
     }
 
     /// Takes `bytes` and one request out of room answered since the last
-    /// sync, if it holds that much and nobody waits: see
+    /// sync and not taken by the write buffer, if it holds that much and
+    /// nobody waits: see
     /// [`poll_acquire`](Self::poll_acquire), of which this is the first step.
     #[inline]
     pub(crate) fn try_reuse(&mut self, bytes: u64) -> bool {
         if self.requests < self.charged_requests
-            && self.request_bytes + bytes + self.write_charged <= self.charged_bytes
+            && self.bytes() + bytes <= self.charged_bytes
             && self.waiter.state.load(Ordering::SeqCst) == IDLE
             && self.budget().waiting.load(Ordering::SeqCst) == 0
         {
@@ -357,7 +356,6 @@ impl Lease {
             self.charged_requests = self.requests;
             self.budget().release(bytes, requests);
         }
-        self.write_charged = self.write_bytes;
     }
 }
 
@@ -498,24 +496,27 @@ mod tests {
     }
 
     #[test]
-    fn a_write_buffer_grown_since_the_last_sync_does_not_stop_the_reuse() {
+    fn room_the_write_buffer_took_since_the_last_sync_is_not_reused() {
         let counters = counters(100, 100);
         let mut a = Conn::new(&counters);
         assert!(a.acquire(40).is_ready());
         a.lease.answered(40);
         a.lease.set_write_buffer(30);
+        // 10 of the 40 answered are free: not enough, from the shared word.
         assert!(a.acquire(40).is_ready());
-        assert_eq!(
-            counters.budget.in_use(),
-            (40, 1),
-            "the request's room reused"
-        );
+        assert_eq!(counters.budget.in_use(), (80, 2), "taken from the word");
         a.lease.sync();
         assert_eq!(
             counters.budget.in_use(),
             (70, 1),
             "the write buffer charged"
         );
+        a.lease.answered(40);
+        a.lease.set_write_buffer(30);
+        assert!(a.acquire(40).is_ready(), "40 free of 70 charged: reused");
+        assert_eq!(counters.budget.in_use(), (70, 1));
+        a.lease.sync();
+        assert_eq!(counters.budget.in_use(), (70, 1));
         a.lease.answered(40);
         a.lease.set_write_buffer(0);
         a.lease.sync();
