@@ -266,6 +266,27 @@ impl Lease {
         false
     }
 
+    /// Takes `bytes` and one request now if that needs no wait: room answered
+    /// since the last sync ([`try_reuse`](Self::try_reuse)), or else the
+    /// shared word while nobody waits (the first step of the shared path).
+    /// False leaves everything as it was, for [`poll_acquire`](Self::poll_acquire).
+    #[inline]
+    pub(crate) fn try_take(&mut self, bytes: u64) -> bool {
+        if self.try_reuse(bytes) {
+            return true;
+        }
+        // Only this connection moves its waiter out of `IDLE`.
+        if self.waiter.state.load(Ordering::SeqCst) == IDLE
+            && self.budget().waiting.load(Ordering::SeqCst) == 0
+            && self.budget().try_acquire(bytes)
+        {
+            self.took(bytes);
+            self.end_throttle();
+            return true;
+        }
+        false
+    }
+
     /// [`poll_acquire`](Self::poll_acquire) from the shared word or the queue.
     fn poll_acquire_shared(&mut self, bytes: u64, cx: &mut Context<'_>) -> Poll<()> {
         if self.waiter.state.load(Ordering::SeqCst) == IDLE {

@@ -178,9 +178,9 @@ impl Reader {
     }
 
     /// The common case of [`poll_frame`](Self::poll_frame), kept small enough
-    /// to inline: a small frame whole in the input, charged with room this
-    /// connection still holds (see [`Lease::try_reuse`]). `None` leaves
-    /// everything as it was, for the general path.
+    /// to inline: a small frame whole in the input, charged without a wait
+    /// (see [`Lease::try_take`]). `None` leaves everything as it was, for the
+    /// general path.
     #[inline]
     fn next_whole(&mut self, lease: &mut Lease, scratch: &mut Scratch<'_>) -> Option<Frame> {
         if self.body_len.is_some() {
@@ -194,7 +194,7 @@ impl Reader {
             return None;
         }
         let body = input.get(width..width + len)?;
-        if !lease.try_reuse(len as u64) {
+        if !lease.try_take(len as u64) {
             return None;
         }
         let tag = self.tag(body);
