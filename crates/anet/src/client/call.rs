@@ -15,6 +15,7 @@ use tower::Service;
 
 use super::{
     client::{Shared, Stack},
+    connection::Failure,
     deadline::{self, Deadline},
     future::BalanceFuture,
     lanes::{Lane, Lanes},
@@ -250,11 +251,16 @@ impl Future for CallFuture {
                 AttemptProj::Direct { future } => match ready!(future.poll_answer(cx)) {
                     Ok(response) => Ok(response),
                     Err(failure) => {
-                        if let Some(at) = failure.deadline {
+                        let Failure {
+                            error,
+                            deadline,
+                            request,
+                        } = *failure;
+                        if let Some(at) = deadline {
                             *this.deadline = Deadline::At(at);
                         }
-                        given_back = failure.request;
-                        Err(failure.error)
+                        given_back = request;
+                        Err(error)
                     }
                 },
                 AttemptProj::Layered { layered } => ready!(layered.as_mut().poll_attempt(cx)),

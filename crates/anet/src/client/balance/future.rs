@@ -132,7 +132,7 @@ impl BalanceFuture {
     pub(crate) fn poll_answer(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<Bytes, Failure>> {
+    ) -> Poll<Result<Bytes, Box<Failure>>> {
         let mut this = self.project();
         loop {
             // An unsent request's payload, given back with its failure.
@@ -168,11 +168,11 @@ impl BalanceFuture {
                 StateProj::Failed { error } => error.take().expect("polled after completion"),
             };
             observe::unrouted(error.kind());
-            return Poll::Ready(Err(Failure {
+            return Poll::Ready(Err(Box::new(Failure {
                 error,
                 deadline: this.deadline.instant(),
                 request,
-            }));
+            })));
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::{
     future::Future,
     pin::Pin,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
 };
 
 use bytes::Bytes;
@@ -61,14 +61,19 @@ impl ConnectionFuture {
         }
     }
 
-    /// Like `poll`, with the deadline the driver ran a failed request under.
+    /// Like `poll`, with the deadline the driver ran a failed request under
+    /// (and the request, if it was never written). The failure stays boxed:
+    /// the answer that callers pass up stays two words and a tag.
     #[inline]
-    pub(crate) fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, Failure>> {
+    pub(crate) fn poll_answer(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Bytes, Box<Failure>>> {
         match &mut self.state {
             // A request the driver drops unanswered (its task aborted) is
             // answered `ConnectionLost` by its reply's drop.
-            State::Waiting(claim) => Poll::Ready(ready!(claim.poll_answer(cx)).map_err(|f| *f)),
-            State::Failed(failure) => Poll::Ready(Err(*failure
+            State::Waiting(claim) => claim.poll_answer(cx),
+            State::Failed(failure) => Poll::Ready(Err(failure
                 .take()
                 .expect("ConnectionFuture polled after completion"))),
         }
