@@ -98,6 +98,12 @@ fn connection_path_allocates_nothing_per_request() {
 /// Allocations per request through a client built by `builder` (plus the
 /// endpoint), on a current-thread runtime.
 fn client_allocations(builder: ClientBuilder, callers: usize) -> f64 {
+    client_allocations_of(builder, callers, || Bytes::from_static(PAYLOAD))
+}
+
+/// [`client_allocations`] with each request made by `request` (its own
+/// allocations counted too).
+fn client_allocations_of(builder: ClientBuilder, callers: usize, request: fn() -> Bytes) -> f64 {
     let addr = raw_echo_on_own_thread();
     let rt = current_thread();
     let client = rt.block_on(async {
@@ -108,11 +114,8 @@ fn client_allocations(builder: ClientBuilder, callers: usize) -> f64 {
             .expect("connected");
         client
     });
-    allocations_per_request(&rt, client, callers, |client| async move {
-        let response = client
-            .call(Bytes::from_static(PAYLOAD))
-            .await
-            .expect("response");
+    allocations_per_request(&rt, client, callers, move |client| async move {
+        let response = client.call(request()).await.expect("response");
         assert_eq!(response.len(), PAYLOAD.len());
         client
     })
@@ -133,23 +136,8 @@ fn default_client_stack_allocates_nothing_per_request() {
 /// keeps a copy.
 #[test]
 fn default_client_stack_adds_nothing_to_a_request_built_from_a_vec() {
-    let addr = raw_echo_on_own_thread();
-    let rt = current_thread();
-    let client = rt.block_on(async {
-        let client = Client::builder().endpoint(addr).build();
-        client
-            .call(Bytes::from_static(b"warm"))
-            .await
-            .expect("connected");
-        client
-    });
-    let per_request = allocations_per_request(&rt, client, CONCURRENCY, |client| async move {
-        let response = client
-            .call(Bytes::from(PAYLOAD.to_vec()))
-            .await
-            .expect("response");
-        assert_eq!(response.len(), PAYLOAD.len());
-        client
+    let per_request = client_allocations_of(Client::builder(), CONCURRENCY, || {
+        Bytes::from(PAYLOAD.to_vec())
     });
     // One is the caller's `Vec`.
     assert_within_budget("default stack, request from a Vec", per_request, 1.05);
