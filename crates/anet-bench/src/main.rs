@@ -332,11 +332,7 @@ fn measure(
                 .await
             }
             "anet-mux" => {
-                let conn = Connector::new()
-                    .connection_config(ConnectionConfig::new().max_in_flight(1024))
-                    .connect(addr)
-                    .await?;
-                run_callers(conn, concurrency, args.size, warmup, duration).await
+                run_callers(mux(addr).await?, concurrency, args.size, warmup, duration).await
             }
             "anet-balancer" | "anet-buffer" | "anet-timeout" => {
                 let client = Client::builder().endpoint(addr).build();
@@ -365,9 +361,7 @@ fn measure(
                 run_callers(shared, concurrency, args.size, warmup, duration).await
             }
             "anet-stack" | "anet-stack-info" => {
-                let client = Client::builder().endpoint(addr).build();
-                client.call(Bytes::from_static(b"warm")).await?;
-                run_callers(client, concurrency, args.size, warmup, duration).await
+                run_callers(stack(addr).await?, concurrency, args.size, warmup, duration).await
             }
             "tokio-tower" => {
                 let peer = tokio_tower_peer::TokioTower::connect(addr).await;
@@ -406,18 +400,8 @@ fn fixed_requests(args: &Args, n: u64) -> anyhow::Result<()> {
                 "floor" => {
                     send_n(floor::Floor::connect(addr).await, concurrency, args.size, n).await
                 }
-                "anet-mux" => {
-                    let conn = Connector::new()
-                        .connection_config(ConnectionConfig::new().max_in_flight(1024))
-                        .connect(addr)
-                        .await?;
-                    send_n(conn, concurrency, args.size, n).await
-                }
-                "anet-stack" => {
-                    let client = Client::builder().endpoint(addr).build();
-                    client.call(Bytes::from_static(b"warm")).await?;
-                    send_n(client, concurrency, args.size, n).await
-                }
+                "anet-mux" => send_n(mux(addr).await?, concurrency, args.size, n).await,
+                "anet-stack" => send_n(stack(addr).await?, concurrency, args.size, n).await,
                 other => {
                     anyhow::bail!("--requests runs floor, anet-mux or anet-stack, not {other}")
                 }
@@ -430,6 +414,22 @@ fn fixed_requests(args: &Args, n: u64) -> anyhow::Result<()> {
         eprintln!("{client}: {n} requests sent to the {server} server");
     }
     Ok(())
+}
+
+/// The `anet-mux` client: one connection, room for 1024 requests in flight.
+async fn mux(addr: SocketAddr) -> anyhow::Result<anet::client::Connection> {
+    Ok(Connector::new()
+        .connection_config(ConnectionConfig::new().max_in_flight(1024))
+        .connect(addr)
+        .await?)
+}
+
+/// The `anet-stack` client: `Client::builder()` with defaults, connected (one
+/// request answered) before the clock starts.
+async fn stack(addr: SocketAddr) -> anyhow::Result<Client> {
+    let client = Client::builder().endpoint(addr).build();
+    client.call(Bytes::from_static(b"warm")).await?;
+    Ok(client)
 }
 
 /// `concurrency` callers send `n` requests in all.

@@ -190,7 +190,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_thread_keeps_its_lane_and_threads_spread_over_lanes() {
+    fn a_thread_keeps_its_lane_and_other_threads_take_others() {
         let lanes = Lanes::new(7u32);
         let mine = lanes.here();
         assert!(

@@ -198,9 +198,7 @@ impl Reader {
             return None;
         }
         let tag = self.tag(body);
-        // From a box: one allocation of the exact size (what
-        // `copy_from_slice` does, with fewer steps).
-        let payload = Bytes::from(Box::<[u8]>::from(&body[self.tag_len..]));
+        let payload = self.payload(body);
         if std::mem::take(&mut self.filled) {
             // A read filled the buffer with small frames: read more at once.
             self.target = (self.target * 2).min(MAX_READ_BUFFER);
@@ -244,25 +242,6 @@ impl Reader {
                         // more at once.
                         self.target = (self.target * 2).min(MAX_READ_BUFFER);
                     }
-                    if let Some(body) = self.input(scratch).get(width..width + len) {
-                        // The whole frame is at hand (the common case when
-                        // requests are pipelined): charge it, copy its
-                        // payload out and consume it in one step.
-                        if lease.poll_acquire(len as u64, cx).is_ready() {
-                            let tag = self.tag(body);
-                            // From a box: one allocation of the exact size
-                            // (what `copy_from_slice` does, with fewer steps).
-                            let payload = Bytes::from(Box::<[u8]>::from(&body[self.tag_len..]));
-                            self.consume(scratch, width + len);
-                            return Poll::Ready(Ok(Some(Frame::new(tag, payload))));
-                        }
-                        self.consume(scratch, width);
-                        self.body_len = Some(len);
-                        self.granted = false;
-                        self.spill(scratch);
-                        self.shrink();
-                        return Poll::Pending;
-                    }
                     self.consume(scratch, width);
                     self.body_len = Some(len);
                     self.granted = false;
@@ -295,7 +274,7 @@ impl Reader {
             let input = self.input(scratch);
             if input.len() >= len {
                 let tag = self.tag(input);
-                let payload = Bytes::copy_from_slice(&input[self.tag_len..len]);
+                let payload = self.payload(&input[..len]);
                 self.consume(scratch, len);
                 return Poll::Ready(Ok(Some(self.done(tag, payload))));
             }
@@ -439,6 +418,14 @@ impl Reader {
             self.buf.advance(self.pos);
             self.pos = 0;
         }
+    }
+
+    /// A copy of `body`'s payload (what follows its tag), from a box: one
+    /// allocation of the exact size (what `copy_from_slice` does, with fewer
+    /// steps), so that a kept payload does not pin the read buffer.
+    #[inline]
+    fn payload(&self, body: &[u8]) -> Bytes {
+        Bytes::from(Box::<[u8]>::from(&body[self.tag_len..]))
     }
 
     #[inline]

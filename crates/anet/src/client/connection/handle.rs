@@ -394,14 +394,7 @@ impl Connection {
     /// `call` with a deadline, after `poll_ready` reported ready.
     #[inline]
     pub(crate) fn call_until(&mut self, payload: Bytes, deadline: Deadline) -> ConnectionFuture {
-        let unit = self
-            .reserved
-            .take()
-            .expect("Connection::call without poll_ready reporting ready");
-        if let Some(error) = self.oversize(&payload) {
-            return ConnectionFuture::failed(error);
-        }
-        self.send(payload, deadline, unit)
+        self.call_reserved(payload, deadline, true)
     }
 
     #[inline]
@@ -412,14 +405,25 @@ impl Connection {
     /// `call` for the pool's own requests (heartbeats), which its endpoint's
     /// metrics do not count, after `poll_ready` reported ready.
     pub(crate) fn call_unmetered(&mut self, payload: Bytes) -> ConnectionFuture {
+        self.call_reserved(payload, Deadline::Never, false)
+    }
+
+    /// Sends on the unit `poll_ready` reserved, `metered` or not.
+    #[inline]
+    fn call_reserved(
+        &mut self,
+        payload: Bytes,
+        deadline: Deadline,
+        metered: bool,
+    ) -> ConnectionFuture {
         let unit = self
             .reserved
             .take()
-            .expect("Connection::call_unmetered without poll_ready reporting ready");
+            .expect("Connection::call without poll_ready reporting ready");
         if let Some(error) = self.oversize(&payload) {
             return ConnectionFuture::failed(error);
         }
-        self.send_as(payload, Deadline::Never, unit, false)
+        self.send_as(payload, deadline, unit, metered)
     }
 
     /// Queues a request holding one unit of the window.

@@ -565,11 +565,7 @@ where
             }
         }
         for (reply, sent) in expired {
-            // Timed only when its caller receives it (and so counts it).
-            let sent = sent.filter(|_| reply.metered);
-            if reply.fail(&self.shared.cells, overdue(false)) {
-                self.failed_after(Kind::Timeout, sent, now);
-            }
+            self.fail_written(reply, sent, overdue(false), now);
         }
     }
 
@@ -697,9 +693,15 @@ where
         }
     }
 
-    /// Records how long a written request (sent at stamp `sent`, if stamped)
-    /// took to fail with `kind`, ending at `now`.
-    fn failed_after(&self, kind: Kind, sent: Option<u64>, now: Instant) {
+    /// Fails a written request (sent at stamp `sent`, if stamped) with
+    /// `error`, and records how long it took, ending at `now`: only when its
+    /// caller receives the failure (and so counts it), and it is metered.
+    fn fail_written(&self, reply: Reply, sent: Option<u64>, error: Error, now: Instant) {
+        let sent = sent.filter(|_| reply.metered);
+        let kind = error.kind();
+        if !reply.fail(&self.shared.cells, error) {
+            return;
+        }
         if let (Some(metrics), Some(sent)) = (self.shared.metrics.get(), sent) {
             let elapsed = since(self.anchor, now).saturating_sub(sent);
             metrics.failed_after(kind, Duration::from_nanos(elapsed));
@@ -768,11 +770,7 @@ where
         self.shared.wake_owner();
         let now = Instant::now();
         for (reply, sent) in self.table.drain_waiting() {
-            // Timed only when its caller receives it (and so counts it).
-            let sent = sent.filter(|_| reply.metered);
-            if reply.fail(&self.shared.cells, error.clone()) {
-                self.failed_after(error.kind(), sent, now);
-            }
+            self.fail_written(reply, sent, error.clone(), now);
         }
         self.table.return_units();
         self.rx.close();
