@@ -26,7 +26,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use tower::Service;
+use tower::{Service, load::Load};
 
 pub use future::BalanceFuture;
 
@@ -113,6 +113,47 @@ impl Clone for Balancer {
             readiness: Readiness::default(),
             reserve: self.reserve,
         }
+    }
+}
+
+impl Load for Balancer {
+    type Metric = usize;
+
+    /// Window units in use over every endpoint's live connections (requests
+    /// in flight, and units reserved by ready handles, this one's included):
+    /// the same measure as [`Pool`](super::Pool)'s, summed. So tower's own
+    /// `p2c::Balance` can balance over whole balancers — one per cluster or
+    /// data centre, each balancing over its own endpoints:
+    ///
+    /// ```
+    /// use anet::client::{Balancer, Client};
+    /// use tower::{Service, ServiceExt, balance::p2c::Balance, discover::ServiceList};
+    /// # use anet::server::{Request, Server};
+    /// # use bytes::Bytes;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// # let mut addrs = Vec::new();
+    /// # for _ in 0..2 {
+    /// #     let server = Server::builder().bind("127.0.0.1:0".parse()?).await?;
+    /// #     addrs.push(server.local_addr());
+    /// #     tokio::spawn(server.serve(tower::service_fn(|r: Request| async move {
+    /// #         Ok::<_, std::convert::Infallible>(r.into_payload())
+    /// #     })));
+    /// # }
+    /// # let (east, west) = (addrs[0], addrs[1]);
+    /// let clusters: Vec<Balancer> = [east, west]
+    ///     .into_iter()
+    ///     .map(|addr| Client::builder().endpoint(addr).build().balancer())
+    ///     .collect();
+    /// let mut both = Balance::new(ServiceList::new(clusters));
+    /// let reply = both.ready().await?.call(Bytes::from_static(b"ping")).await?;
+    /// assert_eq!(reply, "ping");
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn load(&self) -> usize {
+        self.registry.endpoints().iter().map(|e| e.load()).sum()
     }
 }
 
