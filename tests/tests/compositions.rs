@@ -433,3 +433,36 @@ async fn towers_p2c_balances_over_whole_balancers() {
     }
     assert_eq!(seen.len(), 2, "both clusters served: {seen:?}");
 }
+
+// ---- reconnecting one connection --------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn towers_reconnect_over_the_connector_dials_again_after_the_connection_is_lost() {
+    // The first request's connection is closed by the server; later ones echo.
+    let server = start_scripted(|n, _| {
+        if n == 0 {
+            Action::Close
+        } else {
+            Action::Echo(Duration::ZERO)
+        }
+    })
+    .await;
+    let mut reconnect =
+        tower::reconnect::Reconnect::new(anet::client::Connector::new(), server.addr);
+    let lost = tokio::time::timeout(WAIT, async {
+        reconnect.ready().await?.call(bytes("first")).await
+    })
+    .await
+    .expect("fails, never hangs")
+    .expect_err("the server closed the connection");
+    assert_eq!(Error::from_boxed(lost).kind(), Kind::ConnectionLost);
+
+    let reply = tokio::time::timeout(WAIT, async {
+        reconnect.ready().await?.call(bytes("second")).await
+    })
+    .await
+    .expect("answered")
+    .expect("a new connection");
+    assert_eq!(reply, "second");
+    assert_eq!(server.counters.connections.load(SeqCst), 2);
+}
