@@ -124,6 +124,30 @@ async fn load_shed_over_a_concurrency_limit_over_the_client_sheds_at_the_limit()
     assert_eq!(reply, "again");
 }
 
+/// Documented at `Client::poll_ready`: the client is ready while open and its
+/// calls wait for room under their own deadline, so a bare `LoadShed` over it
+/// never sheds (shedding belongs over the balancer, or at the client's limits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_shed_directly_over_the_client_never_sheds_and_the_wait_keeps_the_deadline() {
+    let server = holding_server().await;
+    let client = Client::builder()
+        .endpoint(server.addr)
+        .connections_per_endpoint(1, 1)
+        .connection(ConnectionConfig::new().max_in_flight(1).held_tag_limit(4))
+        .request_timeout(Duration::from_millis(300))
+        .build();
+    client.wait_connected(WAIT).await.expect("connected");
+    let shed = ServiceBuilder::new().load_shed().service(client.clone());
+    let held = hold(&server, shed.clone()).await;
+    let error = tokio::time::timeout(WAIT, shed.oneshot(bytes("next")))
+        .await
+        .expect("ends at the deadline")
+        .expect_err("no room within the deadline");
+    assert!(!error.is::<Overloaded>(), "{error}");
+    assert_eq!(Error::from_boxed(error).kind(), Kind::Timeout);
+    held.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_buffer_in_front_of_load_shed_over_the_balancer_is_shared_by_tasks_and_sheds() {
     let server = holding_server().await;
