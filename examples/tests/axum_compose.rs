@@ -11,7 +11,9 @@ use anet::{
     server::{Request, Server},
 };
 use anet_examples::gateway;
-use axum::{Router, error_handling::HandleErrorLayer, extract::State, http::StatusCode, routing::post};
+use axum::{
+    Router, error_handling::HandleErrorLayer, extract::State, http::StatusCode, routing::post,
+};
 use bytes::Bytes;
 use tower::{ServiceBuilder, service_fn};
 

@@ -325,10 +325,7 @@ async fn a_filter_rejects_before_the_client_and_lets_anet_errors_through_boxed()
     let rejected = svc.clone().oneshot(Bytes::new()).await.unwrap_err();
     assert!(rejected.downcast_ref::<Error>().is_none());
     assert_eq!(rejected.to_string(), "empty request");
-    let too_big = svc
-        .oneshot(Bytes::from(vec![0; 70_000]))
-        .await
-        .unwrap_err();
+    let too_big = svc.oneshot(Bytes::from(vec![0; 70_000])).await.unwrap_err();
     let anet = too_big.downcast_ref::<Error>().expect("an anet::Error");
     assert_eq!(anet.kind(), Kind::InvalidRequest);
 }
@@ -447,12 +444,10 @@ async fn towers_p2c_balances_over_whole_balancers() {
     let mut p2c = tower::balance::p2c::Balance::new(tower::discover::ServiceList::new(balancers));
     let mut seen = std::collections::HashSet::new();
     for _ in 0..64 {
-        let reply = tokio::time::timeout(WAIT, async {
-            p2c.ready().await?.call(bytes("x")).await
-        })
-        .await
-        .expect("answered")
-        .expect("reply");
+        let reply = tokio::time::timeout(WAIT, async { p2c.ready().await?.call(bytes("x")).await })
+            .await
+            .expect("answered")
+            .expect("reply");
         seen.insert(reply);
     }
     assert_eq!(seen.len(), 2, "both clusters served: {seen:?}");
