@@ -485,3 +485,88 @@ async fn towers_reconnect_over_the_connector_dials_again_after_the_connection_is
     assert_eq!(reply, "second");
     assert_eq!(server.counters.connections.load(SeqCst), 2);
 }
+
+/// The measure itself, not only that p2c runs over it: the units in use over
+/// every endpoint's connections, a ready handle's own reservation included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancers_load_counts_the_units_in_use_on_every_endpoint() {
+    use tower::load::Load;
+
+    let a = holding_server().await;
+    let b = holding_server().await;
+    let client = Client::builder().endpoints([a.addr, b.addr]).build();
+    client.wait_connected(WAIT).await.expect("connected");
+    let mut balancer = client.balancer();
+    assert_eq!(balancer.load(), 0, "nothing in flight");
+
+    let held: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(client.clone().oneshot(bytes("hold"))))
+        .collect();
+    let total = || a.counters.requests.load(SeqCst) + b.counters.requests.load(SeqCst);
+    assert!(
+        eventually(WAIT, || total() == 3).await,
+        "held on the servers"
+    );
+    assert_eq!(
+        balancer.load(),
+        3,
+        "three requests in flight over both endpoints"
+    );
+    balancer.ready().await.expect("room");
+    assert_eq!(balancer.load(), 4, "and the unit this handle reserved");
+    drop(balancer);
+    assert_eq!(client.balancer().load(), 3, "the reservation went back");
+    for task in held {
+        task.abort();
+    }
+}
+
+/// One cluster per balancer is the point of p2c over balancers: while a
+/// whole cluster is down, its balancer is ready (its calls fail at once with
+/// `Unavailable`, by design) with nothing in flight. Its load must not make
+/// it the cheaper choice, or every request goes to the dead cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn towers_p2c_over_balancers_avoids_a_cluster_with_no_endpoint_up() {
+    use tower::load::Load;
+
+    let live = holding_server().await;
+    let dead_addr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let live_client = Client::builder().endpoint(live.addr).build();
+    live_client.wait_connected(WAIT).await.expect("connected");
+    let dead_client = Client::builder().endpoint(dead_addr).build();
+    // Known down: its balancer is ready and fails at once.
+    let mut dead = dead_client.balancer();
+    let error = tokio::time::timeout(WAIT, async { dead.ready().await?.call(bytes("x")).await })
+        .await
+        .expect("fails at once, never hangs")
+        .expect_err("no endpoint up");
+    assert_eq!(error.kind(), Kind::Unavailable);
+    assert_eq!(
+        dead.load(),
+        usize::MAX,
+        "a cluster that cannot take a request"
+    );
+
+    let mut p2c = tower::balance::p2c::Balance::new(tower::discover::ServiceList::new(vec![
+        live_client.balancer(),
+        dead_client.balancer(),
+    ]));
+    let mut failures = Vec::new();
+    for _ in 0..32 {
+        let result =
+            tokio::time::timeout(WAIT, async { p2c.ready().await?.call(bytes("x")).await })
+                .await
+                .expect("answered, never hangs");
+        match result {
+            Ok(reply) => assert_eq!(reply, "x"),
+            Err(e) => failures.push(Error::from_boxed(e).kind()),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "sent to the dead cluster: {failures:?}"
+    );
+}

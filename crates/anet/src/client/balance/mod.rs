@@ -166,10 +166,18 @@ impl Load for Balancer {
     type Metric = usize;
 
     /// Window units in use over every endpoint's live connections (requests
-    /// in flight, and units reserved by ready handles, this one's included):
-    /// the same measure as [`Pool`](super::Pool)'s, summed. So tower's own
-    /// `p2c::Balance` can balance over whole balancers — one per cluster or
-    /// data centre, each balancing over its own endpoints:
+    /// in flight, quarantined tags, and units reserved by ready handles, this
+    /// one's included): the same measure as [`Pool`](super::Pool)'s, summed.
+    /// So tower's own `p2c::Balance` can balance over whole balancers — one
+    /// per cluster or data centre, each balancing over its own endpoints.
+    ///
+    /// With no endpoint up, the load is `usize::MAX`: such a balancer is
+    /// *ready* (its next call fails at once with [`Kind::Unavailable`], so a
+    /// caller never hangs on it), and with nothing in flight it would
+    /// otherwise look the least loaded, so a p2c over balancers would send
+    /// every request to the cluster that is down. At `usize::MAX` it is
+    /// chosen only when the other candidate is not ready either.
+    ///
     ///
     /// ```
     /// use anet::client::{Balancer, Client};
@@ -199,7 +207,11 @@ impl Load for Balancer {
     /// # }
     /// ```
     fn load(&self) -> usize {
-        self.registry.endpoints().iter().map(|e| e.load()).sum()
+        let endpoints = self.registry.endpoints();
+        if !endpoints.iter().any(|e| e.is_up()) {
+            return usize::MAX;
+        }
+        endpoints.iter().map(|e| e.load()).sum()
     }
 }
 
