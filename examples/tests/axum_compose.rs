@@ -57,6 +57,11 @@ async fn a_handler_holding_a_client_in_state_answers_anet_errors_as_statuses() {
         .endpoint(backend().await)
         .request_timeout(Duration::from_millis(300))
         .build();
+    // The dial is not charged to the first request's 300 ms.
+    client
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .expect("connected");
     let app = Router::new()
         .route("/forward", post(forward))
         .with_state(client);
@@ -78,6 +83,11 @@ async fn handle_error_layer_maps_tower_and_anet_errors_to_statuses() {
         .endpoint(backend().await)
         .request_timeout(Duration::from_secs(10))
         .build();
+    // The dial is not charged to the tower timeout of the first requests.
+    client
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .expect("connected");
     // A tower timeout shorter than the client's deadline: its `Elapsed` is
     // what `HandleErrorLayer` sees, and anet classifies it as a timeout.
     let app = Router::new()
@@ -87,7 +97,7 @@ async fn handle_error_layer_maps_tower_and_anet_errors_to_statuses() {
                 .layer(HandleErrorLayer::new(|e: BoxError| async move {
                     Error::from_boxed(e).http_status()
                 }))
-                .timeout(Duration::from_millis(100)),
+                .timeout(Duration::from_millis(500)),
         )
         .with_state(client.clone());
     let addr = serve(app).await;

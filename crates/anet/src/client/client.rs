@@ -71,10 +71,12 @@ pub(crate) fn into_box(error: Error) -> BoxError {
 /// 'static` (an axum `State`, a field of a tonic service, a
 /// `BoxCloneSyncService`), with [`Error`] as its error. Layers that box their
 /// errors (tower's `Timeout`, `Buffer`, `Filter`, `LoadShed`) give a
-/// [`BoxError`]: downcast it to [`Error`], or classify it with
-/// [`Error::from_boxed`], which also reads tower's own `Elapsed` and
-/// `Overloaded` (kept as the source, so they stay told apart from anet's own
-/// timeout). tower's `Either` (what `option_layer` builds) needs one error
+/// [`BoxError`]: downcast it to [`Error`] (except where a layer wraps it: a
+/// `Buffer` whose service failed, e.g. a closed client, answers its own
+/// `ServiceError` with the anet error as its source), or classify it with
+/// [`Error::from_boxed`], which reads that wrapper too, and tower's own
+/// `Elapsed` and `Overloaded` (kept as the source, so they stay told apart
+/// from anet's own timeout). tower's `Either` (what `option_layer` builds) needs one error
 /// type on both sides: box the client's first.
 ///
 /// ```
@@ -105,13 +107,14 @@ pub(crate) fn into_box(error: Error) -> BoxError {
 /// # let server = Server::builder().bind("127.0.0.1:0".parse()?).await?;
 /// # let addr = server.local_addr();
 /// # tokio::spawn(server.serve(tower::service_fn(|r: Request| async move {
-/// #     if r.payload() == "slow" { tokio::time::sleep(Duration::from_secs(1)).await; }
+/// #     if r.payload() == "slow" { tokio::time::sleep(Duration::from_secs(30)).await; }
 /// #     Ok::<_, std::convert::Infallible>(r.into_payload())
 /// # })));
 /// let client = Client::builder()
 ///     .endpoint(addr)
-///     .request_timeout(Duration::from_millis(100))
+///     .request_timeout(Duration::from_millis(500))
 ///     .build();
+/// # client.wait_connected(Duration::from_secs(5)).await?;
 /// let ping = Bytes::from_static(b"ping");
 /// assert_eq!(backend(client.clone(), None).oneshot(ping).await?, "ping");
 ///
