@@ -245,8 +245,10 @@ impl Error {
     /// is [`Kind::Overloaded`]; an anet `Error` inside is returned as it is; anything
     /// else is [`Kind::Other`] with the original as source.
     ///
-    /// tower's errors stay the [`source`](StdError::source) of the result, so a
-    /// caller can still tell a tower layer's timeout from anet's own deadline:
+    /// tower's `Elapsed` and `Overloaded` stay the [`source`](StdError::source)
+    /// of the result, so a caller can still tell a tower layer's timeout from
+    /// anet's own deadline (a wrapper such as a `Buffer`'s `ServiceError` is
+    /// not kept: the anet error inside is returned):
     ///
     /// ```
     /// use anet::{BoxError, Error, Kind};

@@ -234,7 +234,9 @@ impl Default for RetryPolicy {
 ///
 /// Any request type that is `Clone` (a retry sends a copy), so the policy also
 /// sits above layers that change the request, such as a `map_request` from the
-/// application's own type to `Bytes`.
+/// application's own type to `Bytes`. tower's `Retry` takes that copy before
+/// the first attempt, for every request, retried or not: a request type that
+/// is costly to clone pays it each time (`Bytes` only bumps a count).
 impl<Req: Clone, Res, E: Classify> Policy<Req, Res, E> for RetryPolicy {
     type Future = future::Ready<()>;
 
