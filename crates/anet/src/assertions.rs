@@ -15,8 +15,8 @@ fn send_sync<T: Send + Sync>() {}
 const _: fn() = || {
     use crate::client::{
         Backoff, Balancer, Client, ClientBuilder, ClientStats, Connection, ConnectionConfig,
-        ConnectionStats, Connector, EndpointStats, Endpoints, ErrorCounts, PoolConfig, RateLimit,
-        RateLimitLayer, RetryBudget, RetryPolicy, SystemResolver, future,
+        ConnectionStats, Connector, EndpointStats, Endpoints, ErrorCounts, MakePool, Pool,
+        PoolConfig, RateLimit, RateLimitLayer, RetryBudget, RetryPolicy, SystemResolver, future,
     };
 
     // Services, handles, configuration, stats.
@@ -27,6 +27,8 @@ const _: fn() = || {
         Connector,
         Endpoints,
         ClientBuilder,
+        Pool,
+        MakePool,
     )>();
     send_sync::<(
         RetryPolicy,
@@ -50,8 +52,10 @@ const _: fn() = || {
         balance: future::BalanceFuture,
         connect: future::ConnectFuture,
         resolve: future::ResolveFuture,
+        pool: future::PoolFuture,
+        make_pool: future::MakePoolFuture,
     ) {
-        send(&(call, balance, connect, resolve));
+        send(&(call, balance, connect, resolve, pool, make_pool));
         send_sync::<future::ConnectionFuture>();
     }
 

@@ -244,6 +244,25 @@ impl Error {
     /// classifying tower's own errors: `Elapsed` is [`Kind::Timeout`], `Overloaded`
     /// is [`Kind::Overloaded`]; an anet `Error` inside is returned as it is; anything
     /// else is [`Kind::Other`] with the original as source.
+    ///
+    /// tower's `Elapsed` and `Overloaded` stay the [`source`](StdError::source)
+    /// of the result, so a caller can still tell a tower layer's timeout from
+    /// anet's own deadline (a wrapper such as a `Buffer`'s `ServiceError` is
+    /// not kept: the anet error inside is returned):
+    ///
+    /// ```
+    /// use anet::{BoxError, Error, Kind};
+    /// use tower::timeout::error::Elapsed;
+    ///
+    /// let ours: BoxError = Box::new(Error::new(Kind::Timeout));
+    /// let towers: BoxError = Box::new(Elapsed::new());
+    /// for (boxed, from_tower) in [(ours, false), (towers, true)] {
+    ///     let err = Error::from_boxed(boxed);
+    ///     assert_eq!(err.kind(), Kind::Timeout);
+    ///     let source = std::error::Error::source(&err);
+    ///     assert_eq!(source.is_some_and(|s| s.is::<Elapsed>()), from_tower);
+    /// }
+    /// ```
     pub fn from_boxed(err: BoxError) -> Error {
         let err = match err.downcast::<Error>() {
             Ok(e) => return *e,

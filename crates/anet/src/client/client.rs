@@ -64,6 +64,72 @@ pub(crate) fn into_box(error: Error) -> BoxError {
 /// # Ok(())
 /// # }
 /// ```
+///
+/// # In a tower stack
+///
+/// A `Client` is a `tower::Service<Bytes>` that is `Clone + Send + Sync +
+/// 'static` (an axum `State`, a field of a tonic service, a
+/// `BoxCloneSyncService`), with [`Error`] as its error. Layers that box their
+/// errors (tower's `Timeout`, `Buffer`, `Filter`, `LoadShed`) give a
+/// [`BoxError`]: downcast it to [`Error`] (except where a layer wraps it: a
+/// `Buffer` whose service failed, e.g. a closed client, answers its own
+/// `ServiceError` with the anet error as its source), or classify it with
+/// [`Error::from_boxed`], which reads that wrapper too, and tower's own
+/// `Elapsed` and `Overloaded` (kept as the source, so they stay told apart
+/// from anet's own timeout). tower's `Either` (what `option_layer` builds) needs one error
+/// type on both sides: box the client's first.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use anet::{BoxError, Error, Kind, client::Client};
+/// use bytes::Bytes;
+/// use tower::{
+///     ServiceBuilder, ServiceExt, timeout::{TimeoutLayer, error::Elapsed},
+///     util::BoxCloneSyncService,
+/// };
+/// # use anet::server::{Request, Server};
+///
+/// /// The backend of an app: erased, cheap to clone, shared by tasks.
+/// type Backend = BoxCloneSyncService<Bytes, Bytes, BoxError>;
+///
+/// fn backend(client: Client, timeout: Option<Duration>) -> Backend {
+///     BoxCloneSyncService::new(
+///         ServiceBuilder::new()
+///             .option_layer(timeout.map(TimeoutLayer::new))
+///             .map_err(BoxError::from)
+///             .service(client),
+///     )
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BoxError> {
+/// # let server = Server::builder().bind("127.0.0.1:0".parse()?).await?;
+/// # let addr = server.local_addr();
+/// # tokio::spawn(server.serve(tower::service_fn(|r: Request| async move {
+/// #     if r.payload() == "slow" { tokio::time::sleep(Duration::from_secs(30)).await; }
+/// #     Ok::<_, std::convert::Infallible>(r.into_payload())
+/// # })));
+/// let client = Client::builder()
+///     .endpoint(addr)
+///     .request_timeout(Duration::from_millis(500))
+///     .build();
+/// # client.wait_connected(Duration::from_secs(5)).await?;
+/// let ping = Bytes::from_static(b"ping");
+/// assert_eq!(backend(client.clone(), None).oneshot(ping).await?, "ping");
+///
+/// // The client's own deadline: an anet `Error` inside the box.
+/// let slow = Bytes::from_static(b"slow");
+/// let err = backend(client.clone(), None).oneshot(slow.clone()).await.unwrap_err();
+/// assert_eq!(err.downcast_ref::<Error>().map(Error::kind), Some(Kind::Timeout));
+///
+/// // tower's shorter timeout: its `Elapsed`, a timeout all the same.
+/// let err = backend(client, Some(Duration::from_millis(10))).oneshot(slow).await.unwrap_err();
+/// assert!(err.is::<Elapsed>());
+/// assert_eq!(Error::from_boxed(err).kind(), Kind::Timeout);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Client {
     /// The limit layers over the balancer; `None` when no limit is configured

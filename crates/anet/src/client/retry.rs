@@ -6,7 +6,6 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use tokio::time::Instant;
 use tower::retry::{Policy, budget::Budget};
 
@@ -232,17 +231,23 @@ impl Default for RetryPolicy {
 /// is a [`BoxError`](crate::BoxError): there an anet [`Error`] anywhere in the source chain is
 /// classified as above, tower's `Elapsed` as [`Kind::Timeout`] and `Overloaded` as
 /// [`Kind::Overloaded`]; any other error is not retried.
-impl<Res, E: Classify> Policy<Bytes, Res, E> for RetryPolicy {
+///
+/// Any request type that is `Clone` (a retry sends a copy), so the policy also
+/// sits above layers that change the request, such as a `map_request` from the
+/// application's own type to `Bytes`. tower's `Retry` takes that copy before
+/// the first attempt, for every request, retried or not: a request type that
+/// is costly to clone pays it each time (`Bytes` only bumps a count).
+impl<Req: Clone, Res, E: Classify> Policy<Req, Res, E> for RetryPolicy {
     type Future = future::Ready<()>;
 
-    fn retry(&mut self, _request: &mut Bytes, result: &mut Result<Res, E>) -> Option<Self::Future> {
+    fn retry(&mut self, _request: &mut Req, result: &mut Result<Res, E>) -> Option<Self::Future> {
         self.decide(match result {
             Ok(_) => Ok(()),
             Err(error) => Err(error.classify()),
         })
     }
 
-    fn clone_request(&mut self, request: &Bytes) -> Option<Bytes> {
+    fn clone_request(&mut self, request: &Req) -> Option<Req> {
         Some(request.clone())
     }
 }

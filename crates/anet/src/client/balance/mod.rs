@@ -26,7 +26,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use tower::Service;
+use tower::{Service, load::Load};
 
 pub use future::BalanceFuture;
 
@@ -50,7 +50,8 @@ use crate::{Error, Kind};
 /// more endpoints) and reserves a unit of the window of its
 /// least-loaded connection, and is ready only once it holds that unit; `call`
 /// sends on it at once. So tower's `LoadShed`, `Buffer`, `ConcurrencyLimit`
-/// and a p2c over several balancers see the backpressure:
+/// and a p2c over several balancers (a `Balancer` is [`Load`]) see the
+/// backpressure:
 ///
 /// * every window full: `Pending`, queued for a unit on one connection, and
 ///   woken when it gets that unit, when another connection of any endpoint has
@@ -71,6 +72,51 @@ use crate::{Error, Kind};
 /// Under a [`Client`](super::Client) call (through its limit layers), the
 /// request keeps that call's deadline; otherwise it has none of its own: a
 /// `Timeout` layer covers the response future, not `poll_ready`.
+///
+/// # Load shedding
+///
+/// A `LoadShed` over a balancer sheds (tower's `Overloaded`, which
+/// [`Error::from_boxed`](crate::Error::from_boxed) reads as
+/// [`Kind::Overloaded`]) whenever `poll_ready` is pending: when every window
+/// is full, and also **while the first connections are still being dialled**
+/// just after the client is built. Warm up with
+/// [`Client::wait_connected`](super::Client::wait_connected) before taking
+/// traffic, or the first requests are shed:
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use anet::{Error, Kind, client::Client};
+/// use bytes::Bytes;
+/// use tower::{ServiceBuilder, ServiceExt};
+/// # use anet::server::{Request, Server};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// # let server = Server::builder().bind("127.0.0.1:0".parse()?).await?;
+/// # let addr = server.local_addr();
+/// # tokio::spawn(server.serve(tower::service_fn(|r: Request| async move {
+/// #     Ok::<_, std::convert::Infallible>(r.into_payload())
+/// # })));
+/// let client = Client::builder().endpoint(addr).build();
+/// client.wait_connected(Duration::from_secs(5)).await?;
+///
+/// let stack = ServiceBuilder::new()
+///     .load_shed()
+///     .concurrency_limit(64)
+///     .timeout(Duration::from_millis(500))
+///     .service(client.balancer());
+/// match stack.oneshot(Bytes::from_static(b"ping")).await {
+///     Ok(reply) => assert_eq!(reply, "ping"),
+///     // Shed, timed out, or anet's own error: one classification.
+///     Err(e) => match Error::from_boxed(e).kind() {
+///         Kind::Overloaded => { /* every window was full: answer 429 */ }
+///         kind => panic!("{kind}"),
+///     },
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Balancer {
     registry: Arc<Registry>,
@@ -113,6 +159,59 @@ impl Clone for Balancer {
             readiness: Readiness::default(),
             reserve: self.reserve,
         }
+    }
+}
+
+impl Load for Balancer {
+    type Metric = usize;
+
+    /// Window units in use over every endpoint's live connections (requests
+    /// in flight, quarantined tags, and units reserved by ready handles, this
+    /// one's included): the same measure as [`Pool`](super::Pool)'s, summed.
+    /// So tower's own `p2c::Balance` can balance over whole balancers — one
+    /// per cluster or data centre, each balancing over its own endpoints.
+    ///
+    /// With no endpoint up, the load is `usize::MAX`: such a balancer is
+    /// *ready* (its next call fails at once with [`Kind::Unavailable`], so a
+    /// caller never hangs on it), and with nothing in flight it would
+    /// otherwise look the least loaded, so a p2c over balancers would send
+    /// every request to the cluster that is down. At `usize::MAX` it is
+    /// chosen only when the other candidate is not ready either.
+    ///
+    ///
+    /// ```
+    /// use anet::client::{Balancer, Client};
+    /// use tower::{Service, ServiceExt, balance::p2c::Balance, discover::ServiceList};
+    /// # use anet::server::{Request, Server};
+    /// # use bytes::Bytes;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// # let mut addrs = Vec::new();
+    /// # for _ in 0..2 {
+    /// #     let server = Server::builder().bind("127.0.0.1:0".parse()?).await?;
+    /// #     addrs.push(server.local_addr());
+    /// #     tokio::spawn(server.serve(tower::service_fn(|r: Request| async move {
+    /// #         Ok::<_, std::convert::Infallible>(r.into_payload())
+    /// #     })));
+    /// # }
+    /// # let (east, west) = (addrs[0], addrs[1]);
+    /// let clusters: Vec<Balancer> = [east, west]
+    ///     .into_iter()
+    ///     .map(|addr| Client::builder().endpoint(addr).build().balancer())
+    ///     .collect();
+    /// let mut both = Balance::new(ServiceList::new(clusters));
+    /// let reply = both.ready().await?.call(Bytes::from_static(b"ping")).await?;
+    /// assert_eq!(reply, "ping");
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn load(&self) -> usize {
+        let endpoints = self.registry.endpoints();
+        if !endpoints.iter().any(|e| e.is_up()) {
+            return usize::MAX;
+        }
+        endpoints.iter().map(|e| e.load()).sum()
     }
 }
 
