@@ -99,3 +99,43 @@ async fn a_thousand_connections_with_partial_frames_are_limited_and_timed_out() 
     good.send(7, b"fine").await;
     assert_eq!(good.recv(WAIT).await.expect("served").payload, "fine");
 }
+
+/// A device that speaks first: a frame (a greeting, an unsolicited status
+/// message) already waiting on a fresh connection carries the tag the first
+/// request will get ("0000"). It left the device before the request existed, so
+/// it cannot be that request's answer: it is dropped and counted, and the
+/// request gets the answer the device gives it. Paused time, in-memory pipe.
+#[tokio::test(start_paused = true)]
+async fn a_frame_that_arrived_before_its_request_was_written_is_not_its_answer() {
+    use anet::client::Connection;
+    use anet_proto::{Builder, Tag, TagFormat};
+    use anet_tests::encode_with;
+    use tower::{Service, ServiceExt};
+
+    let frame = Builder::new().tag_format(TagFormat::ascii(4));
+    let codec = frame.new_codec();
+    let (client_io, mut server_io) = tokio::io::duplex(1 << 16);
+    let greeting = Tag::from_slice(b"0000").expect("tag");
+    server_io
+        .write_all(&encode_with(&codec, &greeting, b"unsolicited"))
+        .await
+        .expect("write");
+    let mut conn = Connection::new(client_io, ConnectionConfig::new().frame(frame));
+    let fut = conn
+        .ready()
+        .await
+        .expect("ready")
+        .call(bytes::Bytes::from_static(b"request"));
+    let request = anet_proto::read_frame(&mut server_io, &codec)
+        .await
+        .expect("read")
+        .expect("frame");
+    assert_eq!(request.tag, greeting, "the first request takes the first tag");
+    server_io
+        .write_all(&encode_with(&codec, &request.tag, b"answer"))
+        .await
+        .expect("write");
+    let answer = tokio::time::timeout(WAIT, fut).await.expect("no hang");
+    assert_eq!(answer.expect("answered"), "answer");
+    assert_eq!(conn.stats().unknown_tags, 1, "{:?}", conn.stats());
+}

@@ -1,9 +1,11 @@
 //! The task that owns a connection's transport and its table of waiting requests.
 //!
-//! One loop, no locks: take queued requests, give each a slot in the [`Table`],
-//! encode it into the write buffer; flush once the queue is empty (or the buffer
-//! is full); read every response that is ready and complete its request; run the
-//! timers (abandoned-request sweep, quarantine, close grace).
+//! One loop, no locks: read every response that is ready and complete its
+//! request; take queued requests, give each a slot in the [`Table`], encode it
+//! into the write buffer; flush once the queue is empty (or the buffer is full);
+//! run the timers (abandoned-request sweep, quarantine, close grace). Reading
+//! comes first so that a frame received before a request was written never
+//! meets that request.
 //!
 //! * [`wire`]: the transport, its read and write buffers, and framing.
 //! * [`timers`]: the clock and the one timer every deadline shares.
@@ -272,14 +274,10 @@ where
         self.timers.new_pass();
         loop {
             let mut progress = false;
-            if let Err(exit) = self.poll_intake(cx, &mut progress) {
-                return Poll::Ready(exit);
-            }
-            if self.wire.dirty {
-                if let Poll::Ready(Err(e)) = self.wire.poll_flush(cx) {
-                    return Poll::Ready(Exit::Failed(lost(e)));
-                }
-            }
+            // Read before taking new requests: a frame already received (a
+            // greeting, an unsolicited message, a forged answer) left the peer
+            // before those requests were written, so it must meet the table as
+            // it was, never a request that takes its tag value in this pass.
             let (table, counts) = (&mut self.table, &mut self.counts);
             let (latency, answers) = (&mut self.latency, &mut self.answers);
             let (hook, cells) = (self.shared.hook.get(), &*self.shared.cells);
@@ -301,6 +299,14 @@ where
                 self.retire_classified();
             }
             self.return_units();
+            if let Err(exit) = self.poll_intake(cx, &mut progress) {
+                return Poll::Ready(exit);
+            }
+            if self.wire.dirty {
+                if let Poll::Ready(Err(e)) = self.wire.poll_flush(cx) {
+                    return Poll::Ready(Exit::Failed(lost(e)));
+                }
+            }
             if let Some(exit) = self.poll_timer(cx) {
                 return Poll::Ready(exit);
             }
