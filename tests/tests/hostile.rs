@@ -139,3 +139,46 @@ async fn a_frame_that_arrived_before_its_request_was_written_is_not_its_answer()
     assert_eq!(answer.expect("answered"), "answer");
     assert_eq!(conn.stats().unknown_tags, 1, "{:?}", conn.stats());
 }
+
+/// The same while the request is still in the client's write buffer: the
+/// device does not read (a pipe of 16 bytes holds a part of the request), and
+/// sends an unsolicited frame under the tag that request took. The request's
+/// bytes are not all on the wire yet, so that frame cannot be its answer.
+#[tokio::test(start_paused = true)]
+async fn a_frame_that_arrives_while_its_request_is_still_unwritten_is_not_its_answer() {
+    use anet::client::Connection;
+    use anet_proto::{Builder, Tag, TagFormat};
+    use anet_tests::encode_with;
+    use tower::{Service, ServiceExt};
+
+    let frame = Builder::new().tag_format(TagFormat::ascii(4));
+    let codec = frame.new_codec();
+    let (client_io, mut server_io) = tokio::io::duplex(16);
+    let mut conn = Connection::new(client_io, ConnectionConfig::new().frame(frame));
+    let fut = conn
+        .ready()
+        .await
+        .expect("ready")
+        .call(bytes::Bytes::from(vec![b'r'; 100]));
+    // The driver writes the first 16 bytes and waits for room.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let tag = Tag::from_slice(b"0000").expect("tag");
+    server_io
+        .write_all(&encode_with(&codec, &tag, b"hi"))
+        .await
+        .expect("write");
+    // The driver reads it while the rest of the request still waits.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let request = anet_proto::read_frame(&mut server_io, &codec)
+        .await
+        .expect("read")
+        .expect("frame");
+    assert_eq!(request.tag, tag, "the first request takes the first tag");
+    server_io
+        .write_all(&encode_with(&codec, &request.tag, b"answer"))
+        .await
+        .expect("write");
+    let answer = tokio::time::timeout(WAIT, fut).await.expect("no hang");
+    assert_eq!(answer.expect("answered"), "answer");
+    assert_eq!(conn.stats().unknown_tags, 1, "{:?}", conn.stats());
+}

@@ -53,12 +53,13 @@ use crate::{
 ///   taken until its late response arrives or its quarantine ends; its **tag value**
 ///   stays held until the late response arrives or the connection closes, so it is
 ///   never issued to another request meanwhile, whatever the tag format. A late
-///   response is dropped, never delivered to anyone. A frame already received
-///   when a request takes its tag value (a greeting or unsolicited message from
-///   a device that speaks first) is read before that request is written, so it
-///   never reaches it (dropped and counted as an unknown tag); a frame the peer
-///   sends unprompted after the request was written carries nothing that tells
-///   it from the answer. When the held tags reach the
+///   response is dropped, never delivered to anyone. A frame received before a
+///   request's bytes were all written (a greeting or unsolicited message from a
+///   device that speaks first, while the request was queued or still in the
+///   write buffer) cannot be its answer: it is dropped and counted as an
+///   unknown tag. A frame the peer sends unprompted after the request was
+///   written carries nothing that tells it from the answer. When the held tags
+///   reach the
 ///   [held-tag limit](super::ConnectionConfig::held_tag_limit) the connection retires:
 ///   it refuses new requests, finishes the rest within its close grace and closes.
 /// * Every request carries its unit of the window as a value; wherever the request

@@ -168,6 +168,11 @@ pub(super) struct Driver<T> {
     /// the check then finds nothing and moves it on). Written requests' deadlines
     /// are the table's.
     backlog_earliest: Option<Instant>,
+    /// Requests encoded and not yet wholly written, oldest first: each one's
+    /// occupancy sequence number and where its bytes end in the outgoing
+    /// stream. A frame that names one of them cannot be its answer (the peer
+    /// has not received it), so it is dropped as unknown.
+    unwritten: VecDeque<(u64, u64)>,
     counts: LocalCounts,
     /// The response-time estimate for the balancer, when the owner asked for
     /// one (see `ConnectionConfig::latency`).
@@ -220,6 +225,7 @@ where
             drain: None,
             backlog: VecDeque::new(),
             backlog_earliest: None,
+            unwritten: VecDeque::new(),
             counts: LocalCounts::default(),
             latency: config.latency.map(|config| Estimator::new(config, anchor)),
             anchor,
@@ -282,6 +288,8 @@ where
             let (latency, answers) = (&mut self.latency, &mut self.answers);
             let (hook, cells) = (self.shared.hook.get(), &*self.shared.cells);
             let timed = self.shared.metrics.get().is_some_and(|m| m.timed());
+            let unwritten_from =
+                settle_unwritten(&mut self.unwritten, self.wire.written_if_pending());
             let mut retire = false;
             match self.wire.poll_read(cx, |id, frame| {
                 let seen = Seen {
@@ -290,6 +298,7 @@ where
                     answers,
                     timed,
                 };
+                let id = id.filter(|&id| unwritten_from.is_none_or(|from| !table.is_from(id, from)));
                 retire |= dispatch(table, cells, seen, hook, id, frame);
             }) {
                 Ok(read) => progress |= read,
@@ -475,6 +484,8 @@ where
         };
         match self.wire.encode(id, &payload) {
             Ok(()) => {
+                self.unwritten
+                    .push_back((self.table.last_seq(), self.wire.encoded_end()));
                 self.counts.written += 1;
                 self.timers.request_written();
                 tracing::trace!(id, len = payload.len(), "request written");
@@ -806,6 +817,21 @@ struct Seen<'a> {
     answers: &'a mut observe::Answers,
     /// Whether the metrics measure durations (answers then keep their stamps).
     timed: bool,
+}
+
+/// Forgets the requests whose bytes have all been written (`written`: bytes
+/// written so far, `None` when every encoded byte has been); returns the oldest
+/// remaining one's occupancy sequence number (`None` when none remains).
+#[inline]
+fn settle_unwritten(unwritten: &mut VecDeque<(u64, u64)>, written: Option<u64>) -> Option<u64> {
+    let Some(written) = written else {
+        unwritten.clear();
+        return None;
+    };
+    while unwritten.front().is_some_and(|&(_, end)| end <= written) {
+        unwritten.pop_front();
+    }
+    unwritten.front().map(|&(seq, _)| seq)
 }
 
 /// Completes the request a response answers (or counts it as late or
