@@ -130,7 +130,10 @@ async fn a_frame_that_arrived_before_its_request_was_written_is_not_its_answer()
         .await
         .expect("read")
         .expect("frame");
-    assert_eq!(request.tag, greeting, "the first request takes the first tag");
+    assert_eq!(
+        request.tag, greeting,
+        "the first request takes the first tag"
+    );
     server_io
         .write_all(&encode_with(&codec, &request.tag, b"answer"))
         .await

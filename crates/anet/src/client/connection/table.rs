@@ -240,9 +240,7 @@ impl Table {
     pub(crate) fn is_from(&self, id: u64, from: u64) -> bool {
         let (index, generation) = self.ids.split(id);
         self.slots.get(index).is_some_and(|slot| {
-            slot.generation == generation
-                && slot.seq >= from
-                && !matches!(slot.state, State::Free)
+            slot.generation == generation && slot.seq >= from && !matches!(slot.state, State::Free)
         })
     }
 

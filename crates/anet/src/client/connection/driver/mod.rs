@@ -298,7 +298,8 @@ where
                     answers,
                     timed,
                 };
-                let id = id.filter(|&id| unwritten_from.is_none_or(|from| !table.is_from(id, from)));
+                let id =
+                    id.filter(|&id| unwritten_from.is_none_or(|from| !table.is_from(id, from)));
                 retire |= dispatch(table, cells, seen, hook, id, frame);
             }) {
                 Ok(read) => progress |= read,
