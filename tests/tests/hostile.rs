@@ -185,3 +185,44 @@ async fn a_frame_that_arrives_while_its_request_is_still_unwritten_is_not_its_an
     assert_eq!(answer.expect("answered"), "answer");
     assert_eq!(conn.stats().unknown_tags, 1, "{:?}", conn.stats());
 }
+
+/// A device on 2-digit ASCII tags answers under tags that are not digits, or
+/// digits the client never issued: each such frame is dropped and counted, and
+/// the request still gets its own answer. Paused time, in-memory pipe.
+#[tokio::test(start_paused = true)]
+async fn ascii_tags_that_are_not_digits_or_never_issued_are_dropped_and_counted() {
+    use anet::client::Connection;
+    use anet_proto::{Builder, Tag, TagFormat};
+    use anet_tests::encode_with;
+    use tower::{Service, ServiceExt};
+
+    let frame = Builder::new().tag_format(TagFormat::ascii(2));
+    let codec = frame.new_codec();
+    let (client_io, mut server_io) = tokio::io::duplex(1 << 16);
+    let mut conn = Connection::new(client_io, ConnectionConfig::new().frame(frame));
+    let fut = conn
+        .ready()
+        .await
+        .expect("ready")
+        .call(bytes::Bytes::from_static(b"request"));
+    let request = anet_proto::read_frame(&mut server_io, &codec)
+        .await
+        .expect("read")
+        .expect("frame");
+    let forged: [&[u8; 2]; 7] = [b"0A", b" 0", b"+0", b"-0", b"\x000", b"99", b"01"];
+    for tag in forged {
+        let tag = Tag::from_slice(tag).expect("tag");
+        assert_ne!(tag, request.tag);
+        server_io
+            .write_all(&encode_with(&codec, &tag, b"forged"))
+            .await
+            .expect("write");
+    }
+    server_io
+        .write_all(&encode_with(&codec, &request.tag, b"answer"))
+        .await
+        .expect("write");
+    let answer = tokio::time::timeout(WAIT, fut).await.expect("no hang");
+    assert_eq!(answer.expect("answered"), "answer");
+    assert_eq!(conn.stats().unknown_tags, 7, "{:?}", conn.stats());
+}
