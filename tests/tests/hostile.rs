@@ -226,3 +226,116 @@ async fn ascii_tags_that_are_not_digits_or_never_issued_are_dropped_and_counted(
     assert_eq!(answer.expect("answered"), "answer");
     assert_eq!(conn.stats().unknown_tags, 7, "{:?}", conn.stats());
 }
+
+/// A transport with the peer inside it: each write accepts at most `chunk`
+/// bytes and the write after it is blocked (woken at once); the moment a
+/// request's last byte is accepted, its answer (the request's payload under
+/// its tag) is readable, before the write call returns.
+struct InlineEchoPeer {
+    codec: anet_proto::FrameCodec,
+    chunk: usize,
+    blocked_next: bool,
+    received: bytes::BytesMut,
+    to_client: bytes::BytesMut,
+    read_waker: Option<std::task::Waker>,
+}
+
+impl tokio::io::AsyncRead for InlineEchoPeer {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.to_client.is_empty() {
+            self.read_waker = Some(cx.waker().clone());
+            return std::task::Poll::Pending;
+        }
+        let n = self.to_client.len().min(buf.remaining());
+        buf.put_slice(&self.to_client.split_to(n));
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for InlineEchoPeer {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use tokio_util::codec::Decoder;
+        if std::mem::take(&mut self.blocked_next) {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        let n = buf.len().min(self.chunk);
+        self.received.extend_from_slice(&buf[..n]);
+        self.blocked_next = true;
+        let this = &mut *self;
+        while let Some(frame) = this
+            .codec
+            .decode(&mut this.received)
+            .expect("request frame")
+        {
+            let answer = anet_tests::encode_with(&this.codec, &frame.tag, &frame.payload);
+            this.to_client.extend_from_slice(&answer);
+        }
+        if !this.to_client.is_empty() {
+            if let Some(waker) = this.read_waker.take() {
+                waker.wake();
+            }
+        }
+        std::task::Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// The other side of dropping frames for unwritten requests: an answer the
+/// peer gives the instant a request's last byte is written (in a write that
+/// the next one, blocked, follows; with other requests still partly
+/// unwritten) is that request's, and is delivered. Writes of 1, 7 and 64
+/// bytes, requests of many sizes queued together: every one gets its own
+/// answer, none is dropped as unknown.
+#[tokio::test]
+async fn an_answer_given_as_soon_as_its_request_is_written_is_delivered_under_partial_writes() {
+    use anet::client::Connection;
+    use tower::{Service, ServiceExt};
+
+    for chunk in [1, 7, 64] {
+        let peer = InlineEchoPeer {
+            codec: anet_proto::FrameCodec::new(),
+            chunk,
+            blocked_next: false,
+            received: bytes::BytesMut::new(),
+            to_client: bytes::BytesMut::new(),
+            read_waker: None,
+        };
+        let mut conn = Connection::new(peer, ConnectionConfig::new());
+        let mut calls = Vec::new();
+        for i in 0..40usize {
+            let payload = bytes::Bytes::from(vec![i as u8; (i * 37) % 150]);
+            let fut = conn.ready().await.expect("ready").call(payload.clone());
+            calls.push(async move { (payload, fut.await) });
+        }
+        let answers = tokio::time::timeout(WAIT, futures_util::future::join_all(calls))
+            .await
+            .expect("no hang");
+        for (payload, answer) in answers {
+            assert_eq!(answer.expect("answered"), payload, "chunk {chunk}");
+        }
+        let stats = conn.stats();
+        assert_eq!(stats.unknown_tags, 0, "chunk {chunk}: {stats:?}");
+    }
+}
