@@ -4,8 +4,9 @@
 //! request; take queued requests, give each a slot in the [`Table`], encode it
 //! into the write buffer; flush once the queue is empty (or the buffer is full);
 //! run the timers (abandoned-request sweep, quarantine, close grace). Reading
-//! comes first so that a frame received before a request was written never
-//! meets that request.
+//! comes first so that a frame that arrived before a request was taken from
+//! the queue never meets that request (one that arrives between the read and
+//! the write cannot be told from an answer).
 //!
 //! * [`wire`]: the transport, its read and write buffers, and framing.
 //! * [`timers`]: the clock and the one timer every deadline shares.
