@@ -651,3 +651,30 @@ async fn frames_of_every_size_written_in_irregular_chunks_are_each_answered_once
         assert_eq!(stats.protocol_errors, 0, "{stats:?}");
     }
 }
+
+/// Tags are opaque to the server: two requests in flight under one tag (a
+/// client reusing it too early) are each served and each answered under it, in
+/// completion order (the slow one, sent first, is answered last).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_sharing_a_tag_in_flight_are_each_answered_under_it_in_completion_order() {
+    let slow_first = service_fn(|req: Request| async move {
+        if req.payload() == "slow" {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Ok::<_, Infallible>(req.into_payload())
+    });
+    let server = start_server(Server::builder(), slow_first).await;
+    let mut client = RawClient::connect(server.addr).await;
+    client.send(7, b"slow").await;
+    client.send(7, b"fast").await;
+    client.send(7, b"").await;
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let frame = client.recv(WAIT).await.expect("answer");
+        assert_eq!(frame.tag, Tag::from_u32(7));
+        answers.push(frame.payload);
+    }
+    assert_eq!(answers.last().expect("three"), "slow", "{answers:?}");
+    answers.sort();
+    assert_eq!(answers, ["", "fast", "slow"]);
+}

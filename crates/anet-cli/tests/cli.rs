@@ -337,6 +337,65 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A peer that answers each connection's first request with `answer` (raw
+/// bytes), then reads until the client leaves; with an empty `answer` it
+/// closes instead.
+fn hostile_server(answer: &'static [u8]) -> std::net::SocketAddr {
+    use std::io::Write;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                if read_body(&mut stream, 2).is_err()
+                    || answer.is_empty()
+                    || stream.write_all(answer).is_err()
+                {
+                    return;
+                }
+                let mut sink = [0u8; 4096];
+                while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+/// `anet send` against a peer that breaks the protocol (a frame shorter than
+/// the tag), or closes with the request in flight: the error kind on stderr,
+/// exit 1, well within the timeout.
+#[test]
+fn send_to_a_peer_that_breaks_the_protocol_or_closes_fails_with_the_kind_and_exit_1() {
+    for (answer, kind) in [
+        (&[0u8, 0][..], "error: protocol: "),
+        (&[0u8, 1, 0][..], "error: protocol: "),
+        (&[][..], "error: connection_lost: "),
+    ] {
+        let addr = hostile_server(answer);
+        let started = Instant::now();
+        let out = anet()
+            .args([
+                "send",
+                "--connect",
+                &addr.to_string(),
+                "--timeout",
+                "5s",
+                "x",
+            ])
+            .output()
+            .expect("run send");
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            stderr(&out).starts_with(kind),
+            "{answer:?}: {}",
+            stderr(&out)
+        );
+        assert!(stdout(&out).is_empty(), "{out:?}");
+        assert!(started.elapsed() < Duration::from_secs(4), "{answer:?}");
+    }
+}
+
 /// A peer that accepts and reads, and never writes.
 fn silent_server() -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -27,6 +27,11 @@ use crate::BoxError;
 /// tag as soon as it is ready (completion order). Limits, timeouts and the wire
 /// behaviour on errors are set on the [`Builder`].
 ///
+/// Tags are opaque bytes to the server: it never checks them. Requests that
+/// share a tag while in flight (a client that reuses one too early) are each
+/// served and each answered under that tag, in completion order; telling those
+/// answers apart is the client's business.
+///
 /// ```
 /// use anet::server::{Request, Server};
 /// use bytes::Bytes;

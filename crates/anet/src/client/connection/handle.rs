@@ -53,7 +53,19 @@ use crate::{
 ///   taken until its late response arrives or its quarantine ends; its **tag value**
 ///   stays held until the late response arrives or the connection closes, so it is
 ///   never issued to another request meanwhile, whatever the tag format. A late
-///   response is dropped, never delivered to anyone. When the held tags reach the
+///   response is dropped, never delivered to anyone. A frame the driver reads
+///   before a request's bytes are all written is never that request's answer:
+///   it is dropped and counted as an unknown tag. The driver reads what has
+///   arrived before it takes queued requests, so this covers a frame (a
+///   greeting, an unsolicited message) that came in while the request was
+///   queued, and one that names a request still in the write buffer. A frame
+///   that comes in once the request's bytes are out carries nothing that tells
+///   it from the answer, whenever the peer sent it: a greeting still on its way
+///   when the first request is written can reach that request. A device that
+///   speaks first should have its greeting read off the transport before the
+///   transport is handed to the connection (before [`Connection::new`], or in
+///   the [connector](crate::client::ClientBuilder::connector)). When the held
+///   tags reach the
 ///   [held-tag limit](super::ConnectionConfig::held_tag_limit) the connection retires:
 ///   it refuses new requests, finishes the rest within its close grace and closes.
 /// * Every request carries its unit of the window as a value; wherever the request

@@ -227,6 +227,23 @@ impl Table {
         Ok(self.ids.id(index, slot.generation))
     }
 
+    /// The sequence number of the occupancy the last [`insert`](Self::insert)
+    /// made (sequence numbers grow with each insert).
+    #[inline]
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.next_seq.wrapping_sub(1)
+    }
+
+    /// Whether `id` names an occupied slot whose occupancy began at or after
+    /// sequence number `from` (a request not yet wholly written, when `from` is
+    /// the oldest such request's).
+    pub(crate) fn is_from(&self, id: u64, from: u64) -> bool {
+        let (index, generation) = self.ids.split(id);
+        self.slots.get(index).is_some_and(|slot| {
+            slot.generation == generation && slot.seq >= from && !matches!(slot.state, State::Free)
+        })
+    }
+
     /// Releases the slot of `id` after its request could not be written.
     pub(crate) fn remove(&mut self, id: u64) -> Option<Reply> {
         match self.take(id) {

@@ -1,9 +1,12 @@
 //! The task that owns a connection's transport and its table of waiting requests.
 //!
-//! One loop, no locks: take queued requests, give each a slot in the [`Table`],
-//! encode it into the write buffer; flush once the queue is empty (or the buffer
-//! is full); read every response that is ready and complete its request; run the
-//! timers (abandoned-request sweep, quarantine, close grace).
+//! One loop, no locks: read every response that is ready and complete its
+//! request; take queued requests, give each a slot in the [`Table`], encode it
+//! into the write buffer; flush once the queue is empty (or the buffer is full);
+//! run the timers (abandoned-request sweep, quarantine, close grace). Reading
+//! comes first so that a frame that arrived before a request was taken from
+//! the queue never meets that request (one that arrives between the read and
+//! the write cannot be told from an answer).
 //!
 //! * [`wire`]: the transport, its read and write buffers, and framing.
 //! * [`timers`]: the clock and the one timer every deadline shares.
@@ -166,6 +169,11 @@ pub(super) struct Driver<T> {
     /// the check then finds nothing and moves it on). Written requests' deadlines
     /// are the table's.
     backlog_earliest: Option<Instant>,
+    /// Requests encoded and not yet wholly written, oldest first: each one's
+    /// occupancy sequence number and where its bytes end in the outgoing
+    /// stream. A frame that names one of them cannot be its answer (the peer
+    /// has not received it), so it is dropped as unknown.
+    unwritten: VecDeque<(u64, u64)>,
     counts: LocalCounts,
     /// The response-time estimate for the balancer, when the owner asked for
     /// one (see `ConnectionConfig::latency`).
@@ -218,6 +226,7 @@ where
             drain: None,
             backlog: VecDeque::new(),
             backlog_earliest: None,
+            unwritten: VecDeque::new(),
             counts: LocalCounts::default(),
             latency: config.latency.map(|config| Estimator::new(config, anchor)),
             anchor,
@@ -272,18 +281,16 @@ where
         self.timers.new_pass();
         loop {
             let mut progress = false;
-            if let Err(exit) = self.poll_intake(cx, &mut progress) {
-                return Poll::Ready(exit);
-            }
-            if self.wire.dirty {
-                if let Poll::Ready(Err(e)) = self.wire.poll_flush(cx) {
-                    return Poll::Ready(Exit::Failed(lost(e)));
-                }
-            }
+            // Read before taking new requests: a frame already received (a
+            // greeting, an unsolicited message, a forged answer) left the peer
+            // before those requests were written, so it must meet the table as
+            // it was, never a request that takes its tag value in this pass.
             let (table, counts) = (&mut self.table, &mut self.counts);
             let (latency, answers) = (&mut self.latency, &mut self.answers);
             let (hook, cells) = (self.shared.hook.get(), &*self.shared.cells);
             let timed = self.shared.metrics.get().is_some_and(|m| m.timed());
+            let unwritten_from =
+                settle_unwritten(&mut self.unwritten, self.wire.written_if_pending());
             let mut retire = false;
             match self.wire.poll_read(cx, |id, frame| {
                 let seen = Seen {
@@ -292,6 +299,8 @@ where
                     answers,
                     timed,
                 };
+                let id =
+                    id.filter(|&id| unwritten_from.is_none_or(|from| !table.is_from(id, from)));
                 retire |= dispatch(table, cells, seen, hook, id, frame);
             }) {
                 Ok(read) => progress |= read,
@@ -301,6 +310,14 @@ where
                 self.retire_classified();
             }
             self.return_units();
+            if let Err(exit) = self.poll_intake(cx, &mut progress) {
+                return Poll::Ready(exit);
+            }
+            if self.wire.dirty {
+                if let Poll::Ready(Err(e)) = self.wire.poll_flush(cx) {
+                    return Poll::Ready(Exit::Failed(lost(e)));
+                }
+            }
             if let Some(exit) = self.poll_timer(cx) {
                 return Poll::Ready(exit);
             }
@@ -469,6 +486,8 @@ where
         };
         match self.wire.encode(id, &payload) {
             Ok(()) => {
+                self.unwritten
+                    .push_back((self.table.last_seq(), self.wire.encoded_end()));
                 self.counts.written += 1;
                 self.timers.request_written();
                 tracing::trace!(id, len = payload.len(), "request written");
@@ -800,6 +819,21 @@ struct Seen<'a> {
     answers: &'a mut observe::Answers,
     /// Whether the metrics measure durations (answers then keep their stamps).
     timed: bool,
+}
+
+/// Forgets the requests whose bytes have all been written (`written`: bytes
+/// written so far, `None` when every encoded byte has been); returns the oldest
+/// remaining one's occupancy sequence number (`None` when none remains).
+#[inline]
+fn settle_unwritten(unwritten: &mut VecDeque<(u64, u64)>, written: Option<u64>) -> Option<u64> {
+    let Some(written) = written else {
+        unwritten.clear();
+        return None;
+    };
+    while unwritten.front().is_some_and(|&(_, end)| end <= written) {
+        unwritten.pop_front();
+    }
+    unwritten.front().map(|&(seq, _)| seq)
 }
 
 /// Completes the request a response answers (or counts it as late or

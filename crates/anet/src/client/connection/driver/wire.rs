@@ -45,6 +45,9 @@ pub(super) struct Wire<T> {
     write_limit: usize,
     /// The write buffer holds frames not yet flushed.
     pub(super) dirty: bool,
+    /// Bytes written to the transport since the connection began: with the
+    /// write buffer's length, where each encoded request ends in the stream.
+    written: u64,
     /// How long a started response frame may take to complete.
     read_timeout: Option<Duration>,
     /// When the incomplete frame at the end of the read buffer started (reset
@@ -67,6 +70,7 @@ where
             tags: config.frame.get_tag_format(),
             write_limit: config.write_buffer.max(1),
             dirty: false,
+            written: 0,
             read_timeout: config.read_timeout,
             partial_since: None,
         }
@@ -93,6 +97,20 @@ where
         Ok(())
     }
 
+    /// Where the bytes encoded so far end in the outgoing stream (a request
+    /// just encoded ends here).
+    #[inline]
+    pub(super) fn encoded_end(&self) -> u64 {
+        self.written + self.write_buf.len() as u64
+    }
+
+    /// Bytes written to the transport so far, or `None` when every encoded
+    /// byte has been.
+    #[inline]
+    pub(super) fn written_if_pending(&self) -> Option<u64> {
+        (!self.write_buf.is_empty()).then_some(self.written)
+    }
+
     /// Writes the whole write buffer, then flushes the transport.
     pub(super) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
         while !self.write_buf.is_empty() {
@@ -101,6 +119,7 @@ where
                 cx,
                 &mut self.write_buf
             ))?;
+            self.written += n as u64;
             if n == 0 {
                 return Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::WriteZero,
