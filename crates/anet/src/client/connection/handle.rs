@@ -64,7 +64,11 @@ use crate::{
 ///   when the first request is written can reach that request. A device that
 ///   speaks first should have its greeting read off the transport before the
 ///   transport is handed to the connection (before [`Connection::new`], or in
-///   the [connector](crate::client::ClientBuilder::connector)). When the held
+///   the [connector](crate::client::ClientBuilder::connector)). By the same
+///   rule, a peer that answers a request before it has read all of it (a
+///   rejection on the header alone) has that answer dropped while the rest of
+///   the request is still being written; the request then ends at its
+///   deadline, or with the connection. When the held
 ///   tags reach the
 ///   [held-tag limit](super::ConnectionConfig::held_tag_limit) the connection retires:
 ///   it refuses new requests, finishes the rest within its close grace and closes.
