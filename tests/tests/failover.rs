@@ -177,6 +177,42 @@ async fn the_pool_grows_under_load_up_to_its_maximum() {
     assert_eq!(server.stats.snapshot().connections_accepted, 3);
 }
 
+/// The same growth on paused time over in-memory pipes, where the order is
+/// fixed: the first connection comes, then all 300 requests route (8 are sent,
+/// 292 queue on its full window) before the pool dials the second. The
+/// queued requests must hear of each new connection (and route again), or the
+/// pool stops at two connections, the second one idle.
+#[tokio::test(start_paused = true)]
+async fn requests_queued_before_the_pool_grew_move_to_the_new_connections() {
+    let server = MemoryConnector::new(move |io| async move {
+        let service = service_fn(|req: anet::server::Request| async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, std::convert::Infallible>(req.into_payload())
+        });
+        Server::builder().serve_connection(io, None, service).await;
+    });
+    let client = Client::builder()
+        .endpoint(memory_addr())
+        .connector(server.clone())
+        .connection(ConnectionConfig::new().max_in_flight(8))
+        .pool(PoolConfig::new().min_connections(1).max_connections(3))
+        .request_timeout(Duration::from_secs(30))
+        .build();
+    let started = tokio::time::Instant::now();
+    call_all_ok(&client, 300).await;
+    let stats = client.stats();
+    assert_eq!(stats.connections(), 3, "{stats:?}");
+    assert_eq!(server.dials.load(Ordering::SeqCst), 3);
+    // 300 requests of 100 ms, 8 at a time per connection: 38 rounds on one
+    // connection, 13 on three (paused time: exact but for the rounds run
+    // before the pool grew).
+    assert!(
+        started.elapsed() < Duration::from_millis(1_600),
+        "the new connections carried their share: {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_connection_closed_by_the_server_is_replaced_at_once() {
     let server = MemoryConnector::new(move |io| async move {
