@@ -481,8 +481,7 @@ async fn a_request_that_ran_out_of_repicks_is_given_back_for_its_retry() {
         move |io| {
             let n = dialed.fetch_add(1, Ordering::SeqCst);
             async move {
-                let mut framed =
-                    tokio_util::codec::Framed::new(io, anet_proto::FrameCodec::new());
+                let mut framed = tokio_util::codec::Framed::new(io, anet_proto::FrameCodec::new());
                 let close_at = tokio::time::Instant::now() + Duration::from_secs(1);
                 let serve = async {
                     let mut seen = 0;

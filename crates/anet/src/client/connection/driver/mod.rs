@@ -931,7 +931,10 @@ mod tests {
             driver.write_request(held);
             written.push(future);
         }
-        assert_eq!(driver.counts.written, layout.slots as u64, "every slot taken");
+        assert_eq!(
+            driver.counts.written, layout.slots as u64,
+            "every slot taken"
+        );
 
         let (late, mut future) = request(b"no tag left");
         driver.write_request(late);
@@ -941,7 +944,10 @@ mod tests {
         assert_eq!(failure.error.kind(), Kind::NotSent, "{:?}", failure.error);
         assert!(failure.error.is_unsent());
         assert_eq!(failure.request.as_deref(), Some(&b"no tag left"[..]));
-        assert_eq!(driver.counts.written, layout.slots as u64, "nothing more written");
+        assert_eq!(
+            driver.counts.written, layout.slots as u64,
+            "nothing more written"
+        );
         drop(written);
     }
 }
