@@ -16,7 +16,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -411,6 +411,58 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
             return false;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// How late the current runtime runs a task that is due: a probe task sleeps
+/// [`LagProbe::TICK`] in a loop and adds up how much later than asked it woke
+/// each time.
+///
+/// A test that bounds the wall-clock time of a call (a request must end
+/// within its deadline plus some slack) can excuse the lag the probe saw
+/// during that call: on a starved machine (every core taken by builds) or a
+/// saturated runtime, a task whose timer fired may wait long before it runs,
+/// which says nothing about the code under test. The probe takes the same
+/// path as a caller woken by a timer (timer, run queue, worker thread), so a
+/// call late because the runtime was late is excused, while a call late
+/// because the code ignored its deadline is not (the probe then runs on
+/// time). Dropping it stops the probe.
+#[derive(Debug)]
+pub struct LagProbe {
+    total_ns: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LagProbe {
+    /// How often the probe asks to wake.
+    pub const TICK: Duration = Duration::from_millis(10);
+
+    /// Starts the probe on the current runtime.
+    pub fn start() -> LagProbe {
+        let total_ns = Arc::new(AtomicU64::new(0));
+        let total = total_ns.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let asked = tokio::time::Instant::now() + Self::TICK;
+                tokio::time::sleep_until(asked).await;
+                let late = tokio::time::Instant::now().saturating_duration_since(asked);
+                let late = u64::try_from(late.as_nanos()).unwrap_or(u64::MAX);
+                total.fetch_add(late, Ordering::Relaxed);
+            }
+        });
+        LagProbe { total_ns, task }
+    }
+
+    /// The lateness seen so far, added up over every tick: the difference of
+    /// two readings is the lag seen between them.
+    pub fn total(&self) -> Duration {
+        Duration::from_nanos(self.total_ns.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for LagProbe {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -128,12 +128,21 @@ async fn a_limit_full_of_silent_connections_serves_a_real_client_within_a_second
     wait_stats(&server, |s| s.connections_new == LIMIT as u64).await;
     // Past the default minimum idle age (1 s), a silent connection makes room.
     tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Within a second beyond the runtime's own lag (a starved machine delays
+    // the client and the server alike); a newcomer left waiting for a slot
+    // would wait for the first-frame timeout (3 s) or `WAIT`.
+    let lag = anet_tests::LagProbe::start();
     let asked = Instant::now();
-    let reply = tokio::time::timeout(Duration::from_secs(1), call_once(server.addr, b"hello"))
+    let reply = tokio::time::timeout(WAIT, call_once(server.addr, b"hello"))
         .await
-        .expect("served within a second");
+        .expect("served, not left waiting");
     assert_eq!(reply.as_deref(), Ok(&b"hello"[..]));
-    assert!(asked.elapsed() < Duration::from_secs(1));
+    let excused = lag.total();
+    assert!(
+        asked.elapsed() < Duration::from_secs(1) + excused,
+        "served after {:?} ({excused:?} of runtime lag)",
+        asked.elapsed()
+    );
     evicted_rejected(&server, 1, 0);
     // The others are closed by the first-frame timeout: not before it, and well
     // before the idle (5 min) or read timeouts.

@@ -6,8 +6,10 @@
 //! (100 values: tags wrap constantly, and the held late answers retire
 //! connections often). Each runs 20 s by default; set `ANET_SOAK_SECS` for
 //! longer. At the end:
-//! misdelivered = 0, every request ended within its deadline plus slack, nothing
-//! is left in flight, and every endpoint serves again once the chaos stops.
+//! misdelivered = 0, every request ended within its deadline plus slack (plus
+//! whatever lag the runtime itself showed meanwhile, see [`LagProbe`]),
+//! nothing is left in flight, and every endpoint serves again once the chaos
+//! stops.
 
 use std::{
     collections::BTreeMap,
@@ -21,14 +23,28 @@ use std::{
 
 use anet::client::{Backoff, Client, ConnectionConfig};
 use anet_proto::{Builder, FrameCodec, Tag, TagFormat};
-use anet_tests::{Rng, encode_with, eventually};
+use anet_tests::{LagProbe, Rng, encode_with, eventually};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::{net::TcpListener, task::JoinSet, time::Instant};
 use tokio_util::codec::FramedRead;
 
 const TIMEOUT: Duration = Duration::from_millis(300);
+/// How far past its deadline a call may end, beyond the runtime's own lag:
+/// less than one more deadline's worth would hide nothing (a retry that
+/// restarted the deadline, or a deadline applied twice, ends 300 ms or more
+/// late and stays caught only while the slack is below a few deadlines), and
+/// the lag excuse below takes the scheduling noise of a loaded machine.
 const SLACK: Duration = Duration::from_secs(1);
+/// The most runtime lag one call may be excused: a runtime stalled longer
+/// than this (the code under test blocking its threads, say) fails the test
+/// rather than excusing itself.
+const MAX_EXCUSED_LAG: Duration = Duration::from_secs(10);
+/// How long the callers get to finish once told to stop. A call that hangs
+/// never finishes, so any bound catches it; this one is far beyond the
+/// deadline so that a starved machine (the soak saw its callers finish late
+/// while parallel builds took both cores) does not fail it.
+const FINISH: Duration = Duration::from_secs(60);
 
 /// One chaos server, restartable on the same port.
 struct ChaosServer {
@@ -166,6 +182,8 @@ struct Counts {
     ok: u64,
     misdelivered: u64,
     over_deadline: u64,
+    // The most runtime lag one call was excused.
+    max_excused: Duration,
     errors: BTreeMap<&'static str, u64>,
 }
 
@@ -203,9 +221,12 @@ async fn soak(format: TagFormat) {
         .build();
 
     let stop = Arc::new(AtomicBool::new(false));
+    // The runtime's own lateness: a call is late only beyond what the probe saw
+    // meanwhile (a loaded machine delays a woken caller, not the deadline).
+    let lag = Arc::new(LagProbe::start());
     let mut workers = JoinSet::new();
     for w in 0..64u64 {
-        let (client, stop) = (client.clone(), stop.clone());
+        let (client, stop, lag) = (client.clone(), stop.clone(), lag.clone());
         workers.spawn(async move {
             let mut counts = Counts::default();
             let mut rng = Rng::new(1000 + w);
@@ -214,10 +235,18 @@ async fn soak(format: TagFormat) {
                 seq += 1;
                 let pad = "z".repeat(rng.below(200) as usize);
                 let payload = format!("w{w}-s{seq}-{pad}");
+                let lag_before = lag.total();
                 let started = Instant::now();
                 let result = client.call(Bytes::from(payload.clone())).await;
-                if started.elapsed() > TIMEOUT + SLACK {
+                let elapsed = started.elapsed();
+                let excused = (lag.total() - lag_before).min(MAX_EXCUSED_LAG);
+                counts.max_excused = counts.max_excused.max(excused);
+                if elapsed > TIMEOUT + SLACK + excused {
                     counts.over_deadline += 1;
+                    println!(
+                        "w{w}: a call ended after {elapsed:?} ({excused:?} of runtime lag excused): {:?}",
+                        result.as_ref().map(|_| ()).map_err(|e| e.kind())
+                    );
                 }
                 match result {
                     Ok(r) if r == payload.as_bytes() => counts.ok += 1,
@@ -245,25 +274,27 @@ async fn soak(format: TagFormat) {
         restarts += 1;
     }
     stop.store(true, Ordering::Relaxed);
-    let results =
-        tokio::time::timeout(TIMEOUT + SLACK + Duration::from_secs(5), workers.join_all())
-            .await
-            .expect("every caller finished: no request hung");
+    let results = tokio::time::timeout(FINISH, workers.join_all())
+        .await
+        .expect("every caller finished: no request hung");
     let mut total = Counts::default();
     for c in results {
         total.ok += c.ok;
         total.misdelivered += c.misdelivered;
         total.over_deadline += c.over_deadline;
+        total.max_excused = total.max_excused.max(c.max_excused);
         for (k, n) in c.errors {
             *total.errors.entry(k).or_default() += n;
         }
     }
     let stats = client.stats();
     println!(
-        "chaos soak {format:?} {secs} s: ok {}, misdelivered {}, over deadline {}, errors {:?}, restarts {restarts}, endpoints {:?}",
+        "chaos soak {format:?} {secs} s: ok {}, misdelivered {}, over deadline {}, runtime lag {:?} (at most {:?} excused in one call), errors {:?}, restarts {restarts}, endpoints {:?}",
         total.ok,
         total.misdelivered,
         total.over_deadline,
+        lag.total(),
+        total.max_excused,
         total.errors,
         stats
             .endpoints
@@ -280,7 +311,8 @@ async fn soak(format: TagFormat) {
 
     // Nothing left in flight.
     assert!(
-        eventually(Duration::from_secs(10), || client.stats().in_flight() == 0).await,
+        // Generous: the quarantine (2 s) passes well within; a leak never does.
+        eventually(Duration::from_secs(30), || client.stats().in_flight() == 0).await,
         "{:?}",
         client.stats()
     );
@@ -290,7 +322,7 @@ async fn soak(format: TagFormat) {
         s.restart().await; // fresh connections, all calm
     }
     assert!(
-        eventually(Duration::from_secs(10), || {
+        eventually(Duration::from_secs(30), || {
             let stats = client.stats();
             stats.endpoints.iter().all(|e| e.up && e.connections > 0)
         })

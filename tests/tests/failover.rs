@@ -177,6 +177,42 @@ async fn the_pool_grows_under_load_up_to_its_maximum() {
     assert_eq!(server.stats.snapshot().connections_accepted, 3);
 }
 
+/// The same growth on paused time over in-memory pipes, where the order is
+/// fixed: the first connection comes, then all 300 requests route (8 are sent,
+/// 292 queue on its full window) before the pool dials the second. The
+/// queued requests must hear of each new connection (and route again), or the
+/// pool stops at two connections, the second one idle.
+#[tokio::test(start_paused = true)]
+async fn requests_queued_before_the_pool_grew_move_to_the_new_connections() {
+    let server = MemoryConnector::new(move |io| async move {
+        let service = service_fn(|req: anet::server::Request| async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, std::convert::Infallible>(req.into_payload())
+        });
+        Server::builder().serve_connection(io, None, service).await;
+    });
+    let client = Client::builder()
+        .endpoint(memory_addr())
+        .connector(server.clone())
+        .connection(ConnectionConfig::new().max_in_flight(8))
+        .pool(PoolConfig::new().min_connections(1).max_connections(3))
+        .request_timeout(Duration::from_secs(30))
+        .build();
+    let started = tokio::time::Instant::now();
+    call_all_ok(&client, 300).await;
+    let stats = client.stats();
+    assert_eq!(stats.connections(), 3, "{stats:?}");
+    assert_eq!(server.dials.load(Ordering::SeqCst), 3);
+    // 300 requests of 100 ms, 8 at a time per connection: 38 rounds on one
+    // connection, 13 on three (paused time: exact but for the rounds run
+    // before the pool grew).
+    assert!(
+        started.elapsed() < Duration::from_millis(1_600),
+        "the new connections carried their share: {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_connection_closed_by_the_server_is_replaced_at_once() {
     let server = MemoryConnector::new(move |io| async move {
@@ -420,4 +456,83 @@ async fn a_not_sent_failure_is_retried_through_the_limit_layers() {
         assert_eq!(first.kind(), Kind::ConnectionLost, "written: not resent");
         assert_eq!(second.expect("retried on a new connection"), "second");
     }
+}
+
+/// A request queued on a full connection that closes picks again, up to
+/// three times; the fourth close fails it `NotSent` and gives the request back
+/// with the failure, so the client's retry resends it without a copy of its
+/// own (none is kept for a non-idempotent policy without limit layers).
+///
+/// In-memory pipes, paused time. Window 1. Connections 1 to 4 answer their
+/// first request (which proves them: each is replaced at once), hold the
+/// second one and close after a second; connection 5 echoes everything. Of
+/// 12 concurrent calls, one is answered and one is lost (written) per closed
+/// connection; the other four queue through all four closes, pick again
+/// three times, fail unsent the fourth, and are answered on connection 5
+/// after their retry.
+#[tokio::test(start_paused = true)]
+async fn a_request_that_ran_out_of_repicks_is_given_back_for_its_retry() {
+    use futures_util::{SinkExt, StreamExt};
+    const DOOMED: usize = 4;
+    const CALLS: usize = 12;
+    let dialed = Arc::new(AtomicUsize::new(0));
+    let server = MemoryConnector::new({
+        let dialed = dialed.clone();
+        move |io| {
+            let n = dialed.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let mut framed = tokio_util::codec::Framed::new(io, anet_proto::FrameCodec::new());
+                let close_at = tokio::time::Instant::now() + Duration::from_secs(1);
+                let serve = async {
+                    let mut seen = 0;
+                    while let Some(Ok(frame)) = framed.next().await {
+                        seen += 1;
+                        // Connections that will close answer only their first.
+                        if n >= DOOMED || seen == 1 {
+                            let _ = framed.send(frame).await;
+                        }
+                    }
+                };
+                if n < DOOMED {
+                    tokio::select! {
+                        () = serve => {}
+                        () = tokio::time::sleep_until(close_at) => {}
+                    }
+                } else {
+                    serve.await;
+                }
+            }
+        }
+    });
+    let client = Client::builder()
+        .endpoint(memory_addr())
+        .connector(server.clone())
+        .connection(ConnectionConfig::new().max_in_flight(1))
+        .pool(PoolConfig::new().min_connections(1).max_connections(1))
+        // Long enough that only the closes end a wait.
+        .connect_timeout(Duration::from_secs(60))
+        .request_timeout(Duration::from_secs(60))
+        .build();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..CALLS {
+        let client = client.clone();
+        calls.spawn(async move {
+            let payload = Bytes::from(format!("call-{i}"));
+            (payload.clone(), client.call(payload).await)
+        });
+    }
+    let (mut ok, mut lost) = (0, 0);
+    for (payload, result) in calls.join_all().await {
+        match result {
+            Ok(reply) => {
+                assert_eq!(reply, payload);
+                ok += 1;
+            }
+            Err(e) if e.kind() == Kind::ConnectionLost => lost += 1,
+            Err(e) => panic!("{payload:?} failed: {e:?}"),
+        }
+    }
+    assert_eq!(dialed.load(Ordering::SeqCst), DOOMED + 1);
+    assert_eq!(lost, DOOMED, "one written and lost per closed connection");
+    assert_eq!(ok, CALLS - DOOMED);
 }

@@ -63,10 +63,11 @@ async fn load_shed_over_the_balancer_sheds_at_once_when_every_window_is_full_and
             .is_some(),
         "{error}"
     );
-    assert!(
-        elapsed < Duration::from_millis(100),
-        "shed after {elapsed:?}"
-    );
+    // Room returns only when the test answers below, so a load shed that
+    // waited for room would run into `WAIT`; any bound well under it shows
+    // the shed came at once. 2 s, not 100 ms: a starved machine can hold this
+    // task that long between two steps.
+    assert!(elapsed < Duration::from_secs(2), "shed after {elapsed:?}");
 
     // Room returns: the next request goes through.
     conn.reply(&held, b"first").await;
@@ -200,7 +201,11 @@ async fn with_no_endpoint_up_the_balancer_is_ready_and_its_calls_fail_unavailabl
         .connect_timeout(Duration::from_millis(200))
         .build();
     let buffered = tower::buffer::Buffer::new(client.balancer(), 8);
+    // A loaded machine delays the caller, not the verdict: excuse the
+    // runtime's own lag (a hang still runs into `WAIT`).
+    let lag = anet_tests::LagProbe::start();
     for _ in 0..3 {
+        let lag_before = lag.total();
         let started = tokio::time::Instant::now();
         let error = tokio::time::timeout(WAIT, buffered.clone().oneshot(Bytes::from_static(b"x")))
             .await
@@ -208,6 +213,11 @@ async fn with_no_endpoint_up_the_balancer_is_ready_and_its_calls_fail_unavailabl
             .expect_err("nowhere to go");
         let error = anet::Error::from_boxed(error);
         assert_eq!(error.kind(), Kind::Unavailable, "{error}");
-        assert!(started.elapsed() < Duration::from_secs(2));
+        let excused = lag.total() - lag_before;
+        assert!(
+            started.elapsed() < Duration::from_secs(2) + excused,
+            "{:?} ({excused:?} of runtime lag)",
+            started.elapsed()
+        );
     }
 }

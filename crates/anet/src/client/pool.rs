@@ -632,6 +632,12 @@ impl Endpoint {
         });
     }
 
+    /// The listed connections, as a routing snapshot shows them (tests).
+    #[cfg(test)]
+    pub(crate) fn listed(&self) -> Vec<Connection> {
+        self.conns.load().to_vec()
+    }
+
     /// Live connections (not refusing requests).
     pub(crate) fn live(&self) -> usize {
         self.conns.load().iter().filter(|c| !c.is_closed()).count()

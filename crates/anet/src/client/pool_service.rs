@@ -428,3 +428,76 @@ impl Future for MakePoolFuture {
             .expect("MakePoolFuture polled after completion")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{future::poll_fn, task::Poll, time::Duration};
+
+    use tower::{Service, ServiceExt};
+
+    use super::Pool;
+    use crate::client::{Connector, PoolConfig};
+
+    /// A pool whose only connection has started refusing requests (retired:
+    /// a heartbeat miss or an age limit does this) while still listed: the
+    /// maintenance task prunes it only when it next runs, which on a
+    /// current-thread runtime is not before this task yields. `poll_ready`
+    /// must find no connection (`Reserve::Empty`) and wait, not take the
+    /// closed connection as a full one to queue on: its queue fails at once,
+    /// the handle picks again, finds it again, and spins inside one poll,
+    /// never yielding to the task that would prune it. The poll runs on its
+    /// own thread so that a spin fails the test instead of hanging it.
+    #[test]
+    fn poll_ready_waits_when_the_lone_connection_closed_while_still_listed() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                let addr = listener.local_addr().expect("addr");
+                tokio::spawn(async move {
+                    let mut held = Vec::new();
+                    while let Ok((socket, _)) = listener.accept().await {
+                        held.push(socket);
+                    }
+                });
+                let mut pool = Pool::new(addr, Connector::new(), PoolConfig::new());
+                let endpoint = pool.shared.endpoint.clone();
+                for _ in 0..2_000 {
+                    if endpoint.is_up() && endpoint.live() == 1 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let listed = endpoint.listed();
+                let [conn] = &listed[..] else {
+                    panic!("one listed connection: {listed:?}");
+                };
+                conn.retire("test");
+                assert!(conn.is_closed() && endpoint.is_up());
+                let first = poll_fn(|cx| Poll::Ready(pool.poll_ready(cx))).await;
+                assert!(first.is_pending(), "{first:?}");
+                // Once the pool has replaced it, the handle is ready.
+                tokio::time::timeout(Duration::from_secs(10), pool.ready())
+                    .await
+                    .expect("a replacement connection")
+                    .expect("ready");
+            });
+            let _ = done.send(());
+        });
+        match finished.recv_timeout(Duration::from_secs(30)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the pool's thread panicked (see above)")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("poll_ready spun on the closed connection (no answer in 30 s)")
+            }
+        }
+    }
+}

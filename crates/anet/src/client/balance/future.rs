@@ -24,6 +24,7 @@ use crate::client::{
     lanes::Lane,
     pool::Endpoint,
     registry::Registry,
+    room::Waiter,
 };
 use crate::time::later;
 use crate::{Error, Kind, observe};
@@ -193,6 +194,14 @@ pin_project! {
         repicks: u8,
         // How long to wait for an endpoint's first connection, from the first wait.
         wait_until: Option<Instant>,
+        // While it queues on a full connection: a new connection, a change of
+        // the endpoints, or room left over on another connection (the pool's
+        // room) sends it to route again. Without it a request queued before
+        // the pool grew would stay on its full connection, the new one idle.
+        #[pin]
+        changed: Option<OwnedNotified>,
+        // Counted among the room's waiters while it listens.
+        waiter: Option<Waiter>,
         #[pin]
         stage: Stage,
     }
@@ -238,6 +247,8 @@ impl Wait {
             request: Some(request),
             repicks: 0,
             wait_until: None,
+            changed: None,
+            waiter: None,
             stage,
         })
     }
@@ -357,7 +368,26 @@ impl Wait {
                                 .unsent()));
                             }
                         }
-                        return Poll::Pending;
+                        match this.changed.as_mut().as_pin_mut() {
+                            // Not listening yet: listen, then route once more,
+                            // so that a connection added in between is not
+                            // missed.
+                            None => {
+                                let room = &this.registry.pool.room;
+                                this.changed.set(Some(room.listen()));
+                                *this.waiter = Some(room.enter());
+                            }
+                            Some(changed) => {
+                                if changed.poll(cx).is_pending() {
+                                    return Poll::Pending;
+                                }
+                                // Something changed: route again (and listen
+                                // anew if still full).
+                                this.changed.set(None);
+                                *this.waiter = None;
+                            }
+                        }
+                        this.stage.set(Stage::Pick);
                     }
                 },
             }

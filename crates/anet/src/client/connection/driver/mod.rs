@@ -913,3 +913,75 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(no message)")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{future::poll_fn, sync::Arc};
+
+    use bytes::Bytes;
+    use tokio::sync::{Semaphore, mpsc};
+
+    use super::{Driver, Request};
+    use crate::Kind;
+    use crate::client::{
+        ConnectionConfig,
+        connection::{ConnectionFuture, reply::Reply, shared::Shared},
+        deadline::Deadline,
+    };
+
+    /// A request that reaches the driver when every slot of the tag table is
+    /// taken fails `NotSent` (never written) and its failure gives the payload
+    /// back, so the client's retry resends it without a copy of its own.
+    ///
+    /// Only a draining connection can get there: its held tags are past their
+    /// limit (several requests timed out in one pass) and a request accepted
+    /// just before the retirement, on a unit the same pass gave back, is
+    /// written after it. That interleaving needs another thread to take the
+    /// unit between the pass's two steps, so this test builds the table state
+    /// itself: every slot held by a request written and never answered
+    /// (more than the window: their units come from a semaphore of their own,
+    /// as units given back and taken again would), then one more request.
+    #[tokio::test]
+    async fn a_request_finding_no_free_tag_fails_not_sent_with_its_payload_back() {
+        let config = ConnectionConfig::new().max_in_flight(1).held_tag_limit(1);
+        let layout = config.layout().expect("valid configuration");
+        let shared = Arc::new(Shared::new(layout.window));
+        let (_tx, rx) = mpsc::unbounded_channel();
+        let (io, _server) = tokio::io::duplex(4096);
+        let mut driver = Driver::new(io, config, rx, shared.clone(), layout);
+        let units = Arc::new(Semaphore::new(layout.slots + 1));
+        let request = |payload: &'static [u8]| {
+            let (claim, slot) = shared.cells.claim();
+            let request = Request {
+                payload: Bytes::from(payload.to_vec()),
+                reply: Reply::new(slot, Deadline::Never),
+                unit: units.clone().try_acquire_owned().expect("a unit"),
+            };
+            (request, ConnectionFuture::waiting(claim))
+        };
+        let mut written = Vec::new();
+        for _ in 0..layout.slots {
+            let (held, future) = request(b"never answered");
+            driver.write_request(held);
+            written.push(future);
+        }
+        assert_eq!(
+            driver.counts.written, layout.slots as u64,
+            "every slot taken"
+        );
+
+        let (late, mut future) = request(b"no tag left");
+        driver.write_request(late);
+        let failure = poll_fn(|cx| future.poll_answer(cx))
+            .await
+            .expect_err("no tag to write it under");
+        assert_eq!(failure.error.kind(), Kind::NotSent, "{:?}", failure.error);
+        assert!(failure.error.is_unsent());
+        assert_eq!(failure.request.as_deref(), Some(&b"no tag left"[..]));
+        assert_eq!(
+            driver.counts.written, layout.slots as u64,
+            "nothing more written"
+        );
+        drop(written);
+    }
+}
