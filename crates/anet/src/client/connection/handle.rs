@@ -536,4 +536,38 @@ mod tests {
         assert!(failure.error.is_unsent());
         assert_eq!(failure.request.as_deref(), Some(&b"again"[..]));
     }
+
+    /// A connection that retires from its timer (the sweep quarantined two
+    /// abandoned requests, reaching its held-tag limit), with nothing left
+    /// waiting, closes at once, not when its close grace runs out.
+    #[tokio::test(start_paused = true)]
+    async fn a_retirement_the_timer_begins_with_nothing_waiting_closes_at_once() {
+        let (io, _server) = tokio::io::duplex(4096);
+        let grace = std::time::Duration::from_secs(600);
+        let config = ConnectionConfig::new()
+            .max_in_flight(2)
+            .held_tag_limit(2)
+            .close_grace(grace);
+        let mut conn = Connection::new(io, config);
+        for _ in 0..2 {
+            poll_fn(|cx| conn.poll_ready(cx)).await.expect("room");
+            let future = conn.call(Bytes::from_static(b"never answered"));
+            // Written before it is abandoned, so that its tag is held.
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            drop(future);
+        }
+        let started = tokio::time::Instant::now();
+        conn.closed().await;
+        let reason = conn.close_reason().expect("closed");
+        assert_eq!(reason.kind(), Kind::NotSent, "{reason:?}");
+        assert!(
+            format!("{reason:?}").contains("never answered"),
+            "{reason:?}"
+        );
+        assert!(
+            started.elapsed() < grace / 2,
+            "closed after {:?}, the grace being {grace:?}",
+            started.elapsed()
+        );
+    }
 }
