@@ -237,6 +237,10 @@ impl Default for RetryPolicy {
 /// application's own type to `Bytes`. tower's `Retry` takes that copy before
 /// the first attempt, for every request, retried or not: a request type that
 /// is costly to clone pays it each time (`Bytes` only bumps a count).
+///
+/// Above a [`Client`](super::Client), each attempt is a new client call with a
+/// deadline of its own: the whole retried call may take up to (retries + 1) ×
+/// the client's deadline. Put a `timeout` above the `retry` to bound the whole.
 impl<Req: Clone, Res, E: Classify> Policy<Req, Res, E> for RetryPolicy {
     type Future = future::Ready<()>;
 
