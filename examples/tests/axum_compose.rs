@@ -33,6 +33,21 @@ async fn backend() -> SocketAddr {
     addr
 }
 
+/// A client of a fresh backend with `timeout` per request, connected: the
+/// dial is charged neither to the first request's deadline nor to a tower
+/// timeout above it.
+async fn connected_client(timeout: Duration) -> Client {
+    let client = Client::builder()
+        .endpoint(backend().await)
+        .request_timeout(timeout)
+        .build();
+    client
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .expect("connected");
+    client
+}
+
 async fn serve(app: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -53,15 +68,7 @@ async fn forward(State(client): State<Client>, body: Bytes) -> Result<Bytes, (St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_holding_a_client_in_state_answers_anet_errors_as_statuses() {
-    let client = Client::builder()
-        .endpoint(backend().await)
-        .request_timeout(Duration::from_millis(300))
-        .build();
-    // The dial is not charged to the first request's 300 ms.
-    client
-        .wait_connected(Duration::from_secs(10))
-        .await
-        .expect("connected");
+    let client = connected_client(Duration::from_millis(300)).await;
     let app = Router::new()
         .route("/forward", post(forward))
         .with_state(client);
@@ -79,15 +86,7 @@ async fn a_handler_holding_a_client_in_state_answers_anet_errors_as_statuses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handle_error_layer_maps_tower_and_anet_errors_to_statuses() {
-    let client = Client::builder()
-        .endpoint(backend().await)
-        .request_timeout(Duration::from_secs(10))
-        .build();
-    // The dial is not charged to the tower timeout of the first requests.
-    client
-        .wait_connected(Duration::from_secs(10))
-        .await
-        .expect("connected");
+    let client = connected_client(Duration::from_secs(10)).await;
     // A tower timeout shorter than the client's deadline: its `Elapsed` is
     // what `HandleErrorLayer` sees, and anet classifies it as a timeout.
     let app = Router::new()

@@ -1362,6 +1362,23 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
+/// A loopback listener that accepts connections and holds them open, never
+/// reading or writing (for tests of pools over live connections).
+#[cfg(test)]
+pub(crate) async fn holding_listener() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    addr
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicBool;
@@ -1372,16 +1389,7 @@ mod tests {
     /// Runs one endpoint's pool against a loopback listener that accepts and
     /// holds its connections; returns it once it has a live connection.
     async fn running_endpoint(cx: &PoolContext) -> Arc<Endpoint> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
-            }
-        });
+        let addr = holding_listener().await;
         let endpoint = Arc::new(Endpoint::new(addr, 0));
         tokio::spawn(maintain(endpoint.clone(), cx.clone()));
         for _ in 0..2_000 {

@@ -456,16 +456,7 @@ mod tests {
                 .build()
                 .expect("runtime");
             runtime.block_on(async {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                let addr = listener.local_addr().expect("addr");
-                tokio::spawn(async move {
-                    let mut held = Vec::new();
-                    while let Ok((socket, _)) = listener.accept().await {
-                        held.push(socket);
-                    }
-                });
+                let addr = crate::client::pool::holding_listener().await;
                 let mut pool = Pool::new(addr, Connector::new(), PoolConfig::new());
                 let endpoint = pool.shared.endpoint.clone();
                 for _ in 0..2_000 {
